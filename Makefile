@@ -1,0 +1,63 @@
+# mtrd: `make run` starts the service on its defaults, `make test` runs every check.
+# Both work on a fresh Debian machine: they create a virtualenv, install the project and,
+# when run as root, the OS packages they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+RUN_OS_PACKAGES := mtr-packet:mtr-tiny
+TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump
+
+.PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean
+
+run: os-deps-run $(STAMP)
+	$(BIN)/mtrd serve
+
+test: os-deps-test $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m "not lab"
+
+lab: os-deps-test $(STAMP)
+	$(BIN)/pytest -m lab
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+os-deps-run:
+	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(RUN_OS_PACKAGES))"
+
+os-deps-test:
+	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(TEST_OS_PACKAGES))"
+
+# $(call missing,cmd:pkg ...) lists the packages whose command is not installed.
+missing = $(strip $(foreach pair,$(1),$(if $(shell PATH="$$PATH:/usr/sbin:/sbin" command -v $(word 1,$(subst :, ,$(pair))) 2>/dev/null),,$(word 2,$(subst :, ,$(pair))))))
+
+os-packages:
+	@if [ -n "$(strip $(PACKAGES))" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing OS packages: $(PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PACKAGES); \
+	  else \
+	    echo "missing OS packages: $(PACKAGES) (run as root, or install them with apt-get)"; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
