@@ -69,8 +69,8 @@ class PoolConfig:
             raise ValueError("the mtr-packet command is empty")
         if not 1 <= self.max_outstanding < MTR_PACKET_PROBE_LIMIT:
             raise ValueError(f"max_outstanding must be 1..{MTR_PACKET_PROBE_LIMIT - 1}")
-        if not 1 <= self.max_tcp_outstanding <= self.max_outstanding:
-            raise ValueError("max_tcp_outstanding must be between 1 and max_outstanding")
+        if self.max_tcp_outstanding < 1:
+            raise ValueError("max_tcp_outstanding must be at least 1")
 
 
 @attrs.define(eq=False)

@@ -160,7 +160,8 @@ class SequenceLedger:
             return Plan.WAIT
         sequence = max(next_sequence, band.start)
         while sequence < band.stop:
-            if sequence not in self._held and self._udp_ports[sequence] == 0:
+            taken = sequence in self._held or self._udp_ports[sequence] or sequence in udp_ports
+            if not taken:
                 return Allocation(burns=sequence - next_sequence, sequence=sequence)
             sequence += 1
         return Plan.EXHAUSTED

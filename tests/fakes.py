@@ -1,0 +1,100 @@
+"""Fakes for tests without processes, sockets or real time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+
+class FakeProcessTransport:
+    """Stands in for a running mtr-packet: records what is written, replays replies."""
+
+    def __init__(self, protocol: ProcessProtocol, pid: int, args: list[str]) -> None:
+        self.protocol = protocol
+        self.pid = pid
+        self.args = args
+        self.written = bytearray()
+        self.stdin_closed = False
+        self.signals: list[str] = []
+        self.ended = False
+
+    # IProcessTransport, as far as the worker uses it
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def closeStdin(self) -> None:  # noqa: N802 - Twisted's name
+        self.stdin_closed = True
+
+    def signalProcess(self, signal: str) -> None:  # noqa: N802 - Twisted's name
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        self.signals.append(signal)
+
+    # test helpers
+    def lines(self) -> list[str]:
+        """Every command line written so far."""
+        return self.written.decode().splitlines()
+
+    def probe_lines(self) -> list[str]:
+        """The send-probe commands that are real probes (not burns, not the version check)."""
+        return [line for line in self.lines() if " send-probe " in line and " burn" not in line]
+
+    def burns(self) -> int:
+        """How many burn commands were written."""
+        return sum(1 for line in self.lines() if line.endswith(" burn"))
+
+    def token_of(self, index: int) -> int:
+        """The token of the index-th real probe written."""
+        return int(self.probe_lines()[index].split()[0])
+
+    def feed(self, text: str) -> None:
+        """mtr-packet writes ``text`` to stdout (in one read)."""
+        self.protocol.outReceived(text.encode())
+
+    def answer_version(self, version: str = "0.95") -> None:
+        """mtr-packet answers the version check."""
+        self.feed(f"1 feature-support support {version}\n")
+
+    def exit(self, *, status: int = 0, signal: int | None = None, stderr: str = "") -> None:
+        """The process ends with ``status`` or by ``signal``."""
+        if stderr:
+            self.protocol.errReceived(stderr.encode())
+        self.ended = True
+        reason: Any
+        if signal is not None:
+            reason = error.ProcessTerminated(exitCode=None, signal=signal)
+        elif status:
+            reason = error.ProcessTerminated(exitCode=status)
+        else:
+            reason = error.ProcessDone(0)
+        self.protocol.processEnded(Failure(reason))
+
+
+class FakeProcessReactor(Clock):
+    """A ``Clock`` that also spawns :class:`FakeProcessTransport` processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[FakeProcessTransport] = []
+        self.next_pid = 4000
+        self.spawn_error: OSError | None = None
+
+    def spawnProcess(  # noqa: N802 - Twisted's name
+        self, protocol: ProcessProtocol, executable: str, args: list[str], **_: Any
+    ) -> FakeProcessTransport:
+        """Start a fake process and connect ``protocol`` to it."""
+        if self.spawn_error is not None:
+            raise self.spawn_error
+        transport = FakeProcessTransport(protocol, self.next_pid, args)
+        self.next_pid += 1
+        self.spawned.append(transport)
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        return transport
+
+    def live(self) -> list[FakeProcessTransport]:
+        """Processes that have not ended."""
+        return [t for t in self.spawned if not t.ended]

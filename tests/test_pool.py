@@ -1,0 +1,352 @@
+"""The pool: dispatch, sequences, supervision and shutdown, on a fake process reactor."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+from service.errors import (
+    EngineStartError,
+    NoWorkerAvailable,
+    PoolStopped,
+    WorkerDied,
+    WorkerUnresponsive,
+)
+from service.pool import PoolConfig, ProbePool
+from service.probe import ProbeReply, ProbeRequest, ReplyKind
+from tests.fakes import FakeProcessReactor, FakeProcessTransport
+
+CONFIG = PoolConfig(size=2, command=("true",))
+
+
+def started_pool(
+    config: PoolConfig = CONFIG, version: str = "0.95"
+) -> tuple[ProbePool, FakeProcessReactor]:
+    """A pool whose processes all answered their version check."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, config)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.answer_version(version)
+    assert started.called
+    return pool, reactor
+
+
+def sequences(transport: FakeProcessTransport, start: int = 33000) -> list[int]:
+    """The sequence each real probe got, replaying the counter over burns and probes."""
+    counter, result = start, []
+    for line in transport.lines():
+        if " send-probe " not in line:
+            continue
+        if not line.endswith(" burn"):
+            result.append(counter)
+        counter += 1
+    return result
+
+
+def reply(transport: FakeProcessTransport, index: int, text: str = "no-reply") -> None:
+    transport.feed(f"{transport.token_of(index)} {text}\n")
+
+
+def result_of(d: Deferred[ProbeReply]) -> ProbeReply:
+    assert d.called
+    value = d.result  # type: ignore[attr-defined]
+    assert isinstance(value, ProbeReply), value
+    return value
+
+
+def failure_of(d: Deferred[ProbeReply]) -> BaseException:
+    assert d.called
+    failures: list[BaseException] = []
+    d.addErrback(lambda f: failures.append(f.value))
+    assert failures
+    return failures[0]
+
+
+async def test_start_spawns_the_configured_command() -> None:
+    """start() runs the configured command once per slot, wrapper included."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, PoolConfig(size=3, command="true netns exec lab mtr-packet"))
+    started = ensureDeferred(pool.start())
+    assert [t.args for t in reactor.spawned] == [["true", "netns", "exec", "lab", "mtr-packet"]] * 3
+    assert not started.called
+    reactor.spawned[1].answer_version()
+    assert started.called
+    assert pool.ready_workers == 1
+
+
+async def test_missing_binary_fails_start_clearly() -> None:
+    """A command that is not on PATH makes start() raise an error naming it."""
+    pool = ProbePool(FakeProcessReactor(), PoolConfig(command=("no-such-mtr-packet",)))
+    with pytest.raises(EngineStartError, match="'no-such-mtr-packet' not found"):
+        await pool.start()
+
+
+def test_every_worker_failing_at_start_fails_start() -> None:
+    """When each process exits before answering, start() fails with what they said."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.exit(status=1, stderr="mtr-packet: Failure to open IPv4 sockets\n")
+    error = failure_of(started)  # type: ignore[arg-type]
+    assert isinstance(error, EngineStartError)
+    assert "Failure to open IPv4 sockets" in str(error)
+
+
+def test_probe_gets_its_reply() -> None:
+    """A probe is written to a process and its Deferred fires with the reply."""
+    pool, reactor = started_pool()
+    d = pool.probe(ProbeRequest("203.0.113.7", ttl=2))
+    transport = next(t for t in reactor.spawned if t.probe_lines())
+    reply(transport, 0, "ttl-expired ip-4 198.51.100.1 round-trip-time 250")
+    assert result_of(d).address == "198.51.100.1"
+    assert pool.outstanding == 0
+
+
+def test_probes_spread_over_processes() -> None:
+    """Probes go to the least-loaded process."""
+    pool, reactor = started_pool()
+    for _ in range(4):
+        pool.probe(ProbeRequest("203.0.113.7"))
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [2, 2]
+
+
+def test_each_slot_counts_in_its_own_band() -> None:
+    """Processes are burned up to their band, so their sequences never meet."""
+    pool, reactor = started_pool()
+    for _ in range(6):
+        pool.probe(ProbeRequest("203.0.113.7"))
+    first, second = (sequences(t) for t in reactor.spawned)
+    bands = [slot.band for slot in pool._slots]
+    assert first == [bands[0].start + i for i in range(3)]
+    assert second == [bands[1].start + i for i in range(3)]
+    assert first[0] == 33434  # 0.95 counts from 33000: 434 burned
+
+
+def test_udp_probe_waits_while_its_fixed_port_is_an_outstanding_sequence() -> None:
+    """A udp probe whose port equals a held sequence waits until that probe ends."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.7"))  # takes sequence 33434
+    udp = pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    assert len(transport.probe_lines()) == 1
+    assert pool.queued == 1
+    reply(transport, 0)
+    assert len(transport.probe_lines()) == 2
+    assert not udp.called
+
+
+def test_sequence_equal_to_a_fixed_udp_port_is_skipped() -> None:
+    """No probe gets a sequence equal to an outstanding udp probe's fixed port."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33435, local_port=40000))
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert sequences(transport) == [33434, 33436]
+
+
+def test_probes_beyond_the_cap_queue_until_one_ends() -> None:
+    """Past max_outstanding, probes wait and go as soon as a reply frees room."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=2))
+    (transport,) = reactor.spawned
+    ds = [pool.probe(ProbeRequest("203.0.113.7")) for _ in range(3)]
+    assert (len(transport.probe_lines()), pool.queued) == (2, 1)
+    reply(transport, 0)
+    assert (len(transport.probe_lines()), pool.queued) == (3, 0)
+    assert not ds[2].called
+
+
+def test_tcp_has_its_own_cap() -> None:
+    """tcp probes, which each hold a socket in mtr-packet, stop at max_tcp_outstanding."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_tcp_outstanding=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.7", protocol="tcp", port=80))
+    pool.probe(ProbeRequest("203.0.113.7", protocol="tcp", port=80))
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert len(transport.probe_lines()) == 1
+    assert pool.queued == 2
+
+
+def test_cancelled_queued_probe_is_never_sent() -> None:
+    """Cancelling a queued probe removes it from the queue."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.7"))
+    queued = pool.probe(ProbeRequest("203.0.113.8"))
+    queued.cancel()
+    assert isinstance(failure_of(queued), CancelledError)
+    reply(transport, 0)
+    assert len(transport.probe_lines()) == 1
+
+
+def test_queued_probe_gives_up_after_queue_timeout() -> None:
+    """A probe that no process takes within queue_timeout fails with NoWorkerAvailable."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=1))
+    pool.probe(ProbeRequest("203.0.113.7", timeout=60))
+    queued = pool.probe(ProbeRequest("203.0.113.8"))
+    reactor.advance(30)
+    assert isinstance(failure_of(queued), NoWorkerAvailable)
+
+
+def test_killed_worker_fails_its_probes_and_is_restarted() -> None:
+    """A process killed under load fails its probes at once and comes back after back-off."""
+    pool, reactor = started_pool()
+    ds = [pool.probe(ProbeRequest("203.0.113.7")) for _ in range(4)]
+    victim = reactor.spawned[0]
+    victim.exit(signal=9)
+    died = [failure_of(d) for d, t in zip(ds, [0, 1, 0, 1], strict=True) if t == 0]
+    assert all(isinstance(e, WorkerDied) and "killed by signal 9" in str(e) for e in died)
+    assert pool.outstanding == 2
+    assert len(reactor.spawned) == 2
+    reactor.advance(0.1)
+    assert len(reactor.spawned) == 3
+    reactor.spawned[2].answer_version()
+    assert pool.ready_workers == 2
+    assert pool.restarts == 1
+
+
+def test_restart_back_off_doubles_and_resets_after_stable_uptime() -> None:
+    """Quick repeated deaths double the delay; a process that ran long resets it."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    delays = []
+    for _ in range(4):
+        reactor.live()[0].exit(status=1)
+        restart = pool._slots[0].restart
+        assert restart is not None
+        delays.append(round(restart.getTime() - reactor.seconds(), 3))
+        reactor.advance(restart.getTime() - reactor.seconds())
+        reactor.spawned[-1].answer_version()
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+    reactor.advance(10)
+    reactor.live()[0].exit(status=1)
+    restart = pool._slots[0].restart
+    assert restart is not None
+    assert round(restart.getTime() - reactor.seconds(), 3) == 0.1
+
+
+def test_queued_probes_fail_when_the_last_worker_dies() -> None:
+    """With no process left, queued probes fail at once rather than wait."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=1))
+    pool.probe(ProbeRequest("203.0.113.7")).addErrback(lambda _: None)
+    queued = pool.probe(ProbeRequest("203.0.113.8"))
+    reactor.spawned[0].exit(signal=9)
+    error = failure_of(queued)
+    assert isinstance(error, WorkerDied)
+    assert "every mtr-packet worker is down" in str(error)
+
+
+def test_probe_fails_fast_when_no_worker_can_start() -> None:
+    """When every restart fails before the version check, new probes fail at once."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    reactor.spawned[0].exit(status=1)
+    reactor.advance(0.1)
+    reactor.spawned[1].exit(status=127, stderr="mtr-packet: not found\n")
+    error = failure_of(pool.probe(ProbeRequest("203.0.113.7")))
+    assert isinstance(error, NoWorkerAvailable)
+    assert "not found" in str(error)
+
+
+def test_unresponsive_worker_is_killed() -> None:
+    """A process that sits on a probe past timeout plus grace is killed (SIGKILL)."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    d = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    reactor.advance(3.0)
+    assert isinstance(failure_of(d), WorkerUnresponsive)
+    assert reactor.spawned[0].signals == ["KILL"]
+
+
+def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:
+    """Before its counter leaves the band, a process is retired and replaced."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    assert sequences(old) == list(range(band.start, band.stop))
+    assert not old.stdin_closed
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert old.stdin_closed
+    assert len(reactor.spawned) == 17
+    assert len(reactor.spawned[1].probe_lines()) == 1
+    reactor.spawned[16].answer_version()
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert sequences(reactor.spawned[16]) == [band.start]
+
+
+def test_draining_process_still_delivers_replies() -> None:
+    """A retired process keeps answering the probes it holds."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    d = pool.probe(ProbeRequest("203.0.113.7"))
+    old = reactor.spawned[0]
+    reply(old, 0, "probes-exhausted")  # doubt: retire
+    assert old.stdin_closed
+    assert len(reactor.spawned) == 2
+    d2 = pool.probe(ProbeRequest("203.0.113.7"))
+    reactor.spawned[1].answer_version()
+    new = reactor.spawned[1]
+    reply(new, 0, "reply ip-4 203.0.113.7 round-trip-time 9")
+    assert result_of(d).kind is ReplyKind.PROBES_EXHAUSTED
+    assert result_of(d2).kind is ReplyKind.REPLY
+    old.exit()
+    assert pool.restarts == 0
+
+
+def test_icmp_id_collision_replaces_the_new_process() -> None:
+    """A process whose pid agrees with a live one in 16 bits is retired and replaced."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    reactor.next_pid = 70000
+    started = ensureDeferred(pool.start())
+    # 70000 and 70001; force the next spawn to collide with 70000 (70000 + 65536).
+    reactor.next_pid = 70000 + 65536
+    reactor.spawned[0].answer_version()
+    reactor.spawned[1].exit(status=1)
+    reactor.advance(0.1)
+    assert reactor.spawned[2].stdin_closed
+    assert len(reactor.spawned) == 4
+    assert started.called
+
+
+def test_source_address_per_family_is_applied() -> None:
+    """Configured sources are used for probes that name none."""
+    config = attrs.evolve(CONFIG, size=1, source_ipv4="198.51.100.2", source_ipv6="2001:db8:1::2")
+    pool, reactor = started_pool(config)
+    pool.probe(ProbeRequest("203.0.113.7"))
+    pool.probe(ProbeRequest("2001:db8:ff::7"))
+    pool.probe(ProbeRequest("203.0.113.7", source="198.51.100.99"))
+    lines = reactor.spawned[0].probe_lines()
+    assert "local-ip-4 198.51.100.2" in lines[0]
+    assert "local-ip-6 2001:db8:1::2" in lines[1]
+    assert "local-ip-4 198.51.100.99" in lines[2]
+
+
+async def test_stop_drains_then_kills_stragglers() -> None:
+    """stop() fails the queue, closes stdin, and kills what has not exited after the grace."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, max_outstanding=1))
+    pool.probe(ProbeRequest("203.0.113.7")).addErrback(lambda _: None)
+    pool.probe(ProbeRequest("203.0.113.7")).addErrback(lambda _: None)
+    queued = pool.probe(ProbeRequest("203.0.113.7"))
+    stopped = ensureDeferred(pool.stop())
+    assert isinstance(failure_of(queued), PoolStopped)
+    assert all(t.stdin_closed for t in reactor.spawned)
+    reactor.spawned[0].exit()
+    assert not stopped.called
+    reactor.advance(5.0)
+    assert reactor.spawned[1].signals == ["KILL"]
+    reactor.spawned[1].exit(signal=9)
+    assert stopped.called
+    with pytest.raises(PoolStopped):
+        pool.probe(ProbeRequest("203.0.113.7"))
+
+
+def test_config_rejects_nonsense() -> None:
+    """Pool sizes and caps outside what mtr-packet allows are refused."""
+    with pytest.raises(ValueError, match="pool size"):
+        PoolConfig(size=0)
+    with pytest.raises(ValueError, match="max_outstanding"):
+        PoolConfig(max_outstanding=1024)
+    with pytest.raises(ValueError, match="empty"):
+        PoolConfig(command="")

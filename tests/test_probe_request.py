@@ -1,0 +1,67 @@
+"""A probe request validates every value itself and names the field at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.errors import InvalidProbeRequest
+from service.probe import ProbeRequest, Protocol
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"target": "example.org"}, "target"),
+        ({"target": "203.0.113.7", "ip_version": 6}, "ip_version"),
+        ({"target": "203.0.113.7", "ip_version": 5}, "ip_version"),
+        ({"target": "203.0.113.7", "ttl": 0}, "ttl"),
+        ({"target": "203.0.113.7", "ttl": 256}, "ttl"),
+        ({"target": "203.0.113.7", "ttl": True}, "ttl"),
+        ({"target": "203.0.113.7", "ttl": "3"}, "ttl"),
+        ({"target": "203.0.113.7", "protocol": "udp", "port": 0}, "port"),
+        ({"target": "203.0.113.7", "protocol": "tcp", "port": 65536}, "port"),
+        ({"target": "203.0.113.7", "port": 80}, "port"),
+        ({"target": "203.0.113.7", "protocol": "udp", "local_port": 1023}, "local_port"),
+        ({"target": "203.0.113.7", "protocol": "tcp", "local_port": 40000}, "local_port"),
+        ({"target": "203.0.113.7", "timeout": 0}, "timeout"),
+        ({"target": "203.0.113.7", "timeout": 1.5}, "timeout"),
+        ({"target": "203.0.113.7", "size": 9001}, "size"),
+        ({"target": "203.0.113.7", "tos": 256}, "tos"),
+        ({"target": "203.0.113.7", "tos": -1}, "tos"),
+        ({"target": "203.0.113.7", "source": "2001:db8::1"}, "source"),
+        ({"target": "2001:db8::7", "source": "198.51.100.2"}, "source"),
+        ({"target": "203.0.113.7", "source": "nowhere"}, "source"),
+    ],
+)
+def test_invalid_values_name_their_field(fields: dict[str, Any], field: str) -> None:
+    """Each out-of-range or mistyped value raises an error that names its field."""
+    with pytest.raises(InvalidProbeRequest) as caught:
+        ProbeRequest(**fields)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_unknown_protocol_is_refused() -> None:
+    """A protocol mtr-packet has no name for is refused."""
+    with pytest.raises(ValueError, match="sctp"):
+        ProbeRequest("203.0.113.7", protocol="sctp")
+
+
+def test_family_follows_the_target() -> None:
+    """ip_version is taken from the target when it is not given."""
+    assert ProbeRequest("203.0.113.7").ip_version == 4
+    assert ProbeRequest("2001:db8::7").ip_version == 6
+
+
+def test_addresses_are_written_canonically() -> None:
+    """IPv6 targets and sources are normalised, so equal addresses compare equal."""
+    request = ProbeRequest("2001:DB8:0::7", source="2001:db8:0:0::2")
+    assert (request.target, request.source) == ("2001:db8::7", "2001:db8::2")
+
+
+def test_defaults_match_mtr_packet() -> None:
+    """Defaults are mtr-packet's own: icmp, TTL 255, 10 s."""
+    request = ProbeRequest("203.0.113.7")
+    assert (request.protocol, request.ttl, request.timeout) == (Protocol.ICMP, 255, 10)
