@@ -147,6 +147,17 @@ class ProbeRequest:
             raise InvalidProbeRequest("port", "icmp probes have no port")
         if self.protocol is not Protocol.UDP and self.local_port is not None:
             raise InvalidProbeRequest("local_port", "only udp probes take a local port")
+        if (
+            self.ip_version == 6
+            and self.protocol is Protocol.UDP
+            and self.port is not None
+            and self.local_port is not None
+        ):
+            # mtr-packet would carry the sequence in the udp checksum, but for IPv6
+            # the kernel writes that checksum itself: no reply could be matched.
+            raise InvalidProbeRequest(
+                "local_port", "IPv6 udp probes cannot fix both port and local_port"
+            )
 
 
 @attrs.frozen

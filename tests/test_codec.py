@@ -23,6 +23,8 @@ def requests(draw: st.DrawFn) -> ProbeRequest:
     address = ipv4 if version == 4 else ipv6
     port = None if protocol is Protocol.ICMP else draw(st.none() | st.integers(1, 65535))
     local_port = draw(st.none() | st.integers(1024, 65535)) if protocol is Protocol.UDP else None
+    if version == 6 and port is not None:
+        local_port = None  # refused for IPv6: the kernel owns the udp checksum
     return ProbeRequest(
         target=draw(address),
         ttl=draw(st.integers(1, 255)),

@@ -25,6 +25,10 @@ from service.probe import ProbeRequest, Protocol
         ({"target": "203.0.113.7", "port": 80}, "port"),
         ({"target": "203.0.113.7", "protocol": "udp", "local_port": 1023}, "local_port"),
         ({"target": "203.0.113.7", "protocol": "tcp", "local_port": 40000}, "local_port"),
+        (
+            {"target": "2001:db8::7", "protocol": "udp", "port": 33434, "local_port": 40000},
+            "local_port",
+        ),
         ({"target": "203.0.113.7", "timeout": 0}, "timeout"),
         ({"target": "203.0.113.7", "timeout": 1.5}, "timeout"),
         ({"target": "203.0.113.7", "size": 9001}, "size"),
