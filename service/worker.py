@@ -59,7 +59,7 @@ class WorkerOwner(TypingProtocol):
         """A probe outlived its deadline: the process hangs."""
 
     def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
-        """The process is gone; every probe it held has failed."""
+        """The process is gone; the probes still in ``worker.pending`` fail next."""
 
 
 @attrs.define(eq=False)
@@ -223,9 +223,9 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             why += f" (stderr: {self.last_stderr()})"
         failure = WorkerDied(f"mtr-packet worker {self.name} {why}")
         held = list(self.pending.values())
+        self.owner.worker_exited(self, why)
         for pending in held:
             pending.settle(failure)
-        self.owner.worker_exited(self, why)
 
     # -- replies --------------------------------------------------------------
 
@@ -243,8 +243,9 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             return
         if pending.request.protocol is Protocol.TCP:
             self.tcp_outstanding -= 1
-        pending.settle(reply)
+        # The owner frees the sequence first, so the caller sees the pool as it now is.
         self.owner.probe_ended(self, pending)
+        pending.settle(reply)
         if reply.kind in _MIRROR_DOUBT:
             self.owner.worker_doubtful(self, f"reply {line!r}")
 

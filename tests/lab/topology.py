@@ -11,22 +11,23 @@ TCP listener. ``r3`` also has a blackhole route (silent loss) and an unreachable
 unreachable from ``r3``). Only documentation addresses are used, and only inside the namespaces the
 lab creates; every namespace is deleted by :meth:`Lab.teardown`.
 
-Addresses (link ``n`` uses 198.51.100.(4n-4)/30 and 2001:db8:n::/64; the first node named holds
-``.1``/``::1`` of the link, the second ``.2``/``::2``)::
+Addresses (segment ``n`` uses 2001:db8:n::/64; its members hold host addresses 1, 2, 3 in the
+order listed; segment 4 is a LAN bridged inside r3's namespace)::
 
-    link 1  r1 -  c    198.51.100.0/30   2001:db8:1::/64
-    link 2  r1 -  r2a  198.51.100.4/30   2001:db8:2::/64
-    link 3  r1 -  r2b  198.51.100.8/30   2001:db8:3::/64
-    link 4  r2a - r3   198.51.100.12/30  2001:db8:4::/64
-    link 5  r2b - r3   198.51.100.16/30  2001:db8:5::/64
-    link 6  r3 -  d    198.51.100.20/30  2001:db8:6::/64
-    targets on d       203.0.113.0/25    2001:db8:ff::/64   (.1-.126, ::1-::7e)
-    blackhole on r3    203.0.113.128/26  2001:db8:bb::/64
-    unreachable on r3  203.0.113.192/26  2001:db8:ee::/64
+    1  r1 c          198.51.100.0/30    2001:db8:1::/64
+    2  r1 r2a        198.51.100.4/30    2001:db8:2::/64
+    3  r1 r2b        198.51.100.8/30    2001:db8:3::/64
+    4  r3 r2a r2b    198.51.100.16/29   2001:db8:4::/64
+    5  r3 d          198.51.100.24/30   2001:db8:5::/64
+    targets on d's lo       203.0.113.0/25     2001:db8:ff::/64  (.1-.126, ::1-::7e)
+    blackhole route on r3   203.0.113.128/26   2001:db8:bb::/64
+    rejected by r3          203.0.113.192/26   2001:db8:ee::/64  (ICMP net unreachable / no route)
 
-A router answers from the address the kernel picks for its route back to the prober. Return
-traffic from ``r3`` always goes through ``r2a``, so ``r3`` answers from its link 4 address even
-to probes that came in through ``r2b``.
+Who answers: r1 at TTL 1 (198.51.100.1, 2001:db8:1::1), r2a or r2b at TTL 2 (198.51.100.6 /
+.10, 2001:db8:2::2 / 2001:db8:3::2), r3 at TTL 3 from its LAN address (198.51.100.17,
+2001:db8:4::1), the target from TTL 4 on. r3 has a single upstream interface on purpose: IPv6
+answers from the interface a probe came in on, IPv4 from the interface of the route back, so
+with two point-to-point links r3 would answer from either address.
 
 Building and teardown run ``ip`` synchronously: this is for test fixtures, not for a reactor.
 """
@@ -65,7 +66,8 @@ _HERE = Path(__file__).resolve().parent
 _PROBE_SCRIPT = _HERE / "icmp_probe.py"
 _LISTENER_SCRIPT = _HERE / "listener.py"
 _OWNERS_DIR = Path("/run/mtrd-lab")
-_NFT_TABLE = "mtrd_lab"
+_NFT_SILENT = "mtrd_silent"
+_NFT_UNREACHABLE = "mtrd_unreachable"
 _NETNS_PREFIX = "mtrd-"
 
 
@@ -73,7 +75,7 @@ class LabError(RuntimeError):
     """Building, changing or tearing down the lab failed."""
 
 
-class LabUnavailable(LabError):  # noqa: N818 (the name says what the caller needs to know)
+class LabUnavailable(LabError):
     """The lab cannot run on this machine; the message says why."""
 
 
@@ -87,49 +89,57 @@ def family_of(family: int) -> Family:
 
 
 @attrs.frozen
-class Link:
-    """A veth pair between two nodes; ``first`` holds the .1 / ::1 address of the link."""
+class Segment:
+    """A network segment: a veth pair, or a LAN bridged in the namespace of its first member.
+
+    Member ``i`` (from 0) holds host address ``i + 1`` of the segment's subnets.
+    """
 
     index: int
-    first: Node
-    second: Node
+    ipv4_subnet: str
+    members: tuple[Node, ...]
+
+    @property
+    def is_lan(self) -> bool:
+        return len(self.members) > 2
 
     def subnet(self, family: Family) -> str:
-        if family == 4:
-            return f"198.51.100.{4 * (self.index - 1)}/30"
-        return f"2001:db8:{self.index:x}::/64"
+        return self.ipv4_subnet if family == 4 else f"2001:db8:{self.index:x}::/64"
 
     def address(self, node: Node, family: Family) -> str:
-        if node not in (self.first, self.second):
-            raise ValueError(f"{node} is not on link {self.index}")
-        host = 1 if node == self.first else 2
         network = ipaddress.ip_network(self.subnet(family))
-        return str(network.network_address + host)
+        return str(network.network_address + self.members.index(node) + 1)
 
-    def peer(self, node: Node) -> Node:
-        return self.second if node == self.first else self.first
+    def prefix_length(self, family: Family) -> int:
+        return ipaddress.ip_network(self.subnet(family)).prefixlen
 
-    @staticmethod
-    def interface(towards: Node) -> str:
-        """Name, inside a node's namespace, of the interface facing ``towards``."""
-        return f"to-{towards}"
+    def interface(self, node: Node) -> str:
+        """Name, inside ``node``'s namespace, of the interface holding its address here."""
+        owner = self.members[0]
+        if self.is_lan:
+            return "lan" if node == owner else f"to-{owner}"
+        return f"to-{self.members[1] if node == owner else owner}"
+
+    def veths(self) -> list[tuple[Node, str, Node, str]]:
+        """The veth pairs to create: (node, interface name, peer node, peer interface name)."""
+        owner = self.members[0]
+        return [(owner, f"to-{m}", m, f"to-{owner}") for m in self.members[1:]]
 
 
-LINKS: tuple[Link, ...] = (
-    Link(1, "r1", "c"),
-    Link(2, "r1", "r2a"),
-    Link(3, "r1", "r2b"),
-    Link(4, "r2a", "r3"),
-    Link(5, "r2b", "r3"),
-    Link(6, "r3", "d"),
+SEGMENTS: tuple[Segment, ...] = (
+    Segment(1, "198.51.100.0/30", ("r1", "c")),
+    Segment(2, "198.51.100.4/30", ("r1", "r2a")),
+    Segment(3, "198.51.100.8/30", ("r1", "r2b")),
+    Segment(4, "198.51.100.16/29", ("r3", "r2a", "r2b")),
+    Segment(5, "198.51.100.24/30", ("r3", "d")),
 )
 
 
-def _link(a: Node, b: Node) -> Link:
-    for link in LINKS:
-        if {link.first, link.second} == {a, b}:
-            return link
-    raise KeyError(f"no link between {a} and {b}")
+def _segment(a: Node, b: Node) -> Segment:
+    for segment in SEGMENTS:
+        if a in segment.members and b in segment.members:
+            return segment
+    raise KeyError(f"{a} and {b} share no segment")
 
 
 @attrs.frozen
@@ -173,13 +183,14 @@ def _family_plan(family: Family) -> FamilyPlan:
             "2001:db8:ee::/64",
         )
     base = ipaddress.ip_network(target_prefix).network_address
-    r2a, r2b = _link("r1", "r2a").address("r2a", family), _link("r1", "r2b").address("r2b", family)
-    r3 = _link("r2a", "r3").address("r3", family)  # r3's route back to the client is via r2a
+    r2a = _segment("r1", "r2a").address("r2a", family)
+    r2b = _segment("r1", "r2b").address("r2b", family)
+    r3 = _segment("r2a", "r3").address("r3", family)  # one LAN address: r3 answers from it
     return FamilyPlan(
         family=family,
-        client=_link("r1", "c").address("c", family),
+        client=_segment("r1", "c").address("c", family),
         hops=(
-            frozenset({_link("r1", "c").address("r1", family)}),
+            frozenset({_segment("r1", "c").address("r1", family)}),
             frozenset({r2a, r2b}),
             frozenset({r3}),
         ),
@@ -211,67 +222,84 @@ class ProbeResult:
 
 
 def _routes(node: Node) -> list[str]:
-    """The ``ip route`` commands (without ``ip``) that give ``node`` its routes."""
+    """The ``ip route`` commands (batch lines, without ``ip``) that give ``node`` its routes."""
     commands: list[str] = []
-    for family in (4, 6):
-        fam: Family = family  # type: ignore[assignment]
-        plan = PLAN.family(fam)
+    for fam in (4, 6):
+        family: Family = 4 if fam == 4 else 6
+        plan = PLAN.family(family)
         downstream = (plan.target_prefix, plan.blackhole_prefix, plan.unreachable_prefix)
+        whole_lab = ("198.51.100.0/24", "203.0.113.0/24") if family == 4 else ("2001:db8::/32",)
 
-        def via(peer: Node, prefixes: Iterable[str], fam: Family = fam) -> list[str]:
-            gateway = _link(node, peer).address(peer, fam)
-            dev = Link.interface(peer)
-            return [f"-{fam} route add {p} via {gateway} dev {dev}" for p in prefixes]
+        def nexthop(peer: Node, family: Family = family) -> str:
+            segment = _segment(node, peer)
+            return f"via {segment.address(peer, family)} dev {segment.interface(node)}"
 
-        def subnets(*indexes: int, fam: Family = fam) -> list[str]:
-            return [LINKS[i - 1].subnet(fam) for i in indexes]
+        def via(peer: Node, prefixes: Iterable[str]) -> list[str]:
+            return [f"route add {p} {nexthop(peer)}" for p in prefixes]
+
+        def subnets(*indexes: int, family: Family = family) -> list[str]:
+            return [SEGMENTS[i - 1].subnet(family) for i in indexes]
 
         if node == "c":
-            lab = ("198.51.100.0/24", "203.0.113.0/24") if fam == 4 else ("2001:db8::/32",)
-            commands += via("r1", lab)
+            commands += via("r1", whole_lab)
         elif node == "d":
-            lab = ("198.51.100.0/24", "203.0.113.0/24") if fam == 4 else ("2001:db8::/32",)
-            commands += via("r3", lab)
-        elif node == "r1":
-            hops = " ".join(
-                f"nexthop via {_link('r1', peer).address(peer, fam)} dev {Link.interface(peer)}"
-                for peer in ("r2a", "r2b")
-            )
-            commands += [
-                f"-{fam} route add {p} {hops}" for p in (*subnets(4, 5, 6), *downstream)
-            ]
+            commands += via("r3", whole_lab)
+        elif node == "r1":  # ECMP: per-flow hashing over r2a and r2b
+            hops = f"nexthop {nexthop('r2a')} nexthop {nexthop('r2b')}"
+            commands += [f"route add {p} {hops}" for p in (*subnets(4, 5), *downstream)]
         elif node == "r2a":
-            commands += via("r1", subnets(1, 3)) + via("r3", (*subnets(5, 6), *downstream))
+            commands += via("r1", subnets(1, 3)) + via("r3", (*subnets(5), *downstream))
         elif node == "r2b":
-            commands += via("r1", subnets(1, 2)) + via("r3", (*subnets(4, 6), *downstream))
-        elif node == "r3":
-            commands += via("r2a", subnets(1, 2, 3)) + via("d", (plan.target_prefix,))
-            commands += [
-                f"-{fam} route add blackhole {plan.blackhole_prefix}",
-                f"-{fam} route add unreachable {plan.unreachable_prefix}",
-            ]
+            commands += via("r1", subnets(1, 2)) + via("r3", (*subnets(5), *downstream))
+        elif node == "r3":  # the way back to the client is always through r2a
+            commands += via("r2a", subnets(1, 2, 3))
+            commands += via("d", (plan.target_prefix, plan.unreachable_prefix))
+            commands += [f"route add blackhole {plan.blackhole_prefix}"]
     return commands
 
 
 def _node_setup(node: Node) -> str:
     """An ``ip -batch`` script that brings up ``node``'s links, addresses and routes."""
     lines = ["link set lo up"]
-    for link in LINKS:
-        if node not in (link.first, link.second):
+    for segment in SEGMENTS:
+        if node not in segment.members:
             continue
-        dev = Link.interface(link.peer(node))
+        dev = segment.interface(node)
+        if segment.is_lan and node == segment.members[0]:
+            lines.append(f"link add name {dev} type bridge stp_state 0 mcast_snooping 0")
+            for _, port, _, _ in segment.veths():
+                lines += [f"link set {port} master {dev}", f"link set {port} up"]
         lines += [
-            f"addr add {link.address(node, 4)}/30 dev {dev}",
-            f"addr add {link.address(node, 6)}/64 dev {dev} nodad",
             f"link set {dev} up",
+            f"addr add {segment.address(node, 4)}/{segment.prefix_length(4)} dev {dev}",
+            f"addr add {segment.address(node, 6)}/{segment.prefix_length(6)} dev {dev} nodad",
         ]
     if node == "d":
         for family, length in ((4, 32), (6, 128)):
-            fam: Family = family  # type: ignore[assignment]
+            fam: Family = 4 if family == 4 else 6
             flags = " nodad" if fam == 6 else ""
             lines += [f"addr add {t}/{length} dev lo{flags}" for t in PLAN.family(fam).targets]
     lines += _routes(node)
     return "\n".join(lines) + "\n"
+
+
+def _unreachable_ruleset() -> str:
+    """nftables script for r3: answer ICMP unreachable for the unreachable prefixes.
+
+    An ``unreachable`` route would do this too, but for IPv4 the kernel rate-limits those errors
+    with a per-source token bucket (net.ipv4.route.error_cost / error_burst, which exist only in
+    the host's namespace): about 5 at once, then one a second. A reject rule is only subject to
+    the ICMP rate limits that the lab controls.
+    """
+    return (
+        f"add table inet {_NFT_UNREACHABLE}\n"
+        f"add chain inet {_NFT_UNREACHABLE} forward"
+        " { type filter hook forward priority 0 ; policy accept ; }\n"
+        f"add rule inet {_NFT_UNREACHABLE} forward ip daddr {PLAN.ipv4.unreachable_prefix}"
+        " reject with icmp type net-unreachable\n"
+        f"add rule inet {_NFT_UNREACHABLE} forward ip6 daddr {PLAN.ipv6.unreachable_prefix}"
+        " reject with icmpv6 type no-route\n"
+    )
 
 
 _BASE_SYSCTLS: dict[str, str] = {
@@ -420,7 +448,7 @@ def lab_unavailable_reason() -> str | None:
         if result.returncode != 0:
             return f"cannot create network namespaces: {result.stderr.strip()}"
         veth = _run(
-            ["ip", "-n", name, "link", "add", "a", "type", "veth", "peer", "name", "b"],
+            ["ip", "-n", name, "link", "add", "name", "v0", "type", "veth", "peer", "name", "v1"],
             check=False,
         )
         if veth.returncode != 0:
@@ -523,12 +551,14 @@ class Lab:
         _run(
             ["ip", "-batch", "-"],
             stdin="".join(
-                f"link add {Link.interface(link.second)} netns {self.netns(link.first)} type veth"
-                f" peer name {Link.interface(link.first)} netns {self.netns(link.second)}\n"
-                for link in LINKS
+                f"link add name {name} netns {self.netns(node)} type veth"
+                f" peer name {peer_name} netns {self.netns(peer)}\n"
+                for segment in SEGMENTS
+                for node, name, peer, peer_name in segment.veths()
             ),
         )
         _run_all([(["ip", "-n", self.netns(n), "-batch", "-"], _node_setup(n)) for n in NODES])
+        _run([*self.netns_exec("r3"), "nft", "-f", "-"], stdin=_unreachable_ruleset())
         self._start_listener()
         self._warm_up()
 
@@ -551,9 +581,11 @@ class Lab:
         jobs: list[tuple[Sequence[str], str | None]] = []
         for node in NODES:
             neighbours = [
-                link.address(link.peer(node), family)
-                for link in LINKS
-                if node in (link.first, link.second)
+                segment.address(member, family)
+                for segment in SEGMENTS
+                if node in segment.members
+                for member in segment.members
+                if member != node
                 for family in (4, 6)
             ]
             jobs.append((self._probe_argv(node, neighbours, ttl=64, timeout=3), None))
@@ -707,20 +739,19 @@ class Lab:
         node: Node = router  # type: ignore[assignment]
         if silent:
             script = (
-                f"add table inet {_NFT_TABLE}\n"
-                f"flush table inet {_NFT_TABLE}\n"
-                f"add chain inet {_NFT_TABLE} output"
+                f"add table inet {_NFT_SILENT}\n"
+                f"flush table inet {_NFT_SILENT}\n"
+                f"add chain inet {_NFT_SILENT} output"
                 " { type filter hook output priority 0 ; policy accept ; }\n"
-                f"add rule inet {_NFT_TABLE} output icmp type time-exceeded drop\n"
-                f"add rule inet {_NFT_TABLE} output icmpv6 type time-exceeded drop\n"
+                f"add rule inet {_NFT_SILENT} output icmp type time-exceeded drop\n"
+                f"add rule inet {_NFT_SILENT} output icmpv6 type time-exceeded drop\n"
             )
-            self.run(node, ["nft", "-f", "-"], check=False)  # nothing: keeps argv simple
             _run([*self.netns_exec(node), "nft", "-f", "-"], stdin=script)
             self._silent.add(node)
         else:
             tables = self.run(node, ["nft", "list", "tables"]).stdout
-            if f"table inet {_NFT_TABLE}" in tables:
-                self.run(node, ["nft", "delete", "table", "inet", _NFT_TABLE])
+            if f"table inet {_NFT_SILENT}" in tables:
+                self.run(node, ["nft", "delete", "table", "inet", _NFT_SILENT])
             self._silent.discard(node)
 
     @contextlib.contextmanager

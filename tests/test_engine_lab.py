@@ -1,0 +1,272 @@
+"""The engine against the real mtr-packet in the network-namespace lab."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from service.errors import EngineStartError, WorkerDied
+from service.pool import PoolConfig, ProbePool
+from service.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+reactor: Any = global_reactor
+FAMILIES = [4, 6]
+PROTOCOLS = [Protocol.ICMP, Protocol.UDP, Protocol.TCP]
+
+
+@asynccontextmanager
+async def running_pool(lab: Lab, size: int = 2, **config: Any) -> AsyncIterator[ProbePool]:
+    """A pool whose mtr-packet runs in the lab's client namespace; always stopped after."""
+    pool = ProbePool(
+        reactor, PoolConfig(size=size, command=(*lab.netns_exec("c"), "mtr-packet"), **config)
+    )
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.stop()
+
+
+def request(lab: Lab, target: str, ttl: int, protocol: Protocol, **fields: Any) -> ProbeRequest:
+    """A probe as the tests send it: tcp to the open port, udp to a fixed port pair on IPv4."""
+    if protocol is Protocol.TCP:
+        fields.setdefault("port", lab.open_tcp_port)
+    return ProbeRequest(
+        target, ttl=ttl, protocol=protocol, timeout=fields.pop("timeout", 2), **fields
+    )
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest_twisted.ensureDeferred
+async def test_every_ttl_answers_from_the_router_the_topology_says(
+    lab: Lab, family: int, protocol: Protocol
+) -> None:
+    """TTL 1-3 answer ttl-expired from r1, r2a|r2b and r3; TTL 4 is the destination's reply."""
+    target = lab.targets(family)[7]
+    async with running_pool(lab) as pool:
+        replies = [await pool.probe(request(lab, target, ttl, protocol)) for ttl in (1, 2, 3, 4)]
+    for ttl, reply in enumerate(replies, start=1):
+        expected_kind = ReplyKind.REPLY if ttl == 4 else ReplyKind.TTL_EXPIRED
+        assert (reply.kind, ttl) == (expected_kind, ttl), reply.raw
+        assert reply.address in lab.expected_responders(family, ttl, target), (ttl, reply.raw)
+        assert reply.ip_version == family
+        assert reply.rtt_us is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest_twisted.ensureDeferred
+async def test_closed_tcp_port_counts_as_reached(lab: Lab, family: int) -> None:
+    """A refused tcp connection is the destination answering: reply from the target."""
+    target = lab.targets(family)[3]
+    async with running_pool(lab, size=1) as pool:
+        reply = await pool.probe(request(lab, target, 10, Protocol.TCP, port=lab.closed_tcp_port))
+    assert (reply.kind, reply.address) == (ReplyKind.REPLY, target)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest_twisted.ensureDeferred
+async def test_unreachable_prefix_gives_the_routers_no_route(
+    lab: Lab, family: int, protocol: Protocol
+) -> None:
+    """Past r3, the unreachable prefix answers no-route from r3's address."""
+    target = lab.unreachable_target(family)
+    async with running_pool(lab, size=1) as pool:
+        reply = await pool.probe(request(lab, target, 10, protocol))
+    assert reply.kind in (ReplyKind.NO_ROUTE, ReplyKind.NO_ROUTE_NETWORK), reply.raw
+    assert reply.address == lab.r3_address(family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest_twisted.ensureDeferred
+async def test_blackhole_gives_no_reply_after_the_timeout(lab: Lab, family: int) -> None:
+    """The blackholed prefix answers nothing: no-reply once the probe's timeout is over."""
+    target = lab.blackhole_target(family)
+    async with running_pool(lab, size=1) as pool:
+        started = reactor.seconds()
+        reply = await pool.probe(request(lab, target, 10, Protocol.ICMP, timeout=1))
+        waited = reactor.seconds() - started
+    assert reply.kind is ReplyKind.NO_REPLY
+    assert 0.9 <= waited < 3.0
+
+
+async def branches_taken(lab: Lab, pool: ProbePool, probes: list[ProbeRequest]) -> set[str]:
+    replies = await _gather([pool.probe(probe) for probe in probes])
+    ecmp = lab.ecmp_responders(4)
+    assert all(r.kind is ReplyKind.TTL_EXPIRED and r.address in ecmp for r in replies), replies
+    return {r.address for r in replies if r.address}
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_with_fixed_ports_stays_on_one_ecmp_branch(lab: Lab) -> None:
+    """A fixed udp 5-tuple keeps every probe on one branch; varying ports use both."""
+    targets = lab.targets(4)[:8]
+    async with running_pool(lab) as pool:
+        for target in targets:
+            fixed = [
+                request(lab, target, 2, Protocol.UDP, port=33434, local_port=41000)
+                for _ in range(12)
+            ]
+            assert len(await branches_taken(lab, pool, fixed)) == 1
+        varying = [request(lab, targets[0], 2, Protocol.UDP) for _ in range(40)]
+        assert await branches_taken(lab, pool, varying) == set(lab.ecmp_responders(4))
+
+
+async def _gather(deferreds: list[Deferred[ProbeReply]]) -> list[ProbeReply]:
+    results = await DeferredList(deferreds, consumeErrors=True)
+    replies = []
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
+        replies.append(value)
+    return replies
+
+
+def misattributions(lab: Lab, probes: list[ProbeRequest], replies: list[Any]) -> list[str]:
+    """Every reply that names an address the topology rules out for its probe."""
+    wrong = []
+    for probe, (ok, reply) in zip(probes, replies, strict=True):
+        if not ok:
+            wrong.append(f"{probe}: failed {reply.value!r}")
+            continue
+        if reply.kind is ReplyKind.NO_REPLY:
+            continue
+        expected = lab.expected_responders(probe.ip_version, probe.ttl, probe.target)
+        kind = ReplyKind.REPLY if probe.ttl >= 4 else ReplyKind.TTL_EXPIRED
+        if reply.kind is not kind or reply.address not in expected:
+            wrong.append(f"{probe.protocol} ttl {probe.ttl} to {probe.target}: {reply.raw}")
+    return wrong
+
+
+def mixed_load(lab: Lab, count: int, seed: int) -> list[ProbeRequest]:
+    """icmp, udp and tcp probes to random targets and TTLs, both families."""
+    chooser = random.Random(seed)
+    probes = []
+    for _ in range(count):
+        family = chooser.choice(FAMILIES)
+        protocol = chooser.choice(PROTOCOLS)
+        target = chooser.choice(lab.targets(family))
+        ttl = chooser.randint(1, 5)
+        fields: dict[str, Any] = {"timeout": 3}
+        if protocol is Protocol.UDP and family == 4 and chooser.random() < 0.5:
+            fields.update(port=33434 + chooser.randint(0, 3), local_port=41000)
+        probes.append(request(lab, target, ttl, protocol, **fields))
+    return probes
+
+
+@pytest_twisted.ensureDeferred
+async def test_mixed_load_on_two_workers_has_zero_misattributions(lab: Lab) -> None:
+    """Thousands of concurrent icmp/udp/tcp probes on 2 workers: every reply fits the topology."""
+    probes = mixed_load(lab, 4000, seed=20261122)
+    async with running_pool(lab, size=2) as pool:
+        replies = await DeferredList([pool.probe(p) for p in probes], consumeErrors=True)
+        assert pool.outstanding == 0
+    wrong = misattributions(lab, probes, replies)
+    assert wrong == [], f"{len(wrong)} misattributed, e.g. {wrong[:5]}"
+    kinds = Counter(reply.kind for ok, reply in replies if ok)
+    assert kinds[ReplyKind.NO_REPLY] <= len(probes) // 100, kinds
+
+
+async def windowed(pool: ProbePool, probes: list[ProbeRequest], window: int) -> list[Any]:
+    """Send ``probes`` keeping ``window`` in flight; results in the order of ``probes``."""
+    results: list[Any] = [None] * len(probes)
+    pending = iter(enumerate(probes))
+
+    async def lane() -> None:
+        for index, probe in pending:
+            try:
+                results[index] = (True, await pool.probe(probe))
+            except Exception as e:
+                results[index] = (False, Failure(e))
+
+    await DeferredList([Deferred.fromCoroutine(lane()) for _ in range(window)])
+    return results
+
+
+@pytest_twisted.ensureDeferred
+async def test_retired_workers_hand_over_without_misattribution(lab: Lab) -> None:
+    """Past a band's worth of probes, workers are retired and replaced; replies stay right."""
+    probes = mixed_load(lab, 7000, seed=7)
+    async with running_pool(lab, size=16) as pool:
+        # With 4 in flight, the least-loaded choice keeps to the first 4 slots, so each
+        # of them runs through its band (about 1500 sequences) and is retired.
+        band = pool._slots[0].band.usable
+        before = [w["pid"] for w in pool.workers()]
+        replies = await windowed(pool, probes, window=4)
+        after = [w["pid"] for w in pool.workers()]
+    assert len(probes) > 4 * band
+    assert before[:4] != after[:4], "no worker was retired"
+    assert pool.restarts == 0
+    assert misattributions(lab, probes, replies) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_under_load_fails_fast_and_recovers(lab: Lab) -> None:
+    """kill -9 of a worker: its probes fail at once, a new one is ready within a second."""
+    async with running_pool(lab, size=2) as pool:
+        target = lab.blackhole_target(4)  # probes stay outstanding for their whole timeout
+        load = [pool.probe(request(lab, target, 10, Protocol.ICMP, timeout=5)) for _ in range(400)]
+        await sleep(0.3)
+        victim = pool.workers()[0]["pid"]
+        killed_at = reactor.seconds()
+        os.kill(victim, signal.SIGKILL)
+        results = await DeferredList(load[:], consumeErrors=True, fireOnOneErrback=False)
+        failed = [value.value for ok, value in results if not ok]
+        assert failed, "no probe failed: the victim held none"
+        assert all(isinstance(e, WorkerDied) for e in failed)
+        assert all("killed by signal 9" in str(e) for e in failed)
+        while pool.ready_workers < 2:
+            assert reactor.seconds() - killed_at < 1.0, "no new worker within a second"
+            await sleep(0.02)
+        assert pool.workers()[0]["pid"] != victim
+        later = await _gather(
+            [pool.probe(request(lab, lab.targets(4)[1], 4, Protocol.ICMP)) for _ in range(20)]
+        )
+        assert {r.kind for r in later} == {ReplyKind.REPLY}
+        assert pool.restarts == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_probes_that_failed_with_their_worker_fail_fast(lab: Lab) -> None:
+    """Probes held by a killed worker fail within a fraction of their timeout."""
+    async with running_pool(lab, size=1) as pool:
+        probe = pool.probe(request(lab, lab.blackhole_target(4), 10, Protocol.ICMP, timeout=10))
+        await sleep(0.2)
+        os.kill(pool.workers()[0]["pid"], signal.SIGKILL)
+        started = reactor.seconds()
+        with pytest.raises(WorkerDied):
+            await probe
+        assert reactor.seconds() - started < 1.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_mtr_packet_binary_is_a_clear_error_at_start(lab: Lab) -> None:
+    """A command that cannot run mtr-packet makes start() fail, saying why."""
+    pool = ProbePool(reactor, PoolConfig(command=("/nonexistent/mtr-packet",)))
+    with pytest.raises(EngineStartError, match="not found"):
+        await pool.start()
+    wrapped = ProbePool(
+        reactor, PoolConfig(command=(*lab.netns_exec("c"), "/nonexistent/mtr-packet"))
+    )
+    with pytest.raises(EngineStartError, match="exited with status"):
+        await wrapped.start()
