@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -270,3 +271,69 @@ async def test_missing_mtr_packet_binary_is_a_clear_error_at_start(lab: Lab) -> 
     )
     with pytest.raises(EngineStartError, match="exited with status"):
         await wrapped.start()
+
+
+def naive_pair_replies(lab: Lab, count: int) -> list[str]:
+    """Two bare mtr-packet processes, started together, as a naive pool would run them.
+
+    One holds icmp probes to the blackhole (they can only end in no-reply); the other sends
+    tcp probes that expire at r3. Returns the first process's reply lines.
+    """
+    command = [*lab.netns_exec("c"), "mtr-packet"]
+    silent, busy = (
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    )
+    try:
+        blackhole, target = lab.blackhole_target(4), lab.targets(4)[5]
+        assert silent.stdin is not None
+        assert busy.stdin is not None
+        silent.stdin.write(
+            "".join(
+                f"{t} send-probe ip-4 {blackhole} ttl 10 timeout 2\n" for t in range(2, count + 2)
+            )
+        )
+        busy.stdin.write(
+            "".join(
+                f"{t} send-probe ip-4 {target} ttl 3 protocol tcp"
+                f" port {lab.open_tcp_port} timeout 2\n"
+                for t in range(2, count + 2)
+            )
+        )
+        silent.stdin.close()
+        busy.stdin.close()
+        assert silent.stdout is not None
+        assert busy.stdout is not None
+        out = silent.stdout.read()  # mtr-packet exits once its probes are done (2 s)
+        busy.stdout.read()
+    finally:
+        for process in (silent, busy):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return out.splitlines()
+
+
+def test_naive_processes_do_steal_each_others_replies(lab: Lab) -> None:
+    """Without the pool's sequence bands, tcp errors land on the other process's probes.
+
+    This shows the hazard (mtr issues #344, #408) is real in the lab, so the next test,
+    which runs the same load through the pool, can fail.
+    """
+    lines = naive_pair_replies(lab, 100)
+    stolen = [line for line in lines if f"ttl-expired ip-4 {lab.r3_address(4)}" in line]
+    assert len(stolen) > 10, lines[:5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_keeps_tcp_errors_away_from_other_workers_probes(lab: Lab) -> None:
+    """The same load through the pool: every blackhole probe ends in no-reply."""
+    async with running_pool(lab, size=2, max_outstanding=100) as pool:
+        blackhole, target = lab.blackhole_target(4), lab.targets(4)[5]
+        silent = [pool.probe(request(lab, blackhole, 10, Protocol.ICMP)) for _ in range(100)]
+        busy = [pool.probe(request(lab, target, 3, Protocol.TCP)) for _ in range(100)]
+        silent_replies = await _gather(silent)
+        busy_replies = await _gather(busy)
+    assert {w for w in pool.workers() if w["restarts"]} == set()
+    assert Counter(r.kind for r in silent_replies) == {ReplyKind.NO_REPLY: 100}
+    assert {r.address for r in busy_replies} == {lab.r3_address(4)}
