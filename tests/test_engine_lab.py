@@ -7,8 +7,8 @@ import random
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -337,3 +337,39 @@ async def test_pool_keeps_tcp_errors_away_from_other_workers_probes(lab: Lab) ->
     assert {w for w in pool.workers() if w["restarts"]} == set()
     assert Counter(r.kind for r in silent_replies) == {ReplyKind.NO_REPLY: 100}
     assert {r.address for r in busy_replies} == {lab.r3_address(4)}
+
+
+@contextmanager
+def echo_sequences_on_the_wire(lab: Lab) -> Iterator[list[int]]:
+    """Capture the ICMP echo requests the client sends; the list fills when the block ends."""
+    capture = subprocess.Popen(
+        [*lab.netns_exec("c"), "tcpdump", "-i", "any", "-n", "-l", "-v", "icmp[0] == 8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[int] = []
+    try:
+        assert capture.stderr is not None
+        while "listening" not in (line := capture.stderr.readline()):
+            assert line, "tcpdump ended before it listened"
+        yield seen
+    finally:
+        capture.terminate()
+        out, _ = capture.communicate(timeout=10)
+    seen.extend(sorted(int(part.split()[0].rstrip(",")) for part in out.split(" seq ")[1:]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_sequences_on_the_wire_are_the_ones_the_pool_chose(lab: Lab) -> None:
+    """The pool's mirror of mtr-packet's counter is exact: burns move it, probes take it."""
+    target = lab.targets(4)[9]
+    with echo_sequences_on_the_wire(lab) as seen:
+        async with running_pool(lab, size=2) as pool:
+            bands = [slot.band for slot in pool._slots]
+            for _ in range(5):  # one at a time: always the first slot
+                await pool.probe(request(lab, target, 4, Protocol.ICMP))
+            await _gather([pool.probe(request(lab, target, 4, Protocol.ICMP)) for _ in range(2)])
+            await sleep(0.2)
+    first = bands[0].start
+    assert seen == [*range(first, first + 6), bands[1].start]
