@@ -28,19 +28,22 @@ def _listen(value: str) -> tuple[str, int]:
 
 
 def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The ``serve`` flags; each defaults to its MTRD_* variable, then to the built-in."""
+    """The ``serve`` flags; each defaults to its MTRD_* variable, then to the built-in.
+
+    String defaults go through the flag's type, so a bad variable is reported like a bad flag.
+    """
     parser = argparse.ArgumentParser(prog="mtrd serve", description="Run the mtrd service.")
     parser.add_argument(
         "--listen",
         type=_listen,
-        default=_listen(env.get("MTRD_LISTEN", "127.0.0.1:8080")),
+        default=env.get("MTRD_LISTEN", "127.0.0.1:8080"),
         help="HOST:PORT to listen on (MTRD_LISTEN, default 127.0.0.1:8080; "
         "0.0.0.0:8080 listens on all interfaces, as in a container)",
     )
     parser.add_argument(
         "--pool-size",
         type=int,
-        default=int(env.get("MTRD_POOL_SIZE", "2")),
+        default=env.get("MTRD_POOL_SIZE", "2"),
         help="mtr-packet processes to keep running (MTRD_POOL_SIZE, default 2)",
     )
     parser.add_argument(
