@@ -373,3 +373,24 @@ async def test_sequences_on_the_wire_are_the_ones_the_pool_chose(lab: Lab) -> No
             await sleep(0.2)
     first = bands[0].start
     assert seen == [*range(first, first + 6), bands[1].start]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest_twisted.ensureDeferred
+async def test_silent_router_gives_no_reply_at_its_ttl_only(lab: Lab, family: int) -> None:
+    """A router that sends no time-exceeded leaves its TTL unanswered; the others answer."""
+    target = lab.targets(family)[11]
+    with lab.silent("r3"):
+        async with running_pool(lab, size=1) as pool:
+            replies = await _gather(
+                [
+                    pool.probe(request(lab, target, ttl, Protocol.ICMP, timeout=1))
+                    for ttl in (1, 2, 3, 4)
+                ]
+            )
+    assert [r.kind for r in replies] == [
+        ReplyKind.TTL_EXPIRED,
+        ReplyKind.TTL_EXPIRED,
+        ReplyKind.NO_REPLY,
+        ReplyKind.REPLY,
+    ]
