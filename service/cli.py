@@ -9,12 +9,17 @@ from typing import Any
 from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.names import client
 from twisted.web.server import Site
 
 from service.config import ServeConfig, parse_serve_args
 from service.errors import EngineStartError
 from service.http import Api
+from service.jobs import TraceJobs
 from service.pool import ProbePool
+from service.resolve import TargetResolver
+from service.store import TraceStore
+from service.tracer import Tracer
 
 log = Logger()
 
@@ -29,11 +34,21 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     except EngineStartError as e:
         print(f"mtrd: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    site = Site(Api(pool).app.resource())  # type: ignore[no-untyped-call]
+    store = TraceStore(reactor, config.store)
+    tracer = Tracer(
+        reactor,
+        pool,
+        TargetResolver(client.createResolver(servers=list(config.dns_servers) or None)),
+        source_ipv4=config.pool.source_ipv4,
+        source_ipv6=config.pool.source_ipv6,
+    )
+    jobs = TraceJobs(tracer, store, max_running=config.max_running)
+    api = Api(pool=pool, jobs=jobs, store=store, clock=reactor)
+    site = Site(api.app.resource())
     endpoint_type = (
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )
-    listening = await endpoint_type(reactor, config.port, interface=config.host).listen(site)  # type: ignore[no-untyped-call]
+    listening = await endpoint_type(reactor, config.port, interface=config.host).listen(site)
     log.info("mtrd listening on {host}:{port}", host=config.host, port=config.port)
     done: Deferred[None] = Deferred()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
 from service.pool import PoolConfig
+from service.store import StoreLimits
 
 
 @attrs.frozen
@@ -18,6 +20,47 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     pool: PoolConfig = attrs.Factory(PoolConfig)
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    store: StoreLimits = attrs.Factory(StoreLimits)
+    max_running: int = 32
+
+
+def _dns_servers(value: str) -> tuple[tuple[str, int], ...]:
+    servers = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        host, port = item, 53
+        if item.startswith("["):  # [v6]:port
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
+        elif item.count(":") == 1:
+            host, _, text = item.partition(":")
+            if not text.isdigit():
+                raise argparse.ArgumentTypeError(f"bad DNS server {item!r}")
+            port = int(text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"DNS servers are IP addresses, not {host!r}"
+            ) from None
+        servers.append((host, port))
+    return tuple(servers)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return convert
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -62,6 +105,31 @@ def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("MTRD_SOURCE_IPV6") or None,
         help="IPv6 source address for probes (MTRD_SOURCE_IPV6, default: the route's)",
     )
+    parser.add_argument(
+        "--dns-servers",
+        type=_dns_servers,
+        default=env.get("MTRD_DNS_SERVERS", ""),
+        help="comma-separated DNS servers for hostname targets, e.g. 192.0.2.53,[2001:db8::53]:53 "
+        "(MTRD_DNS_SERVERS, default: those of /etc/resolv.conf)",
+    )
+    parser.add_argument(
+        "--store-ttl",
+        type=_positive(float),
+        default=env.get("MTRD_STORE_TTL", "3600"),
+        help="seconds a finished trace is kept (MTRD_STORE_TTL, default 3600)",
+    )
+    parser.add_argument(
+        "--store-max",
+        type=_positive(int),
+        default=env.get("MTRD_STORE_MAX", "10000"),
+        help="traces kept at most; the oldest finished go first (MTRD_STORE_MAX, default 10000)",
+    )
+    parser.add_argument(
+        "--max-running",
+        type=_positive(int),
+        default=env.get("MTRD_MAX_RUNNING", "32"),
+        help="traces probing at once; more wait as queued (MTRD_MAX_RUNNING, default 32)",
+    )
     return parser
 
 
@@ -79,4 +147,11 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     except ValueError as e:
         parser.error(str(e))
     host, port = args.listen
-    return ServeConfig(host=host, port=port, pool=pool)
+    return ServeConfig(
+        host=host,
+        port=port,
+        pool=pool,
+        dns_servers=args.dns_servers,
+        store=StoreLimits(ttl=args.store_ttl, max_traces=int(args.store_max)),
+        max_running=int(args.max_running),
+    )

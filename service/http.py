@@ -1,27 +1,244 @@
-"""The HTTP edge: parses requests, calls the engine, renders answers.
+"""The HTTP edge: parses requests, calls the trace jobs, renders answers.
 
-Only this module knows Klein. Trace routes arrive with the trace runner; for
-now it serves the liveness and readiness checks over the probe pool.
+Only this module knows Klein. Domain errors become problem+json answers here,
+in one place (:meth:`Api.problem`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from service.pool import ProbePool
+from service.events import Event
+from service.intake import InvalidFields, parse_trace_request
+from service.jobs import Deletion, TraceJobs
+from service.problems import Problem, invalid_fields, not_found
+from service.render import hop_json, status_json, summary_json, trace_json
+from service.report import render_report
+from service.store import BadCursor, StoreFull, TraceStore
+from service.trace import Hop, Trace, TraceStatus
+
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
+MAX_BODY = 64 * 1024
+MAX_LIST = 500
+
+
+class Readiness(Protocol):
+    """What the edge reads of the probe pool."""
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers that answered their version check."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Workers the pool keeps."""
+        ...
 
 
 class Api:
     """The Klein application of one mtrd process."""
 
     app = Klein()
+    log = Logger()
 
-    def __init__(self, pool: ProbePool) -> None:
+    def __init__(
+        self,
+        *,
+        pool: Readiness,
+        jobs: TraceJobs,
+        store: TraceStore,
+        clock: IReactorTime,
+        heartbeat: float = 15.0,
+    ) -> None:
         self._pool = pool
+        self._jobs = jobs
+        self._store = store
+        self._clock = clock
+        self._heartbeat = heartbeat
+
+    # -- traces -------------------------------------------------------------------------
+
+    @app.route("/traces", methods=["POST"])
+    def create(self, request: IRequest) -> bytes:
+        """Start a trace: 202 with its resource and Location."""
+        return self._answer(request, lambda: self._create(request))
+
+    def _create(self, request: IRequest) -> bytes:
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the trace request as application/json",
+            )
+        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(raw) > MAX_BODY:
+            raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Problem(
+                400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
+            ) from None
+        try:
+            trace_request = parse_trace_request(body)
+        except InvalidFields as e:
+            raise invalid_fields(e.errors) from None
+        if self._pool.ready_workers == 0:
+            raise Problem(
+                503,
+                "not-ready",
+                "Not ready",
+                "no mtr-packet worker is running yet",
+                headers=(("Retry-After", "1"),),
+            )
+        try:
+            record = self._jobs.submit(trace_request)
+        except StoreFull as e:
+            raise Problem(
+                429,
+                "store-full",
+                "Too many active traces",
+                str(e),
+                headers=(("Retry-After", str(e.retry_after)),),
+            ) from None
+        request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
+        return _json(request, 202, trace_json(record.trace))
+
+    @app.route("/traces", methods=["GET"])
+    def listing(self, request: IRequest) -> bytes:
+        """Traces, newest first, filtered by status, a page at a time."""
+        return self._answer(request, lambda: self._listing(request))
+
+    def _listing(self, request: IRequest) -> bytes:
+        args = {
+            k.decode(): [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in (request.args or {}).items()
+        }
+        errors = [
+            (name, "unknown query parameter")
+            for name in args
+            if name not in ("status", "limit", "cursor")
+        ]
+        status = None
+        if "status" in args:
+            try:
+                status = TraceStatus(args["status"][-1])
+            except ValueError:
+                errors.append(
+                    ("status", "must be one of " + ", ".join(s.value for s in TraceStatus))
+                )
+        limit = 50
+        if "limit" in args:
+            text = args["limit"][-1]
+            if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+                errors.append(("limit", f"must be an integer between 1 and {MAX_LIST}"))
+            else:
+                limit = int(text)
+        cursor = args["cursor"][-1] if "cursor" in args else None
+        if errors:
+            raise invalid_fields(errors)
+        try:
+            page, next_cursor = self._store.newest_first(status, limit, cursor)
+        except BadCursor:
+            raise invalid_fields([("cursor", "not a cursor this service handed out")]) from None
+        return _json(
+            request, 200, {"traces": [summary_json(t) for t in page], "next_cursor": next_cursor}
+        )
+
+    @app.route("/traces/<trace_id>", methods=["GET"])
+    def show(self, request: IRequest, trace_id: str) -> bytes:
+        """One trace as JSON (with an ETag), or as a text report."""
+        return self._answer(request, lambda: self._show(request, trace_id))
+
+    def _show(self, request: IRequest, trace_id: str) -> bytes:
+        record = self._store.get(trace_id)
+        if record is None:
+            raise not_found(f"trace {trace_id}")
+        etag = f'"{trace_id}.{record.channel.last_id}"'
+        request.setHeader(b"ETag", etag.encode())
+        request.setHeader(b"Vary", b"Accept")
+        if etag in _tags(request.getHeader("if-none-match")):
+            request.setResponseCode(304)
+            return b""
+        if _prefers_text(request.getHeader("accept")):
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return render_report(record.trace).encode()
+        return _json(request, 200, trace_json(record.trace))
+
+    @app.route("/traces/<trace_id>", methods=["DELETE"])
+    def delete(self, request: IRequest, trace_id: str) -> bytes:
+        """Cancel a queued or running trace (200), or remove a finished one (204)."""
+        return self._answer(request, lambda: self._delete(request, trace_id))
+
+    def _delete(self, request: IRequest, trace_id: str) -> bytes:
+        outcome = self._jobs.delete(trace_id)
+        if outcome is None:
+            raise not_found(f"trace {trace_id}")
+        if outcome is Deletion.REMOVED:
+            request.setResponseCode(204)
+            return b""
+        record = self._store.get(trace_id)
+        assert record is not None
+        return _json(request, 200, trace_json(record.trace))
+
+    @app.route("/traces/<trace_id>/events", methods=["GET"])
+    def events(self, request: IRequest, trace_id: str) -> Deferred[None] | bytes:
+        """Server-sent events of one trace; Last-Event-ID resumes after that id."""
+        record = self._store.get(trace_id)
+        if record is None:
+            return self._problem(request, not_found(f"trace {trace_id}"))
+        last = request.getHeader("last-event-id")
+        after = int(last) if last is not None and last.strip().isdigit() else None
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+
+        heartbeat = LoopingCall(lambda: request.write(b": keep-alive\n\n"))
+        heartbeat.clock = self._clock
+        subscription: list[Callable[[], None]] = []
+
+        def stop(_: object = None) -> None:
+            for unsubscribe in subscription:
+                unsubscribe()
+            if heartbeat.running:
+                heartbeat.stop()
+
+        finished: Deferred[None] = Deferred(stop)
+
+        def deliver(event: Event) -> None:
+            request.write(_sse(trace_id, event))
+            if event.kind == "done" and not finished.called:
+                stop()
+                finished.callback(None)
+
+        request.write(b": stream of " + trace_id.encode() + b"\n\n")
+        subscription.append(record.channel.subscribe(deliver, after))
+        if not finished.called:
+            heartbeat.start(self._heartbeat, now=False)
+        return finished
+
+    # -- service ------------------------------------------------------------------------
+
+    @app.route("/openapi.yaml", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """This API, described in OpenAPI 3.1."""
+        request.setHeader(b"Content-Type", b"application/yaml")
+        return OPENAPI.read_bytes()
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
@@ -32,14 +249,85 @@ class Api:
     def readyz(self, request: IRequest) -> bytes:
         """Ready once at least one mtr-packet worker answered its version check."""
         ready = self._pool.ready_workers
-        body: dict[str, Any] = {
+        body = {
             "status": "ready" if ready else "not ready",
             "workers": {"ready": ready, "size": self._pool.size},
         }
         return _json(request, 200 if ready else 503, body)
 
+    # -- errors -------------------------------------------------------------------------
 
-def _json(request: IRequest, status: int, body: object) -> bytes:
-    request.setResponseCode(status)  # type: ignore[no-untyped-call]
-    request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
-    return json.dumps(body).encode()
+    @app.handle_errors(NotFound)
+    def unknown_route(self, request: IRequest, failure: Failure) -> bytes:  # noqa: ARG002
+        """404 problem for a path mtrd does not serve."""
+        return self._problem(request, not_found(f"{request.path.decode('utf-8', 'replace')}"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        """405 problem naming the allowed methods."""
+        allowed = sorted(getattr(failure.value, "valid_methods", None) or [])
+        method = request.method.decode("ascii", "replace")
+        return self._problem(
+            request,
+            Problem(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                f"{method} is not allowed here; use {', '.join(allowed)}",
+                headers=(("Allow", ", ".join(allowed)),),
+            ),
+        )
+
+    def _answer(self, request: IRequest, handler: Callable[[], bytes]) -> bytes:
+        try:
+            return handler()
+        except Problem as problem:
+            return self._problem(request, problem)
+
+    def _problem(self, request: IRequest, problem: Problem) -> bytes:
+        for name, value in problem.headers:
+            request.setHeader(name.encode(), value.encode())
+        return _json(
+            request,
+            problem.status,
+            problem.body(request.path.decode("utf-8", "replace")),
+            content_type=b"application/problem+json",
+        )
+
+
+def _json(
+    request: IRequest, status: int, body: object, content_type: bytes = b"application/json"
+) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", content_type)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _sse(trace_id: str, event: Event) -> bytes:
+    value: Any = event.value
+    if event.kind == "status":
+        data = status_json(trace_id, value)
+    elif event.kind == "hop":
+        data = hop_json(value)
+    else:
+        data = trace_json(value)
+    text = json.dumps(data, separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {text}\n\n".encode()
+
+
+def _tags(header: str | bytes | None) -> set[str]:
+    if header is None:
+        return set()
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    return {tag.strip() for tag in text.split(",")}
+
+
+def _prefers_text(accept: str | bytes | None) -> bool:
+    if accept is None:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    types = [part.split(";")[0].strip().lower() for part in text.split(",")]
+    return "text/plain" in types and "application/json" not in types[: types.index("text/plain")]
+
+
+__all__ = ["Api", "Hop", "Trace"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+
+from service.codec import parse_reply
 
 
 class FakeProcessTransport:
@@ -98,3 +101,64 @@ class FakeProcessReactor(Clock):
     def live(self) -> list[FakeProcessTransport]:
         """Processes that have not ended."""
         return [t for t in self.spawned if not t.ended]
+
+
+class FakeNetwork:
+    """A prober that answers like a small network, on a ``Clock``.
+
+    TTL n < ``destination_ttl`` answers ttl-expired from ``routers[n-1]`` after
+    ``rtt`` seconds; from ``destination_ttl`` on the target replies. TTLs in
+    ``silent`` and every TTL when ``blackhole`` is set answer no-reply once the
+    probe's timeout is over. ``unreachable_ttl`` answers no-route from its router.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        routers: list[str],
+        *,
+        rtt: float = 0.01,
+        silent: frozenset[int] = frozenset(),
+        unreachable_ttl: int | None = None,
+        blackhole_after: int | None = None,
+        local_error: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.routers = routers
+        self.rtt = rtt
+        self.silent = silent
+        self.unreachable_ttl = unreachable_ttl
+        self.blackhole_after = blackhole_after
+        self.local_error = local_error
+        self.sent: list[Any] = []
+        self.cancelled = 0
+
+    @property
+    def destination_ttl(self) -> int:
+        return len(self.routers) + 1
+
+    def probe(self, request: Any) -> Any:
+        self.sent.append(request)
+        ttl = request.ttl
+        result: Deferred[Any] = Deferred(lambda _: setattr(self, "cancelled", self.cancelled + 1))
+        usec = int(self.rtt * 1e6)
+        if self.local_error is not None:
+            line = f"2 {self.local_error}"
+            delay = 0.0
+        elif ttl in self.silent or ttl > (self.blackhole_after or 255):
+            line, delay = "2 no-reply", float(request.timeout)
+        elif self.unreachable_ttl is not None and ttl >= self.unreachable_ttl:
+            router = self.routers[self.unreachable_ttl - 1]
+            line, delay = f"2 no-route ip-4 {router} round-trip-time {usec}", self.rtt
+        elif ttl >= self.destination_ttl:
+            line, delay = f"2 reply ip-4 {request.target} round-trip-time {usec}", self.rtt
+        else:
+            line = f"2 ttl-expired ip-4 {self.routers[ttl - 1]} round-trip-time {usec}"
+            delay = self.rtt
+
+        def answer() -> None:
+            if not result.called:
+                result.callback(parse_reply(line)[1])
+
+        self.clock.callLater(delay, answer)
+        return result

@@ -1,0 +1,135 @@
+"""Reading a trace request from decoded JSON: strict types, every field checked.
+
+Errors are collected per field, so one answer names every field at fault.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+import attrs
+
+from service.probe import Protocol
+from service.trace import DEFAULT_PORTS, TraceRequest
+
+MAX_TTL = 255
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_FIELDS = {f.name for f in attrs.fields(TraceRequest)}
+
+
+class InvalidFields(ValueError):
+    """Fields of a request are missing, mistyped or out of range."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
+        self.errors = errors
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def valid_hostname(name: str) -> bool:
+    """True for a syntactically valid DNS name (a trailing dot allowed)."""
+    name = name.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+@attrs.define
+class _Reader:
+    """Reads fields of one JSON object, collecting an error per field at fault."""
+
+    body: dict[str, Any]
+    errors: list[tuple[str, str]] = attrs.Factory(list)
+
+    def integer(self, name: str, low: int, high: int, default: int | None) -> int | None:
+        value = self.body.get(name, default)
+        if value is None:
+            return None
+        if not _is_int(value):
+            self.errors.append((name, "must be an integer"))
+            return default
+        if not low <= value <= high:
+            self.errors.append((name, f"must be between {low} and {high}"))
+            return default
+        return int(value)
+
+    def number(self, name: str, low: float, high: float, default: float) -> float:
+        value = self.body.get(name, default)
+        if not _is_number(value):
+            self.errors.append((name, "must be a number"))
+            return default
+        if not low <= value <= high:
+            self.errors.append((name, f"must be between {low:g} and {high:g}"))
+            return default
+        return float(value)
+
+    def target(self) -> tuple[str, int | None]:
+        target = self.body.get("target")
+        ip_version = self.body.get("ip_version")
+        if ip_version is not None and (not _is_int(ip_version) or ip_version not in (4, 6)):
+            self.errors.append(("ip_version", "must be 4 or 6"))
+            ip_version = None
+        if target is None:
+            self.errors.append(("target", "is required"))
+            return "", ip_version
+        if not isinstance(target, str):
+            self.errors.append(("target", "must be a string"))
+            return "", ip_version
+        try:
+            literal = ipaddress.ip_address(target)
+        except ValueError:
+            if not valid_hostname(target):
+                self.errors.append(("target", "must be an IPv4 or IPv6 address or a hostname"))
+        else:
+            if ip_version is not None and literal.version != ip_version:
+                self.errors.append(("ip_version", f"{target} is not an IPv{ip_version} address"))
+        return target, ip_version
+
+    def protocol(self) -> tuple[Protocol, int | None]:
+        try:
+            protocol = Protocol(self.body.get("protocol", "icmp"))
+        except ValueError:
+            self.errors.append(("protocol", "must be one of icmp, udp, tcp"))
+            return Protocol.ICMP, None
+        if protocol is Protocol.ICMP:
+            if self.body.get("port") is not None:
+                self.errors.append(("port", "icmp probes have no port"))
+            return protocol, None
+        return protocol, self.integer("port", 1, 65535, DEFAULT_PORTS[protocol])
+
+
+def parse_trace_request(body: object) -> TraceRequest:
+    """Build a normalised :class:`TraceRequest` from a decoded JSON body, or raise."""
+    if not isinstance(body, dict):
+        raise InvalidFields([("", "the body must be a JSON object")])
+    reader = _Reader(body)
+    reader.errors += [(name, "unknown field") for name in body if name not in _FIELDS]
+    target, ip_version = reader.target()
+    protocol, port = reader.protocol()
+    first_ttl = reader.integer("first_ttl", 1, MAX_TTL, 1)
+    max_ttl = reader.integer("max_ttl", 1, MAX_TTL, 30)
+    if first_ttl is not None and max_ttl is not None and max_ttl < first_ttl:
+        reader.errors.append(("max_ttl", "must be at least first_ttl"))
+    request = TraceRequest(
+        target=target,
+        ip_version=ip_version,
+        protocol=protocol,
+        port=port,
+        first_ttl=first_ttl or 1,
+        max_ttl=max_ttl or 30,
+        probes=reader.integer("probes", 1, 100, 3) or 3,
+        interval=reader.number("interval", 0, 60, 1.0),
+        timeout=reader.integer("timeout", 1, 60, 2) or 2,
+        size=reader.integer("size", 0, 9000, None),
+        tos=reader.integer("tos", 0, 255, None),
+    )
+    if reader.errors:
+        raise InvalidFields(reader.errors)
+    return request

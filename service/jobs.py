@@ -1,0 +1,129 @@
+"""Trace jobs: what ``POST /traces`` starts and ``GET``/``DELETE`` look at.
+
+:class:`TraceJobs` puts each new trace in the store, runs at most
+``max_running`` at once (the others wait as ``queued`` and start, oldest
+first, as running ones end), keeps every record's snapshot and live channel up
+to date, and cancels or deletes on request. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from service.store import StoreFull, TraceRecord, TraceStore
+from service.trace import Hop, Trace, TraceRequest
+from service.tracer import Tracer
+
+
+class Deletion(enum.Enum):
+    """What ``DELETE`` did."""
+
+    CANCELLED = "cancelled"  # it was queued or running; it is kept, as cancelled
+    REMOVED = "removed"  # it had finished; it is gone
+
+
+class TraceJobs:
+    """Runs trace jobs against a store; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, tracer: Tracer, store: TraceStore, *, max_running: int = 32) -> None:
+        if max_running < 1:
+            raise ValueError("max_running must be at least 1")
+        self._tracer = tracer
+        self._store = store
+        self.max_running = max_running
+        self._waiting: deque[TraceRecord] = deque()
+        self._running: dict[str, Deferred[Trace]] = {}
+
+    @property
+    def running(self) -> int:
+        """Traces probing now."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Traces waiting for a running slot."""
+        return len(self._waiting)
+
+    def submit(self, request: TraceRequest) -> TraceRecord:
+        """Store a new trace and start it, or queue it; raises ``StoreFull``."""
+        trace = self._tracer.new(request)
+        record = self._store.add(trace, retry_after=self._retry_after())
+        self._waiting.append(record)
+        self._start_waiting()
+        return record
+
+    def delete(self, trace_id: str) -> Deletion | None:
+        """Cancel a queued or running trace, or remove a finished one; None if unknown."""
+        record = self._store.get(trace_id)
+        if record is None:
+            return None
+        if record.trace.status.is_final:
+            self._store.remove(trace_id)
+            return Deletion.REMOVED
+        if record in self._waiting:
+            self._waiting.remove(record)
+            self._finish(record, self._tracer.cancelled(record.trace))
+        else:
+            self._running[trace_id].cancel()
+        return Deletion.CANCELLED
+
+    def _retry_after(self) -> int:
+        """A guess at when room frees up: the shortest planned duration of what is stored."""
+        durations = (
+            r.trace.request.probes * r.trace.request.interval + r.trace.request.timeout
+            for r in self._store.records()
+        )
+        return max(1, round(min(durations, default=1.0)))
+
+    def _start_waiting(self) -> None:
+        while self._waiting and len(self._running) < self.max_running:
+            self._start(self._waiting.popleft())
+
+    def _start(self, record: TraceRecord) -> None:
+        def updated(trace: Trace) -> None:
+            changed = trace.status is not record.trace.status
+            self._store.update(record, trace)
+            if changed:
+                record.channel.publish_status(trace.status)
+
+        def hop(value: Hop) -> None:
+            hops = {h.ttl: h for h in record.trace.hops}
+            hops[value.ttl] = value
+            self._store.update(
+                record, attrs.evolve(record.trace, hops=tuple(hops[t] for t in sorted(hops)))
+            )
+            record.channel.publish_hop(value)
+
+        running = self._tracer.trace(
+            record.trace.request, queued=record.trace, on_update=updated, on_hop=hop
+        )
+        self._running[record.trace.id] = running
+        running.addCallback(self._ended, record)
+        running.addErrback(self._crashed, record)
+
+    def _ended(self, trace: Trace, record: TraceRecord) -> None:
+        self._running.pop(trace.id, None)
+        self._finish(record, trace)
+        self._start_waiting()
+
+    def _crashed(self, failure: object, record: TraceRecord) -> None:
+        self.log.failure("trace {id} crashed", failure, id=record.trace.id)  # type: ignore[arg-type]
+        self._running.pop(record.trace.id, None)
+        self._finish(record, self._tracer.crashed(record.trace, str(failure)))
+        self._start_waiting()
+
+    def _finish(self, record: TraceRecord, trace: Trace) -> None:
+        final = attrs.evolve(trace, expires_at=self._store.expires_at())
+        self._store.update(record, final)
+        record.channel.publish_status(final.status)
+        record.channel.publish_done(final)
+
+
+__all__ = ["Deletion", "StoreFull", "TraceJobs"]

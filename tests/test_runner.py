@@ -1,0 +1,243 @@
+"""The trace runner on a Clock with a fake network: rounds, pacing, pruning, the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+
+from service.errors import NoWorkerAvailable, WorkerDied
+from service.probe import Protocol
+from service.runner import RunOutcome, RunSettings, TraceRun
+from service.trace import HopEnd, TraceRequest
+from tests.fakes import FakeNetwork
+
+ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]
+TARGET = "203.0.113.7"
+
+
+def run(
+    network: Any,
+    clock: Clock,
+    request: TraceRequest,
+    *,
+    hops: list[Any] | None = None,
+    **kwargs: Any,
+) -> tuple[TraceRun, Deferred[RunOutcome]]:
+    trace_run = TraceRun(
+        clock=clock,
+        prober=network,
+        request=request,
+        address=TARGET,
+        ip_version=4,
+        on_hop=(hops.append if hops is not None else lambda _: None),
+        **kwargs,
+    )
+    return trace_run, trace_run.start()
+
+
+def outcome_of(d: Deferred[RunOutcome]) -> RunOutcome:
+    assert d.called, "the run has not ended"
+    value = d.result  # type: ignore[attr-defined]
+    assert isinstance(value, RunOutcome), value
+    return value
+
+
+def test_completed_trace_reaches_the_destination_and_stops_there() -> None:
+    """Hops end at the destination's TTL; nothing above it stays in the result."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=3, interval=1.0, max_ttl=30))
+    clock.pump([0.05] * 100)
+    outcome = outcome_of(d)
+    assert outcome.destination_reached
+    assert outcome.error is None
+    assert [h.ttl for h in outcome.hops] == [1, 2, 3, 4]
+    assert [h.responders[0].address for h in outcome.hops] == [*ROUTERS, TARGET]
+    assert outcome.hops[-1].end is HopEnd.DESTINATION
+    assert all(h.sent == 3 and h.received == 3 for h in outcome.hops)
+
+
+def test_no_ttl_above_the_destination_is_probed_again() -> None:
+    """Once the destination answered at TTL 4, only TTLs 1-4 are probed."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    run(network, clock, TraceRequest(TARGET, probes=3, interval=1.0, max_ttl=30))
+    clock.pump([0.05] * 100)
+    beyond = [p.ttl for p in network.sent if p.ttl > 4]
+    assert beyond == []  # TTL 4's reply came 0.01 s after its probe, before TTL 5's turn
+    assert sorted(p.ttl for p in network.sent if p.ttl <= 4) == sorted([1, 2, 3, 4] * 3)
+
+
+def test_probes_of_a_round_are_spread_over_the_interval() -> None:
+    """A round of 10 TTLs with interval 1 s sends one probe every 0.1 s, not a burst."""
+    clock = Clock()
+    network = FakeNetwork(clock, ["198.51.100.1"] * 20)
+    run(network, clock, TraceRequest(TARGET, probes=1, interval=1.0, max_ttl=10))
+    assert len(network.sent) == 1
+    clock.advance(0.1)
+    assert len(network.sent) == 2
+    clock.advance(0.85)
+    assert len(network.sent) == 10
+
+
+def test_zero_interval_sends_every_ttl_at_once() -> None:
+    """With interval 0 a round is sent at once (for the fastest possible trace)."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=8))
+    assert len(network.sent) == 8
+    clock.advance(0.01)
+    assert outcome_of(d).destination_reached
+
+
+def test_silent_hops_past_the_last_responder_end_the_trace_early() -> None:
+    """A blackhole: after max_unknown silent TTLs, nothing beyond them is probed or kept."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, blackhole_after=2)
+    request = TraceRequest(TARGET, probes=3, interval=1.0, max_ttl=30, timeout=2)
+    _, d = run(network, clock, request, settings=RunSettings(max_unknown=5))
+    clock.pump([0.05] * 200)
+    outcome = outcome_of(d)
+    assert not outcome.destination_reached
+    assert [h.ttl for h in outcome.hops] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(h.received == 0 and h.lost > 0 for h in outcome.hops[2:])
+    # Rounds 1 and 2 go out before any probe's 2 s wait is over; round 3 is pruned.
+    third_round = network.sent[60:]
+    assert third_round
+    assert all(p.ttl <= 7 for p in third_round)
+
+
+def test_a_silent_hop_in_the_middle_does_not_end_the_trace() -> None:
+    """One router that never answers is a lost hop; the path past it is still traced."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    _, d = run(network, clock, TraceRequest(TARGET, probes=2, interval=0.5, max_ttl=10))
+    clock.pump([0.05] * 200)
+    outcome = outcome_of(d)
+    assert outcome.destination_reached
+    hop2 = outcome.hops[1]
+    assert (hop2.sent, hop2.received, hop2.lost, hop2.loss_pct) == (2, 0, 2, 100.0)
+
+
+def test_unreachable_router_ends_the_path_there() -> None:
+    """A router's no-route marks the hop unreachable and nothing above it is probed again."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, unreachable_ttl=3)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=2, interval=0.5, max_ttl=10))
+    clock.pump([0.05] * 200)
+    outcome = outcome_of(d)
+    assert not outcome.destination_reached
+    assert [h.ttl for h in outcome.hops] == [1, 2, 3]
+    assert outcome.hops[-1].end is HopEnd.UNREACHABLE
+    assert outcome.hops[-1].responders[0].address == ROUTERS[2]
+
+
+def test_local_error_fails_the_trace_with_a_clear_reason() -> None:
+    """A probe mtr-packet cannot send (no source for the family) fails the trace."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, local_error="invalid-argument")
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=5))
+    clock.advance(0.01)
+    outcome = outcome_of(d)
+    assert outcome.error is not None
+    assert outcome.error.type == "probe-error"
+    assert "no source address" in outcome.error.message
+
+
+def test_probes_lost_with_a_dead_worker_count_as_lost() -> None:
+    """A probe whose worker died is a lost probe; the trace still completes."""
+    clock = Clock()
+
+    class Dying:
+        def probe(self, request: Any) -> Deferred[Any]:
+            return fail(WorkerDied("mtr-packet worker worker-0 killed by signal 9"))
+
+    _, d = run(Dying(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
+    outcome = outcome_of(d)
+    assert outcome.error is None
+    assert [(h.sent, h.lost) for h in outcome.hops] == [(1, 1), (1, 1), (1, 1)]
+
+
+def test_no_worker_available_fails_the_trace() -> None:
+    """When the pool has no worker at all, the trace fails saying so."""
+    clock = Clock()
+
+    class Empty:
+        def probe(self, request: Any) -> Deferred[Any]:
+            return fail(NoWorkerAvailable("no mtr-packet worker is running: exited 1"))
+
+    _, d = run(Empty(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
+    outcome = outcome_of(d)
+    assert outcome.error is not None
+    assert outcome.error.type == "engine-unavailable"
+
+
+def test_cancel_stops_probing_and_gives_up_in_flight_probes() -> None:
+    """Cancelling ends the run as cancelled, cancels in-flight probes and sends no more."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, rtt=0.5)
+    trace_run, d = run(network, clock, TraceRequest(TARGET, probes=5, interval=1.0))
+    clock.advance(0.2)
+    sent = len(network.sent)
+    trace_run.cancel()
+    outcome = outcome_of(d)
+    assert outcome.cancelled
+    assert network.cancelled > 0
+    clock.advance(10)
+    assert len(network.sent) == sent
+
+
+def test_cancelling_the_deferred_cancels_the_run() -> None:
+    """Cancelling the run's Deferred gives the cancelled outcome, not an error."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, rtt=0.5)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=5, interval=1.0))
+    clock.advance(0.2)
+    d.cancel()
+    assert outcome_of(d).cancelled
+    assert not clock.getDelayedCalls() or all(
+        not c.active() or c.func.__name__ == "answer" for c in clock.getDelayedCalls()
+    )
+
+
+def test_deadline_fails_a_trace_that_never_settles() -> None:
+    """A prober that never answers cannot keep a trace running forever."""
+    clock = Clock()
+
+    class Hung:
+        def probe(self, request: Any) -> Deferred[Any]:
+            return Deferred()
+
+    request = TraceRequest(TARGET, probes=2, interval=1.0, timeout=2)
+    settings = RunSettings(deadline_slack=5.0)
+    _, d = run(Hung(), clock, request, settings=settings)
+    clock.advance(settings.deadline(request) - 0.1)
+    assert not d.called
+    clock.advance(0.2)
+    outcome = outcome_of(d)
+    assert outcome.error is not None
+    assert outcome.error.type == "deadline"
+
+
+def test_hop_updates_are_reported_as_replies_arrive() -> None:
+    """Each reply produces a hop update with the new figures."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    hops: list[Any] = []
+    run(network, clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=4), hops=hops)
+    clock.advance(0.01)
+    assert sorted(h.ttl for h in hops) == [1, 2, 3, 4]
+    assert all(h.received == 1 for h in hops)
+
+
+def test_udp_probes_keep_one_flow() -> None:
+    """Every udp probe of a trace carries the same destination and source port."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    request = attrs.evolve(TraceRequest(TARGET, probes=2, interval=0.5), protocol=Protocol.UDP)
+    run(network, clock, request, local_port=23456)
+    clock.pump([0.05] * 50)
+    assert {(p.port, p.local_port) for p in network.sent} == {(33434, 23456)}

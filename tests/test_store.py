@@ -1,0 +1,87 @@
+"""The in-memory store: expiry on the clock, caps, eviction, listing."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from twisted.internet.task import Clock
+
+from service.store import BadCursor, StoreFull, StoreLimits, TraceStore
+from service.trace import Trace, TraceRequest, TraceStatus, TraceTarget
+
+
+def trace(n: int, status: TraceStatus = TraceStatus.RUNNING) -> Trace:
+    return Trace(
+        id=f"trace-{n:04d}-xxxxxxxxxxxx",
+        status=status,
+        request=TraceRequest("203.0.113.7"),
+        target=TraceTarget("203.0.113.7"),
+        created_at=float(n),
+    )
+
+
+def test_finished_trace_expires_after_the_ttl() -> None:
+    """A finished trace is gone ttl seconds after it ends, not before."""
+    clock = Clock()
+    store = TraceStore(clock, StoreLimits(ttl=60))
+    record = store.add(trace(1), retry_after=1)
+    clock.advance(1000)
+    assert store.get(record.trace.id) is not None  # running traces do not expire
+    store.update(record, attrs.evolve(record.trace, status=TraceStatus.COMPLETED))
+    clock.advance(59.9)
+    assert store.get(record.trace.id) is not None
+    clock.advance(0.2)
+    assert store.get(record.trace.id) is None
+
+
+def test_cap_evicts_the_oldest_finished_trace() -> None:
+    """At the cap, adding evicts the oldest finished trace, not an active one."""
+    store = TraceStore(Clock(), StoreLimits(max_traces=3))
+    active = store.add(trace(1), retry_after=1)
+    old = store.add(trace(2, TraceStatus.COMPLETED), retry_after=1)
+    store.add(trace(3, TraceStatus.FAILED), retry_after=1)
+    store.add(trace(4), retry_after=1)
+    assert store.get(old.trace.id) is None
+    assert store.get(active.trace.id) is not None
+    assert store.evictions == 1
+
+
+def test_full_of_active_traces_refuses_with_retry_after() -> None:
+    """When everything stored is active, adding raises StoreFull with a retry time."""
+    store = TraceStore(Clock(), StoreLimits(max_traces=2))
+    store.add(trace(1), retry_after=5)
+    store.add(trace(2, TraceStatus.QUEUED), retry_after=5)
+    with pytest.raises(StoreFull) as full:
+        store.add(trace(3), retry_after=7)
+    assert full.value.retry_after == 7
+    assert len(store) == 2
+
+
+def test_listing_is_newest_first_with_a_cursor() -> None:
+    """Pages come newest first; the cursor continues where the last page stopped."""
+    store = TraceStore(Clock())
+    for n in range(5):
+        store.add(trace(n), retry_after=1)
+    page, cursor = store.newest_first(None, 2, None)
+    assert [t.created_at for t in page] == [4.0, 3.0]
+    page, cursor = store.newest_first(None, 2, cursor)
+    assert [t.created_at for t in page] == [2.0, 1.0]
+    page, cursor = store.newest_first(None, 2, cursor)
+    assert ([t.created_at for t in page], cursor) == ([0.0], None)
+
+
+def test_listing_filters_by_status() -> None:
+    """Only traces with the asked status are listed."""
+    store = TraceStore(Clock())
+    store.add(trace(1, TraceStatus.COMPLETED), retry_after=1)
+    store.add(trace(2), retry_after=1)
+    page, _ = store.newest_first(TraceStatus.COMPLETED, 10, None)
+    assert [t.created_at for t in page] == [1.0]
+
+
+@pytest.mark.parametrize("cursor", ["", "!!!", "czEy", "eDEy"])
+def test_a_cursor_the_store_did_not_hand_out_is_refused(cursor: str) -> None:
+    """Garbage cursors raise BadCursor rather than list something arbitrary."""
+    store = TraceStore(Clock())
+    with pytest.raises(BadCursor):
+        store.newest_first(None, 10, cursor + "x" if cursor == "czEy" else cursor)
