@@ -1,47 +1,483 @@
-"""The HTTP edge over a fake pool, with StubTreq and no sockets."""
+"""The HTTP edge over the real Klein resource: StubTreq, a fake network, a Clock.
+
+Every response is checked against openapi.yaml (``Client`` validates each one).
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import attrs
+import pytest
 import pytest_twisted
+import treq
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 
 from service.http import Api
+from service.jobs import TraceJobs
+from service.store import StoreLimits, TraceStore
+from service.tracer import Tracer
+from tests.fakes import FakeNetwork
+from tests.openapi import validate_response, validate_schema
+from tests.test_jobs import ROUTERS, StaticResolver
+
+BASE = "http://mtrd.test"
 
 
+@attrs.define
 class FakePool:
     """Just what the edge reads of a pool."""
 
-    def __init__(self, ready: int, size: int = 2) -> None:
-        self.ready_workers = ready
-        self.size = size
+    ready_workers: int = 2
+    size: int = 2
 
 
-def client(ready: int) -> StubTreq:
-    return StubTreq(Api(FakePool(ready)).app.resource())  # type: ignore[arg-type]
+@attrs.define
+class Answer:
+    """A response, read whole."""
+
+    code: int
+    headers: Any
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return None if not values else values[-1]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """StubTreq over the real resource; every answer is validated against openapi.yaml."""
+
+    def __init__(self, *, ready: int = 2, max_running: int = 8, max_traces: int = 100) -> None:
+        self.clock = Clock()
+        self.network = FakeNetwork(self.clock, ROUTERS)
+        self.pool = FakePool(ready_workers=ready)
+        self.store = TraceStore(self.clock, StoreLimits(ttl=600, max_traces=max_traces))
+        tracer = Tracer(self.clock, self.network, StaticResolver())  # type: ignore[arg-type]
+        self.jobs = TraceJobs(tracer, self.store, max_running=max_running)
+        api = Api(pool=self.pool, jobs=self.jobs, store=self.store, clock=self.clock, heartbeat=15)
+        self.stub = StubTreq(api.app.resource())
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
+        response = await self.stub.request(method, BASE + path, **kwargs)
+        body = await response.content()
+        answer = Answer(response.code, response.headers, body)
+        validate_response(
+            method, path.split("?")[0], answer.code, answer.header("content-type"), body
+        )
+        return answer
+
+    async def post_trace(self, body: object, **kwargs: Any) -> Answer:
+        return await self.request(
+            "POST",
+            "/traces",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            **kwargs,
+        )
+
+    def run_for(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.05)):
+            self.clock.advance(0.05)
+            self.stub.flush()
+
+
+def problem_fields(answer: Answer) -> list[str]:
+    assert answer.header("content-type") == "application/problem+json"
+    return [e["field"] for e in answer.json().get("errors", [])]
+
+
+QUICK = {"target": "203.0.113.7", "probes": 2, "interval": 0.5, "max_ttl": 8}
 
 
 @pytest_twisted.ensureDeferred
-async def test_healthz_answers_while_the_process_serves() -> None:
-    """/healthz is 200 whatever the pool's state."""
-    response = await client(ready=0).get("http://mtrd/healthz")
+async def test_post_starts_a_trace_with_location_and_defaults() -> None:
+    """POST answers 202, a Location, and the resource with every default filled in."""
+    client = Client()
+    answer = await client.post_trace({"target": "203.0.113.7"})
+    assert answer.code == 202
+    body = answer.json()
+    assert answer.header("location") == f"/traces/{body['id']}"
+    assert body["request"] == {
+        "target": "203.0.113.7",
+        "ip_version": None,
+        "protocol": "icmp",
+        "port": None,
+        "first_ttl": 1,
+        "max_ttl": 30,
+        "probes": 3,
+        "interval": 1.0,
+        "timeout": 2,
+        "size": None,
+        "tos": None,
+    }
+    assert body["status"] == "running"
+    assert body["links"] == {
+        "self": f"/traces/{body['id']}",
+        "events": f"/traces/{body['id']}/events",
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_and_tcp_get_their_default_ports() -> None:
+    """udp defaults to port 33434 and tcp to 80."""
+    client = Client()
+    udp = await client.post_trace({"target": "203.0.113.7", "protocol": "udp"})
+    tcp = await client.post_trace({"target": "203.0.113.7", "protocol": "tcp"})
+    assert (udp.json()["request"]["port"], tcp.json()["request"]["port"]) == (33434, 80)
+
+
+@pytest_twisted.ensureDeferred
+async def test_poll_shows_the_completed_trace() -> None:
+    """GET after the run shows completed, the destination reached and its hops."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    client.run_for(3)
+    answer = await client.request("GET", f"/traces/{trace_id}")
+    body = answer.json()
+    assert answer.code == 200
+    assert body["status"] == "completed"
+    assert body["destination_reached"] is True
+    assert [h["responders"][0]["address"] for h in body["hops"]] == [*ROUTERS, "203.0.113.7"]
+    assert body["hops"][0]["sent"] == 2
+    assert body["finished_at"] is not None
+    assert body["expires_at"] is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_gives_304_until_the_trace_changes() -> None:
+    """If-None-Match with the current ETag is 304; after a change it is 200 again."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    first = await client.request("GET", f"/traces/{trace_id}")
+    etag = first.header("etag")
+    assert etag
+    same = await client.request("GET", f"/traces/{trace_id}", headers={"If-None-Match": etag})
+    assert (same.code, same.body) == (304, b"")
+    client.run_for(1)
+    changed = await client.request("GET", f"/traces/{trace_id}", headers={"If-None-Match": etag})
+    assert changed.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_text_report_on_accept_text_plain() -> None:
+    """Accept: text/plain gives the mtr-like report table."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    client.run_for(3)
+    answer = await client.request("GET", f"/traces/{trace_id}", headers={"Accept": "text/plain"})
+    text = answer.body.decode()
+    assert answer.header("content-type").startswith("text/plain")
+    assert "Loss%" in text
+    assert "198.51.100.1" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_cancels_then_removes() -> None:
+    """DELETE cancels a running trace (200, cancelled), then removes it (204), then 404."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    cancelled = await client.request("DELETE", f"/traces/{trace_id}")
+    assert (cancelled.code, cancelled.json()["status"]) == (200, "cancelled")
+    removed = await client.request("DELETE", f"/traces/{trace_id}")
+    assert removed.code == 204
+    gone = await client.request("GET", f"/traces/{trace_id}")
+    assert gone.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_newest_first_with_status_filter_and_cursor() -> None:
+    """GET /traces pages newest first and filters by status."""
+    client = Client()
+    ids = [(await client.post_trace(QUICK)).json()["id"] for _ in range(3)]
+    await client.request("DELETE", f"/traces/{ids[1]}")
+    page = (await client.request("GET", "/traces?limit=2")).json()
+    assert [t["id"] for t in page["traces"]] == [ids[2], ids[1]]
+    rest = (await client.request("GET", f"/traces?limit=2&cursor={page['next_cursor']}")).json()
+    assert ([t["id"] for t in rest["traces"]], rest["next_cursor"]) == ([ids[0]], None)
+    cancelled = (await client.request("GET", "/traces?status=cancelled")).json()
+    assert [t["id"] for t in cancelled["traces"]] == [ids[1]]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=done", "status"),
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("cursor=zz", "cursor"),
+        ("sort=asc", "sort"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_listing_rejects_bad_parameters(query: str, field: str) -> None:
+    """Bad query parameters are 422 naming the parameter."""
+    answer = await Client().request("GET", f"/traces?{query}")
+    assert answer.code == 422
+    assert problem_fields(answer) == [field]
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, ["target"]),
+        ({"target": 7}, ["target"]),
+        ({"target": "not a host!"}, ["target"]),
+        ({"target": "203.0.113.7", "ip_version": 6}, ["ip_version"]),
+        ({"target": "203.0.113.7", "protocol": "sctp"}, ["protocol"]),
+        ({"target": "203.0.113.7", "port": 80}, ["port"]),
+        ({"target": "203.0.113.7", "protocol": "udp", "port": 0}, ["port"]),
+        ({"target": "203.0.113.7", "first_ttl": 10, "max_ttl": 5}, ["max_ttl"]),
+        ({"target": "203.0.113.7", "max_ttl": 256}, ["max_ttl"]),
+        ({"target": "203.0.113.7", "probes": "3"}, ["probes"]),
+        ({"target": "203.0.113.7", "probes": True}, ["probes"]),
+        ({"target": "203.0.113.7", "interval": -1}, ["interval"]),
+        ({"target": "203.0.113.7", "timeout": 1.5}, ["timeout"]),
+        ({"target": "203.0.113.7", "tos": 300}, ["tos"]),
+        ({"target": "203.0.113.7", "colour": "red"}, ["colour"]),
+        ({"target": "203.0.113.7", "probes": 0, "timeout": 0}, ["probes", "timeout"]),
+        ([1, 2], [""]),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_invalid_fields_are_422_naming_each_field(body: object, fields: list[str]) -> None:
+    """Every field at fault is named; no trace is created."""
+    client = Client()
+    answer = await client.post_trace(body)
+    assert answer.code == 422
+    assert sorted(problem_fields(answer)) == sorted(fields)
+    assert len(client.store) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_json_is_400() -> None:
+    """A body that is not JSON is a 400 problem."""
+    client = Client()
+    answer = await client.request(
+        "POST", "/traces", data=b"{target:", headers={"Content-Type": "application/json"}
+    )
+    assert answer.code == 400
+    assert answer.json()["type"] == "urn:mtrd:problem:malformed-json"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_content_type_is_415() -> None:
+    """A body that is not declared JSON is a 415 problem."""
+    answer = await Client().request(
+        "POST", "/traces", data=b"target=x", headers={"Content-Type": "text/plain"}
+    )
+    assert answer.code == 415
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_method_is_405_with_allow() -> None:
+    """PUT on a trace is a 405 problem listing the allowed methods."""
+    answer = await Client().request("PUT", "/traces/abcdefghijklmnopqrstuv")
+    assert answer.code == 405
+    assert answer.header("allow") == "DELETE, GET, HEAD"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_trace_is_404_problem() -> None:
+    """An unknown id is a 404 problem."""
+    answer = await Client().request("GET", "/traces/abcdefghijklmnopqrstuv")
+    assert answer.code == 404
+    assert answer.json()["status"] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_trace_is_404() -> None:
+    """A finished trace is gone after the store's ttl."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    client.run_for(3)
+    client.clock.advance(600)
+    answer = await client.request("GET", f"/traces/{trace_id}")
+    assert answer.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_full_of_active_traces_is_429_with_retry_after() -> None:
+    """When every stored trace is still active, a new POST is 429 with Retry-After."""
+    client = Client(max_traces=2, max_running=1)
+    await client.post_trace(QUICK)
+    await client.post_trace(QUICK)
+    answer = await client.post_trace(QUICK)
+    assert answer.code == 429
+    assert int(answer.header("retry-after") or 0) >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_ready_is_503() -> None:
+    """With no mtr-packet worker ready, POST is a 503 problem with Retry-After."""
+    answer = await Client(ready=0).post_trace(QUICK)
+    assert answer.code == 503
+    assert answer.header("retry-after") == "1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_openapi_is_served() -> None:
+    """GET /openapi.yaml serves the document."""
+    answer = await Client().request("GET", "/openapi.yaml")
+    assert answer.code == 200
+    assert answer.body.startswith(b"openapi: 3.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_readiness() -> None:
+    """/healthz is 200; /readyz follows the pool."""
+    assert (await Client().request("GET", "/healthz")).code == 200
+    assert (await Client(ready=0).request("GET", "/readyz")).code == 503
+    ready = await Client(ready=1).request("GET", "/readyz")
+    assert ready.json() == {"status": "ready", "workers": {"ready": 1, "size": 2}}
+
+
+# -- server-sent events ------------------------------------------------------------------
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """Split an event stream into events; validate each event's data against openapi.yaml."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                fields.setdefault("comments", []).append(line)
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if "event" in fields:
+            data = json.loads(fields["data"])
+            schema = {"status": "StatusEvent", "hop": "Hop", "done": "Trace"}[fields["event"]]
+            validate_schema(schema, data)
+            events.append({"id": int(fields["id"]), "event": fields["event"], "data": data})
+        elif fields.get("comments"):
+            events.append({"comment": fields["comments"]})
+    return events
+
+
+class Stream:
+    """An open event stream on the stub, collecting what arrives."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ended = False
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for e in parse_events(self.text) if "event" in e]
+
+
+async def open_stream(
+    client: Client, trace_id: str, headers: dict[str, str] | None = None
+) -> Stream:
+    response = await client.stub.get(f"{BASE}/traces/{trace_id}/events", headers=headers or {})
     assert response.code == 200
-    assert json.loads(await response.content()) == {"status": "ok"}
+    content_type = response.headers.getRawHeaders("content-type")[0]
+    validate_response("GET", f"/traces/{trace_id}/events", 200, content_type, b"")
+    stream = Stream()
+    done = treq.collect(response, stream.chunks.append)
+    done.addBoth(lambda _: setattr(stream, "ended", True))
+    return stream
 
 
 @pytest_twisted.ensureDeferred
-async def test_readyz_is_503_until_a_worker_is_ready() -> None:
-    """/readyz is 503 while no mtr-packet worker answered its version check."""
-    response = await client(ready=0).get("http://mtrd/readyz")
-    assert response.code == 503
-    body = json.loads(await response.content())
-    assert body == {"status": "not ready", "workers": {"ready": 0, "size": 2}}
+async def test_events_stream_status_hops_and_done_then_close() -> None:
+    """The stream sends status, hop updates and done with increasing ids, then closes."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(client, trace_id)
+    client.run_for(3)
+    events = stream.events()
+    assert stream.ended
+    assert events[0]["event"] == "status"
+    assert {e["event"] for e in events} == {"status", "hop", "done"}
+    assert events[-1]["event"] == "done"
+    assert events[-1]["data"]["status"] == "completed"
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids))
 
 
 @pytest_twisted.ensureDeferred
-async def test_readyz_is_200_with_a_ready_worker() -> None:
-    """/readyz is 200 once one worker is ready, and says how many."""
-    response = await client(ready=1).get("http://mtrd/readyz")
-    assert response.code == 200
-    assert json.loads(await response.content())["workers"] == {"ready": 1, "size": 2}
+async def test_late_subscriber_after_the_end_gets_done_at_once() -> None:
+    """Subscribing to a finished trace gives its done event and the stream closes."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    client.run_for(3)
+    stream = await open_stream(client, trace_id)
+    client.stub.flush()
+    assert [e["event"] for e in stream.events()] == ["done"]
+    assert stream.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_with_last_event_id_resumes_after_it() -> None:
+    """A reconnect with Last-Event-ID gets only what changed after that id."""
+    client = Client()
+    trace_id = (await client.post_trace({**QUICK, "probes": 3, "interval": 1.0})).json()["id"]
+    first = await open_stream(client, trace_id)
+    client.run_for(0.6)
+    seen = first.events()
+    last_id = seen[-1]["id"]
+    second = await open_stream(client, trace_id, headers={"Last-Event-ID": str(last_id)})
+    client.stub.flush()
+    assert all(e["id"] > last_id for e in second.events())
+    client.run_for(4)
+    assert second.events()[-1]["event"] == "done"
+    assert {e["id"] for e in second.events()} <= {e["id"] for e in first.events()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_comments_keep_an_idle_stream_open() -> None:
+    """A stream with nothing to say sends a comment every heartbeat interval."""
+    client = Client()
+    client.network.rtt = 100.0  # replies take long: the stream stays idle
+    trace_id = (await client.post_trace({**QUICK, "probes": 1, "timeout": 60})).json()["id"]
+    stream = await open_stream(client, trace_id)
+    client.run_for(31)
+    comments = [e for e in parse_events(stream.text) if "comment" in e]
+    assert sum(c["comment"].count(": keep-alive") for c in comments) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnecting_client_is_unsubscribed_at_once() -> None:
+    """When the client goes away, its subscription ends and its heartbeat stops."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    record = client.store.get(trace_id)
+    assert record is not None
+    response = await client.stub.get(f"{BASE}/traces/{trace_id}/events")
+    client.stub.flush()
+    assert record.channel.subscribers == 1
+    response.original.transport.loseConnection() if hasattr(
+        response.original, "transport"
+    ) else None
+    await _disconnect(response)
+    client.stub.flush()
+    assert record.channel.subscribers == 0
+    assert not [c for c in client.clock.getDelayedCalls() if "LoopingCall" in repr(c)]
+
+
+async def _disconnect(response: Any) -> None:
+    """Drop the stream's connection, as a browser tab closing would."""
+    deliver = response.original
+    deliver.deliverBody(_Dropper())
+
+
+class _Dropper:
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's name
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
+        pass
