@@ -68,7 +68,7 @@ class Client:
         body = await response.content()
         answer = Answer(response.code, response.headers, body)
         validate_response(
-            method, path.split("?")[0], answer.code, answer.header("content-type"), body
+            method, path.split("?", maxsplit=1)[0], answer.code, answer.header("content-type"), body
         )
         return answer
 
@@ -476,8 +476,8 @@ class _Dropper:
     def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's name
         transport.stopProducing()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Any) -> None:
         pass

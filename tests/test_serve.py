@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+
+from tests.openapi import validate_response
 
 
 def free_port() -> int:
@@ -66,8 +69,10 @@ async def test_serve_becomes_ready_and_stops_on_sigterm(
     url, process = server
     await wait_ready(url)
     response = await treq.get(f"{url}/healthz")
+    body = await response.content()
+    validate_response("GET", "/healthz", response.code, "application/json", body)
     assert response.code == 200
-    assert await response.json() == {"status": "ok"}
+    assert json.loads(body) == {"status": "ok"}
     process.send_signal(signal.SIGTERM)
     for _ in range(100):
         if process.poll() is not None:
