@@ -38,6 +38,10 @@ async def running_pool(lab: Lab, size: int = 2, **config: Any) -> AsyncIterator[
     )
     await pool.start()
     try:
+        for _ in range(100):  # start() returns with the first worker ready: wait for all
+            if pool.ready_workers == size:
+                break
+            await sleep(0.02)
         yield pool
     finally:
         await pool.stop()
