@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
 TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl
 
-.PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean
+.PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small
 
 run: os-deps-run $(STAMP)
 	$(BIN)/mtrd serve
@@ -32,6 +32,18 @@ lab: os-deps-test $(STAMP)
 	$(BIN)/pytest -m lab
 
 venv: $(STAMP)
+
+# Builds the container image with podman (a stand-in debian:bookworm-slim is made with
+# debootstrap) and runs it: see .ci/container-test.
+container-test: $(STAMP)
+	bash .ci/container-test
+
+# Benchmarks in the lab; figures go to bench/results/. bench-small is CI's quick run.
+bench: os-deps-test $(STAMP)
+	$(BIN)/python -m bench --mode full
+
+bench-small: os-deps-test $(STAMP)
+	$(BIN)/python -m bench --mode small
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv

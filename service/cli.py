@@ -23,7 +23,8 @@ from service.tracer import Tracer
 
 log = Logger()
 
-USAGE = "usage: mtrd serve [--help] [options]"
+USAGE = """usage: mtrd serve [--help] [options]     run the service
+       mtrd trace TARGET [--help] [options]  run a trace on a server and follow it"""
 
 
 async def serve(reactor: Any, config: ServeConfig) -> None:
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE)
         raise SystemExit(0 if args else 2)
     command, rest = args[0], args[1:]
+    if command == "trace":
+        from service.client import main as trace_main  # noqa: PLC0415 - keeps serve's start lean
+
+        raise SystemExit(trace_main(rest))
     if command != "serve":
         print(f"mtrd: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
