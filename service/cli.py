@@ -3,49 +3,90 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 from twisted.names import client
 from twisted.web.server import Site
 
 from service.config import ServeConfig, parse_serve_args
 from service.errors import EngineStartError
-from service.http import Api
+from service.http import Api, Edge
 from service.jobs import TraceJobs
+from service.logs import observer
+from service.metrics import MeteredProber, Metrics, counter, gauge
 from service.pool import ProbePool
 from service.resolve import TargetResolver
 from service.store import TraceStore
 from service.tracer import Tracer
 
-log = Logger()
+log = Logger(namespace="mtrd")
 
 USAGE = """usage: mtrd serve [--help] [options]     run the service
        mtrd trace TARGET [--help] [options]  run a trace on a server and follow it"""
 
 
+class QuietSite(Site):
+    """A Site without twisted.web's access log: :class:`Edge` writes one line per request."""
+
+    noisy = False
+
+    def log(self, request: object) -> None:
+        """Leave request logging to the edge."""
+
+
+def _state_metrics(
+    pool: ProbePool, jobs: TraceJobs, store: TraceStore, api: Api
+) -> Iterable[Metric]:
+    yield gauge("mtrd_traces_running", "Traces probing now", jobs.running)
+    yield gauge("mtrd_traces_queued", "Traces waiting for a running slot", jobs.queued)
+    yield gauge("mtrd_traces_stored", "Traces in the store", len(store))
+    yield counter(
+        "mtrd_trace_evictions", "Finished traces evicted at the store cap", store.evictions
+    )
+    yield gauge("mtrd_sse_subscribers", "Open event streams", api.sse_subscribers)
+    yield gauge(
+        "mtrd_workers_ready",
+        "mtr-packet workers that answered their version check",
+        pool.ready_workers,
+    )
+    yield counter("mtrd_worker_restarts", "mtr-packet workers restarted after dying", pool.restarts)
+    yield gauge("mtrd_probes_queued", "Probes waiting for a worker", pool.queued)
+    outstanding = GaugeMetricFamily(
+        "mtrd_worker_outstanding_probes", "Probes held by each worker", labels=["slot"]
+    )
+    for worker in pool.workers():
+        outstanding.add_metric([str(worker["slot"])], worker["outstanding"])
+    yield outstanding
+
+
 async def serve(reactor: Any, config: ServeConfig) -> None:
-    """Start the pool and the HTTP site; return when the reactor shuts down."""
+    """Start the pool and the HTTP site; on shutdown, drain and stop cleanly."""
     pool = ProbePool(reactor, config.pool)
     try:
         await pool.start()
     except EngineStartError as e:
         print(f"mtrd: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    metrics = Metrics()
     store = TraceStore(reactor, config.store)
     tracer = Tracer(
         reactor,
-        pool,
+        MeteredProber(pool, metrics),
         TargetResolver(client.createResolver(servers=list(config.dns_servers) or None)),
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
     )
-    jobs = TraceJobs(tracer, store, max_running=config.max_running)
-    api = Api(pool=pool, jobs=jobs, store=store, clock=reactor)
-    site = Site(api.app.resource())
+    jobs = TraceJobs(
+        tracer, store, max_running=config.max_running, on_finished=metrics.trace_finished
+    )
+    api = Api(pool=pool, jobs=jobs, store=store, clock=reactor, metrics=metrics)
+    metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
+    site = QuietSite(Edge(api.app.resource(), reactor, metrics))
     endpoint_type = (
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )
@@ -54,8 +95,17 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:
+        # Readiness turns 503 and new traces are refused while running ones finish.
+        log.info(
+            "shutting down: {running} running traces get {grace:g} s",
+            running=jobs.running,
+            grace=config.shutdown_grace,
+        )
+        api.draining = True
+        await jobs.drain(reactor, config.shutdown_grace)
         await listening.stopListening()
         await pool.stop()
+        log.info("mtrd stopped")
         done.callback(None)
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(shutdown()))
@@ -77,5 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"mtrd: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     config = parse_serve_args(rest)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    globalLogBeginner.beginLoggingTo(
+        [observer(sys.stdout, config.log_format)], redirectStandardIO=False
+    )
     task.react(lambda reactor: Deferred.fromCoroutine(serve(reactor, config)))

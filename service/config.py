@@ -23,6 +23,8 @@ class ServeConfig:
     dns_servers: tuple[tuple[str, int], ...] = ()
     store: StoreLimits = attrs.Factory(StoreLimits)
     max_running: int = 32
+    log_format: str = "json"
+    shutdown_grace: float = 10.0
 
 
 def _dns_servers(value: str) -> tuple[tuple[str, int], ...]:
@@ -130,6 +132,20 @@ def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("MTRD_MAX_RUNNING", "32"),
         help="traces probing at once; more wait as queued (MTRD_MAX_RUNNING, default 32)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=env.get("MTRD_LOG_FORMAT", "json"),
+        help="json: one object per line on stdout; text: for people "
+        "(MTRD_LOG_FORMAT, default json)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_positive(float),
+        default=env.get("MTRD_SHUTDOWN_GRACE", "10"),
+        help="on SIGTERM, seconds running traces may finish before they are cancelled "
+        "(MTRD_SHUTDOWN_GRACE, default 10)",
+    )
     return parser
 
 
@@ -154,4 +170,6 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         dns_servers=args.dns_servers,
         store=StoreLimits(ttl=args.store_ttl, max_traces=int(args.store_max)),
         max_running=int(args.max_running),
+        log_format=args.log_format,
+        shutdown_grace=args.shutdown_grace,
     )

@@ -12,23 +12,27 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from service.events import Event
 from service.intake import InvalidFields, parse_trace_request
 from service.jobs import Deletion, TraceJobs
+from service.metrics import Metrics
 from service.problems import Problem, invalid_fields, not_found
 from service.render import hop_json, status_json, summary_json, trace_json
 from service.report import render_report
 from service.store import BadCursor, StoreFull, TraceStore
 from service.trace import Hop, Trace, TraceStatus
 
+_request_log = Logger(namespace="mtrd.http")
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY = 64 * 1024
 MAX_LIST = 500
@@ -62,12 +66,16 @@ class Api:
         store: TraceStore,
         clock: IReactorTime,
         heartbeat: float = 15.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._jobs = jobs
         self._store = store
         self._clock = clock
         self._heartbeat = heartbeat
+        self._metrics = metrics
+        self.draining = False
+        self.sse_subscribers = 0
 
     # -- traces -------------------------------------------------------------------------
 
@@ -98,6 +106,14 @@ class Api:
             trace_request = parse_trace_request(body)
         except InvalidFields as e:
             raise invalid_fields(e.errors) from None
+        if self.draining:
+            raise Problem(
+                503,
+                "shutting-down",
+                "Shutting down",
+                "mtrd is shutting down and takes no new traces",
+                headers=(("Retry-After", "5"),),
+            )
         if self._pool.ready_workers == 0:
             raise Problem(
                 503,
@@ -215,8 +231,10 @@ class Api:
         def stop(_: object = None) -> None:
             for unsubscribe in subscription:
                 unsubscribe()
+            subscription.clear()
             if heartbeat.running:
                 heartbeat.stop()
+                self.sse_subscribers -= 1
 
         finished: Deferred[None] = Deferred(stop)
 
@@ -229,6 +247,7 @@ class Api:
         request.write(b": stream of " + trace_id.encode() + b"\n\n")
         subscription.append(record.channel.subscribe(deliver, after))
         if not finished.called:
+            self.sse_subscribers += 1
             heartbeat.start(self._heartbeat, now=False)
         return finished
 
@@ -247,13 +266,19 @@ class Api:
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
-        """Ready once at least one mtr-packet worker answered its version check."""
+        """Ready once a mtr-packet worker answered its version check; not while draining."""
         ready = self._pool.ready_workers
-        body = {
-            "status": "ready" if ready else "not ready",
-            "workers": {"ready": ready, "size": self._pool.size},
-        }
-        return _json(request, 200 if ready else 503, body)
+        status = "draining" if self.draining else "ready" if ready else "not ready"
+        body = {"status": status, "workers": {"ready": ready, "size": self._pool.size}}
+        return _json(request, 200 if status == "ready" else 503, body)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Prometheus metrics in the text format."""
+        if self._metrics is None:
+            return self._problem(request, not_found("/metrics"))
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.exposition()
 
     # -- errors -------------------------------------------------------------------------
 
@@ -292,6 +317,62 @@ class Api:
             problem.status,
             problem.body(request.path.decode("utf-8", "replace")),
             content_type=b"application/problem+json",
+        )
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to, for metrics labels (bounded cardinality)."""
+    parts = path.split("?", maxsplit=1)[0].rstrip("/").split("/")
+    if len(parts) >= 3 and parts[1] == "traces":
+        return (
+            "/traces/{id}/events"
+            if parts[3:] == ["events"]
+            else ("/traces/{id}" if len(parts) == 3 else "other")
+        )
+    known = {"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    joined = "/".join(parts) or "/"
+    return joined if joined in known else "other"
+
+
+class Edge(Resource):
+    """Wraps the Klein resource: one log line and the metrics for every request."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Any, clock: IReactorTime, metrics: Metrics | None) -> None:
+        super().__init__()
+        self._inner = inner
+        self._clock = clock
+        self._metrics = metrics
+
+    def render(self, request: Any) -> Any:
+        """Time the request, then let Klein answer it."""
+        started = self._clock.seconds()
+        request.notifyFinish().addBoth(self._finished, request, started)
+        return self._inner.render(request)
+
+    def _finished(self, result: object, request: Any, started: float) -> None:
+        duration = self._clock.seconds() - started
+        path = request.path.decode("utf-8", "replace")
+        method = request.method.decode("ascii", "replace")
+        route = route_of(path)
+        status = int(request.code)
+        parts = path.split("/")
+        trace_id = parts[2] if route.startswith("/traces/{id}") else None
+        if trace_id is None and status == 202:
+            location = request.responseHeaders.getRawHeaders(b"location") or [b""]
+            trace_id = location[0].decode().rsplit("/", 1)[-1] or None
+        if self._metrics is not None:
+            self._metrics.http_requests.labels(route, method, str(status)).inc()
+            self._metrics.http_duration.labels(route).observe(duration)
+        _request_log.info(
+            "{method} {path} {status} {duration_ms:.1f} ms",
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=duration * 1000,
+            trace_id=trace_id,
+            client_gone=isinstance(result, Failure),
         )
 
 

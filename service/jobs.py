@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from service.store import StoreFull, TraceRecord, TraceStore
@@ -32,12 +34,21 @@ class TraceJobs:
 
     log = Logger()
 
-    def __init__(self, tracer: Tracer, store: TraceStore, *, max_running: int = 32) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        store: TraceStore,
+        *,
+        max_running: int = 32,
+        on_finished: Callable[[Trace], None] = lambda _: None,
+    ) -> None:
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
         self._tracer = tracer
         self._store = store
         self.max_running = max_running
+        self._on_finished = on_finished
+        self._idle: list[Deferred[None]] = []
         self._waiting: deque[TraceRecord] = deque()
         self._running: dict[str, Deferred[Trace]] = {}
 
@@ -124,6 +135,28 @@ class TraceJobs:
         self._store.update(record, final)
         record.channel.publish_status(final.status)
         record.channel.publish_done(final)
+        self._on_finished(final)
+        if not self._running and not self._waiting:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                waiter.callback(None)
+
+    async def drain(self, clock: IReactorTime, grace: float) -> None:
+        """Cancel what waits, give what runs ``grace`` seconds, then cancel it too."""
+        for record in list(self._waiting):
+            self.delete(record.trace.id)
+        if not self._running:
+            return
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+        timer = clock.callLater(grace, self._cancel_running)
+        await idle
+        if timer.active():
+            timer.cancel()
+
+    def _cancel_running(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel()
 
 
 __all__ = ["Deletion", "StoreFull", "TraceJobs"]

@@ -14,9 +14,11 @@ import pytest_twisted
 import treq
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
-from service.http import Api
+from service.http import Api, Edge, route_of
 from service.jobs import TraceJobs
+from service.metrics import Metrics
 from service.store import StoreLimits, TraceStore
 from service.tracer import Tracer
 from tests.fakes import FakeNetwork
@@ -59,9 +61,19 @@ class Client:
         self.pool = FakePool(ready_workers=ready)
         self.store = TraceStore(self.clock, StoreLimits(ttl=600, max_traces=max_traces))
         tracer = Tracer(self.clock, self.network, StaticResolver())  # type: ignore[arg-type]
-        self.jobs = TraceJobs(tracer, self.store, max_running=max_running)
-        api = Api(pool=self.pool, jobs=self.jobs, store=self.store, clock=self.clock, heartbeat=15)
-        self.stub = StubTreq(api.app.resource())
+        self.metrics = Metrics()
+        self.jobs = TraceJobs(
+            tracer, self.store, max_running=max_running, on_finished=self.metrics.trace_finished
+        )
+        self.api = Api(
+            pool=self.pool,
+            jobs=self.jobs,
+            store=self.store,
+            clock=self.clock,
+            heartbeat=15,
+            metrics=self.metrics,
+        )
+        self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         response = await self.stub.request(method, BASE + path, **kwargs)
@@ -481,3 +493,74 @@ class _Dropper:
 
     def connectionLost(self, reason: Any) -> None:
         pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_traces_requests_and_probes() -> None:
+    """/metrics shows finished traces by status, HTTP requests by route, probe outcomes."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    client.run_for(3)
+    await client.request("GET", f"/traces/{trace_id}")
+    text = (await client.request("GET", "/metrics")).body.decode()
+    assert 'mtrd_traces_total{status="completed"} 1.0' in text
+    assert 'mtrd_http_requests_total{method="POST",route="/traces",status="202"} 1.0' in text
+    assert 'mtrd_http_requests_total{method="GET",route="/traces/{id}",status="200"} 1.0' in text
+    assert "mtrd_http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/traces", "/traces"),
+        ("/traces/abc", "/traces/{id}"),
+        ("/traces/abc/events", "/traces/{id}/events"),
+        ("/traces/abc/x", "other"),
+        ("/nope", "other"),
+        ("/metrics?x=1", "/metrics"),
+    ],
+)
+def test_route_labels_are_bounded(path: str, route: str) -> None:
+    """Trace ids never become metric labels: paths map to their route template."""
+    assert route_of(path) == route
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_request_is_logged_once_with_its_trace_id() -> None:
+    """The edge writes one log event per request: method, path, status, duration, trace id."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client = Client()
+        trace_id = (await client.post_trace(QUICK)).json()["id"]
+        await client.request("GET", f"/traces/{trace_id}")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e for e in events if e.get("log_namespace") == "mtrd.http"]
+    assert [(e["method"], e["status"], e["trace_id"]) for e in lines] == [
+        ("POST", 202, trace_id),
+        ("GET", 200, trace_id),
+    ]
+    assert all(e["duration_ms"] >= 0 for e in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_draining_refuses_new_traces_and_is_not_ready() -> None:
+    """While shutting down, POST is 503 and /readyz says draining."""
+    client = Client()
+    client.api.draining = True
+    answer = await client.post_trace(QUICK)
+    assert (answer.code, answer.json()["type"]) == (503, "urn:mtrd:problem:shutting-down")
+    ready = await client.request("GET", "/readyz")
+    assert (ready.code, ready.json()["status"]) == (503, "draining")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_subscribers_are_counted() -> None:
+    """Open event streams are counted, and uncounted when they end."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    await open_stream(client, trace_id)
+    assert client.api.sse_subscribers == 1
+    client.run_for(3)
+    assert client.api.sse_subscribers == 0

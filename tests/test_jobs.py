@@ -131,3 +131,29 @@ def test_cancel_during_dns_resolution() -> None:
     assert jobs.delete(record.trace.id) is Deletion.CANCELLED
     assert record.trace.status is TraceStatus.CANCELLED
     assert network.sent == []
+
+
+def test_drain_cancels_queued_at_once_and_running_after_the_grace() -> None:
+    """Draining cancels waiting traces, lets running ones finish within the grace, then cancels."""
+    jobs, _, clock, _ = make_jobs(max_running=1)
+    long = TraceRequest("203.0.113.7", probes=50, interval=1.0)
+    running = jobs.submit(long)
+    queued = jobs.submit(long)
+    drained = Deferred.fromCoroutine(jobs.drain(clock, grace=3.0))
+    assert queued.trace.status is TraceStatus.CANCELLED
+    clock.advance(2.9)
+    assert running.trace.status is TraceStatus.RUNNING
+    assert not drained.called
+    clock.advance(0.2)
+    assert running.trace.status is TraceStatus.CANCELLED
+    assert drained.called
+
+
+def test_drain_returns_when_running_traces_finish_within_the_grace() -> None:
+    """A trace that finishes inside the grace ends completed, and draining ends with it."""
+    jobs, _, clock, _ = make_jobs()
+    record = jobs.submit(REQUEST)
+    drained = Deferred.fromCoroutine(jobs.drain(clock, grace=30.0))
+    clock.pump([0.05] * 60)
+    assert record.trace.status is TraceStatus.COMPLETED
+    assert drained.called

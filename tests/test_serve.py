@@ -26,13 +26,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m service serve`` on a free loopback port; stopped after the test."""
+def require_mtr_packet() -> None:
+    """Skip without mtr-packet; in CI, fail instead."""
     if shutil.which("mtr-packet") is None:
         if os.environ.get("CI", "").lower() not in ("", "false", "0"):
             pytest.fail("mtr-packet is not installed")
         pytest.skip("mtr-packet is not installed (apt-get install mtr-tiny)")
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``python -m service serve`` on a free loopback port; stopped after the test."""
+    require_mtr_packet()
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--listen", f"127.0.0.1:{port}"],
@@ -92,3 +97,69 @@ def test_serve_with_missing_mtr_packet_exits_with_the_reason() -> None:
     )
     assert result.returncode == 1
     assert "'/nonexistent/mtr-packet' not found" in result.stdout + result.stderr
+
+
+@pytest.fixture
+def graceful_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """mtrd serve with a short shutdown grace and JSON logs on stdout."""
+    require_mtr_packet()
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "service", "serve",
+            "--listen", f"127.0.0.1:{port}", "--shutdown-grace", "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_drains_cancels_after_grace_ends_streams_and_exits_0(
+    graceful_server: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """SIGTERM: readiness 503, POST 503, running traces cancelled after the grace, exit 0."""
+    url, process = graceful_server
+    await wait_ready(url)
+    created = await treq.post(
+        f"{url}/traces", json={"target": "127.0.0.1", "probes": 60, "interval": 0.5}
+    )
+    trace_id = (await created.json())["id"]
+    stream = await treq.get(f"{url}/traces/{trace_id}/events", unbuffered=True)
+    chunks: list[bytes] = []
+    stream_done = treq.collect(stream, chunks.append)
+    await sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    await sleep(0.3)
+    ready = await treq.get(f"{url}/readyz")
+    ready_body = await ready.content()
+    validate_response("GET", "/readyz", ready.code, "application/json", ready_body)
+    assert (ready.code, json.loads(ready_body)["status"]) == (503, "draining")
+    refused = await treq.post(f"{url}/traces", json={"target": "127.0.0.1"})
+    refused_body = await refused.content()
+    validate_response("POST", "/traces", refused.code, "application/problem+json", refused_body)
+    assert refused.code == 503
+    await stream_done
+    events = b"".join(chunks).decode()
+    assert "event: done" in events
+    assert '"status":"cancelled"' in events
+    for _ in range(100):
+        if process.poll() is not None:
+            break
+        await sleep(0.05)
+    assert process.returncode == 0
+    out, _ = process.communicate(timeout=5)
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(r["message"] == "mtrd stopped" for r in records)
+    assert any(r.get("trace_id") == trace_id and r.get("method") == "POST" for r in records)

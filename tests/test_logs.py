@@ -1,0 +1,52 @@
+"""Log lines: JSON objects by default, text on request."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from service.logs import observer
+
+
+def emit(log_format: str) -> str:
+    stream = io.StringIO()
+    log = Logger(namespace="mtrd.test", observer=observer(stream, log_format))
+    log.info("GET {path} {status}", path="/traces", status=200, trace_id="abc")
+    return stream.getvalue()
+
+
+def test_json_lines_carry_message_level_and_fields() -> None:
+    """Each event is one JSON object with the formatted message and its fields."""
+    line = emit("json")
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
+    record = json.loads(line)
+    assert record["message"] == "GET /traces 200"
+    assert (record["level"], record["logger"]) == (LogLevel.info.name, "mtrd.test")
+    assert (record["path"], record["status"], record["trace_id"]) == ("/traces", 200, "abc")
+    assert record["time"].endswith("+00:00")
+
+
+def test_json_lines_include_the_traceback_of_a_failure() -> None:
+    """A logged failure carries its traceback in the error field."""
+    stream = io.StringIO()
+    log = Logger(namespace="mtrd.test", observer=observer(stream, "json"))
+    log.failure("it broke", Failure(ValueError("boom")))
+    record = json.loads(stream.getvalue())
+    assert "ValueError: boom" in record["error"]
+
+
+def test_text_format_is_for_people() -> None:
+    """The text format is Twisted's classic line."""
+    assert "GET /traces 200" in emit("text")
+    assert not emit("text").startswith("{")
+
+
+def test_unknown_format_is_refused() -> None:
+    """Only json and text exist."""
+    with pytest.raises(ValueError, match="json or text"):
+        observer(io.StringIO(), "xml")
