@@ -13,6 +13,8 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.names import client
 from twisted.web.server import Site
 
+from service.auth import AuthGuard, BearerAuth
+from service.channel import ProblemChannel
 from service.config import ServeConfig, parse_serve_args
 from service.errors import EngineStartError
 from service.http import Api, Edge
@@ -31,9 +33,11 @@ USAGE = """usage: mtrd serve [--help] [options]     run the service
 
 
 class QuietSite(Site):
-    """A Site without twisted.web's access log: :class:`Edge` writes one line per request."""
+    """A Site without twisted.web's access log (:class:`Edge` writes one line per request),
+    whose framing errors are problem+json (:class:`ProblemChannel`)."""
 
     noisy = False
+    protocol = ProblemChannel
 
     def log(self, request: object) -> None:
         """Leave request logging to the edge."""
@@ -80,13 +84,35 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         TargetResolver(client.createResolver(servers=list(config.dns_servers) or None)),
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
+        policy=config.policy,
     )
     jobs = TraceJobs(
-        tracer, store, max_running=config.max_running, on_finished=metrics.trace_finished
+        tracer,
+        store,
+        max_running=config.max_running,
+        max_queued=config.max_queued,
+        on_finished=metrics.trace_finished,
     )
-    api = Api(pool=pool, jobs=jobs, store=store, clock=reactor, metrics=metrics)
+    api = Api(
+        pool=pool,
+        jobs=jobs,
+        store=store,
+        clock=reactor,
+        metrics=metrics,
+        limits=config.limits,
+        policy=config.policy,
+    )
     metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
-    site = QuietSite(Edge(api.app.resource(), reactor, metrics))
+    auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
+    resource: Any = api.app.resource()
+    if auth.enabled:
+        resource = AuthGuard(resource, auth)
+    site = QuietSite(Edge(resource, reactor, metrics))
+    if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warn(
+            "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
+            host=config.host,
+        )
     endpoint_type = (
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )

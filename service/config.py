@@ -6,9 +6,13 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
+from service.auth import OPEN_BY_DEFAULT, load_tokens
+from service.http import EdgeLimits
+from service.policy import TargetPolicy, parse_networks
 from service.pool import PoolConfig
 from service.store import StoreLimits
 
@@ -25,6 +29,11 @@ class ServeConfig:
     max_running: int = 32
     log_format: str = "json"
     shutdown_grace: float = 10.0
+    max_queued: int = 1000
+    limits: EdgeLimits = attrs.Factory(EdgeLimits)
+    policy: TargetPolicy = attrs.Factory(TargetPolicy)
+    auth_tokens: tuple[bytes, ...] = ()
+    auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
 
 
 def _dns_servers(value: str) -> tuple[tuple[str, int], ...]:
@@ -146,13 +155,83 @@ def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="on SIGTERM, seconds running traces may finish before they are cancelled "
         "(MTRD_SHUTDOWN_GRACE, default 10)",
     )
+    parser.add_argument(
+        "--max-queued",
+        type=_non_negative,
+        default=env.get("MTRD_MAX_QUEUED", "1000"),
+        help="traces waiting to run at most; more get 429 (MTRD_MAX_QUEUED, default 1000)",
+    )
+    parser.add_argument(
+        "--max-probes-waiting",
+        type=_positive(int),
+        default=env.get("MTRD_MAX_PROBES_WAITING", "5000"),
+        help="probes waiting for a worker above which new traces get 429 "
+        "(MTRD_MAX_PROBES_WAITING, default 5000)",
+    )
+    parser.add_argument(
+        "--max-subscribers",
+        type=_positive(int),
+        default=env.get("MTRD_MAX_SUBSCRIBERS", "1000"),
+        help="open event streams at most (MTRD_MAX_SUBSCRIBERS, default 1000)",
+    )
+    parser.add_argument(
+        "--max-subscribers-per-trace",
+        type=_positive(int),
+        default=env.get("MTRD_MAX_SUBSCRIBERS_PER_TRACE", "100"),
+        help="open event streams per trace at most (MTRD_MAX_SUBSCRIBERS_PER_TRACE, default 100)",
+    )
+    parser.add_argument(
+        "--allow-targets",
+        type=_networks,
+        default=env.get("MTRD_ALLOW_TARGETS", ""),
+        help="comma-separated CIDRs; when set, only these may be traced (MTRD_ALLOW_TARGETS)",
+    )
+    parser.add_argument(
+        "--deny-targets",
+        type=_networks,
+        default=env.get("MTRD_DENY_TARGETS", ""),
+        help="comma-separated CIDRs that may never be traced (MTRD_DENY_TARGETS)",
+    )
+    parser.add_argument(
+        "--auth-tokens-file",
+        default=env.get("MTRD_AUTH_TOKENS_FILE") or None,
+        help="file of bearer tokens, one per line; with MTRD_AUTH_TOKENS (comma-separated) "
+        "turns auth on (MTRD_AUTH_TOKENS_FILE, default: auth off)",
+    )
+    parser.add_argument(
+        "--auth-protect-ops",
+        action="store_true",
+        default=env.get("MTRD_AUTH_PROTECT_OPS", "") not in ("", "0", "false"),
+        help="with auth on, also require a token for /healthz, /readyz and /metrics "
+        "(MTRD_AUTH_PROTECT_OPS)",
+    )
     return parser
+
+
+def _non_negative(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _networks(text: str) -> tuple[Any, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeConfig:
     """Build a :class:`ServeConfig` from command-line flags over the environment."""
-    parser = serve_parser(os.environ if env is None else env)
+    environment = os.environ if env is None else env
+    parser = serve_parser(environment)
     args = parser.parse_args(list(argv))
+    try:
+        tokens = load_tokens(
+            file=args.auth_tokens_file, env_value=environment.get("MTRD_AUTH_TOKENS")
+        )
+    except (OSError, ValueError) as e:
+        parser.error(f"auth tokens: {e}")
     try:
         pool = PoolConfig(
             size=args.pool_size,
@@ -172,4 +251,13 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         max_running=int(args.max_running),
         log_format=args.log_format,
         shutdown_grace=args.shutdown_grace,
+        max_queued=args.max_queued,
+        limits=EdgeLimits(
+            max_subscribers=int(args.max_subscribers),
+            max_subscribers_per_trace=int(args.max_subscribers_per_trace),
+            max_probes_waiting=int(args.max_probes_waiting),
+        ),
+        policy=TargetPolicy(allow=args.allow_targets, deny=args.deny_targets),
+        auth_tokens=tokens,
+        auth_open_paths=frozenset() if args.auth_protect_ops else OPEN_BY_DEFAULT,
     )

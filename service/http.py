@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -24,11 +24,14 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from service.events import Event
 from service.intake import InvalidFields, parse_trace_request
-from service.jobs import Deletion, TraceJobs
+from service.jobs import Deletion, QueueFull, TraceJobs
 from service.metrics import Metrics
+from service.policy import TargetPolicy, TargetRefused
 from service.problems import Problem, invalid_fields, not_found
-from service.render import hop_json, status_json, summary_json, trace_json
+from service.render import summary_json, trace_json
 from service.report import render_report
+from service.resolve import literal
+from service.sse import EventStream
 from service.store import BadCursor, StoreFull, TraceStore
 from service.trace import Hop, Trace, TraceStatus
 
@@ -36,6 +39,20 @@ _request_log = Logger(namespace="mtrd.http")
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY = 64 * 1024
 MAX_LIST = 500
+
+
+@attrs.frozen
+class EdgeLimits:
+    """What one mtrd takes at once before it answers 429."""
+
+    max_subscribers: int = 1000
+    max_subscribers_per_trace: int = 100
+    max_sse_backlog: int = 256 * 1024
+    max_probes_waiting: int = 5000
+
+
+DEFAULT_LIMITS = EdgeLimits()
+OPEN_POLICY = TargetPolicy()
 
 
 class Readiness(Protocol):
@@ -49,6 +66,11 @@ class Readiness(Protocol):
     @property
     def size(self) -> int:
         """Workers the pool keeps."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Probes waiting for a worker."""
         ...
 
 
@@ -67,7 +89,11 @@ class Api:
         clock: IReactorTime,
         heartbeat: float = 15.0,
         metrics: Metrics | None = None,
+        limits: EdgeLimits = DEFAULT_LIMITS,
+        policy: TargetPolicy = OPEN_POLICY,
     ) -> None:
+        self._limits = limits
+        self._policy = policy
         self._pool = pool
         self._jobs = jobs
         self._store = store
@@ -122,8 +148,36 @@ class Api:
                 "no mtr-packet worker is running yet",
                 headers=(("Retry-After", "1"),),
             )
+        address = literal(trace_request.target)
+        if address is not None:
+            try:
+                self._policy.check(address.address)
+            except TargetRefused as e:
+                raise Problem(
+                    403,
+                    "forbidden-target",
+                    "Forbidden target",
+                    str(e),
+                    errors=(("target", e.rule),),
+                ) from None
+        if self._pool.queued >= self._limits.max_probes_waiting:
+            raise Problem(
+                429,
+                "engine-saturated",
+                "Too many probes waiting",
+                f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
+                headers=(("Retry-After", "2"),),
+            )
         try:
             record = self._jobs.submit(trace_request)
+        except QueueFull as e:
+            raise Problem(
+                429,
+                "queue-full",
+                "Too many queued traces",
+                str(e),
+                headers=(("Retry-After", str(e.retry_after)),),
+            ) from None
         except StoreFull as e:
             raise Problem(
                 429,
@@ -218,37 +272,54 @@ class Api:
         record = self._store.get(trace_id)
         if record is None:
             return self._problem(request, not_found(f"trace {trace_id}"))
+        limits = self._limits
+        if (
+            self.sse_subscribers >= limits.max_subscribers
+            or record.channel.subscribers >= limits.max_subscribers_per_trace
+        ):
+            return self._problem(
+                request,
+                Problem(
+                    429,
+                    "too-many-subscribers",
+                    "Too many subscribers",
+                    f"at most {limits.max_subscribers_per_trace} streams per trace and "
+                    f"{limits.max_subscribers} in all",
+                    headers=(("Retry-After", "5"),),
+                ),
+            )
         last = request.getHeader("last-event-id")
         after = int(last) if last is not None and last.strip().isdigit() else None
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-
-        heartbeat = LoopingCall(lambda: request.write(b": keep-alive\n\n"))
-        heartbeat.clock = self._clock
         subscription: list[Callable[[], None]] = []
 
-        def stop(_: object = None) -> None:
+        def closed() -> None:
+            self.sse_subscribers -= 1
             for unsubscribe in subscription:
                 unsubscribe()
-            subscription.clear()
-            if heartbeat.running:
-                heartbeat.stop()
-                self.sse_subscribers -= 1
 
-        finished: Deferred[None] = Deferred(stop)
+        self.sse_subscribers += 1
+        stream = EventStream(
+            request,
+            trace_id=trace_id,
+            clock=self._clock,
+            heartbeat=self._heartbeat,
+            max_backlog=limits.max_sse_backlog,
+            on_close=closed,
+        )
+        finished: Deferred[None] = Deferred(lambda _: stream.close())
 
         def deliver(event: Event) -> None:
-            request.write(_sse(trace_id, event))
+            stream.send(event)
             if event.kind == "done" and not finished.called:
-                stop()
+                stream.close()
                 finished.callback(None)
 
-        request.write(b": stream of " + trace_id.encode() + b"\n\n")
         subscription.append(record.channel.subscribe(deliver, after))
-        if not finished.called:
-            self.sse_subscribers += 1
-            heartbeat.start(self._heartbeat, now=False)
+        if stream.closed and not finished.called:
+            finished.callback(None)  # a slow client was dropped while catching up
         return finished
 
     # -- service ------------------------------------------------------------------------
@@ -301,6 +372,15 @@ class Api:
                 f"{method} is not allowed here; use {', '.join(allowed)}",
                 headers=(("Allow", ", ".join(allowed)),),
             ),
+        )
+
+    @app.handle_errors(Exception)
+    def crashed(self, request: IRequest, failure: Failure) -> bytes:
+        """500 problem for a fault of mtrd's own; the traceback goes to the log."""
+        self.log.failure("unhandled error answering {path}", failure, path=request.path)
+        return self._problem(
+            request,
+            Problem(500, "internal-error", "Internal error", "mtrd failed to answer; see its log"),
         )
 
     def _answer(self, request: IRequest, handler: Callable[[], bytes]) -> bytes:
@@ -382,18 +462,6 @@ def _json(
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _sse(trace_id: str, event: Event) -> bytes:
-    value: Any = event.value
-    if event.kind == "status":
-        data = status_json(trace_id, value)
-    elif event.kind == "hop":
-        data = hop_json(value)
-    else:
-        data = trace_json(value)
-    text = json.dumps(data, separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {text}\n\n".encode()
 
 
 def _tags(header: str | bytes | None) -> set[str]:

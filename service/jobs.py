@@ -29,6 +29,14 @@ class Deletion(enum.Enum):
     REMOVED = "removed"  # it had finished; it is gone
 
 
+class QueueFull(Exception):
+    """As many traces wait as the queue takes."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the queue of waiting traces is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class TraceJobs:
     """Runs trace jobs against a store; see the module docstring."""
 
@@ -40,13 +48,15 @@ class TraceJobs:
         store: TraceStore,
         *,
         max_running: int = 32,
+        max_queued: int = 1000,
         on_finished: Callable[[Trace], None] = lambda _: None,
     ) -> None:
-        if max_running < 1:
-            raise ValueError("max_running must be at least 1")
+        if max_running < 1 or max_queued < 0:
+            raise ValueError("max_running must be at least 1 and max_queued at least 0")
         self._tracer = tracer
         self._store = store
         self.max_running = max_running
+        self.max_queued = max_queued
         self._on_finished = on_finished
         self._idle: list[Deferred[None]] = []
         self._waiting: deque[TraceRecord] = deque()
@@ -63,7 +73,9 @@ class TraceJobs:
         return len(self._waiting)
 
     def submit(self, request: TraceRequest) -> TraceRecord:
-        """Store a new trace and start it, or queue it; raises ``StoreFull``."""
+        """Store a new trace and start it, or queue it; raises ``StoreFull``, ``QueueFull``."""
+        if len(self._running) >= self.max_running and len(self._waiting) >= self.max_queued:
+            raise QueueFull(self._retry_after())
         trace = self._tracer.new(request)
         record = self._store.add(trace, retry_after=self._retry_after())
         self._waiting.append(record)
@@ -159,4 +171,4 @@ class TraceJobs:
             running.cancel()
 
 
-__all__ = ["Deletion", "StoreFull", "TraceJobs"]
+__all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]

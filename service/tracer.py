@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from service.policy import TargetPolicy, TargetRefused
 from service.resolve import ResolutionFailed, TargetResolver
 from service.runner import Prober, RunSettings, TraceRun
 from service.trace import (
@@ -31,6 +32,7 @@ from service.trace import (
 )
 
 DEFAULT_SETTINGS = RunSettings()
+OPEN_POLICY = TargetPolicy()
 LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledger clashes
 
 
@@ -51,11 +53,13 @@ class Tracer:
         settings: RunSettings = DEFAULT_SETTINGS,
         source_ipv4: str | None = None,
         source_ipv6: str | None = None,
+        policy: TargetPolicy = OPEN_POLICY,
     ) -> None:
         self._clock = clock
         self._prober = prober
         self._resolver = resolver
         self._settings = settings
+        self._policy = policy
         self._sources = {4: source_ipv4, 6: source_ipv6}
 
     def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
@@ -109,6 +113,13 @@ class Tracer:
             return self._end(trace, error=TraceError("dns", str(e)))
         except CancelledError:
             return self._end(trace, status=TraceStatus.CANCELLED)
+        try:
+            self._policy.check(resolved.address)
+        except TargetRefused as e:
+            trace = attrs.evolve(
+                trace, target=TraceTarget(request.target, resolved.address, resolved.ip_version)
+            )
+            return self._end(trace, error=TraceError("forbidden-target", str(e)))
         source = self._sources[resolved.ip_version]
         trace = attrs.evolve(
             trace,

@@ -34,6 +34,7 @@ class FakePool:
 
     ready_workers: int = 2
     size: int = 2
+    queued: int = 0
 
 
 @attrs.define

@@ -1,0 +1,89 @@
+"""Optional bearer-token auth, in front of the HTTP routes.
+
+Off when no token is configured. Tokens are compared in constant time, every
+configured token every time, so the answer's timing says nothing about them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.web.resource import Resource
+
+OPEN_BY_DEFAULT = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def load_tokens(*, file: str | None, env_value: str | None) -> tuple[bytes, ...]:
+    """Tokens from a file (one per line, # comments) and a comma-separated variable."""
+    tokens: list[str] = []
+    if file:
+        for line in Path(file).read_text(encoding="utf-8").splitlines():
+            text = line.split("#", 1)[0].strip()
+            if text:
+                tokens.append(text)
+    if env_value:
+        tokens += [t.strip() for t in env_value.split(",") if t.strip()]
+    for token in tokens:
+        if len(token) < 16:
+            raise ValueError("auth tokens must be at least 16 characters long")
+    return tuple(t.encode() for t in tokens)
+
+
+class BearerAuth:
+    """Checks ``Authorization: Bearer <token>`` against the configured tokens."""
+
+    def __init__(
+        self, tokens: Iterable[bytes], open_paths: Iterable[str] = OPEN_BY_DEFAULT
+    ) -> None:
+        self._tokens = tuple(tokens)
+        self.open_paths = frozenset(open_paths)
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one token is configured."""
+        return bool(self._tokens)
+
+    def allows(self, path: str, authorization: bytes | None) -> bool:
+        """True when the request may pass."""
+        if not self._tokens or path in self.open_paths:
+            return True
+        scheme, _, presented = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not presented:
+            return False
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(token, presented.strip())
+        return matched
+
+
+class AuthGuard(Resource):
+    """Answers 401 problem+json to requests without a valid token; passes the rest on."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Any, auth: BearerAuth) -> None:
+        super().__init__()
+        self._inner = inner
+        self._auth = auth
+
+    def render(self, request: Any) -> Any:
+        """Check the token, then let the inner resource answer."""
+        path = request.path.decode("utf-8", "replace")
+        if self._auth.allows(path, request.getHeader(b"authorization")):
+            return self._inner.render(request)
+        request.setResponseCode(401)
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="mtrd"')
+        request.setHeader(b"Content-Type", b"application/problem+json")
+        return json.dumps(
+            {
+                "type": "urn:mtrd:problem:unauthorized",
+                "title": "Unauthorized",
+                "status": 401,
+                "detail": "send a valid token: Authorization: Bearer <token>",
+                "instance": path,
+            }
+        ).encode()
