@@ -16,6 +16,7 @@ from twisted.web import http
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 16384
 _REQUEST_LINE = re.compile(rb"^[A-Z]+ \S+ HTTP/\d\.\d$")
+_REQUEST_START = re.compile(rb"^[A-Z]+ (/|\*|https?://)")
 _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -54,12 +55,15 @@ class ProblemChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """One line longer than any header may be."""
-        if line[:1].isupper() and b" " in line[:16]:
+        if _REQUEST_START.match(line[:40]):
             self._refuse(414, "uri-too-long", f"the request line is over {MAX_REQUEST_LINE} bytes")
         else:
             self._refuse(431, "headers-too-large", f"a header line is over {self.MAX_LENGTH} bytes")
 
     def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderCount > self.maxHeaders:
+            self._refuse(431, "headers-too-large", f"more than {self.maxHeaders} header lines")
+            return
         self._refuse(400, "bad-request", "the request is not valid HTTP/1.1")
 
     def _refuse(self, status: int, name: str, detail: str) -> None:

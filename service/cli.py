@@ -37,7 +37,7 @@ class QuietSite(Site):
     whose framing errors are problem+json (:class:`ProblemChannel`)."""
 
     noisy = False
-    protocol = ProblemChannel
+    protocol = ProblemChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 here
 
     def log(self, request: object) -> None:
         """Leave request logging to the edge."""

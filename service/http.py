@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -20,10 +21,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from service.events import Event
-from service.intake import InvalidFields, parse_trace_request
+from service.intake import InvalidFields, nesting_depth, parse_trace_request
 from service.jobs import Deletion, QueueFull, TraceJobs
 from service.metrics import Metrics
 from service.policy import TargetPolicy, TargetRefused
@@ -38,6 +39,7 @@ from service.trace import Hop, Trace, TraceStatus
 _request_log = Logger(namespace="mtrd.http")
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY = 64 * 1024
+MAX_NESTING = 16
 MAX_LIST = 500
 
 
@@ -122,6 +124,13 @@ class Api:
         raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
         if len(raw) > MAX_BODY:
             raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
+        if nesting_depth(raw) > MAX_NESTING:
+            raise Problem(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                f"the body nests deeper than {MAX_NESTING} levels",
+            )
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
@@ -374,6 +383,17 @@ class Api:
             ),
         )
 
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Other errors werkzeug raises while routing (e.g. a path it cannot decode)."""
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        status = error.code or 400
+        return self._problem(
+            request,
+            Problem(status, "bad-request", error.name, error.description or "a bad request"),
+        )
+
     @app.handle_errors(Exception)
     def crashed(self, request: IRequest, failure: Failure) -> bytes:
         """500 problem for a fault of mtrd's own; the traceback goes to the log."""
@@ -429,6 +449,14 @@ class Edge(Resource):
         """Time the request, then let Klein answer it."""
         started = self._clock.seconds()
         request.notifyFinish().addBoth(self._finished, request, started)
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this with a bare text/plain 400.
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"application/problem+json")
+            problem = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
+            return json.dumps(problem.body()).encode()
         return self._inner.render(request)
 
     def _finished(self, result: object, request: Any, started: float) -> None:

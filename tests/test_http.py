@@ -16,9 +16,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from service.http import Api, Edge, route_of
+from service.http import Api, Edge, EdgeLimits, route_of
 from service.jobs import TraceJobs
 from service.metrics import Metrics
+from service.policy import TargetPolicy
 from service.store import StoreLimits, TraceStore
 from service.tracer import Tracer
 from tests.fakes import FakeNetwork
@@ -56,15 +57,33 @@ class Answer:
 class Client:
     """StubTreq over the real resource; every answer is validated against openapi.yaml."""
 
-    def __init__(self, *, ready: int = 2, max_running: int = 8, max_traces: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        ready: int = 2,
+        max_running: int = 8,
+        max_traces: int = 100,
+        max_queued: int = 100,
+        policy: TargetPolicy | None = None,
+        limits: EdgeLimits | None = None,
+    ) -> None:
         self.clock = Clock()
         self.network = FakeNetwork(self.clock, ROUTERS)
         self.pool = FakePool(ready_workers=ready)
         self.store = TraceStore(self.clock, StoreLimits(ttl=600, max_traces=max_traces))
-        tracer = Tracer(self.clock, self.network, StaticResolver())  # type: ignore[arg-type]
+        tracer = Tracer(
+            self.clock,
+            self.network,
+            StaticResolver(),  # type: ignore[arg-type]
+            policy=policy or TargetPolicy(),
+        )
         self.metrics = Metrics()
         self.jobs = TraceJobs(
-            tracer, self.store, max_running=max_running, on_finished=self.metrics.trace_finished
+            tracer,
+            self.store,
+            max_running=max_running,
+            max_queued=max_queued,
+            on_finished=self.metrics.trace_finished,
         )
         self.api = Api(
             pool=self.pool,
@@ -73,6 +92,8 @@ class Client:
             clock=self.clock,
             heartbeat=15,
             metrics=self.metrics,
+            limits=limits or EdgeLimits(),
+            policy=policy or TargetPolicy(),
         )
         self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
 

@@ -146,10 +146,12 @@ def test_rejects_an_undocumented_method() -> None:
         validate_response("PUT", f"/traces/{TRACE_ID}", 200, "application/json", b"{}")
 
 
-def test_rejects_an_undocumented_status() -> None:
-    """A status the operation does not document fails."""
-    with pytest.raises(AssertionError, match="status 418 is not documented"):
+def test_other_statuses_must_be_problems() -> None:
+    """A status without its own entry falls to `default`, which only a Problem satisfies."""
+    with pytest.raises(AssertionError, match="'type' is a required property"):
         validate_response("GET", f"/traces/{TRACE_ID}", 418, "application/problem+json", b"{}")
+    with pytest.raises(AssertionError, match="media type application/json is not documented"):
+        validate_response("GET", f"/traces/{TRACE_ID}", 418, "application/json", b"{}")
 
 
 def test_rejects_a_missing_required_field() -> None:
