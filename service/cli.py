@@ -10,7 +10,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner
-from twisted.names import client
 from twisted.web.server import Site
 
 from service.auth import AuthGuard, BearerAuth
@@ -22,7 +21,7 @@ from service.jobs import TraceJobs
 from service.logs import observer
 from service.metrics import MeteredProber, Metrics, counter, gauge
 from service.pool import ProbePool
-from service.resolve import TargetResolver
+from service.resolve import TargetResolver, dns_resolver
 from service.store import TraceStore
 from service.tracer import Tracer
 
@@ -81,7 +80,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
-        TargetResolver(client.createResolver(servers=list(config.dns_servers) or None)),
+        TargetResolver(dns_resolver(config.dns_servers)),
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,

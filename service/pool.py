@@ -26,7 +26,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from service.errors import EngineStartError, NoWorkerAvailable, PoolStopped, WorkerDied
+from service.errors import EngineStartError, NoWorkerAvailable, PoolStopped
 from service.probe import ProbeReply, ProbeRequest, Protocol
 from service.sequence import Allocation, Band, Plan, SequenceLedger, SequenceSpace, fixed_udp_values
 from service.worker import MtrPacketProcess, PendingProbe
@@ -295,7 +295,10 @@ class ProbePool:
         slot.restarts += 1
         slot.restart = self._clock.callLater(delay, self._restart, slot)
         if not any(s.ready for s in self._slots):
-            self._fail_queue(WorkerDied(f"every mtr-packet worker is down: {slot.last_error}"))
+            # Never sent: not a probe lost on the path but an engine that is down.
+            self._fail_queue(
+                NoWorkerAvailable(f"every mtr-packet worker is down: {slot.last_error}")
+            )
 
     def _restart(self, slot: _Slot) -> None:
         slot.restart = None

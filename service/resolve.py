@@ -14,8 +14,21 @@ import attrs
 from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IResolver
-from twisted.names import dns
+from twisted.names import client, dns
 from twisted.names import error as dns_error
+
+
+def dns_resolver(servers: Sequence[tuple[str, int]]) -> IResolver:
+    """Twisted's resolver: only ``servers`` when given, else /etc/hosts and /etc/resolv.conf.
+
+    (``client.createResolver(servers=...)`` would also ask resolv.conf's servers.)
+    """
+    resolver: IResolver = (
+        client.Resolver(servers=list(servers))  # type: ignore[no-untyped-call]
+        if servers
+        else client.createResolver()  # type: ignore[no-untyped-call]
+    )
+    return resolver
 
 
 class ResolutionFailed(Exception):

@@ -233,7 +233,7 @@ def test_queued_probes_fail_when_the_last_worker_dies() -> None:
     queued = pool.probe(ProbeRequest("203.0.113.8"))
     reactor.spawned[0].exit(signal=9)
     error = failure_of(queued)
-    assert isinstance(error, WorkerDied)
+    assert isinstance(error, NoWorkerAvailable)
     assert "every mtr-packet worker is down" in str(error)
 
 
