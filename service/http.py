@@ -228,7 +228,7 @@ class Api:
                 errors.append(("limit", f"must be an integer between 1 and {MAX_LIST}"))
             else:
                 limit = int(text)
-        cursor = args["cursor"][-1] if "cursor" in args else None
+        cursor = args["cursor"][-1] if args.get("cursor", [""])[-1] else None
         if errors:
             raise invalid_fields(errors)
         try:

@@ -28,6 +28,9 @@ class InvalidFields(ValueError):
 
 
 def _is_int(value: object) -> bool:
+    # JSON has one number type: as in JSON Schema, 3.0 is the integer 3 (but "3" is a string).
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -70,9 +73,14 @@ class _Reader:
     body: dict[str, Any]
     errors: list[tuple[str, str]] = attrs.Factory(list)
 
-    def integer(self, name: str, low: int, high: int, default: int | None) -> int | None:
+    def integer(
+        self, name: str, low: int, high: int, default: int | None, *, nullable: bool = False
+    ) -> int | None:
         value = self.body.get(name, default)
         if value is None:
+            if name in self.body and not nullable:
+                self.errors.append((name, "must not be null"))
+                return default
             return None
         if not _is_int(value):
             self.errors.append((name, "must be an integer"))
@@ -84,6 +92,9 @@ class _Reader:
 
     def number(self, name: str, low: float, high: float, default: float) -> float:
         value = self.body.get(name, default)
+        if value is None:
+            self.errors.append((name, "must not be null"))
+            return default
         if not _is_number(value):
             self.errors.append((name, "must be a number"))
             return default
@@ -104,6 +115,9 @@ class _Reader:
         if not isinstance(target, str):
             self.errors.append(("target", "must be a string"))
             return "", ip_version
+        if "%" in target:
+            self.errors.append(("target", "scoped addresses (with a zone index) are not supported"))
+            return target, ip_version
         try:
             literal = ipaddress.ip_address(target)
         except ValueError:
@@ -117,11 +131,11 @@ class _Reader:
     def protocol(self) -> tuple[Protocol, int | None]:
         try:
             protocol = Protocol(self.body.get("protocol", "icmp"))
-        except ValueError:
+        except (ValueError, TypeError):
             self.errors.append(("protocol", "must be one of icmp, udp, tcp"))
             return Protocol.ICMP, None
         if protocol is Protocol.ICMP:
-            if self.body.get("port") is not None:
+            if "port" in self.body:
                 self.errors.append(("port", "icmp probes have no port"))
             return protocol, None
         return protocol, self.integer("port", 1, 65535, DEFAULT_PORTS[protocol])
@@ -149,8 +163,8 @@ def parse_trace_request(body: object) -> TraceRequest:
         probes=reader.integer("probes", 1, 100, 3) or 3,
         interval=reader.number("interval", 0, 60, 1.0),
         timeout=reader.integer("timeout", 1, 60, 2) or 2,
-        size=reader.integer("size", 0, 9000, None),
-        tos=reader.integer("tos", 0, 255, None),
+        size=reader.integer("size", 0, 9000, None, nullable=True),
+        tos=reader.integer("tos", 0, 255, None, nullable=True),
     )
     if reader.errors:
         raise InvalidFields(reader.errors)

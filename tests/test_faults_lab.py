@@ -51,9 +51,7 @@ async def engine(
 
 
 def tracer(pool: ProbePool) -> Tracer:
-    return Tracer(
-        reactor, pool, TargetResolver(dns_resolver([("127.0.0.1", 9)]))
-    )
+    return Tracer(reactor, pool, TargetResolver(dns_resolver([("127.0.0.1", 9)])))
 
 
 async def wait_for(condition: Any, limit: float, what: str) -> float:

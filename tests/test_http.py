@@ -245,6 +245,7 @@ async def test_listing_newest_first_with_status_filter_and_cursor() -> None:
         ("limit=0", "limit"),
         ("limit=x", "limit"),
         ("cursor=zz", "cursor"),
+        ("cursor=-3", "cursor"),
         ("sort=asc", "sort"),
     ],
 )
@@ -272,6 +273,10 @@ async def test_listing_rejects_bad_parameters(query: str, field: str) -> None:
         ({"target": "203.0.113.7", "probes": True}, ["probes"]),
         ({"target": "203.0.113.7", "interval": -1}, ["interval"]),
         ({"target": "203.0.113.7", "timeout": 1.5}, ["timeout"]),
+        ({"target": "203.0.113.7", "timeout": None}, ["timeout"]),
+        ({"target": "203.0.113.7", "interval": None}, ["interval"]),
+        ({"target": "203.0.113.7", "protocol": ["udp"]}, ["protocol"]),
+        ({"target": "fe80::1%eth0"}, ["target"]),
         ({"target": "203.0.113.7", "tos": 300}, ["tos"]),
         ({"target": "203.0.113.7", "colour": "red"}, ["colour"]),
         ({"target": "203.0.113.7", "probes": 0, "timeout": 0}, ["probes", "timeout"]),

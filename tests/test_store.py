@@ -79,9 +79,9 @@ def test_listing_filters_by_status() -> None:
     assert [t.created_at for t in page] == [1.0]
 
 
-@pytest.mark.parametrize("cursor", ["", "!!!", "czEy", "eDEy"])
-def test_a_cursor_the_store_did_not_hand_out_is_refused(cursor: str) -> None:
+@pytest.mark.parametrize("cursor", ["", "!!!", "-1", "1e3", "١٢", "9" * 19])
+def test_a_cursor_that_is_not_a_place_in_the_listing_is_refused(cursor: str) -> None:
     """Garbage cursors raise BadCursor rather than list something arbitrary."""
     store = TraceStore(Clock())
     with pytest.raises(BadCursor):
-        store.newest_first(None, 10, cursor + "x" if cursor == "czEy" else cursor)
+        store.newest_first(None, 10, cursor)
