@@ -150,7 +150,8 @@ def parse_trace_request(body: object) -> TraceRequest:
     target, ip_version = reader.target()
     protocol, port = reader.protocol()
     first_ttl = reader.integer("first_ttl", 1, MAX_TTL, 1)
-    max_ttl = reader.integer("max_ttl", 1, MAX_TTL, 30)
+    # The default reaches at least first_ttl: {"first_ttl": 40} alone is a fine request.
+    max_ttl = reader.integer("max_ttl", 1, MAX_TTL, max(30, first_ttl or 1))
     if first_ttl is not None and max_ttl is not None and max_ttl < first_ttl:
         reader.errors.append(("max_ttl", "must be at least first_ttl"))
     request = TraceRequest(

@@ -39,7 +39,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(lab: Lab) -> Iterator[Server]:
+def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One mtrd for this module: lab mtr-packet, a loopback DNS server, a short store ttl."""
     zone = Zone(
         {
@@ -49,6 +49,7 @@ def server(lab: Lab) -> Iterator[Server]:
     )
     dns_port, dns_number = listen(reactor, zone)
     port = free_port()
+    log_file = (tmp_path_factory.mktemp("mtrd") / "mtrd.log").open("w")  # never a full pipe
     process = subprocess.Popen(
         [
             sys.executable, "-m", "service", "serve",
@@ -57,7 +58,7 @@ def server(lab: Lab) -> Iterator[Server]:
             "--dns-servers", f"127.0.0.1:{dns_number}",
             "--store-ttl", str(STORE_TTL),
         ],
-        stdout=subprocess.PIPE,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
@@ -68,10 +69,11 @@ def server(lab: Lab) -> Iterator[Server]:
     finally:
         process.terminate()
         try:
-            process.communicate(timeout=15)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait()
+        log_file.close()
         dns_port.stopListening()
 
 
@@ -79,7 +81,7 @@ def _wait_ready(url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"mtrd exited: {process.communicate()[0]}")
+            raise AssertionError(f"mtrd exited with status {process.returncode}")
         result = subprocess.run(
             ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/readyz"],
             capture_output=True, text=True, check=False,
