@@ -81,133 +81,6 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":8080" means all
 
 
-def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The ``serve`` flags; each defaults to its MTRD_* variable, then to the built-in.
-
-    String defaults go through the flag's type, so a bad variable is reported like a bad flag.
-    """
-    parser = argparse.ArgumentParser(prog="mtrd serve", description="Run the mtrd service.")
-    parser.add_argument(
-        "--listen",
-        type=_listen,
-        default=env.get("MTRD_LISTEN", "127.0.0.1:8080"),
-        help="HOST:PORT to listen on (MTRD_LISTEN, default 127.0.0.1:8080; "
-        "0.0.0.0:8080 listens on all interfaces, as in a container)",
-    )
-    parser.add_argument(
-        "--pool-size",
-        type=int,
-        default=env.get("MTRD_POOL_SIZE", "2"),
-        help="mtr-packet processes to keep running (MTRD_POOL_SIZE, default 2)",
-    )
-    parser.add_argument(
-        "--mtr-packet",
-        default=env.get("MTRD_MTR_PACKET", "mtr-packet"),
-        help="command that starts mtr-packet, e.g. 'ip netns exec NS mtr-packet' "
-        "(MTRD_MTR_PACKET, default mtr-packet from PATH)",
-    )
-    parser.add_argument(
-        "--source-ipv4",
-        default=env.get("MTRD_SOURCE_IPV4") or None,
-        help="IPv4 source address for probes (MTRD_SOURCE_IPV4, default: the route's)",
-    )
-    parser.add_argument(
-        "--source-ipv6",
-        default=env.get("MTRD_SOURCE_IPV6") or None,
-        help="IPv6 source address for probes (MTRD_SOURCE_IPV6, default: the route's)",
-    )
-    parser.add_argument(
-        "--dns-servers",
-        type=_dns_servers,
-        default=env.get("MTRD_DNS_SERVERS", ""),
-        help="comma-separated DNS servers for hostname targets, e.g. 192.0.2.53,[2001:db8::53]:53 "
-        "(MTRD_DNS_SERVERS, default: those of /etc/resolv.conf)",
-    )
-    parser.add_argument(
-        "--store-ttl",
-        type=_positive(float),
-        default=env.get("MTRD_STORE_TTL", "3600"),
-        help="seconds a finished trace is kept (MTRD_STORE_TTL, default 3600)",
-    )
-    parser.add_argument(
-        "--store-max",
-        type=_positive(int),
-        default=env.get("MTRD_STORE_MAX", "10000"),
-        help="traces kept at most; the oldest finished go first (MTRD_STORE_MAX, default 10000)",
-    )
-    parser.add_argument(
-        "--max-running",
-        type=_positive(int),
-        default=env.get("MTRD_MAX_RUNNING", "32"),
-        help="traces probing at once; more wait as queued (MTRD_MAX_RUNNING, default 32)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["json", "text"],
-        default=env.get("MTRD_LOG_FORMAT", "json"),
-        help="json: one object per line on stdout; text: for people "
-        "(MTRD_LOG_FORMAT, default json)",
-    )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=_positive(float),
-        default=env.get("MTRD_SHUTDOWN_GRACE", "10"),
-        help="on SIGTERM, seconds running traces may finish before they are cancelled "
-        "(MTRD_SHUTDOWN_GRACE, default 10)",
-    )
-    parser.add_argument(
-        "--max-queued",
-        type=_non_negative,
-        default=env.get("MTRD_MAX_QUEUED", "1000"),
-        help="traces waiting to run at most; more get 429 (MTRD_MAX_QUEUED, default 1000)",
-    )
-    parser.add_argument(
-        "--max-probes-waiting",
-        type=_positive(int),
-        default=env.get("MTRD_MAX_PROBES_WAITING", "5000"),
-        help="probes waiting for a worker above which new traces get 429 "
-        "(MTRD_MAX_PROBES_WAITING, default 5000)",
-    )
-    parser.add_argument(
-        "--max-subscribers",
-        type=_positive(int),
-        default=env.get("MTRD_MAX_SUBSCRIBERS", "1000"),
-        help="open event streams at most (MTRD_MAX_SUBSCRIBERS, default 1000)",
-    )
-    parser.add_argument(
-        "--max-subscribers-per-trace",
-        type=_positive(int),
-        default=env.get("MTRD_MAX_SUBSCRIBERS_PER_TRACE", "100"),
-        help="open event streams per trace at most (MTRD_MAX_SUBSCRIBERS_PER_TRACE, default 100)",
-    )
-    parser.add_argument(
-        "--allow-targets",
-        type=_networks,
-        default=env.get("MTRD_ALLOW_TARGETS", ""),
-        help="comma-separated CIDRs; when set, only these may be traced (MTRD_ALLOW_TARGETS)",
-    )
-    parser.add_argument(
-        "--deny-targets",
-        type=_networks,
-        default=env.get("MTRD_DENY_TARGETS", ""),
-        help="comma-separated CIDRs that may never be traced (MTRD_DENY_TARGETS)",
-    )
-    parser.add_argument(
-        "--auth-tokens-file",
-        default=env.get("MTRD_AUTH_TOKENS_FILE") or None,
-        help="file of bearer tokens, one per line; with MTRD_AUTH_TOKENS (comma-separated) "
-        "turns auth on (MTRD_AUTH_TOKENS_FILE, default: auth off)",
-    )
-    parser.add_argument(
-        "--auth-protect-ops",
-        action="store_true",
-        default=env.get("MTRD_AUTH_PROTECT_OPS", "") not in ("", "0", "false"),
-        help="with auth on, also require a token for /healthz, /readyz and /metrics "
-        "(MTRD_AUTH_PROTECT_OPS)",
-    )
-    return parser
-
-
 def _non_negative(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -219,6 +92,79 @@ def _networks(text: str) -> tuple[Any, ...]:
         return parse_networks(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+@attrs.frozen
+class Option:
+    """One ``serve`` flag: its MTRD_* variable is derived from its name."""
+
+    flag: str
+    default: str | None
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def variable(self) -> str:
+        """The environment variable, e.g. MTRD_STORE_TTL for --store-ttl."""
+        return "MTRD_" + self.flag.removeprefix("--").replace("-", "_").upper()
+
+
+OPTIONS = (
+    Option("--listen", "127.0.0.1:8080", "HOST:PORT to listen on; 0.0.0.0:8080 listens on all "
+           "interfaces, as in a container", _listen),
+    Option("--pool-size", "2", "mtr-packet processes to keep running", int),
+    Option("--mtr-packet", "mtr-packet", "command that starts mtr-packet, e.g. "
+           "'ip netns exec NS mtr-packet'"),
+    Option("--source-ipv4", None, "IPv4 source address for probes (default: the route's)"),
+    Option("--source-ipv6", None, "IPv6 source address for probes (default: the route's)"),
+    Option("--dns-servers", "", "comma-separated DNS servers for hostname targets, e.g. "
+           "192.0.2.53,[2001:db8::53]:53 (default: /etc/resolv.conf's)", _dns_servers),
+    Option("--store-ttl", "3600", "seconds a finished trace is kept", _positive(float)),
+    Option("--store-max", "10000", "traces kept at most; the oldest finished go first",
+           _positive(int)),
+    Option("--max-running", "32", "traces probing at once; more wait as queued", _positive(int)),
+    Option("--max-queued", "1000", "traces waiting to run at most; more get 429", _non_negative),
+    Option("--max-probes-waiting", "5000", "probes waiting for a worker above which new "
+           "traces get 429", _positive(int)),
+    Option("--max-subscribers", "1000", "open event streams at most", _positive(int)),
+    Option("--max-subscribers-per-trace", "100", "open event streams per trace at most",
+           _positive(int)),
+    Option("--allow-targets", "", "comma-separated CIDRs; when set, only these may be traced",
+           _networks),
+    Option("--deny-targets", "", "comma-separated CIDRs that may never be traced", _networks),
+    Option("--auth-tokens-file", None, "file of bearer tokens, one per line; it and "
+           "MTRD_AUTH_TOKENS (comma-separated) turn auth on (default: off)"),
+    Option("--log-format", "json", "json: one object per line on stdout; text: for people",
+           choices=("json", "text")),
+    Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
+           "they are cancelled", _positive(float)),
+)  # fmt: skip
+
+
+def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The ``serve`` flags; each defaults to its MTRD_* variable, then to the built-in.
+
+    String defaults go through the flag's type, so a bad variable is reported like a bad flag.
+    """
+    parser = argparse.ArgumentParser(prog="mtrd serve", description="Run the mtrd service.")
+    for option in OPTIONS:
+        shown = "" if option.default is None else f", default {option.default or 'none'}"
+        parser.add_argument(
+            option.flag,
+            type=option.type,
+            choices=option.choices,
+            default=env.get(option.variable) or option.default,
+            help=f"{option.help} ({option.variable}{shown})",
+        )
+    parser.add_argument(
+        "--auth-protect-ops",
+        action="store_true",
+        default=env.get("MTRD_AUTH_PROTECT_OPS", "") not in ("", "0", "false"),
+        help="with auth on, also require a token for /healthz, /readyz and /metrics "
+        "(MTRD_AUTH_PROTECT_OPS)",
+    )
+    return parser
 
 
 def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeConfig:
