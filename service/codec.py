@@ -9,6 +9,7 @@ line it cannot read becomes an ``unknown`` reply that carries the raw text.
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from service.probe import MplsLabel, ProbeReply, ProbeRequest, Protocol, ReplyKind
 
@@ -106,7 +107,7 @@ def parse_reply(line: str) -> tuple[int, ProbeReply]:
                 return _unknown(token, line)
             if parsed.version != version:
                 return _unknown(token, line)
-            address = str(parsed)
+            address = sys.intern(str(parsed))  # hops repeat the same few addresses
         elif name == "round-trip-time":
             if not (value.isascii() and value.isdigit()):
                 return _unknown(token, line)

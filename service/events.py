@@ -39,7 +39,7 @@ class TraceChannel:
     _next_id: int = 1
     _status_id: int = 0
     _hops: dict[int, tuple[int, Hop]] = attrs.field(factory=dict)
-    _final: tuple[int, Trace] | None = None
+    _final: tuple[int, Callable[[], Trace]] | None = None
     _subscribers: list[Subscriber] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -67,10 +67,14 @@ class TraceChannel:
         self._hops[hop.ttl] = (event.id, hop)
         self._send(event)
 
-    def publish_done(self, trace: Trace) -> None:
-        """The trace ended: send the final resource, then let every subscriber go."""
+    def publish_done(self, trace: Trace, later: Callable[[], Trace] | None = None) -> None:
+        """The trace ended: send the final resource, then let every subscriber go.
+
+        ``later`` gives the final trace to subscribers who come after the end (so the
+        channel need not hold it: the store keeps it in a compact form).
+        """
         event = Event(self._take_id(), "done", trace)
-        self._final = (event.id, trace)
+        self._final = (event.id, later or (lambda: trace))
         self._hops.clear()  # the final trace carries the hops; keep memory small
         self._send(event)
         self._subscribers.clear()
@@ -79,8 +83,8 @@ class TraceChannel:
         """What a subscriber who saw everything up to ``after`` is missing, in id order."""
         floor = -1 if after is None else after
         if self._final is not None:
-            final_id, trace = self._final
-            return [Event(final_id, "done", trace)] if final_id > floor else []
+            final_id, final = self._final
+            return [Event(final_id, "done", final())] if final_id > floor else []
         events = [Event(self._status_id, "status", self.status)]
         events += [Event(i, "hop", hop) for i, hop in self._hops.values()]
         return sorted((e for e in events if e.id > floor), key=lambda e: e.id)

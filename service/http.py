@@ -29,7 +29,7 @@ from service.jobs import Deletion, QueueFull, TraceJobs
 from service.metrics import Metrics
 from service.policy import TargetPolicy, TargetRefused
 from service.problems import Problem, invalid_fields, not_found
-from service.render import summary_json, trace_json
+from service.render import summary_json
 from service.report import render_report
 from service.resolve import literal
 from service.sse import EventStream
@@ -196,7 +196,7 @@ class Api:
                 headers=(("Retry-After", str(e.retry_after)),),
             ) from None
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
-        return _json(request, 202, trace_json(record.trace))
+        return _body(request, 202, record.json_body())
 
     @app.route("/traces", methods=["GET"])
     def listing(self, request: IRequest) -> bytes:
@@ -256,8 +256,8 @@ class Api:
             return b""
         if _prefers_text(request.getHeader("accept")):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return render_report(record.trace).encode()
-        return _json(request, 200, trace_json(record.trace))
+            return render_report(record.full_trace()).encode()
+        return _body(request, 200, record.json_body())
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
     def delete(self, request: IRequest, trace_id: str) -> bytes:
@@ -273,7 +273,7 @@ class Api:
             return b""
         record = self._store.get(trace_id)
         assert record is not None
-        return _json(request, 200, trace_json(record.trace))
+        return _body(request, 200, record.json_body())
 
     @app.route("/traces/<trace_id>/events", methods=["GET"])
     def events(self, request: IRequest, trace_id: str) -> Deferred[None] | bytes:
@@ -490,6 +490,12 @@ def _json(
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _body(request: IRequest, status: int, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return body
 
 
 def _tags(header: str | bytes | None) -> set[str]:

@@ -77,7 +77,7 @@ class TraceJobs:
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_queued:
             raise QueueFull(self._retry_after())
         trace = self._tracer.new(request)
-        record = self._store.add(trace, retry_after=self._retry_after())
+        record = self._store.add(trace, retry_after=self._retry_after)
         self._waiting.append(record)
         self._start_waiting()
         return record
@@ -146,7 +146,7 @@ class TraceJobs:
         final = attrs.evolve(trace, expires_at=self._store.expires_at())
         self._store.update(record, final)
         record.channel.publish_status(final.status)
-        record.channel.publish_done(final)
+        record.channel.publish_done(final, later=record.full_trace)
         self._on_finished(final)
         if not self._running and not self._waiting:
             idle, self._idle = self._idle, []

@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from service.trace import Hop, Trace, TraceRequest, TraceStatus
+from service.probe import MplsLabel, Protocol
+from service.trace import (
+    Hop,
+    HopEnd,
+    JitterStats,
+    Responder,
+    RttStats,
+    Trace,
+    TraceError,
+    TraceRequest,
+    TraceStatus,
+    TraceTarget,
+)
 
 
 def rfc3339(seconds: float | None) -> str | None:
     """An epoch time as RFC 3339 in UTC with milliseconds, e.g. 2026-11-22T21:00:00.123Z."""
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    whole = int(seconds)
+    millis = round((seconds - whole) * 1000)
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def from_rfc3339(text: str | None) -> float | None:
+    """The inverse of :func:`rfc3339`."""
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def links(trace_id: str) -> dict[str, str]:
@@ -127,3 +151,71 @@ def summary_json(trace: Trace) -> dict[str, Any]:
 def status_json(trace_id: str, status: TraceStatus) -> dict[str, Any]:
     """The data of a ``status`` event."""
     return {"id": trace_id, "status": status.value}
+
+
+def trace_bytes(trace: Trace) -> bytes:
+    """The trace resource as compact JSON."""
+    return json.dumps(trace_json(trace), separators=(",", ":")).encode()
+
+
+def _optional(kind: type[Any], value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def hop_from_json(data: dict[str, Any]) -> Hop:
+    """The inverse of :func:`hop_json` (times in milliseconds, as rendered)."""
+    rtt, jitter = data["rtt_ms"], data["jitter_ms"]
+    return Hop(
+        ttl=data["ttl"],
+        responders=tuple(
+            Responder(
+                address=r["address"],
+                replies=r["replies"],
+                mpls=tuple(
+                    MplsLabel(m["label"], m["traffic_class"], m["bottom_of_stack"], m["ttl"])
+                    for m in r["mpls"]
+                ),
+            )
+            for r in data["responders"]
+        ),
+        sent=data["sent"],
+        received=data["received"],
+        lost=data["lost"],
+        rtt_ms=RttStats(rtt["last"], rtt["best"], rtt["avg"], rtt["worst"], rtt["stdev"]),
+        jitter_ms=JitterStats(jitter["last"], jitter["avg"], jitter["max"]),
+        end=_optional(HopEnd, data["end"]),
+    )
+
+
+def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
+    """The inverse of :func:`trace_json`: a trace resource back into a :class:`Trace`."""
+    data = json.loads(document) if isinstance(document, bytes) else document
+    request, target, error = data["request"], data["target"], data["error"]
+    created = from_rfc3339(data["created_at"])
+    assert created is not None
+    return Trace(
+        id=data["id"],
+        status=TraceStatus(data["status"]),
+        request=TraceRequest(
+            target=request["target"],
+            ip_version=request["ip_version"],
+            protocol=Protocol(request["protocol"]),
+            port=request["port"],
+            first_ttl=request["first_ttl"],
+            max_ttl=request["max_ttl"],
+            probes=request["probes"],
+            interval=request["interval"],
+            timeout=request["timeout"],
+            size=request["size"],
+            tos=request["tos"],
+        ),
+        target=TraceTarget(target["input"], target["address"], target["ip_version"]),
+        created_at=created,
+        source=data["source"],
+        started_at=from_rfc3339(data["started_at"]),
+        finished_at=from_rfc3339(data["finished_at"]),
+        expires_at=from_rfc3339(data["expires_at"]),
+        destination_reached=data["destination_reached"],
+        hops=tuple(hop_from_json(h) for h in data["hops"]),
+        error=None if error is None else TraceError(error["type"], error["message"]),
+    )

@@ -11,6 +11,7 @@ streams open through proxies.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,24 @@ from service.render import hop_json, status_json, trace_json
 log = Logger(namespace="mtrd.sse")
 
 
+_ENCODED: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+_ENCODED_MAX = 4096
+
+
 def encode(trace_id: str, event: Event) -> bytes:
-    """An event in the text/event-stream format."""
+    """An event in the text/event-stream format, encoded once however many subscribers."""
+    key = (trace_id, event.id)
+    cached = _ENCODED.get(key)
+    if cached is not None:
+        return cached
+    encoded = _encode(trace_id, event)
+    _ENCODED[key] = encoded
+    if len(_ENCODED) > _ENCODED_MAX:
+        _ENCODED.popitem(last=False)
+    return encoded
+
+
+def _encode(trace_id: str, event: Event) -> bytes:
     value: Any = event.value
     if event.kind == "status":
         data = status_json(trace_id, value)

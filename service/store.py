@@ -13,6 +13,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from service.events import TraceChannel
+from service.render import trace_bytes, trace_from_json
 from service.trace import Trace, TraceStatus
 
 
@@ -44,13 +45,35 @@ class StoreLimits:
 
 @attrs.define(eq=False)
 class TraceRecord:
-    """One stored trace: its latest snapshot, its live channel, and how to stop it."""
+    """One stored trace: its latest snapshot, its live channel, and how to stop it.
+
+    A finished trace is kept as its rendered JSON (``final_body``) plus a slim snapshot
+    without hops (for listings): that is a third of the memory of the values, and every
+    GET of it serves the same bytes.
+    """
 
     trace: Trace
     channel: TraceChannel
     seq: int
     cancel: Callable[[], None] | None = None
     expiry: IDelayedCall | None = None
+    final_body: bytes | None = None
+    _body: tuple[int, bytes] | None = None
+
+    def json_body(self) -> bytes:
+        """The trace resource as JSON, rendered at most once per change."""
+        if self.final_body is not None:
+            return self.final_body
+        version = self.channel.last_id
+        if self._body is None or self._body[0] != version:
+            self._body = (version, trace_bytes(self.trace))
+        return self._body[1]
+
+    def full_trace(self) -> Trace:
+        """The whole trace, hops included."""
+        if self.final_body is not None:
+            return trace_from_json(self.final_body)
+        return self.trace
 
 
 class TraceStore:
@@ -70,12 +93,12 @@ class TraceStore:
         """The record of ``trace_id``, or None if unknown or expired."""
         return self._records.get(trace_id)
 
-    def add(self, trace: Trace, retry_after: int) -> TraceRecord:
+    def add(self, trace: Trace, retry_after: Callable[[], int]) -> TraceRecord:
         """Store a new trace, evicting the oldest finished one if at the cap."""
         if len(self._records) >= self.limits.max_traces:
             oldest = next((r for r in self._records.values() if r.trace.status.is_final), None)
             if oldest is None:
-                raise StoreFull(retry_after)
+                raise StoreFull(retry_after())
             self.remove(oldest.trace.id)
             self.evictions += 1
         self._seq += 1
@@ -84,9 +107,11 @@ class TraceStore:
         return record
 
     def update(self, record: TraceRecord, trace: Trace) -> None:
-        """Replace the snapshot; a finished trace starts its expiry clock."""
+        """Replace the snapshot; a finished trace is rendered once and starts its expiry clock."""
         record.trace = trace
         if trace.status.is_final and record.expiry is None:
+            record.final_body = trace_bytes(trace)
+            record.trace = attrs.evolve(trace, hops=())
             record.cancel = None
             record.expiry = self._clock.callLater(self.limits.ttl, self.remove, trace.id)
 

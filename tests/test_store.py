@@ -7,7 +7,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from service.store import BadCursor, StoreFull, StoreLimits, TraceStore
-from service.trace import Trace, TraceRequest, TraceStatus, TraceTarget
+from service.trace import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
 
 
 def trace(n: int, status: TraceStatus = TraceStatus.RUNNING) -> Trace:
@@ -24,7 +24,7 @@ def test_finished_trace_expires_after_the_ttl() -> None:
     """A finished trace is gone ttl seconds after it ends, not before."""
     clock = Clock()
     store = TraceStore(clock, StoreLimits(ttl=60))
-    record = store.add(trace(1), retry_after=1)
+    record = store.add(trace(1), retry_after=lambda: 1)
     clock.advance(1000)
     assert store.get(record.trace.id) is not None  # running traces do not expire
     store.update(record, attrs.evolve(record.trace, status=TraceStatus.COMPLETED))
@@ -37,10 +37,10 @@ def test_finished_trace_expires_after_the_ttl() -> None:
 def test_cap_evicts_the_oldest_finished_trace() -> None:
     """At the cap, adding evicts the oldest finished trace, not an active one."""
     store = TraceStore(Clock(), StoreLimits(max_traces=3))
-    active = store.add(trace(1), retry_after=1)
-    old = store.add(trace(2, TraceStatus.COMPLETED), retry_after=1)
-    store.add(trace(3, TraceStatus.FAILED), retry_after=1)
-    store.add(trace(4), retry_after=1)
+    active = store.add(trace(1), retry_after=lambda: 1)
+    old = store.add(trace(2, TraceStatus.COMPLETED), retry_after=lambda: 1)
+    store.add(trace(3, TraceStatus.FAILED), retry_after=lambda: 1)
+    store.add(trace(4), retry_after=lambda: 1)
     assert store.get(old.trace.id) is None
     assert store.get(active.trace.id) is not None
     assert store.evictions == 1
@@ -49,10 +49,10 @@ def test_cap_evicts_the_oldest_finished_trace() -> None:
 def test_full_of_active_traces_refuses_with_retry_after() -> None:
     """When everything stored is active, adding raises StoreFull with a retry time."""
     store = TraceStore(Clock(), StoreLimits(max_traces=2))
-    store.add(trace(1), retry_after=5)
-    store.add(trace(2, TraceStatus.QUEUED), retry_after=5)
+    store.add(trace(1), retry_after=lambda: 5)
+    store.add(trace(2, TraceStatus.QUEUED), retry_after=lambda: 5)
     with pytest.raises(StoreFull) as full:
-        store.add(trace(3), retry_after=7)
+        store.add(trace(3), retry_after=lambda: 7)
     assert full.value.retry_after == 7
     assert len(store) == 2
 
@@ -61,7 +61,7 @@ def test_listing_is_newest_first_with_a_cursor() -> None:
     """Pages come newest first; the cursor continues where the last page stopped."""
     store = TraceStore(Clock())
     for n in range(5):
-        store.add(trace(n), retry_after=1)
+        store.add(trace(n), retry_after=lambda: 1)
     page, cursor = store.newest_first(None, 2, None)
     assert [t.created_at for t in page] == [4.0, 3.0]
     page, cursor = store.newest_first(None, 2, cursor)
@@ -73,8 +73,8 @@ def test_listing_is_newest_first_with_a_cursor() -> None:
 def test_listing_filters_by_status() -> None:
     """Only traces with the asked status are listed."""
     store = TraceStore(Clock())
-    store.add(trace(1, TraceStatus.COMPLETED), retry_after=1)
-    store.add(trace(2), retry_after=1)
+    store.add(trace(1, TraceStatus.COMPLETED), retry_after=lambda: 1)
+    store.add(trace(2), retry_after=lambda: 1)
     page, _ = store.newest_first(TraceStatus.COMPLETED, 10, None)
     assert [t.created_at for t in page] == [1.0]
 
@@ -85,3 +85,27 @@ def test_a_cursor_that_is_not_a_place_in_the_listing_is_refused(cursor: str) -> 
     store = TraceStore(Clock())
     with pytest.raises(BadCursor):
         store.newest_first(None, 10, cursor)
+
+
+def test_finished_trace_is_kept_as_json_and_reads_back_whole() -> None:
+    """A finished trace is stored rendered, with a slim snapshot; its hops come back."""
+    store = TraceStore(Clock())
+    record = store.add(trace(1), retry_after=lambda: 1)
+    finished = attrs.evolve(
+        record.trace, status=TraceStatus.COMPLETED, hops=(Hop(ttl=1, sent=3, lost=3),)
+    )
+    store.update(record, finished)
+    assert record.trace.hops == ()
+    assert record.final_body is not None
+    assert record.json_body() is record.final_body
+    assert record.full_trace() == finished
+
+
+def test_running_trace_body_is_rendered_once_per_change() -> None:
+    """Repeated reads of an unchanged trace reuse the rendered bytes."""
+    store = TraceStore(Clock())
+    record = store.add(trace(1), retry_after=lambda: 1)
+    first = record.json_body()
+    assert record.json_body() is first
+    record.channel.publish_status(TraceStatus.RUNNING)
+    assert record.json_body() is not first

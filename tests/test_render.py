@@ -1,0 +1,74 @@
+"""Rendering: the JSON documents, and reading a stored one back."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.probe import MplsLabel, Protocol
+from service.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
+from service.trace import (
+    Hop,
+    HopEnd,
+    JitterStats,
+    Responder,
+    RttStats,
+    Trace,
+    TraceError,
+    TraceRequest,
+    TraceStatus,
+    TraceTarget,
+)
+
+FINAL = Trace(
+    id="abcdefghijklmnopqrstuv",
+    status=TraceStatus.COMPLETED,
+    request=TraceRequest("example.test", protocol=Protocol.UDP, port=33434, size=100),
+    target=TraceTarget("example.test", "203.0.113.7", 4),
+    created_at=1795000000.125,
+    source="198.51.100.2",
+    started_at=1795000000.25,
+    finished_at=1795000003.5,
+    expires_at=1795003603.5,
+    destination_reached=True,
+    hops=(
+        Hop(
+            ttl=1,
+            responders=(
+                Responder("198.51.100.6", 2, (MplsLabel(16001, 0, True, 1),)),
+                Responder("198.51.100.10", 1),
+            ),
+            sent=4,
+            received=3,
+            lost=1,
+            rtt_ms=RttStats(0.125, 0.1, 0.2, 0.375, 0.05),
+            jitter_ms=JitterStats(0.0, 0.125, 0.25),
+        ),
+        Hop(ttl=2, sent=4, lost=4),
+        Hop(
+            ttl=3,
+            responders=(Responder("203.0.113.7", 4),),
+            sent=4,
+            received=4,
+            end=HopEnd.DESTINATION,
+            rtt_ms=RttStats(1.0, 1.0, 1.0, 1.0, 0.0),
+            jitter_ms=JitterStats(0.0, 0.0, 0.0),
+        ),
+    ),
+    error=TraceError("x", "y"),
+)
+
+
+def test_stored_json_reads_back_into_the_same_trace() -> None:
+    """A finished trace kept as JSON is the same trace when read back."""
+    assert trace_from_json(trace_bytes(FINAL)) == FINAL
+
+
+@given(st.integers(0, 4_000_000_000), st.integers(0, 999))
+def test_rfc3339_round_trips_at_millisecond_precision(seconds: int, millis: int) -> None:
+    """Times survive rendering and reading back, to the millisecond."""
+    moment = seconds + millis / 1000
+    text = rfc3339(moment)
+    assert text is not None
+    assert text.endswith("Z")
+    assert round(from_rfc3339(text) or 0.0, 3) == round(moment, 3)
