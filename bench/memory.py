@@ -69,11 +69,11 @@ def fill(count: int) -> TraceStore:
     rng = random.Random(7)  # noqa: S311 - reproducible figures, not secrets
     for i in range(count):
         built = completed_trace(rng, i)
-        record = store.add(attrs.evolve(built, hops=(), finished_at=None), retry_after=1)
+        record = store.add(attrs.evolve(built, hops=(), finished_at=None), retry_after=lambda: 1)
         final = attrs.evolve(built, status=TraceStatus.COMPLETED, expires_at=clock.seconds() + 3600)
         store.update(record, final)
         record.channel.publish_status(final.status)
-        record.channel.publish_done(final)
+        record.channel.publish_done(final, later=record.full_trace)
     return store
 
 

@@ -15,10 +15,11 @@ from twisted.web.server import Site
 from service.auth import AuthGuard, BearerAuth
 from service.channel import ProblemChannel
 from service.config import ServeConfig, parse_serve_args
+from service.edge import Edge
 from service.errors import EngineStartError
-from service.http import Api, Edge
+from service.http import Api
 from service.jobs import TraceJobs
-from service.logs import observer
+from service.logs import access_writer, observer
 from service.metrics import MeteredProber, Metrics, counter, gauge
 from service.pool import ProbePool
 from service.resolve import TargetResolver, dns_resolver
@@ -106,7 +107,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
-    site = QuietSite(Edge(resource, reactor, metrics))
+    site = QuietSite(Edge(resource, reactor, metrics, access_writer(sys.stdout, config.log_format)))
     if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
         log.warn(
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",

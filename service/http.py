@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes
+from typing import Protocol
 
 import attrs
 from klein import Klein
@@ -20,7 +19,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from service.events import Event
@@ -36,7 +34,6 @@ from service.sse import EventStream
 from service.store import BadCursor, StoreFull, TraceStore
 from service.trace import Hop, Trace, TraceStatus
 
-_request_log = Logger(namespace="mtrd.http")
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY = 64 * 1024
 MAX_NESTING = 16
@@ -417,70 +414,6 @@ class Api:
             problem.status,
             problem.body(request.path.decode("utf-8", "replace")),
             content_type=b"application/problem+json",
-        )
-
-
-def route_of(path: str) -> str:
-    """The route template a path belongs to, for metrics labels (bounded cardinality)."""
-    parts = path.split("?", maxsplit=1)[0].rstrip("/").split("/")
-    if len(parts) >= 3 and parts[1] == "traces":
-        return (
-            "/traces/{id}/events"
-            if parts[3:] == ["events"]
-            else ("/traces/{id}" if len(parts) == 3 else "other")
-        )
-    known = {"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
-    joined = "/".join(parts) or "/"
-    return joined if joined in known else "other"
-
-
-class Edge(Resource):
-    """Wraps the Klein resource: one log line and the metrics for every request."""
-
-    isLeaf = True
-
-    def __init__(self, inner: Any, clock: IReactorTime, metrics: Metrics | None) -> None:
-        super().__init__()
-        self._inner = inner
-        self._clock = clock
-        self._metrics = metrics
-
-    def render(self, request: Any) -> Any:
-        """Time the request, then let Klein answer it."""
-        started = self._clock.seconds()
-        request.notifyFinish().addBoth(self._finished, request, started)
-        try:
-            unquote_to_bytes(request.path).decode("utf-8")
-        except UnicodeDecodeError:
-            # Klein would answer this with a bare text/plain 400.
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"application/problem+json")
-            problem = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
-            return json.dumps(problem.body()).encode()
-        return self._inner.render(request)
-
-    def _finished(self, result: object, request: Any, started: float) -> None:
-        duration = self._clock.seconds() - started
-        path = request.path.decode("utf-8", "replace")
-        method = request.method.decode("ascii", "replace")
-        route = route_of(path)
-        status = int(request.code)
-        parts = path.split("/")
-        trace_id = parts[2] if route.startswith("/traces/{id}") else None
-        if trace_id is None and status == 202:
-            location = request.responseHeaders.getRawHeaders(b"location") or [b""]
-            trace_id = location[0].decode().rsplit("/", 1)[-1] or None
-        if self._metrics is not None:
-            self._metrics.http_requests.labels(route, method, str(status)).inc()
-            self._metrics.http_duration.labels(route).observe(duration)
-        _request_log.info(
-            "{method} {path} {status} {duration_ms:.1f} ms",
-            method=method,
-            path=path,
-            status=status,
-            duration_ms=duration * 1000,
-            trace_id=trace_id,
-            client_gone=isinstance(result, Failure),
         )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -14,6 +16,8 @@ from twisted.logger import (
     formatEvent,
     formatEventAsClassicLogText,
 )
+
+from service.edge import AccessRecord
 
 # Keys of Twisted's own bookkeeping, not worth a field in the output.
 _INTERNAL = {"log_logger", "log_source", "log_io", "log_trace", "log_system", "log_text"}
@@ -48,3 +52,49 @@ def observer(stream: IO[str], log_format: str) -> ILogObserver:
     if log_format == "text":
         return FileLogObserver(stream, lambda e: formatEventAsClassicLogText(e) or "")
     raise ValueError(f"unknown log format {log_format!r}: json or text")
+
+
+_second: list[Any] = [None, ""]
+
+
+def _stamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the part up to the second is formatted once a second."""
+    whole = int(now)
+    if _second[0] != whole:
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}+00:00"
+
+
+def access_writer(stream: IO[str], log_format: str) -> Callable[[AccessRecord], None]:
+    """A fast writer of access-log lines, bypassing the logger's formatting machinery.
+
+    It writes what :func:`observer` would write for the same event (one line each).
+    """
+    if log_format not in ("json", "text"):
+        raise ValueError(f"unknown log format {log_format!r}: json or text")
+
+    def write(record: AccessRecord) -> None:
+        now = time.time()
+        stamp = _stamp(now)
+        if log_format == "json":
+            line = json.dumps(
+                {
+                    "time": stamp,
+                    "level": "info",
+                    "logger": "mtrd.http",
+                    "message": record.message,
+                    "method": record.method,
+                    "path": record.path,
+                    "status": record.status,
+                    "duration_ms": round(record.duration_ms, 3),
+                    "trace_id": record.trace_id,
+                    "client_gone": record.client_gone,
+                }
+            )
+        else:
+            line = f"{stamp} [mtrd.http#info] {record.message}"
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write

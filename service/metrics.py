@@ -67,7 +67,23 @@ class Metrics:
             registry=self.registry,
         )
         self._state: list[Callable[[], Iterable[Metric]]] = []
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
         self.registry.register(_StateCollector(self._collect_state))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its duration (label children cached: a hot path)."""
+        key = (route, method, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.http_requests.labels(
+                route, method, str(status)
+            )
+        histogram = self._duration_children.get(route)
+        if histogram is None:
+            histogram = self._duration_children[route] = self.http_duration.labels(route)
+        counter.inc()
+        histogram.observe(seconds)
 
     def watch(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Add metrics computed at scrape time."""

@@ -173,8 +173,9 @@ class ProbePool:
             raise PoolStopped("the probe pool is not running")
         request = self._with_source(request)
         entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
-        if not any(slot.ready for slot in self._slots) and all(
-            slot.start_failed for slot in self._slots
+        # all() stops at the first slot that started well: cheap on the common path.
+        if all(slot.start_failed for slot in self._slots) and not any(
+            slot.ready for slot in self._slots
         ):
             entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
             return entry.result

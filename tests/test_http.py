@@ -16,7 +16,8 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from service.http import Api, Edge, EdgeLimits, route_of
+from service.edge import Edge, route_of
+from service.http import Api, EdgeLimits
 from service.jobs import TraceJobs
 from service.metrics import Metrics
 from service.policy import TargetPolicy

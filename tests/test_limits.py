@@ -17,8 +17,9 @@ from twisted.internet.threads import deferToThread
 
 import service.http
 from service.cli import QuietSite
+from service.edge import Edge
 from service.events import Event
-from service.http import Edge, EdgeLimits
+from service.http import EdgeLimits
 from service.policy import TargetPolicy, parse_networks
 from service.sse import EventStream
 from service.trace import Hop

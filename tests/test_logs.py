@@ -9,7 +9,8 @@ import pytest
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from service.logs import observer
+from service.edge import AccessRecord
+from service.logs import access_writer, observer
 
 
 def emit(log_format: str) -> str:
@@ -50,3 +51,22 @@ def test_unknown_format_is_refused() -> None:
     """Only json and text exist."""
     with pytest.raises(ValueError, match="json or text"):
         observer(io.StringIO(), "xml")
+
+
+def test_access_lines_are_json_objects_with_the_request() -> None:
+    """The fast access-log writer writes one JSON object per request."""
+    stream = io.StringIO()
+    write = access_writer(stream, "json")
+    write(AccessRecord("GET", "/traces/abc", 200, 1.25, "abc", client_gone=False))
+    record = json.loads(stream.getvalue())
+    assert record["message"] == "GET /traces/abc 200 1.2 ms"
+    assert (record["logger"], record["level"]) == ("mtrd.http", "info")
+    assert (record["status"], record["trace_id"], record["client_gone"]) == (200, "abc", False)
+    assert record["time"].endswith("+00:00")
+
+
+def test_access_lines_as_text() -> None:
+    """In text mode the access line is for people."""
+    stream = io.StringIO()
+    access_writer(stream, "text")(AccessRecord("POST", "/traces", 202, 3.0, "x", False))
+    assert stream.getvalue().endswith("[mtrd.http#info] POST /traces 202 3.0 ms\n")

@@ -1,0 +1,116 @@
+"""Around every HTTP request: one access-log line and the request metrics.
+
+:class:`Edge` wraps the Klein resource. It also answers, as a problem, the one kind
+of bad request Klein would answer in plain text: a URL that is not UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from service.metrics import Metrics
+from service.problems import Problem
+
+_request_log = Logger(namespace="mtrd.http")
+
+
+@attrs.frozen
+class AccessRecord:
+    """What the access log says about one request."""
+
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    trace_id: str | None
+    client_gone: bool
+
+    @property
+    def message(self) -> str:
+        """The line a person reads."""
+        return f"{self.method} {self.path} {self.status} {self.duration_ms:.1f} ms"
+
+
+def log_access(record: AccessRecord) -> None:
+    """Send the record through Twisted's logger (the default; see logs.access_writer)."""
+    _request_log.info("{method} {path} {status} {duration_ms:.1f} ms", **attrs.asdict(record))
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to, for metrics labels (bounded cardinality)."""
+    parts = path.split("?", maxsplit=1)[0].rstrip("/").split("/")
+    if len(parts) >= 3 and parts[1] == "traces":
+        return (
+            "/traces/{id}/events"
+            if parts[3:] == ["events"]
+            else ("/traces/{id}" if len(parts) == 3 else "other")
+        )
+    known = {"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    joined = "/".join(parts) or "/"
+    return joined if joined in known else "other"
+
+
+class Edge(Resource):
+    """Wraps the Klein resource: one log line and the metrics for every request."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        inner: Any,
+        clock: IReactorTime,
+        metrics: Metrics | None,
+        access_log: Callable[[AccessRecord], None] = log_access,
+    ) -> None:
+        super().__init__()
+        self._inner = inner
+        self._clock = clock
+        self._metrics = metrics
+        self._access_log = access_log
+
+    def render(self, request: Any) -> Any:
+        """Time the request, then let Klein answer it."""
+        started = self._clock.seconds()
+        request.notifyFinish().addBoth(self._finished, request, started)
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this with a bare text/plain 400.
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"application/problem+json")
+            problem = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
+            return json.dumps(problem.body()).encode()
+        return self._inner.render(request)
+
+    def _finished(self, result: object, request: Any, started: float) -> None:
+        duration = self._clock.seconds() - started
+        path = request.path.decode("utf-8", "replace")
+        method = request.method.decode("ascii", "replace")
+        route = route_of(path)
+        status = int(request.code)
+        parts = path.split("/")
+        trace_id = parts[2] if route.startswith("/traces/{id}") else None
+        if trace_id is None and status == 202:
+            location = request.responseHeaders.getRawHeaders(b"location") or [b""]
+            trace_id = location[0].decode().rsplit("/", 1)[-1] or None
+        if self._metrics is not None:
+            self._metrics.observe_request(route, method, status, duration)
+        self._access_log(
+            AccessRecord(
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=duration * 1000,
+                trace_id=trace_id,
+                client_gone=isinstance(result, Failure),
+            )
+        )
