@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
 TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl
 
-.PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small
+.PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small os-deps-bench
 
 run: os-deps-run $(STAMP)
 	$(BIN)/mtrd serve
@@ -39,11 +39,14 @@ container-test: $(STAMP)
 	bash .ci/container-test
 
 # Benchmarks in the lab; figures go to bench/results/. bench-small is CI's quick run.
-bench: os-deps-test $(STAMP)
+bench: os-deps-test os-deps-bench $(STAMP)
 	$(BIN)/python -m bench --mode full
 
-bench-small: os-deps-test $(STAMP)
+bench-small: os-deps-test os-deps-bench $(STAMP)
 	$(BIN)/python -m bench --mode small
+
+os-deps-bench:
+	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv
