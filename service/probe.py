@@ -8,6 +8,7 @@ ignores unknown arguments and does not range-check all of them (an IPv4 TTL of
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 
 import attrs
@@ -80,11 +81,22 @@ def _check_range(field: str, value: int | None, low: int, high: int) -> None:
         raise InvalidProbeRequest(field, f"must be between {low} and {high}, got {value}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse an address once: a trace sends many probes to one target from one source."""
+    return ipaddress.ip_address(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(value: str) -> str:
+    return str(_ip(value))
+
+
 def _check_address(field: str, value: str | None, version: int) -> None:
     if value is None:
         return
     try:
-        address = ipaddress.ip_address(value)
+        address = _ip(value)
     except ValueError:
         raise InvalidProbeRequest(field, f"not an IP address: {value!r}") from None
     if address.version != version:
@@ -93,7 +105,7 @@ def _check_address(field: str, value: str | None, version: int) -> None:
 
 def _normalise_address(value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        return _canonical(value)
     except ValueError:
         return value
 
@@ -125,7 +137,7 @@ class ProbeRequest:
 
     def __attrs_post_init__(self) -> None:
         try:
-            address = ipaddress.ip_address(self.target)
+            address = _ip(self.target)
         except ValueError:
             raise InvalidProbeRequest("target", f"not an IP address: {self.target!r}") from None
         if self.ip_version == 0:
