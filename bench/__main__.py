@@ -233,20 +233,22 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
 # keeps the top frames). Written by hand from that evidence; see the report.
 BOUNDS = {
     "engine": "1 worker: the bare pipe itself (mtr-packet's select loop and raw socket); the "
-    "pool's per-probe Python work costs ~6%. 2 workers are slower here: both raw sockets see "
-    "every ICMP reply and some are lost (no-reply wait of 1 s ends the run)",
-    "e2e": "the single mtrd core (server CPU ~= wall time; client used 4% of its time). py-spy: "
-    "TraceJobs._retry_after scans the whole store on every POST (~12% self), Deferred "
-    "callbacks, codec.parse_reply, ipaddress str() in ProbeRequest, twisted.web header "
-    "parsing (email.headerregistry)",
-    "latency": "lab network ~0.2 ms; the rest is HTTP POST + SSE connect + reactor turns (met)",
-    "sse": "py-spy: socket send per subscriber (untilConcludes 23%), hop_json + json.dumps "
-    "re-run for every subscriber (json 12%, render._ms 8%): one event = 1000 encodes",
-    "memory": "per hop: frozen Hop + RttStats + JitterStats + 2 Responders, 8 boxed floats, and a "
-    "fresh address string per responder (interning them alone: 26.7 -> 23.0 KB)",
-    "http": "py-spy: per GET mtrd re-renders trace_json (rfc3339 x4, json), routes through "
-    "werkzeug, ProblemChannel.lineReceived regexes, and Edge logs a JSON line + "
-    "Prometheus observe; the baseline does none of it",
+    "pool's Python work per probe (ledger, framing, Deferreds) costs the rest. 2 workers "
+    "are slower here: both raw sockets see every ICMP reply, and probes lost to the 1 s "
+    "no-reply wait end the run late",
+    "e2e": "one Python core: server CPU ~= wall time (~2 ms per trace: 1 POST, 24 probes, "
+    "hop updates, SSE/poll). py-spy self time is spread: codec.parse_reply ~8%, Deferred "
+    "callbacks ~7%, runner send/limit/settle ~5% each, twisted.web header parsing. Fixed "
+    "after the first profile: Retry-After scanned the store per POST (12%), per-probe "
+    "address parsing, metric label lookups. Reaching 1000/s needs more than one process",
+    "latency": "lab network ~0.2 ms; the rest is HTTP POST + SSE connect + reactor turns",
+    "sse": "one socket write per subscriber (untilConcludes ~36% self); each event is now "
+    "encoded once for all subscribers (was 1000 encodes per event)",
+    "memory": "finished traces are kept as their rendered JSON plus a slim snapshot (was "
+    "26.8 KB as frozen values: Hop, RttStats, JitterStats, Responders, boxed floats)",
+    "http": "twisted.web's request machinery (header parsing, Request.process) and werkzeug "
+    "routing, shared with the baseline; mtrd adds the access-log line, request metrics and "
+    "ETag. Bodies are rendered once per change (was per GET); the ratio sits near 0.7",
 }
 
 

@@ -69,7 +69,23 @@ class Metrics:
         self._state: list[Callable[[], Iterable[Metric]]] = []
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
+        self._sent_children: dict[str, Counter] = {}
+        self._reply_children: dict[str, Counter] = {}
         self.registry.register(_StateCollector(self._collect_state))
+
+    def probe_counted(self, protocol: str) -> None:
+        """Count one probe handed to the pool."""
+        child = self._sent_children.get(protocol)
+        if child is None:
+            child = self._sent_children[protocol] = self.probes_sent.labels(protocol)
+        child.inc()
+
+    def outcome_counted(self, kind: str) -> None:
+        """Count one probe outcome."""
+        child = self._reply_children.get(kind)
+        if child is None:
+            child = self._reply_children[kind] = self.replies.labels(kind)
+        child.inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its duration (label children cached: a hot path)."""
@@ -121,18 +137,18 @@ class MeteredProber:
 
     def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
-        self._metrics.probes_sent.labels(request.protocol.value).inc()
+        self._metrics.probe_counted(request.protocol.value)
         result = self._prober.probe(request)
         result.addCallbacks(self._replied, self._failed)
         return result
 
     def _replied(self, reply: ProbeReply) -> ProbeReply:
-        self._metrics.replies.labels(reply.kind.value).inc()
+        self._metrics.outcome_counted(reply.kind.value)
         if reply.rtt_us is not None:
             self._metrics.probe_rtt.observe(reply.rtt_us / 1e6)
         return reply
 
     def _failed(self, failure: object) -> object:
         name = type(getattr(failure, "value", failure)).__name__
-        self._metrics.replies.labels(f"failed:{name}").inc()
+        self._metrics.outcome_counted(f"failed:{name}")
         return failure
