@@ -32,7 +32,7 @@ from service.report import render_report
 from service.resolve import literal
 from service.sse import EventStream
 from service.store import BadCursor, StoreFull, TraceStore
-from service.trace import Hop, Trace, TraceStatus
+from service.trace import TraceStatus
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY = 64 * 1024
@@ -92,6 +92,7 @@ class Api:
         policy: TargetPolicy = OPEN_POLICY,
     ) -> None:
         self._limits = limits
+        self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
         self._policy = policy
         self._pool = pool
         self._jobs = jobs
@@ -334,7 +335,7 @@ class Api:
     def openapi(self, request: IRequest) -> bytes:
         """This API, described in OpenAPI 3.1."""
         request.setHeader(b"Content-Type", b"application/yaml")
-        return OPENAPI.read_bytes()
+        return self._openapi
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
@@ -445,5 +446,3 @@ def _prefers_text(accept: str | bytes | None) -> bool:
     types = [part.split(";")[0].strip().lower() for part in text.split(",")]
     return "text/plain" in types and "application/json" not in types[: types.index("text/plain")]
 
-
-__all__ = ["Api", "Hop", "Trace"]

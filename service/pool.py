@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
@@ -455,4 +455,4 @@ class ProbePool:
             entry.result.errback(reason)
 
 
-__all__ = ["CancelledError", "PoolConfig", "ProbePool"]
+__all__ = ["PoolConfig", "ProbePool"]

@@ -45,7 +45,7 @@ class StoreLimits:
 
 @attrs.define(eq=False)
 class TraceRecord:
-    """One stored trace: its latest snapshot, its live channel, and how to stop it.
+    """One stored trace: its latest snapshot and its live channel.
 
     A finished trace is kept as its rendered JSON (``final_body``) plus a slim snapshot
     without hops (for listings): that is a third of the memory of the values, and every
@@ -55,7 +55,6 @@ class TraceRecord:
     trace: Trace
     channel: TraceChannel
     seq: int
-    cancel: Callable[[], None] | None = None
     expiry: IDelayedCall | None = None
     final_body: bytes | None = None
     _body: tuple[int, bytes] | None = None
@@ -112,7 +111,6 @@ class TraceStore:
         if trace.status.is_final and record.expiry is None:
             record.final_body = trace_bytes(trace)
             record.trace = attrs.evolve(trace, hops=())
-            record.cancel = None
             record.expiry = self._clock.callLater(self.limits.ttl, self.remove, trace.id)
 
     def expires_at(self) -> float:

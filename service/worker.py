@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from service.codec import BURN_COMMAND, CONTROL_TOKEN, VERSION_COMMAND, format_probe, parse_reply
-from service.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
+from service.errors import WorkerDied, WorkerUnresponsive
 from service.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from service.sequence import SequenceSpace
 
@@ -283,4 +283,4 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.owner.worker_unresponsive(self, why)
 
 
-__all__ = ["MtrPacketProcess", "PendingProbe", "ProbeFailed", "WorkerOwner", "describe_exit"]
+__all__ = ["MtrPacketProcess", "PendingProbe", "WorkerOwner", "describe_exit"]
