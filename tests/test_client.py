@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +64,7 @@ from service.trace import (
 )
 from service.tracer import Tracer
 from tests.fakes import FakeNetwork
+from tests.mtrd_process import free_port
 from tests.openapi import validate_schema
 from tests.test_http import FakePool
 from tests.test_jobs import ROUTERS, StaticResolver
@@ -426,12 +426,6 @@ async def trace_with(argv: list[str], **kwargs: Any) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = await run(reactor, parse_args(argv), out, err, **kwargs)
     return code, out.getvalue(), err.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_twisted.ensureDeferred

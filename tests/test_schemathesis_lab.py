@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Lab
-from tests.test_serve import free_port
-from tests.test_service_lab import _wait_ready
+from tests.mtrd_process import lab_mtrd
 
 pytestmark = pytest.mark.lab
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -46,44 +45,26 @@ def test_schemathesis_finds_no_server_error_or_nonconforming_answer(
         pytest.fail("schemathesis is not installed (it is in the dev extra)")
     silent_dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent_dns.bind(("127.0.0.1", 0))
-    port = free_port()
-    log_file = (tmp_path / "mtrd.log").open("w")  # a pipe nobody reads would block the server
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "service", "serve",
-            "--listen", f"127.0.0.1:{port}",
-            "--mtr-packet", " ".join([*lab.netns_exec("c"), "mtr-packet"]),
-            "--dns-servers", f"127.0.0.1:{silent_dns.getsockname()[1]}",
-            "--allow-targets", "203.0.113.0/25,2001:db8:ff::/64",
-            "--max-running", "64",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    flags = [
+        "--dns-servers", f"127.0.0.1:{silent_dns.getsockname()[1]}",
+        "--allow-targets", "203.0.113.0/25,2001:db8:ff::/64",
+        "--max-running", "64",
+    ]  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, server)
-        result = subprocess.run(
-            [
-                str(SCHEMATHESIS), "run", "openapi.yaml", "--url", url,
-                "--checks", CHECKS, "--workers", "1",
-                "--phases", "examples,fuzzing,stateful",
-                "--max-time", os.environ.get("MTRD_SCHEMATHESIS_SECONDS", "60"),
-                "--seed", "20261122", "--no-color",
-            ],
-            capture_output=True, text=True, timeout=400, check=False,
-            cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
+        with lab_mtrd(lab, tmp_path / "mtrd.log", *flags) as (url, _):
+            result = subprocess.run(
+                [
+                    str(SCHEMATHESIS), "run", "openapi.yaml", "--url", url,
+                    "--checks", CHECKS, "--workers", "1",
+                    "--phases", "examples,fuzzing,stateful",
+                    "--max-time", os.environ.get("MTRD_SCHEMATHESIS_SECONDS", "60"),
+                    "--seed", "20261122", "--no-color",
+                ],
+                capture_output=True, text=True, timeout=400, check=False,
+                cwd=Path(__file__).resolve().parent.parent,
+            )  # fmt: skip
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
         silent_dns.close()
-        log_file.close()
     log = (tmp_path / "mtrd.log").read_text()
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "Traceback" not in log, log[-4000:]

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,13 +16,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from tests.mtrd_process import free_port
 from tests.openapi import validate_response
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_mtr_packet() -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +20,8 @@ from twisted.internet.threads import deferToThread
 
 from tests.dns_server import Zone, listen
 from tests.lab import Lab
+from tests.mtrd_process import lab_mtrd
 from tests.openapi import validate_response, validate_schema
-from tests.test_serve import free_port
 
 pytestmark = pytest.mark.lab
 reactor: Any = global_reactor
@@ -48,48 +46,13 @@ def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         }
     )
     dns_port, dns_number = listen(reactor, zone)
-    port = free_port()
-    log_file = (tmp_path_factory.mktemp("mtrd") / "mtrd.log").open("w")  # never a full pipe
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "service", "serve",
-            "--listen", f"127.0.0.1:{port}",
-            "--mtr-packet", " ".join([*lab.netns_exec("c"), "mtr-packet"]),
-            "--dns-servers", f"127.0.0.1:{dns_number}",
-            "--store-ttl", str(STORE_TTL),
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    flags = ["--dns-servers", f"127.0.0.1:{dns_number}", "--store-ttl", str(STORE_TTL)]
+    log = tmp_path_factory.mktemp("mtrd") / "mtrd.log"
     try:
-        _wait_ready(url, process)
-        yield Server(url, process, zone)
+        with lab_mtrd(lab, log, *flags) as (url, process):
+            yield Server(url, process, zone)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log_file.close()
         dns_port.stopListening()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mtrd exited with status {process.returncode}")
-        result = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/readyz"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if result.stdout == "200":
-            return
-        time.sleep(0.05)
-    raise AssertionError("mtrd did not become ready")
 
 
 async def call(server: Server, method: str, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
 from tests.lab import Lab
-from tests.test_serve import free_port
-from tests.test_service_lab import _wait_ready
+from tests.mtrd_process import lab_mtrd
 
 pytestmark = pytest.mark.lab
 reactor: Any = global_reactor
@@ -145,19 +142,8 @@ async def scrape(url: str) -> str:
 @pytest_twisted.ensureDeferred
 async def test_soak_leaves_nothing_behind(lab: Lab, tmp_path: Path) -> None:
     """Thousands of traces later: nothing stuck, nothing pending, memory near its baseline."""
-    port = free_port()
-    log_file = (tmp_path / "mtrd.log").open("w")
-    server = subprocess.Popen(  # noqa: ASYNC220 - started once, before the reactor work
-        [
-            sys.executable, "-m", "service", "serve", "--listen", f"127.0.0.1:{port}",
-            "--mtr-packet", " ".join([*lab.netns_exec("c"), "mtr-packet"]),
-            "--store-ttl", str(STORE_TTL), "--max-running", "64",
-        ],
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, server)
+    flags = ["--store-ttl", str(STORE_TTL), "--max-running", "64"]
+    with lab_mtrd(lab, tmp_path / "mtrd.log", *flags) as (url, server):
         warm = Soak(lab, url, seed=1)
         await DeferredList(
             [Deferred.fromCoroutine(warm.lane(reactor.seconds() + 5)) for _ in range(LANES)]
@@ -175,10 +161,6 @@ async def test_soak_leaves_nothing_behind(lab: Lab, tmp_path: Path) -> None:
         listing = await treq.get(f"{url}/traces?limit=500")
         left = (await listing.json())["traces"]
         after = rss_kib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log_file.close()
     report = {
         "seconds": SOAK_SECONDS,
         "counts": soak.counts,
