@@ -445,4 +445,3 @@ def _prefers_text(accept: str | bytes | None) -> bool:
     text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
     types = [part.split(";")[0].strip().lower() for part in text.split(",")]
     return "text/plain" in types and "application/json" not in types[: types.index("text/plain")]
-
