@@ -253,7 +253,7 @@ class Profiler:
             "--output",
             str(out),
             "--rate",
-            "100",
+            os.environ.get("BENCH_PYSPY_RATE", "100"),
             "--nonblocking",
         ]
         self._process: subprocess.Popen[bytes] | None = None

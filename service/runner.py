@@ -2,8 +2,12 @@
 
 A round sends one probe to every TTL still worth probing, spread evenly over
 the round's ``interval`` rather than fired in one burst; rounds start every
-``interval`` seconds whatever is still in flight, as mtr does. The TTLs worth
-probing shrink as the trace learns:
+``interval`` seconds whatever is still in flight, as mtr does. With an
+interval of 0 there is no pacing to learn from, so a round is sent at once and
+the next one starts as soon as every probe of the previous one has settled:
+rounds follow each other back to back but never overlap, and no round probes
+above a destination the previous one found. The TTLs worth probing shrink as
+the trace learns:
 
 * once the destination answers at TTL d, nothing above d is probed again (and
   hops above d are dropped from the result);
@@ -54,8 +58,13 @@ class RunSettings:
     deadline_slack: float = 40.0  # beyond rounds x interval + timeout: pool queueing, restarts
 
     def deadline(self, request: TraceRequest) -> float:
-        """Seconds after which a trace with ``request`` fails rather than run on."""
-        return request.probes * request.interval + request.timeout + self.deadline_slack
+        """Seconds after which a trace with ``request`` fails rather than run on.
+
+        Rounds start every ``interval`` seconds; with interval 0 each waits for the
+        previous one to settle, which takes at most its ``timeout``.
+        """
+        round_time = request.interval if request.interval > 0 else request.timeout
+        return request.probes * round_time + request.timeout + self.deadline_slack
 
 
 @attrs.frozen
@@ -115,11 +124,13 @@ class TraceRun:
         self._source = source
         self._local_port = local_port
         self._hops: dict[int, HopAccumulator] = {}
+        self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
         self._in_flight: set[Deferred[ProbeReply]] = set()
         self._calls: set[IDelayedCall] = set()
         self._rounds_left = request.probes
         self._destination_ttl: int | None = None
         self._unreachable_ttl: int | None = None
+        self._known_limit: int | None = None  # _limit() until the next answer or loss
         self._done: Deferred[RunOutcome] | None = None
         self._deadline: IDelayedCall | None = None
         self._sending = False
@@ -145,8 +156,9 @@ class TraceRun:
 
     def _round(self) -> None:
         self._rounds_left -= 1
-        ttls = list(range(self._request.first_ttl, self._limit() + 1))
-        spacing = self._request.interval / len(ttls) if ttls else 0.0
+        interval = self._request.interval
+        ttls = range(self._request.first_ttl, self._limit() + 1)
+        spacing = interval / len(ttls) if ttls else 0.0
         self._sending = True  # replies that settle at once must not end the run mid-round
         try:
             for index, ttl in enumerate(ttls):
@@ -154,30 +166,31 @@ class TraceRun:
                     self._send(ttl)
                 else:
                     self._later(index * spacing, self._send, ttl)
-            if self._rounds_left > 0:
-                self._later(self._request.interval, self._round)
+            if self._rounds_left > 0 and interval > 0:
+                self._later(interval, self._round)
         finally:
             self._sending = False
         self._check_done()
 
     def _send(self, ttl: int) -> None:
-        if ttl > self._limit() or self._finished:
+        if self._finished or ttl > self._limit():
             return
-        hop = self._hops.setdefault(ttl, HopAccumulator(ttl=ttl))
-        try:
-            probe = self._probe_request(ttl)
-        except ValueError as e:
-            self._finish(error=TraceError("invalid-probe", str(e)))
-            return
-        hop.record_sent()
+        probe = self._probes.get(ttl)
+        if probe is None:
+            try:
+                probe = self._probes[ttl] = self._probe_request(ttl)
+            except ValueError as e:
+                self._finish(error=TraceError("invalid-probe", str(e)))
+                return
+            self._hops[ttl] = HopAccumulator(ttl=ttl)
+        self._hops[ttl].record_sent()
         try:
             result = self._prober.probe(probe)
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return
         self._in_flight.add(result)
-        result.addCallbacks(self._answered, self._failed, callbackArgs=(ttl,), errbackArgs=(ttl,))
-        result.addBoth(self._settled, result)
+        result.addBoth(self._settled, ttl, result)
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
         request = self._request
@@ -198,9 +211,16 @@ class TraceRun:
 
     # -- replies ---------------------------------------------------------------------------
 
+    def _settled(self, outcome: ProbeReply | Failure, ttl: int, result: object) -> None:
+        self._in_flight.discard(result)  # type: ignore[arg-type]
+        if not self._finished:
+            if isinstance(outcome, Failure):
+                self._failed(outcome, ttl)
+            else:
+                self._answered(outcome, ttl)
+        self._check_done()
+
     def _answered(self, reply: ProbeReply, ttl: int) -> None:
-        if self._finished:
-            return
         hop = self._hops[ttl]
         end = _ENDS.get(reply.kind)
         if reply.kind in (ReplyKind.REPLY, ReplyKind.TTL_EXPIRED) or (
@@ -217,6 +237,7 @@ class TraceRun:
             reason = _LOCAL_ERRORS.get(reply.kind, f"mtr-packet answered {reply.raw!r}")
             self._finish(error=TraceError("probe-error", reason))
             return
+        self._known_limit = None
         if ttl <= self._limit():
             self._on_hop(hop.snapshot())
 
@@ -227,12 +248,13 @@ class TraceRun:
             self._unreachable_ttl = min(ttl, self._unreachable_ttl or ttl)
 
     def _failed(self, failure: Failure, ttl: int) -> None:
-        if self._finished or isinstance(failure.value, CancelledError):
+        if isinstance(failure.value, CancelledError):
             return
         if isinstance(failure.value, WorkerDied | WorkerUnresponsive):
             # The probe was sent and its answer is lost with the worker: count it lost.
             self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
             self._hops[ttl].record_lost()
+            self._known_limit = None
             self._on_hop(self._hops[ttl].snapshot())
             return
         if isinstance(failure.value, ProbeFailed):
@@ -241,26 +263,26 @@ class TraceRun:
         self.log.failure("probe at TTL {ttl} failed unexpectedly", failure, ttl=ttl)
         self._finish(error=TraceError("internal-error", failure.getErrorMessage()))
 
-    def _settled(self, _: object, result: Deferred[ProbeReply]) -> None:
-        self._in_flight.discard(result)
-        self._check_done()
-
     # -- the end ---------------------------------------------------------------------------
 
     def _limit(self) -> int:
-        """The highest TTL still worth probing."""
+        """The highest TTL still worth probing (kept until the next answer or loss)."""
+        if self._known_limit is not None:
+            return self._known_limit
         limit = self._request.max_ttl
         for bound in (self._destination_ttl, self._unreachable_ttl):
             if bound is not None:
                 limit = min(limit, bound)
-        answered = [ttl for ttl, hop in self._hops.items() if hop.received]
+        hops = self._hops
+        answered = [ttl for ttl, hop in hops.items() if hop.received]
         last = max(answered, default=self._request.first_ttl - 1)
         silent, ttl = 0, last + 1
-        while ttl in self._hops and self._hops[ttl].received == 0 and self._hops[ttl].lost > 0:
+        while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
             silent += 1
             ttl += 1
         if silent >= self._settings.max_unknown:
             limit = min(limit, last + self._settings.max_unknown)
+        self._known_limit = limit
         return limit
 
     @property
@@ -268,13 +290,14 @@ class TraceRun:
         return self._done is None or self._over
 
     def _check_done(self) -> None:
-        if self._sending or self._finished:
+        if self._sending or self._finished or self._in_flight or self._calls:
             return
-        if self._rounds_left <= 0 and not self._in_flight and not self._pending_sends():
+        if self._rounds_left > 0:
+            # Interval 0: the previous round has settled, so the next one starts now.
+            # (With an interval, a scheduled round is still in ``_calls``.)
+            self._round()
+        else:
             self._finish()
-
-    def _pending_sends(self) -> bool:
-        return bool(self._calls)
 
     def _deadline_passed(self) -> None:
         self._deadline = None

@@ -93,6 +93,51 @@ def test_zero_interval_sends_every_ttl_at_once() -> None:
     assert outcome_of(d).destination_reached
 
 
+def test_zero_interval_rounds_follow_each_other_without_overlap() -> None:
+    """Interval 0: the next round starts once the previous settled, and skips what it learned.
+
+    Round 1 probes TTLs 1-8 at once; the destination answers at TTL 4, so rounds 2 and 3
+    probe TTLs 1-4 only: 16 probes, not 24.
+    """
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=3, interval=0.0, max_ttl=8))
+    assert [p.ttl for p in network.sent] == list(range(1, 9))
+    clock.advance(0.01)
+    assert [p.ttl for p in network.sent[8:]] == [1, 2, 3, 4]
+    clock.advance(0.01)
+    assert [p.ttl for p in network.sent[12:]] == [1, 2, 3, 4]
+    assert not d.called
+    clock.advance(0.01)
+    outcome = outcome_of(d)
+    assert len(network.sent) == 16
+    assert [(h.ttl, h.sent, h.received) for h in outcome.hops] == [(t, 3, 3) for t in (1, 2, 3, 4)]
+
+
+def test_zero_interval_round_waits_for_a_silent_hop() -> None:
+    """A silent TTL holds the next round until its probe's timeout is over."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    request = TraceRequest(TARGET, probes=2, interval=0.0, max_ttl=8, timeout=1)
+    _, d = run(network, clock, request)
+    clock.advance(0.5)
+    assert len(network.sent) == 8  # round 2 waits for TTL 2's no-reply
+    clock.advance(0.5)
+    assert len(network.sent) == 12
+    clock.advance(1.0)
+    outcome = outcome_of(d)
+    assert outcome.destination_reached
+    assert (outcome.hops[1].sent, outcome.hops[1].lost) == (2, 2)
+
+
+def test_zero_interval_deadline_allows_every_round_its_timeout() -> None:
+    """With interval 0 rounds may each take ``timeout``: the deadline counts that."""
+    request = TraceRequest(TARGET, probes=5, interval=0.0, timeout=3)
+    assert RunSettings(deadline_slack=1.0).deadline(request) == 5 * 3 + 3 + 1.0
+    paced = TraceRequest(TARGET, probes=5, interval=0.5, timeout=3)
+    assert RunSettings(deadline_slack=1.0).deadline(paced) == 5 * 0.5 + 3 + 1.0
+
+
 def test_silent_hops_past_the_last_responder_end_the_trace_early() -> None:
     """A blackhole: after max_unknown silent TTLs, nothing beyond them is probed or kept."""
     clock = Clock()
