@@ -212,7 +212,7 @@ class TraceRun:
     # -- replies ---------------------------------------------------------------------------
 
     def _settled(self, outcome: ProbeReply | Failure, ttl: int, result: object) -> None:
-        self._in_flight.discard(result)  # type: ignore[arg-type]
+        self._in_flight.discard(result)
         if not self._finished:
             if isinstance(outcome, Failure):
                 self._failed(outcome, ttl)
