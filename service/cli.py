@@ -34,10 +34,15 @@ USAGE = """usage: mtrd serve [--help] [options]     run the service
 
 class QuietSite(Site):
     """A Site without twisted.web's access log (:class:`Edge` writes one line per request),
-    whose framing errors are problem+json (:class:`ProblemChannel`)."""
+    whose framing errors are problem+json (:class:`ProblemChannel`), and which leaves
+    request bodies alone: the API takes JSON, never form submissions, so twisted.web
+    need not parse each POST's Content-Type looking for one."""
 
     noisy = False
     protocol = ProblemChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 here
+
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource, parsePOSTFormSubmission=False)
 
     def log(self, request: object) -> None:
         """Leave request logging to the edge."""

@@ -24,6 +24,30 @@ BURN_COMMAND = f"{CONTROL_TOKEN} send-probe ip-4 burn\n".encode()
 
 _KINDS = {kind.value: kind for kind in ReplyKind if kind is not ReplyKind.UNKNOWN}
 
+# Replies repeat the same few responders: each address text is parsed once.
+_ADDRESS_CACHE_SIZE = 65536
+_addresses: dict[tuple[str, str], str | None] = {}
+
+
+def _address(family: str, text: str) -> str | None:
+    """The canonical form of ``text`` if it is an address of ``family`` (ip-4/ip-6)."""
+    key = (family, text)
+    try:
+        return _addresses[key]
+    except KeyError:
+        pass
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        canonical = None
+    else:
+        wanted = 4 if family == "ip-4" else 6
+        canonical = sys.intern(str(parsed)) if parsed.version == wanted else None
+    if len(_addresses) >= _ADDRESS_CACHE_SIZE:
+        _addresses.clear()
+    _addresses[key] = canonical
+    return canonical
+
 
 def format_probe(token: int, request: ProbeRequest) -> bytes:
     """Return the ``send-probe`` command line for ``request`` under ``token``."""
@@ -101,13 +125,9 @@ def parse_reply(line: str) -> tuple[int, ProbeReply]:
     for name, value in zip(arguments[::2], arguments[1::2], strict=True):
         if name in ("ip-4", "ip-6"):
             version = 4 if name == "ip-4" else 6
-            try:
-                parsed = ipaddress.ip_address(value)
-            except ValueError:
+            address = _address(name, value)
+            if address is None:
                 return _unknown(token, line)
-            if parsed.version != version:
-                return _unknown(token, line)
-            address = sys.intern(str(parsed))  # hops repeat the same few addresses
         elif name == "round-trip-time":
             if not (value.isascii() and value.isdigit()):
                 return _unknown(token, line)

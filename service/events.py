@@ -55,6 +55,10 @@ class TraceChannel:
         """The id of the latest event."""
         return self._next_id - 1
 
+    def current_hops(self) -> tuple[Hop, ...]:
+        """The latest figures of every hop published so far, by TTL (none once done)."""
+        return tuple(hop for _, (_, hop) in sorted(self._hops.items()))
+
     def publish_status(self, status: TraceStatus) -> None:
         """The trace changed state."""
         self.status = status

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from service.store import StoreFull, TraceRecord, TraceStore
-from service.trace import Hop, Trace, TraceRequest
+from service.trace import Trace, TraceRequest
 from service.tracer import Tracer
 
 
@@ -116,16 +116,13 @@ class TraceJobs:
             if changed:
                 record.channel.publish_status(trace.status)
 
-        def hop(value: Hop) -> None:
-            hops = {h.ttl: h for h in record.trace.hops}
-            hops[value.ttl] = value
-            self._store.update(
-                record, attrs.evolve(record.trace, hops=tuple(hops[t] for t in sorted(hops)))
-            )
-            record.channel.publish_hop(value)
-
+        # Hop updates go to the channel only: it keeps each hop's latest figures, which
+        # the record reads when the trace is asked for (see TraceRecord.full_trace).
         running = self._tracer.trace(
-            record.trace.request, queued=record.trace, on_update=updated, on_hop=hop
+            record.trace.request,
+            queued=record.trace,
+            on_update=updated,
+            on_hop=record.channel.publish_hop,
         )
         self._running[record.trace.id] = running
         running.addCallback(self._ended, record)

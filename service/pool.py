@@ -119,6 +119,7 @@ class ProbePool:
         self._stopping = False
         self._first_ready: Deferred[None] | None = None
         self._exits: dict[MtrPacketProcess, Deferred[None]] = {}
+        self._slot_by_worker: dict[MtrPacketProcess, _Slot] = {}  # active and draining
         self._executable: str | None = None
 
     # -- public API ---------------------------------------------------------------
@@ -173,10 +174,15 @@ class ProbePool:
             raise PoolStopped("the probe pool is not running")
         request = self._with_source(request)
         entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
-        # all() stops at the first slot that started well: cheap on the common path.
-        if all(slot.start_failed for slot in self._slots) and not any(
-            slot.ready for slot in self._slots
-        ):
+        if not self._queue:
+            # The common case: a process has room now, and the probe never waits.
+            worker = self._pick(request)
+            if worker is not None and self._dispatch(worker, entry):
+                return entry.result
+        for slot in self._slots:
+            if not slot.start_failed or slot.ready:
+                break
+        else:
             entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
             return entry.result
         entry.expiry = self._clock.callLater(self.config.queue_timeout, self._queue_expired, entry)
@@ -265,6 +271,7 @@ class ProbePool:
             self._ledger.release(pending.sequence, pending.udp_ports)
         worker.pending.clear()
         exited = self._exits.pop(worker, None)
+        self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
                 slot.draining.remove(worker)
@@ -316,6 +323,7 @@ class ProbePool:
             start_timeout=self.config.start_timeout,
         )
         slot.active = worker
+        self._slot_by_worker[worker] = slot
         self._exits[worker] = Deferred()
         try:
             self._spawner.spawnProcess(
@@ -323,6 +331,7 @@ class ProbePool:
             )
         except OSError as e:
             self._exits.pop(worker, None)
+            self._slot_by_worker.pop(worker, None)
             slot.active = None
             worker.exited = True
             self._unexpected_exit(slot, worker, f"could not be started: {e}")
@@ -357,10 +366,7 @@ class ProbePool:
             worker.kill()
 
     def _slot_of(self, worker: MtrPacketProcess) -> _Slot | None:
-        for slot in self._slots:
-            if slot.active is worker or worker in slot.draining:
-                return slot
-        return None
+        return self._slot_by_worker.get(worker)
 
     def _no_worker_reason(self) -> str:
         errors = sorted({slot.last_error for slot in self._slots if slot.last_error})

@@ -156,11 +156,12 @@ class SequenceLedger:
         self, next_sequence: int, band: Band, udp_ports: tuple[int, ...]
     ) -> Allocation | Plan:
         """Find the first usable sequence from ``next_sequence`` within ``band``."""
-        if any(port in self._held for port in udp_ports):
+        held = self._held
+        if udp_ports and any(port in held for port in udp_ports):
             return Plan.WAIT
         sequence = max(next_sequence, band.start)
         while sequence < band.stop:
-            taken = sequence in self._held or self._udp_ports[sequence] or sequence in udp_ports
+            taken = sequence in held or sequence in self._udp_ports or sequence in udp_ports
             if not taken:
                 return Allocation(burns=sequence - next_sequence, sequence=sequence)
             sequence += 1

@@ -47,9 +47,11 @@ class StoreLimits:
 class TraceRecord:
     """One stored trace: its latest snapshot and its live channel.
 
-    A finished trace is kept as its rendered JSON (``final_body``) plus a slim snapshot
-    without hops (for listings): that is a third of the memory of the values, and every
-    GET of it serves the same bytes.
+    ``trace`` is the snapshot without the hops that change while it runs: those live
+    in the channel (each reply replaces one hop there), and :meth:`full_trace` puts
+    them together only when someone asks. A finished trace is kept as its rendered
+    JSON (``final_body``) plus the slim snapshot (for listings): that is a third of
+    the memory of the values, and every GET of it serves the same bytes.
     """
 
     trace: Trace
@@ -65,14 +67,15 @@ class TraceRecord:
             return self.final_body
         version = self.channel.last_id
         if self._body is None or self._body[0] != version:
-            self._body = (version, trace_bytes(self.trace))
+            self._body = (version, trace_bytes(self.full_trace()))
         return self._body[1]
 
     def full_trace(self) -> Trace:
         """The whole trace, hops included."""
         if self.final_body is not None:
             return trace_from_json(self.final_body)
-        return self.trace
+        hops = self.channel.current_hops()
+        return attrs.evolve(self.trace, hops=hops) if hops else self.trace
 
 
 class TraceStore:

@@ -11,6 +11,7 @@ from it through :class:`WorkerOwner`.
 
 from __future__ import annotations
 
+import heapq
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -71,13 +72,9 @@ class PendingProbe:
     sequence: int
     udp_ports: tuple[int, ...]
     result: Deferred[ProbeReply]
-    deadline: IDelayedCall | None = None
 
     def settle(self, outcome: ProbeReply | Exception) -> None:
         """Give the caller its outcome unless it already gave up (cancelled)."""
-        if self.deadline is not None and self.deadline.active():
-            self.deadline.cancel()
-        self.deadline = None
         if self.result.called:
             return
         if isinstance(outcome, Exception):
@@ -130,6 +127,11 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self._next_token = CONTROL_TOKEN + 1
         self._stderr: list[str] = []
         self._start_deadline: IDelayedCall | None = None
+        # Every probe's deadline (timeout + grace) as (when, token) in a heap, watched by
+        # one timer set for the earliest: no timer per probe. Answered probes' entries
+        # are skipped when they come up, and swept out when they pile up.
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_timer: IDelayedCall | None = None
 
     # -- what the owner calls -------------------------------------------------
 
@@ -154,9 +156,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         pending = PendingProbe(
             token=token, request=request, sequence=sequence, udp_ports=udp_ports, result=result
         )
-        pending.deadline = self.clock.callLater(
-            request.timeout + self.grace, self._probe_overdue, pending
-        )
+        self._watch(token, request.timeout + self.grace)
         self.pending[token] = pending
         if request.protocol is Protocol.TCP:
             self.tcp_outstanding += 1
@@ -216,8 +216,11 @@ class MtrPacketProcess(protocol.ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         """Fail every probe still held, then tell the owner why the process ended."""
         self.exited = True
-        if self._start_deadline is not None and self._start_deadline.active():
-            self._start_deadline.cancel()
+        for timer in (self._start_deadline, self._deadline_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._deadline_timer = None
+        self._deadlines.clear()
         why = describe_exit(reason)
         if self._stderr:
             why += f" (stderr: {self.last_stderr()})"
@@ -273,8 +276,37 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self._stderr.append(f"no answer to the version check within {self.start_timeout:g} s")
         self.kill()
 
+    def _watch(self, token: int, seconds: float) -> None:
+        """Note that probe ``token`` must be answered within ``seconds``."""
+        now = self.clock.seconds()
+        when = now + seconds
+        heap = self._deadlines
+        if len(heap) > 2 * len(self.pending) + 1024:
+            heap[:] = [entry for entry in heap if entry[1] in self.pending]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, token))
+        timer = self._deadline_timer
+        if timer is None:
+            self._deadline_timer = self.clock.callLater(seconds, self._deadlines_due)
+        elif when < timer.getTime():
+            timer.reset(seconds)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        now = self.clock.seconds()
+        heap, pending = self._deadlines, self.pending
+        overdue: list[PendingProbe] = []
+        while heap and (heap[0][0] <= now or heap[0][1] not in pending):
+            _, token = heapq.heappop(heap)
+            probe = pending.get(token)
+            if probe is not None:
+                overdue.append(probe)
+        if heap:
+            self._deadline_timer = self.clock.callLater(heap[0][0] - now, self._deadlines_due)
+        for probe in overdue:
+            self._probe_overdue(probe)
+
     def _probe_overdue(self, pending: PendingProbe) -> None:
-        pending.deadline = None
         why = (
             f"mtr-packet worker {self.name} gave no answer within the probe's timeout "
             f"({pending.request.timeout} s) plus {self.grace:g} s"

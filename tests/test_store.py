@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 from twisted.internet.task import Clock
@@ -109,3 +111,15 @@ def test_running_trace_body_is_rendered_once_per_change() -> None:
     assert record.json_body() is first
     record.channel.publish_status(TraceStatus.RUNNING)
     assert record.json_body() is not first
+
+
+def test_running_trace_shows_the_latest_figures_of_every_hop() -> None:
+    """Hop updates live in the channel; the trace read from the record carries them, by TTL."""
+    store = TraceStore(Clock())
+    record = store.add(trace(1), retry_after=lambda: 1)
+    record.channel.publish_hop(Hop(ttl=2, sent=1, lost=1))
+    record.channel.publish_hop(Hop(ttl=1, sent=1, lost=1))
+    record.channel.publish_hop(Hop(ttl=2, sent=2, lost=2))
+    assert [(h.ttl, h.sent) for h in record.full_trace().hops] == [(1, 1), (2, 2)]
+    assert record.trace.hops == ()  # the snapshot itself stays slim
+    assert [h["sent"] for h in json.loads(record.json_body())["hops"]] == [1, 2]

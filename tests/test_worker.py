@@ -172,6 +172,47 @@ def test_overdue_probe_fails_and_reports_the_process() -> None:
     assert owner.events[-1][0] == "unresponsive"
 
 
+def test_each_probe_has_its_own_deadline_under_one_timer() -> None:
+    """Probes with different timeouts, sent at different times, each fail at their own
+    deadline; answered probes never fail, and the process keeps a single timer."""
+    reactor, owner = FakeProcessReactor(), RecordingOwner()
+    worker, transport = start(reactor, owner)
+    transport.answer_version()
+    slow = send(worker, 40000, timeout=5)  # due at 7
+    reactor.advance(1.0)
+    fast = send(worker, 40001, timeout=1)  # due at 1 + 3 = 4: earlier than the first
+    answered = send(worker, 40002, timeout=1)
+    transport.feed(f"{transport.token_of(2)} reply ip-4 203.0.113.7 round-trip-time 100\n")
+    assert answered.called
+    assert len([c for c in reactor.getDelayedCalls() if c.active()]) == 1
+    reactor.advance(2.9)
+    assert not fast.called
+    reactor.advance(0.2)
+    assert fast.called
+    assert not slow.called
+    reactor.advance(2.8)
+    assert not slow.called
+    reactor.advance(0.2)
+    assert slow.called
+    for result in (slow, fast):
+        assert result.result.check(WorkerUnresponsive)  # type: ignore[attr-defined]
+        result.addErrback(lambda _: None)
+    assert [e[0] for e in owner.events].count("unresponsive") == 2
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
+
+
+def test_answered_probes_do_not_pile_up_in_the_deadline_watch() -> None:
+    """Thousands of answered probes leave the watch bounded by what is outstanding."""
+    reactor, owner = FakeProcessReactor(), RecordingOwner()
+    worker, transport = start(reactor, owner)
+    transport.answer_version()
+    for i in range(5000):
+        send(worker, 40000 + i, timeout=60)
+        transport.feed(f"{transport.token_of(i)} no-reply\n")
+    assert not worker.pending
+    assert len(worker._deadlines) <= 1024 + 1
+
+
 def test_cancelled_probe_is_still_tracked_until_its_reply() -> None:
     """A caller giving up does not free the probe: mtr-packet still holds its sequence."""
     reactor, owner = FakeProcessReactor(), RecordingOwner()
