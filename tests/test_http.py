@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from service.edge import Edge, route_of
 from service.http import Api, EdgeLimits
 from service.jobs import TraceJobs
-from service.metrics import Metrics
+from service.metrics import MeteredProber, Metrics
 from service.policy import TargetPolicy
 from service.store import StoreLimits, TraceStore
 from service.tracer import Tracer
@@ -72,13 +72,13 @@ class Client:
         self.network = FakeNetwork(self.clock, ROUTERS)
         self.pool = FakePool(ready_workers=ready)
         self.store = TraceStore(self.clock, StoreLimits(ttl=600, max_traces=max_traces))
+        self.metrics = Metrics()
         tracer = Tracer(
             self.clock,
-            self.network,
+            MeteredProber(self.network, self.metrics),
             StaticResolver(),  # type: ignore[arg-type]
             policy=policy or TargetPolicy(),
         )
-        self.metrics = Metrics()
         self.jobs = TraceJobs(
             tracer,
             self.store,
@@ -535,6 +535,9 @@ async def test_metrics_count_traces_requests_and_probes() -> None:
     assert 'mtrd_http_requests_total{method="POST",route="/traces",status="202"} 1.0' in text
     assert 'mtrd_http_requests_total{method="GET",route="/traces/{id}",status="200"} 1.0' in text
     assert "mtrd_http_request_duration_seconds_bucket" in text
+    assert 'mtrd_probes_sent_total{protocol="icmp"}' in text
+    assert 'mtrd_probe_replies_total{kind="reply"}' in text
+    assert "mtrd_probe_rtt_seconds_count" in text
 
 
 @pytest.mark.parametrize(
