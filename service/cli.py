@@ -129,7 +129,9 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
-    site = QuietSite(Edge(resource, reactor, metrics, access_writer(sys.stdout, config.log_format)))
+    site = QuietSite(
+        Edge(resource, reactor, metrics, access_writer(sys.stdout, config.log_format, reactor))
+    )
     if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
         log.warn(
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",

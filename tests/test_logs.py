@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -70,3 +71,27 @@ def test_access_lines_as_text() -> None:
     stream = io.StringIO()
     access_writer(stream, "text")(AccessRecord("POST", "/traces", 202, 3.0, "x", False))
     assert stream.getvalue().endswith("[mtrd.http#info] POST /traces 202 3.0 ms\n")
+
+
+class _CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_access_lines_of_one_reactor_turn_are_flushed_together() -> None:
+    """With a clock, many requests in one turn cost one flush, at the end of the turn."""
+    clock = Clock()
+    stream = _CountingStream()
+    write = access_writer(stream, "text", clock)
+    for _ in range(50):
+        write(AccessRecord("GET", "/healthz", 200, 0.1, None, False))
+    assert stream.flushes == 0
+    clock.advance(0)
+    assert stream.flushes == 1
+    write(AccessRecord("GET", "/healthz", 200, 0.1, None, False))
+    clock.advance(0)
+    assert stream.flushes == 2
+    assert stream.getvalue().count("\n") == 51
