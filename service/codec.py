@@ -23,6 +23,13 @@ VERSION_COMMAND = f"{CONTROL_TOKEN} check-support feature version\n".encode()
 BURN_COMMAND = f"{CONTROL_TOKEN} send-probe ip-4 burn\n".encode()
 
 _KINDS = {kind.value: kind for kind in ReplyKind if kind is not ReplyKind.UNKNOWN}
+# Kinds whose arguments are name/value pairs (address, round-trip time, mpls).
+_ANSWERS = frozenset(
+    kind
+    for kind in _KINDS.values()
+    if kind
+    not in (ReplyKind.FEATURE_SUPPORT, ReplyKind.INVALID_ARGUMENT, ReplyKind.UNEXPECTED_ERROR)
+)
 
 # Replies repeat the same few responders: each address text is parsed once.
 _ADDRESS_CACHE_SIZE = 65536
@@ -110,6 +117,18 @@ def parse_reply(line: str) -> tuple[int, ProbeReply]:
     if len(words) < 2 or words[1] not in _KINDS:
         return _unknown(token, line)
     kind = _KINDS[words[1]]
+    if len(words) == 6 and words[4] == "round-trip-time" and kind in _ANSWERS:
+        # The common shape, "7 ttl-expired ip-4 198.51.100.1 round-trip-time 312": read
+        # directly (the general loop below would say the same, more slowly).
+        family, value, rtt = words[2], words[3], words[5]
+        if family in ("ip-4", "ip-6") and rtt.isascii() and rtt.isdigit():
+            address = _address(family, value)
+            if address is None:
+                return _unknown(token, line)
+            version = 4 if family == "ip-4" else 6
+            return token, ProbeReply(
+                kind=kind, address=address, ip_version=version, rtt_us=int(rtt), raw=line
+            )
     arguments = words[2:]
     if kind in (ReplyKind.FEATURE_SUPPORT, ReplyKind.INVALID_ARGUMENT):
         detail = " ".join(arguments[1:] if kind is ReplyKind.FEATURE_SUPPORT else arguments)

@@ -67,9 +67,11 @@ class TraceChannel:
 
     def publish_hop(self, hop: Hop) -> None:
         """A hop's figures changed."""
-        event = Event(self._take_id(), "hop", hop)
-        self._hops[hop.ttl] = (event.id, hop)
-        self._send(event)
+        event_id = self._next_id
+        self._next_id += 1
+        self._hops[hop.ttl] = (event_id, hop)
+        if self._subscribers:  # most traces are polled, not followed: no event to build
+            self._send(Event(event_id, "hop", hop))
 
     def publish_done(self, trace: Trace, later: Callable[[], Trace] | None = None) -> None:
         """The trace ended: send the final resource, then let every subscriber go.

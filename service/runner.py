@@ -237,7 +237,10 @@ class TraceRun:
             reason = _LOCAL_ERRORS.get(reply.kind, f"mtr-packet answered {reply.raw!r}")
             self._finish(error=TraceError("probe-error", reason))
             return
-        self._known_limit = None
+        if hop.received <= 1 or end is not None:
+            # A first answer at this TTL, a loss at a silent one, or an end: the limit
+            # may move. (Later answers at a TTL that already answered cannot move it.)
+            self._known_limit = None
         if ttl <= self._limit():
             self._on_hop(hop.snapshot())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -229,6 +230,19 @@ def test_parse_reply_round_trips(token: int, reply: ProbeReply) -> None:
     """A reply rendered as mtr-packet writes it parses back to the same value."""
     line = render_reply(token, reply)
     assert parse_reply(line) == (token, ProbeReply(**{**_fields(reply), "raw": line}))
+
+
+@given(st.integers(1, 2**31 - 1), network_replies(), st.sampled_from(["", " tos 0"]))
+def test_common_reply_shape_reads_as_the_general_form(
+    token: int, reply: ProbeReply, extra: str
+) -> None:
+    """The short cut for "N kind ip-4 A round-trip-time R" says what the general reader says
+    (an unknown trailing argument sends the same line down the general path)."""
+    plain = attrs.evolve(reply, mpls=())
+    line = render_reply(token, plain)
+    fast, general = parse_reply(line), parse_reply(line + extra)
+    assert fast[0] == general[0] == token
+    assert _fields(fast[1]) == _fields(general[1]) == _fields(plain)
 
 
 def _fields(reply: ProbeReply) -> dict[str, object]:
