@@ -122,12 +122,15 @@ def parse_reply(line: str) -> tuple[int, ProbeReply]:
         # directly (the general loop below would say the same, more slowly).
         family, value, rtt = words[2], words[3], words[5]
         if family in ("ip-4", "ip-6") and rtt.isascii() and rtt.isdigit():
-            address = _address(family, value)
-            if address is None:
+            responder = _address(family, value)
+            if responder is None:
                 return _unknown(token, line)
-            version = 4 if family == "ip-4" else 6
             return token, ProbeReply(
-                kind=kind, address=address, ip_version=version, rtt_us=int(rtt), raw=line
+                kind=kind,
+                address=responder,
+                ip_version=4 if family == "ip-4" else 6,
+                rtt_us=int(rtt),
+                raw=line,
             )
     arguments = words[2:]
     if kind in (ReplyKind.FEATURE_SUPPORT, ReplyKind.INVALID_ARGUMENT):
