@@ -15,7 +15,7 @@ from collections.abc import Callable
 import attrs
 from twisted.logger import Logger
 
-from service.trace import Hop, Trace, TraceStatus
+from service.trace import Hop, LiveHop, Trace, TraceStatus
 
 
 @attrs.frozen
@@ -38,7 +38,7 @@ class TraceChannel:
     status: TraceStatus
     _next_id: int = 1
     _status_id: int = 0
-    _hops: dict[int, tuple[int, Hop]] = attrs.field(factory=dict)
+    _hops: dict[int, tuple[int, LiveHop]] = attrs.field(factory=dict)
     _final: tuple[int, Callable[[], Trace]] | None = None
     _subscribers: list[Subscriber] = attrs.field(factory=list)
 
@@ -57,7 +57,7 @@ class TraceChannel:
 
     def current_hops(self) -> tuple[Hop, ...]:
         """The latest figures of every hop published so far, by TTL (none once done)."""
-        return tuple(hop for _, (_, hop) in sorted(self._hops.items()))
+        return tuple(hop.snapshot() for _, (_, hop) in sorted(self._hops.items()))
 
     def publish_status(self, status: TraceStatus) -> None:
         """The trace changed state."""
@@ -65,13 +65,17 @@ class TraceChannel:
         self._status_id = self._take_id()
         self._send(Event(self._status_id, "status", status))
 
-    def publish_hop(self, hop: Hop) -> None:
-        """A hop's figures changed."""
+    def publish_hop(self, hop: LiveHop) -> None:
+        """A hop's figures changed.
+
+        A live hop is kept as it is and turned into a value only when a subscriber,
+        a replay or :meth:`current_hops` needs it: most traces are polled, not followed.
+        """
         event_id = self._next_id
         self._next_id += 1
         self._hops[hop.ttl] = (event_id, hop)
-        if self._subscribers:  # most traces are polled, not followed: no event to build
-            self._send(Event(event_id, "hop", hop))
+        if self._subscribers:
+            self._send(Event(event_id, "hop", hop.snapshot()))
 
     def publish_done(self, trace: Trace, later: Callable[[], Trace] | None = None) -> None:
         """The trace ended: send the final resource, then let every subscriber go.
@@ -92,7 +96,7 @@ class TraceChannel:
             final_id, final = self._final
             return [Event(final_id, "done", final())] if final_id > floor else []
         events = [Event(self._status_id, "status", self.status)]
-        events += [Event(i, "hop", hop) for i, hop in self._hops.values()]
+        events += [Event(i, "hop", hop.snapshot()) for i, hop in self._hops.values()]
         return sorted((e for e in events if e.id > floor), key=lambda e: e.id)
 
     def subscribe(self, subscriber: Subscriber, after: int | None = None) -> Callable[[], None]:

@@ -122,7 +122,7 @@ class TraceJobs:
             record.trace.request,
             queued=record.trace,
             on_update=updated,
-            on_hop=record.channel.publish_hop,
+            on_live_hop=record.channel.publish_hop,
         )
         self._running[record.trace.id] = running
         running.addCallback(self._ended, record)

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from service.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from service.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from service.stats import HopAccumulator
-from service.trace import DEFAULT_PORTS, Hop, HopEnd, TraceError, TraceRequest
+from service.trace import DEFAULT_PORTS, Hop, HopEnd, LiveHop, TraceError, TraceRequest
 
 DEFAULT_MAX_UNKNOWN = 5
 
@@ -109,7 +109,7 @@ class TraceRun:
         request: TraceRequest,
         address: str,
         ip_version: int,
-        on_hop: Callable[[Hop], None] = lambda _: None,
+        on_hop: Callable[[LiveHop], None] = lambda _: None,
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
@@ -242,7 +242,7 @@ class TraceRun:
             # may move. (Later answers at a TTL that already answered cannot move it.)
             self._known_limit = None
         if ttl <= self._limit():
-            self._on_hop(hop.snapshot())
+            self._on_hop(hop)
 
     def _note_end(self, ttl: int, end: HopEnd | None) -> None:
         if end is HopEnd.DESTINATION:
@@ -258,7 +258,7 @@ class TraceRun:
             self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
             self._hops[ttl].record_lost()
             self._known_limit = None
-            self._on_hop(self._hops[ttl].snapshot())
+            self._on_hop(self._hops[ttl])
             return
         if isinstance(failure.value, ProbeFailed):
             self._finish(error=TraceError("engine-unavailable", failure.getErrorMessage()))

@@ -49,6 +49,7 @@ class HopAccumulator:
     _jitter_last_us: int = attrs.field(default=0, init=False)
     _jitter_max_us: int = attrs.field(default=0, init=False)
     _jitter_avg_ms: float = attrs.field(default=0.0, init=False)
+    _snapshot: Hop | None = attrs.field(default=None, init=False)  # until the next change
 
     @property
     def sent(self) -> int:
@@ -68,6 +69,7 @@ class HopAccumulator:
     def record_sent(self) -> None:
         """Count a probe sent at this TTL."""
         self._sent += 1
+        self._snapshot = None
 
     def record_reply(
         self,
@@ -83,6 +85,7 @@ class HopAccumulator:
         to answer.
         """
         self._check_outstanding("reply")
+        self._snapshot = None
         self._received += 1
         n = self._received
 
@@ -114,10 +117,16 @@ class HopAccumulator:
     def record_lost(self) -> None:
         """Count a probe whose wait is over with no answer. Raises ValueError if none is out."""
         self._check_outstanding("loss")
+        self._snapshot = None
         self._lost += 1
 
     def snapshot(self) -> Hop:
-        """The hop as a frozen value, figures in milliseconds."""
+        """The hop as a frozen value, figures in milliseconds (made once per change)."""
+        if self._snapshot is None:
+            self._snapshot = self._make_snapshot()
+        return self._snapshot
+
+    def _make_snapshot(self) -> Hop:
         return Hop(
             ttl=self.ttl,
             responders=tuple(self._responders.values()),

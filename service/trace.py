@@ -8,6 +8,7 @@ clock; they become RFC 3339 only at the HTTP edge.
 from __future__ import annotations
 
 import enum
+from typing import Protocol as TypingProtocol
 
 import attrs
 
@@ -103,6 +104,25 @@ class Hop:
         """Share of the probes whose wait is over that got no answer, in percent."""
         done = self.received + self.lost
         return 0.0 if done == 0 else 100.0 * self.lost / done
+
+    def snapshot(self) -> Hop:
+        """A hop value is its own snapshot (see :class:`LiveHop`)."""
+        return self
+
+
+class LiveHop(TypingProtocol):
+    """A hop whose figures may still change: a :class:`Hop` value, or the running
+    figures of a trace in progress (``service.stats.HopAccumulator``), which are
+    turned into a value only when someone asks."""
+
+    @property
+    def ttl(self) -> int:
+        """The TTL the hop is at."""
+        ...
+
+    def snapshot(self) -> Hop:
+        """The figures now, as a value."""
+        ...
 
 
 @attrs.frozen

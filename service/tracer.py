@@ -24,6 +24,7 @@ from service.resolve import ResolutionFailed, TargetResolver
 from service.runner import Prober, RunSettings, TraceRun
 from service.trace import (
     Hop,
+    LiveHop,
     Trace,
     TraceError,
     TraceRequest,
@@ -39,6 +40,21 @@ LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledge
 def new_trace_id() -> str:
     """An unguessable trace id (128 random bits, URL-safe)."""
     return secrets.token_urlsafe(16)
+
+
+def _hop_listener(
+    on_hop: Callable[[Hop], None] | None, on_live_hop: Callable[[LiveHop], None] | None
+) -> Callable[[LiveHop], None]:
+    if on_hop is None:
+        return on_live_hop or (lambda _: None)
+    if on_live_hop is None:
+        return lambda live: on_hop(live.snapshot())
+
+    def both(live: LiveHop) -> None:
+        on_live_hop(live)
+        on_hop(live.snapshot())
+
+    return both
 
 
 class Tracer:
@@ -78,15 +94,19 @@ class Tracer:
         *,
         queued: Trace | None = None,
         on_update: Callable[[Trace], None] = lambda _: None,
-        on_hop: Callable[[Hop], None] = lambda _: None,
+        on_hop: Callable[[Hop], None] | None = None,
+        on_live_hop: Callable[[LiveHop], None] | None = None,
     ) -> Deferred[Trace]:
         """Run one trace; fire with its final snapshot (never fails).
 
         ``on_update`` gets the snapshot when it starts running and again once its
-        target is resolved; ``on_hop`` gets every hop update.
+        target is resolved; ``on_hop`` gets every hop update as a value. ``on_live_hop``
+        gets the same updates as live hops, to snapshot only if and when it needs
+        the figures (the service keeps them so: most traces are polled, not followed).
         """
+        hop_changed = _hop_listener(on_hop, on_live_hop)
         return Deferred.fromCoroutine(
-            self._trace(queued or self.new(request), on_update=on_update, on_hop=on_hop)
+            self._trace(queued or self.new(request), on_update=on_update, on_hop=hop_changed)
         )
 
     def cancelled(self, trace: Trace) -> Trace:
@@ -102,7 +122,7 @@ class Tracer:
         trace: Trace,
         *,
         on_update: Callable[[Trace], None],
-        on_hop: Callable[[Hop], None],
+        on_hop: Callable[[LiveHop], None],
     ) -> Trace:
         trace = attrs.evolve(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
         on_update(trace)

@@ -94,3 +94,31 @@ def test_a_failing_subscriber_is_dropped_without_hurting_others() -> None:
     channel.publish_hop(Hop(ttl=1))
     assert len(seen) == 1
     assert channel.subscribers == 1
+
+
+class _CountedHop:
+    """A live hop that counts how often its figures were turned into a value."""
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+        self.sent = 0
+        self.snapshots = 0
+
+    def snapshot(self) -> Hop:
+        self.snapshots += 1
+        return Hop(ttl=self.ttl, sent=self.sent)
+
+
+def test_live_hops_are_snapshotted_only_when_someone_looks() -> None:
+    """Without subscribers a live hop is only kept; a reader sees its latest figures."""
+    channel = TraceChannel(TraceStatus.RUNNING)
+    live = _CountedHop(3)
+    for sent in range(1, 4):
+        live.sent = sent
+        channel.publish_hop(live)
+    assert live.snapshots == 0
+    assert channel.current_hops() == (Hop(ttl=3, sent=3),)
+    seen: list[Event] = []
+    channel.subscribe(seen.append, after=channel.last_id)
+    channel.publish_hop(live)
+    assert [(e.kind, e.value) for e in seen] == [("hop", Hop(ttl=3, sent=3))]

@@ -1,0 +1,38 @@
+"""The library entry point: a trace end to end over a fake network, hops as values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from service.trace import Hop, LiveHop, Trace, TraceRequest, TraceStatus
+from service.tracer import Tracer
+from tests.fakes import FakeNetwork
+from tests.test_http import StaticResolver
+
+ROUTERS = ["198.51.100.1", "198.51.100.6"]
+
+
+def test_library_callers_get_hop_values_and_the_service_gets_live_hops() -> None:
+    """``on_hop`` gets frozen values (safe to keep); ``on_live_hop`` the live figures."""
+    clock = Clock()
+    tracer = Tracer(clock, FakeNetwork(clock, ROUTERS), StaticResolver())  # type: ignore[arg-type]
+    values: list[Hop] = []
+    live: list[LiveHop] = []
+    done: list[Any] = []
+    d = tracer.trace(
+        TraceRequest("203.0.113.7", probes=2, interval=0.0, max_ttl=4),
+        on_hop=values.append,
+        on_live_hop=live.append,
+    )
+    d.addCallback(done.append)
+    clock.pump([0.01] * 10)
+    trace = done[0]
+    assert isinstance(trace, Trace)
+    assert trace.status is TraceStatus.COMPLETED
+    assert len(values) == len(live) > 0
+    assert all(isinstance(v, Hop) for v in values)
+    first_ttl3 = next(v for v in values if v.ttl == 3)
+    assert first_ttl3.received == 1  # a value keeps the figures of its moment
+    assert next(h for h in trace.hops if h.ttl == 3).received == 2
