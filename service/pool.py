@@ -54,6 +54,7 @@ class PoolConfig:
     source_ipv6: str | None = None
     max_outstanding: int = 900
     max_tcp_outstanding: int = 256
+    spread_above: int = 128
     grace: float = 2.0
     queue_timeout: float = 30.0
     start_timeout: float = 5.0
@@ -71,6 +72,8 @@ class PoolConfig:
             raise ValueError(f"max_outstanding must be 1..{MTR_PACKET_PROBE_LIMIT - 1}")
         if self.max_tcp_outstanding < 1:
             raise ValueError("max_tcp_outstanding must be at least 1")
+        if self.spread_above < 0:
+            raise ValueError("spread_above must be at least 0")
 
 
 @attrs.define(eq=False)
@@ -394,19 +397,31 @@ class ProbePool:
         self._queue.extendleft(reversed(waiting))
 
     def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
+        """The process for the next probe: the first (in slot order) that holds fewer
+        than ``spread_above`` probes, else the least loaded one with room.
+
+        Packing rather than spreading: every process's raw socket sees every ICMP reply
+        anyway, so a second busy process only adds wake-ups and pipe writes; and the
+        first slot's band starts where a new process starts counting, so its
+        replacements burn almost nothing (see :mod:`service.sequence`).
+        """
         best: MtrPacketProcess | None = None
+        config = self.config
         for slot in self._slots:
             worker = slot.active
             if worker is None or not slot.ready:
                 continue
-            if len(worker.pending) >= self.config.max_outstanding:
+            held = len(worker.pending)
+            if held >= config.max_outstanding:
                 continue
             if (
                 request.protocol is Protocol.TCP
-                and worker.tcp_outstanding >= self.config.max_tcp_outstanding
+                and worker.tcp_outstanding >= config.max_tcp_outstanding
             ):
                 continue
-            if best is None or len(worker.pending) < len(best.pending):
+            if held < config.spread_above:
+                return worker
+            if best is None or held < len(best.pending):
                 best = worker
         return best
 

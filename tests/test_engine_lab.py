@@ -32,7 +32,12 @@ PROTOCOLS = [Protocol.ICMP, Protocol.UDP, Protocol.TCP]
 
 @asynccontextmanager
 async def running_pool(lab: Lab, size: int = 2, **config: Any) -> AsyncIterator[ProbePool]:
-    """A pool whose mtr-packet runs in the lab's client namespace; always stopped after."""
+    """A pool whose mtr-packet runs in the lab's client namespace; always stopped after.
+
+    Probes are spread over every worker (spread_above 0) unless a test says otherwise:
+    these tests are about replies finding their probe across processes.
+    """
+    config.setdefault("spread_above", 0)
     pool = ProbePool(
         reactor, PoolConfig(size=size, command=(*lab.netns_exec("c"), "mtr-packet"), **config)
     )

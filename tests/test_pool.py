@@ -17,7 +17,7 @@ from service.pool import PoolConfig, ProbePool
 from service.probe import ProbeReply, ProbeRequest, ReplyKind
 from tests.fakes import FakeProcessReactor, FakeProcessTransport
 
-CONFIG = PoolConfig(size=2, command=("true",))
+CONFIG = PoolConfig(size=2, command=("true",), spread_above=0)  # spread: both work
 
 
 def started_pool(
@@ -106,11 +106,28 @@ def test_probe_gets_its_reply() -> None:
 
 
 def test_probes_spread_over_processes() -> None:
-    """Probes go to the least-loaded process."""
+    """With spread_above 0, probes go to the least-loaded process."""
     pool, reactor = started_pool()
     for _ in range(4):
         pool.probe(ProbeRequest("203.0.113.7"))
     assert [len(t.probe_lines()) for t in reactor.spawned] == [2, 2]
+
+
+def test_probes_pack_into_the_first_process_until_it_holds_spread_above() -> None:
+    """Each process in turn takes probes until it holds ``spread_above``; beyond that
+    they go to the least loaded; and the first takes them again once it has room."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, spread_above=3))
+    for _ in range(3):
+        pool.probe(ProbeRequest("203.0.113.7"))
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [3, 0]
+    for _ in range(4):
+        pool.probe(ProbeRequest("203.0.113.7"))
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [4, 3]
+    first = reactor.spawned[0]
+    for index in range(3):
+        reply(first, index, "no-reply")
+    pool.probe(ProbeRequest("203.0.113.7"))  # the first holds 1 again: it takes the next
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [5, 3]
 
 
 def test_each_slot_counts_in_its_own_band() -> None:
