@@ -248,6 +248,10 @@ class ProbePool:
         if slot is not None:
             slot.start_failed = False
             slot.last_error = None
+            # Move the counter to the band now, while nothing waits on this process,
+            # rather than with its first probe (a band far up the ring is thousands
+            # of burns).
+            worker.burn(slot.band.start - worker.next_sequence)
         if self._first_ready is not None and not self._first_ready.called:
             self._first_ready.callback(None)
         self._pump()

@@ -17,8 +17,8 @@ process or in two -- share a sequence number, or when a udp probe's fixed port
 equals another probe's sequence. The pool rules both out:
 
 1. **Bands.** The sequence ring is cut into one band per pool slot. A process
-   starts at ``low`` and is moved to its slot's band by *burning* sequence
-   numbers: a ``send-probe`` with an address mtr-packet cannot decode allocates
+   starts at ``low`` and, as soon as it is ready, is moved to its slot's band by
+   *burning* sequence numbers: a ``send-probe`` with an address mtr-packet cannot decode allocates
    a sequence and fails before sending anything (measured: 20,000 burns take
    under 10 ms). Processes of different slots therefore count in disjoint
    ranges.

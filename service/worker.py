@@ -27,6 +27,7 @@ from service.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from service.sequence import SequenceSpace
 
 MAX_LINE = 4096
+_BURN_REPLY = f"{CONTROL_TOKEN} invalid-argument"
 STDERR_LINES_KEPT = 5
 
 # Replies after which the mirror of the process's sequence counter may be off:
@@ -164,6 +165,13 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.transport.write(BURN_COMMAND * burns + format_probe(token, request))
         return pending
 
+    def burn(self, count: int) -> None:
+        """Advance mtr-packet's sequence counter by ``count`` without sending anything."""
+        if count <= 0 or self.transport is None or self.exited:
+            return
+        self.next_sequence += count
+        self.transport.write(BURN_COMMAND * count)
+
     def retire(self) -> None:
         """Take no more probes; mtr-packet finishes the ones it holds, then exits."""
         if self.retiring:
@@ -233,6 +241,8 @@ class MtrPacketProcess(protocol.ProcessProtocol):
     # -- replies --------------------------------------------------------------
 
     def _line_received(self, line: str) -> None:
+        if line == _BURN_REPLY and self.version is not None:
+            return  # a burn did what it is for: a sequence number went by
         token, reply = parse_reply(line)
         if token == CONTROL_TOKEN:
             self._control_reply(reply)

@@ -142,6 +142,21 @@ def test_each_slot_counts_in_its_own_band() -> None:
     assert first[0] == 33434  # 0.95 counts from 33000: 434 burned
 
 
+def test_a_ready_process_is_burned_to_its_band_before_any_probe() -> None:
+    """The burns happen when a process is ready, not on the way of its first probe;
+    and the burn replies are not mistaken for anything."""
+    pool, reactor = started_pool()
+    bands = [slot.band for slot in pool._slots]
+    assert [t.burns() for t in reactor.spawned] == [b.start - 33000 for b in bands]
+    assert all(not t.probe_lines() for t in reactor.spawned)
+    for transport in reactor.spawned:
+        transport.feed("1 invalid-argument\n" * transport.burns())
+    assert pool.ready_workers == 2
+    pool.probe(ProbeRequest("203.0.113.7"))
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert [sequences(t) for t in reactor.spawned] == [[b.start] for b in bands]
+
+
 def test_udp_probe_waits_while_its_fixed_port_is_an_outstanding_sequence() -> None:
     """A udp probe whose port equals a held sequence waits until that probe ends."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
