@@ -45,8 +45,13 @@ def log_access(record: AccessRecord) -> None:
     _request_log.info("{method} {path} {status} {duration_ms:.1f} ms", **attrs.asdict(record))
 
 
+_KNOWN_ROUTES = frozenset({"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"})
+
+
 def route_of(path: str) -> str:
     """The route template a path belongs to, for metrics labels (bounded cardinality)."""
+    if path in _KNOWN_ROUTES:
+        return path
     parts = path.split("?", maxsplit=1)[0].rstrip("/").split("/")
     if len(parts) >= 3 and parts[1] == "traces":
         return (
@@ -54,9 +59,8 @@ def route_of(path: str) -> str:
             if parts[3:] == ["events"]
             else ("/traces/{id}" if len(parts) == 3 else "other")
         )
-    known = {"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
     joined = "/".join(parts) or "/"
-    return joined if joined in known else "other"
+    return joined if joined in _KNOWN_ROUTES else "other"
 
 
 class Edge(Resource):
@@ -81,8 +85,10 @@ class Edge(Resource):
         """Time the request, then let Klein answer it."""
         started = self._clock.seconds()
         request.notifyFinish().addBoth(self._finished, request, started)
+        path = request.path
         try:
-            unquote_to_bytes(request.path).decode("utf-8")
+            if b"%" in path or not path.isascii():
+                unquote_to_bytes(path).decode("utf-8")
         except UnicodeDecodeError:
             # Klein would answer this with a bare text/plain 400.
             request.setResponseCode(400)

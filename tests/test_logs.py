@@ -95,3 +95,16 @@ def test_access_lines_of_one_reactor_turn_are_flushed_together() -> None:
     clock.advance(0)
     assert stream.flushes == 2
     assert stream.getvalue().count("\n") == 51
+
+
+def test_access_json_line_is_what_json_dumps_writes() -> None:
+    """The hand-assembled line is byte for byte json.dumps of the same fields, even for
+    paths with quotes, backslashes, control and non-ASCII characters."""
+    stream = io.StringIO()
+    path = '/traces/"x\\y\x01\u00e9\U0001f600'
+    access_writer(stream, "json")(AccessRecord("GET", path, 404, 0.1234567, None, True))
+    line = stream.getvalue().rstrip("\n")
+    fields = json.loads(line)
+    assert fields["path"] == path
+    assert (fields["trace_id"], fields["client_gone"], fields["duration_ms"]) == (None, True, 0.123)
+    assert line == json.dumps(fields)
