@@ -2,9 +2,10 @@
 
 mtrd (lab mtr-packet) gets ``stored`` completed traces (icmp, 3 probes, max_ttl 8: 4 hops);
 ``wrk`` (Debian's, 1 thread, ``connections`` keep-alive connections, ``seconds`` long) then
-GETs one of them. The same wrk run is pointed at ``bench.klein_min``: one Klein route with a
-fixed small JSON body on a plain Site. Both servers are single Python processes; wrk takes
-the other core. Without wrk a small asyncio client stands in (and says so).
+GETs one of them. The same wrk run is pointed at ``bench.klein_min``: one Klein route on a
+plain Site answering with the same bytes (the trace as mtrd served it), so the ratio is
+mtrd's own per-request work, not the size of what is sent. Both servers are single Python
+processes; wrk takes the other core. Without wrk a small asyncio client stands in (and says so).
 """
 
 from __future__ import annotations
@@ -96,13 +97,16 @@ def run(
         asyncio.run(wait_idle(server, 60))
         trace_id = posted["ids"][0]
         path = f"/traces/{trace_id}"
-        size = len(asyncio.run(_get(server, path)))
+        body = asyncio.run(_get(server, path))
+        size = len(body)
+        body_file = RESULTS / ".klein_min.body"
+        body_file.write_bytes(body)
         with Profiler(server.pid, RESULTS / ".http.pyspy", enabled=profile) as profiler:
             mtrd_load = load(server.port, path, seconds, connections)
     port = free_port()
     log = (RESULTS / ".klein_min.log").open("wb")
     klein = subprocess.Popen(
-        [sys.executable, "-m", "bench.klein_min", str(port)],
+        [sys.executable, "-m", "bench.klein_min", str(port), str(body_file)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

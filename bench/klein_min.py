@@ -1,6 +1,8 @@
-"""The baseline for figure 6: a minimal Klein app with one route returning fixed small JSON.
+"""The baseline for figure 6: a minimal Klein app with one route returning fixed JSON.
 
-Run as ``python -m bench.klein_min PORT``; it serves on 127.0.0.1 with a plain ``Site``.
+Run as ``python -m bench.klein_min PORT [BODY_FILE]``; it serves on 127.0.0.1 with a plain
+``Site``. With ``BODY_FILE`` the route answers with those bytes (the bench passes the very
+trace mtrd served, so both send the same body); without, with a small fixed object.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def ready(request: Any) -> bytes:  # noqa: ARG001
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "rb") as body_file:
+            BODY = body_file.read()
     site = Site(app.resource())
     site.noisy = False
     site.log = lambda _request: None  # type: ignore[method-assign]  # as mtrd: no access log

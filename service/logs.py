@@ -68,14 +68,18 @@ def _stamp(now: float) -> str:
     return f"{_second[1]}.{int((now - whole) * 1000):03d}+00:00"
 
 
+ACCESS_FLUSH_DELAY = 0.05
+
+
 def access_writer(
     stream: IO[str], log_format: str, clock: IReactorTime | None = None
 ) -> Callable[[AccessRecord], None]:
     """A fast writer of access-log lines, bypassing the logger's formatting machinery.
 
     It writes what :func:`observer` would write for the same event (one line each).
-    Without a ``clock`` each line is flushed as it is written; with one, the lines of
-    one reactor turn are flushed together at its end (one write for many requests).
+    Without a ``clock`` each line is flushed as it is written; with one, lines are
+    flushed together at most ``ACCESS_FLUSH_DELAY`` after the first of them (one write
+    for many requests rather than a write, and a timer, per request).
     """
     if log_format not in ("json", "text"):
         raise ValueError(f"unknown log format {log_format!r}: json or text")
@@ -104,6 +108,6 @@ def access_writer(
         if clock is None:
             stream.flush()
         elif not flush_due:
-            flush_due.append(clock.callLater(0, flush))
+            flush_due.append(clock.callLater(ACCESS_FLUSH_DELAY, flush))
 
     return write
