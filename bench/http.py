@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -89,43 +90,72 @@ async def _python_load(port: int, path: str, seconds: float, connections: int) -
 
 
 def run(
-    lab: Any, stored: int, seconds: float, connections: int = 16, profile: bool = False
+    lab: Any,
+    stored: int,
+    seconds: float,
+    *,
+    connections: int = 16,
+    profile: bool = False,
+    rounds: int = 5,
 ) -> dict[str, Any]:
+    """Both servers run side by side; wrk loads them in turn, ``rounds`` times each
+    (``seconds`` split between the rounds), so a neighbour's noise on this shared
+    machine hits both alike. The ratio is the median of the rounds' ratios."""
     targets = list(lab.targets(4)[:50])
+    per_round = max(1.0, seconds / rounds)
     with mtrd(lab.netns_exec("c"), "http", "--max-running", "200") as server:
         posted = asyncio.run(submit(server, targets, stored, 4))
         asyncio.run(wait_idle(server, 60))
         trace_id = posted["ids"][0]
         path = f"/traces/{trace_id}"
         body = asyncio.run(_get(server, path))
-        size = len(body)
         body_file = RESULTS / ".klein_min.body"
         body_file.write_bytes(body)
-        with Profiler(server.pid, RESULTS / ".http.pyspy", enabled=profile) as profiler:
-            mtrd_load = load(server.port, path, seconds, connections)
-    port = free_port()
-    log = (RESULTS / ".klein_min.log").open("wb")
-    klein = subprocess.Popen(
-        [sys.executable, "-m", "bench.klein_min", str(port), str(body_file)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_ready(Server(f"http://127.0.0.1:{port}", port, klein, RESULTS / ".klein_min.log"))
-        baseline_size = len(asyncio.run(_get_port(port, "/traces/x")))
-        baseline = load(port, "/traces/x", seconds, connections)
-    finally:
-        stop(klein)
-        log.close()
+        port = free_port()
+        log = (RESULTS / ".klein_min.log").open("wb")
+        klein = subprocess.Popen(
+            [sys.executable, "-m", "bench.klein_min", str(port), str(body_file)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_ready(Server(f"http://127.0.0.1:{port}", port, klein, RESULTS / ".klein_min.log"))
+            baseline_size = len(asyncio.run(_get_port(port, "/traces/x")))
+            mtrd_runs, klein_runs = [], []
+            with Profiler(server.pid, RESULTS / ".http.pyspy", enabled=profile) as profiler:
+                for _ in range(rounds):
+                    mtrd_runs.append(load(server.port, path, per_round, connections))
+                    klein_runs.append(load(port, "/traces/x", per_round, connections))
+        finally:
+            stop(klein)
+            log.close()
+    ratios = [
+        m["requests_per_s"] / k["requests_per_s"]
+        for m, k in zip(mtrd_runs, klein_runs, strict=True)
+    ]
     return {
         "stored": stored,
         "seconds": seconds,
+        "rounds": rounds,
         "connections": connections,
-        "mtrd": {**mtrd_load, "body_bytes": size},
-        "klein_min": {**baseline, "body_bytes": baseline_size},
-        "ratio": mtrd_load["requests_per_s"] / baseline["requests_per_s"],
+        "mtrd": _summary(mtrd_runs, len(body)),
+        "klein_min": _summary(klein_runs, baseline_size),
+        "round_ratios": [round(r, 3) for r in ratios],
+        "ratio": statistics.median(ratios),
         "profile": profiler.top() if profile else None,
+    }
+
+
+def _summary(runs: list[dict[str, Any]], body_bytes: int) -> dict[str, Any]:
+    rates = [r["requests_per_s"] for r in runs]
+    return {
+        "tool": runs[0]["tool"],
+        "requests_per_s": statistics.median(rates),
+        "rounds_requests_per_s": rates,
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "p50_latency": [r.get("p50_latency") for r in runs],
+        "body_bytes": body_bytes,
     }
 
 

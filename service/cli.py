@@ -129,9 +129,8 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
-    site = QuietSite(
-        Edge(resource, reactor, metrics, access_writer(sys.stdout, config.log_format, reactor))
-    )
+    access_log = access_writer(sys.stdout, config.log_format, reactor)
+    site = QuietSite(Edge(resource, reactor, metrics, access_log))
     if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
         log.warn(
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
@@ -156,6 +155,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         await jobs.drain(reactor, config.shutdown_grace)
         await listening.stopListening()
         await pool.stop()
+        access_log.flush()
         log.info("mtrd stopped")
         done.callback(None)
 

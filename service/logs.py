@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import IO, Any
@@ -69,29 +68,34 @@ def _stamp(now: float) -> str:
 
 
 ACCESS_FLUSH_DELAY = 0.05
+ACCESS_MAX_PENDING = 512
 
 
-def access_writer(
-    stream: IO[str], log_format: str, clock: IReactorTime | None = None
-) -> Callable[[AccessRecord], None]:
+class AccessLog:
     """A fast writer of access-log lines, bypassing the logger's formatting machinery.
 
     It writes what :func:`observer` would write for the same event (one line each).
-    Without a ``clock`` each line is flushed as it is written; with one, lines are
-    flushed together at most ``ACCESS_FLUSH_DELAY`` after the first of them (one write
-    for many requests rather than a write, and a timer, per request).
+    Without a ``clock`` each line is written and flushed at once. With one, whole lines
+    are held and written together in one call at most ``ACCESS_FLUSH_DELAY`` after the
+    first of them (or once ``ACCESS_MAX_PENDING`` wait): a write per request is a system
+    call per request when stdout is unbuffered (``PYTHONUNBUFFERED``, usual in
+    containers), which cost ~15% of a GET. Lines are never split, so they cannot
+    interleave with other log lines; :meth:`flush` writes what waits (at shutdown).
     """
-    if log_format not in ("json", "text"):
-        raise ValueError(f"unknown log format {log_format!r}: json or text")
-    flush_due: list[IDelayedCall] = []
 
-    def flush() -> None:
-        flush_due.clear()
-        stream.flush()
+    def __init__(self, stream: IO[str], log_format: str, clock: IReactorTime | None = None) -> None:
+        if log_format not in ("json", "text"):
+            raise ValueError(f"unknown log format {log_format!r}: json or text")
+        self._stream = stream
+        self._json = log_format == "json"
+        self._clock = clock
+        self._pending: list[str] = []
+        self._flush_due: IDelayedCall | None = None
 
-    def write(record: AccessRecord) -> None:
+    def __call__(self, record: AccessRecord) -> None:
+        """Write (or hold) the line of one request."""
         stamp = _stamp(time.time())
-        if log_format == "json":
+        if self._json:
             # The same object json.dumps would write, assembled directly: this runs for
             # every request, and only the strings from the request need escaping.
             trace_id = "null" if record.trace_id is None else _quote(record.trace_id)
@@ -100,14 +104,32 @@ def access_writer(
                 f'"message": {_quote(record.message)}, "method": {_quote(record.method)}, '
                 f'"path": {_quote(record.path)}, "status": {record.status:d}, '
                 f'"duration_ms": {round(record.duration_ms, 3)!r}, "trace_id": {trace_id}, '
-                f'"client_gone": {"true" if record.client_gone else "false"}}}'
+                f'"client_gone": {"true" if record.client_gone else "false"}}}\n'
             )
         else:
-            line = f"{stamp} [mtrd.http#info] {record.message}"
-        stream.write(line + "\n")
-        if clock is None:
-            stream.flush()
-        elif not flush_due:
-            flush_due.append(clock.callLater(ACCESS_FLUSH_DELAY, flush))
+            line = f"{stamp} [mtrd.http#info] {record.message}\n"
+        if self._clock is None:
+            self._stream.write(line)
+            self._stream.flush()
+            return
+        self._pending.append(line)
+        if len(self._pending) >= ACCESS_MAX_PENDING:
+            self.flush()
+        elif self._flush_due is None:
+            self._flush_due = self._clock.callLater(ACCESS_FLUSH_DELAY, self.flush)
 
-    return write
+    def flush(self) -> None:
+        """Write every held line now."""
+        if self._flush_due is not None and self._flush_due.active():
+            self._flush_due.cancel()
+        self._flush_due = None
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._stream.write(text)
+        self._stream.flush()
+
+
+def access_writer(stream: IO[str], log_format: str, clock: IReactorTime | None = None) -> AccessLog:
+    """An :class:`AccessLog` on ``stream``."""
+    return AccessLog(stream, log_format, clock)

@@ -11,7 +11,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from service.edge import AccessRecord
-from service.logs import ACCESS_FLUSH_DELAY, access_writer, observer
+from service.logs import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, access_writer, observer
 
 
 def emit(log_format: str) -> str:
@@ -111,3 +111,30 @@ def test_access_json_line_is_what_json_dumps_writes() -> None:
     assert fields["path"] == path
     assert (fields["trace_id"], fields["client_gone"], fields["duration_ms"]) == (None, True, 0.123)
     assert line == json.dumps(fields)
+
+
+def test_held_access_lines_are_written_whole_in_one_call() -> None:
+    """Held lines go out in one write of whole lines: when the delay is over, when
+    ACCESS_MAX_PENDING wait, and when flush() is called (at shutdown)."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    clock = Clock()
+    log = access_writer(Recording(), "text", clock)
+    record = AccessRecord("GET", "/healthz", 200, 0.1, None, False)
+    for _ in range(ACCESS_MAX_PENDING - 1):
+        log(record)
+    assert writes == []
+    log(record)  # the last one that may wait: all go now, without waiting for the timer
+    assert len(writes) == 1
+    assert writes[0].count("\n") == ACCESS_MAX_PENDING
+    assert writes[0].endswith("\n")
+    log(record)
+    log.flush()
+    assert [w.count("\n") for w in writes] == [ACCESS_MAX_PENDING, 1]
+    clock.advance(1)
+    assert len(writes) == 2  # the flush cancelled the timer: nothing more to write

@@ -157,3 +157,6 @@ async def test_sigterm_drains_cancels_after_grace_ends_streams_and_exits_0(
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert any(r["message"] == "mtrd stopped" for r in records)
     assert any(r.get("trace_id") == trace_id and r.get("method") == "POST" for r in records)
+    # Every request is in the access log, the last ones too (flushed at shutdown).
+    assert any(r.get("method") == "POST" and r.get("status") == 503 for r in records)
+    assert any(r.get("path") == "/readyz" and r.get("status") == 503 for r in records)
