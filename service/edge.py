@@ -84,27 +84,32 @@ class Edge(Resource):
     def render(self, request: Any) -> Any:
         """Time the request, then let Klein answer it."""
         started = self._clock.seconds()
-        request.notifyFinish().addBoth(self._finished, request, started)
         path = request.path
-        try:
-            if b"%" in path or not path.isascii():
-                unquote_to_bytes(path).decode("utf-8")
-        except UnicodeDecodeError:
+        if (b"%" in path or not path.isascii()) and not _is_utf8(unquote_to_bytes(path)):
             # Klein would answer this with a bare text/plain 400.
+            request.notifyFinish().addBoth(self._finished, request, started)
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"application/problem+json")
             problem = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
             return json.dumps(problem.body()).encode()
-        return self._inner.render(request)
+        result = self._inner.render(request)
+        if request.finished:
+            # Answered while rendering, as most requests are: no need to wait for the end.
+            self._record(request, started, client_gone=False)
+        else:
+            request.notifyFinish().addBoth(self._finished, request, started)
+        return result
 
     def _finished(self, result: object, request: Any, started: float) -> None:
+        self._record(request, started, client_gone=isinstance(result, Failure))
+
+    def _record(self, request: Any, started: float, *, client_gone: bool) -> None:
         duration = self._clock.seconds() - started
         path = request.path.decode("utf-8", "replace")
         method = request.method.decode("ascii", "replace")
         route = route_of(path)
         status = int(request.code)
-        parts = path.split("/")
-        trace_id = parts[2] if route.startswith("/traces/{id}") else None
+        trace_id = path.split("/", 3)[2] if route.startswith("/traces/{id}") else None
         if trace_id is None and status == 202:
             location = request.responseHeaders.getRawHeaders(b"location") or [b""]
             trace_id = location[0].decode().rsplit("/", 1)[-1] or None
@@ -117,6 +122,14 @@ class Edge(Resource):
                 status=status,
                 duration_ms=duration * 1000,
                 trace_id=trace_id,
-                client_gone=isinstance(result, Failure),
+                client_gone=client_gone,
             )
         )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
