@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from service.probe import ProbeReply, ProbeRequest
 from service.runner import Prober
@@ -184,15 +185,13 @@ class MeteredProber:
         """Send through the wrapped prober, counting the probe and its outcome."""
         self._metrics.probe_counted(request.protocol.value)
         result = self._prober.probe(request)
-        result.addCallbacks(self._replied, self._failed)
+        result.addBoth(self._settled)
         return result
 
-    def _replied(self, reply: ProbeReply) -> ProbeReply:
-        rtt = reply.rtt_us
-        self._metrics.outcome_counted(reply.kind.value, None if rtt is None else rtt / 1e6)
-        return reply
-
-    def _failed(self, failure: object) -> object:
-        name = type(getattr(failure, "value", failure)).__name__
-        self._metrics.outcome_counted(f"failed:{name}")
-        return failure
+    def _settled(self, outcome: ProbeReply | Failure) -> ProbeReply | Failure:
+        if isinstance(outcome, Failure):
+            self._metrics.outcome_counted(f"failed:{type(outcome.value).__name__}")
+        else:
+            rtt = outcome.rtt_us
+            self._metrics.outcome_counted(outcome.kind.value, None if rtt is None else rtt / 1e6)
+        return outcome

@@ -110,6 +110,11 @@ def _normalise_address(value: str) -> str:
         return value
 
 
+def _protocol(value: str) -> Protocol:
+    # Protocol(value) costs an Enum lookup even when value already is one.
+    return value if isinstance(value, Protocol) else Protocol(value)
+
+
 def _normalise_optional_address(value: str | None) -> str | None:
     return None if value is None else _normalise_address(value)
 
@@ -126,7 +131,7 @@ class ProbeRequest:
 
     target: str = attrs.field(converter=_normalise_address)
     ttl: int = 255
-    protocol: Protocol = attrs.field(default=Protocol.ICMP, converter=Protocol)
+    protocol: Protocol = attrs.field(default=Protocol.ICMP, converter=_protocol)
     port: int | None = None
     local_port: int | None = None
     source: str | None = attrs.field(default=None, converter=_normalise_optional_address)

@@ -131,6 +131,8 @@ class TraceRun:
         self._destination_ttl: int | None = None
         self._unreachable_ttl: int | None = None
         self._known_limit: int | None = None  # _limit() until the next answer or loss
+        self._last_answered = request.first_ttl - 1  # the highest TTL that answered
+        self._silent_losses = False  # whether a TTL that never answered lost a probe
         self._done: Deferred[RunOutcome] | None = None
         self._deadline: IDelayedCall | None = None
         self._sending = False
@@ -241,6 +243,10 @@ class TraceRun:
             # A first answer at this TTL, a loss at a silent one, or an end: the limit
             # may move. (Later answers at a TTL that already answered cannot move it.)
             self._known_limit = None
+            if hop.received:
+                self._last_answered = max(self._last_answered, ttl)
+            else:
+                self._silent_losses = True
         if ttl <= self._limit():
             self._on_hop(hop)
 
@@ -258,6 +264,7 @@ class TraceRun:
             self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
             self._hops[ttl].record_lost()
             self._known_limit = None
+            self._silent_losses = self._silent_losses or not self._hops[ttl].received
             self._on_hop(self._hops[ttl])
             return
         if isinstance(failure.value, ProbeFailed):
@@ -276,15 +283,14 @@ class TraceRun:
         for bound in (self._destination_ttl, self._unreachable_ttl):
             if bound is not None:
                 limit = min(limit, bound)
-        hops = self._hops
-        answered = [ttl for ttl, hop in hops.items() if hop.received]
-        last = max(answered, default=self._request.first_ttl - 1)
-        silent, ttl = 0, last + 1
-        while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
-            silent += 1
-            ttl += 1
-        if silent >= self._settings.max_unknown:
-            limit = min(limit, last + self._settings.max_unknown)
+        if self._silent_losses:
+            hops, last = self._hops, self._last_answered
+            silent, ttl = 0, last + 1
+            while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
+                silent += 1
+                ttl += 1
+            if silent >= self._settings.max_unknown:
+                limit = min(limit, last + self._settings.max_unknown)
         self._known_limit = limit
         return limit
 
