@@ -233,23 +233,28 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
 # What bounds each figure: from the py-spy profiles of the full run (bench/results/latest.json
 # keeps the top frames). Written by hand from that evidence; see the report.
 BOUNDS = {
-    "engine": "1 worker: the bare pipe itself (mtr-packet's select loop and raw socket); the "
-    "pool's Python work per probe (ledger, framing, Deferreds) costs the rest. 2 workers "
-    "are slower here: both raw sockets see every ICMP reply, and probes lost to the 1 s "
-    "no-reply wait end the run late",
-    "e2e": "one Python core: server CPU ~= wall time (~2 ms per trace: 1 POST, 24 probes, "
-    "hop updates, SSE/poll). py-spy self time is spread: codec.parse_reply ~8%, Deferred "
-    "callbacks ~7%, runner send/limit/settle ~5% each, twisted.web header parsing. Fixed "
-    "after the first profile: Retry-After scanned the store per POST (12%), per-probe "
-    "address parsing, metric label lookups. Reaching 1000/s needs more than one process",
+    "engine": "1 worker: mtr-packet itself (its select loop and raw socket); the pool's work "
+    "per probe (ledger, framing, one Deferred, a deadline heap instead of a timer per probe) "
+    "keeps up with it. 2 workers are slower here: both raw sockets see every ICMP reply, and "
+    "probes lost to the 1 s no-reply wait end the run late",
+    "e2e": "one Python core: server CPU ~= wall time (1 POST, 16 probes, 16 hop updates, one "
+    "final render per trace). py-spy self time: pipe and socket writes (~17%, a wake-up of "
+    "mtr-packet or the client per reactor turn; coalescing writes gained nothing measurable), "
+    "Deferred callbacks ~9%, the rest spread thin. Fixed on the way from 477/s: interval-0 "
+    "rounds overlapped (24 probes per trace, now 8+4+4), a Trace value rebuilt per reply (hops "
+    "now live in the channel and are snapshotted when read), prometheus_client's lock per "
+    "count, a timer per probe, the cycle collector every 700 allocations (now 50,000, "
+    "start-up objects frozen), probes spread over both workers (now packed into the first: "
+    "fewer wake-ups, burns off the hot path), an access-log write per request",
     "latency": "lab network ~0.2 ms; the rest is HTTP POST + SSE connect + reactor turns",
-    "sse": "one socket write per subscriber (untilConcludes ~36% self); each event is now "
+    "sse": "one socket write per subscriber (untilConcludes ~36% self); each event is "
     "encoded once for all subscribers (was 1000 encodes per event)",
     "memory": "finished traces are kept as their rendered JSON plus a slim snapshot (was "
     "26.8 KB as frozen values: Hop, RttStats, JitterStats, Responders, boxed floats)",
-    "http": "twisted.web's request machinery (header parsing, Request.process) and werkzeug "
-    "routing, shared with the baseline; mtrd adds the access-log line, request metrics and "
-    "ETag. Bodies are rendered once per change (was per GET); the ratio sits near 0.7",
+    "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
+    "mtrd adds per request the access-log line (held and written in batches: a write per "
+    "request to unbuffered stdout cost ~15%), request metrics, ETag and Vary headers. Single "
+    "runs on this shared machine vary by +-0.05, hence the median of interleaved rounds",
 }
 
 

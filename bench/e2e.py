@@ -1,7 +1,8 @@
 """Figure 2: traces per second end to end, and the server's CPU seconds per trace.
 
-``count`` traces (icmp to lab targets 4 hops away, 3 probes per hop, interval 0 so rounds
-go back to back, timeout 1, max_ttl 8) are POSTed over ``connections`` keep-alive
+``count`` traces (icmp to lab targets 4 hops away, 3 probes per hop, interval 0 so each
+round starts as soon as the previous one settled, timeout 1, max_ttl 8: 8 + 4 + 4 probes
+per trace) are POSTed over ``connections`` keep-alive
 connections as fast as mtrd answers; then GET /traces?status=queued|running is polled
 until nothing is active. The rate is ``count`` over the span from the first trace's
 ``created_at`` to the last one's ``finished_at`` (the server's own clock, ms precision).
