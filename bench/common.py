@@ -238,7 +238,7 @@ def rfc3339_seconds(text: str) -> float:
 class Profiler:
     """``py-spy record`` of a process while a block runs; ``top()`` gives the hottest frames."""
 
-    def __init__(self, pid: int, out: Path, enabled: bool = True) -> None:
+    def __init__(self, pid: int, out: Path, enabled: bool = True, rate: int = 100) -> None:
         self.pid = pid
         self.out = out
         py_spy = Path(sys.executable).parent / "py-spy"
@@ -253,7 +253,7 @@ class Profiler:
             "--output",
             str(out),
             "--rate",
-            os.environ.get("BENCH_PYSPY_RATE", "100"),
+            os.environ.get("BENCH_PYSPY_RATE", str(rate)),
             "--nonblocking",
         ]
         self._process: subprocess.Popen[bytes] | None = None
