@@ -22,6 +22,9 @@ from service.trace import (
     TraceTarget,
 )
 
+# One encoder for every render: json.dumps builds a new one per call when given options.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 
 def rfc3339(seconds: float | None) -> str | None:
     """An epoch time as RFC 3339 in UTC with milliseconds, e.g. 2026-11-22T21:00:00.123Z."""
@@ -162,7 +165,7 @@ def status_json(trace_id: str, status: TraceStatus) -> dict[str, Any]:
 
 def trace_bytes(trace: Trace) -> bytes:
     """The trace resource as compact JSON."""
-    return json.dumps(trace_json(trace), separators=(",", ":")).encode()
+    return _COMPACT.encode(trace_json(trace)).encode()
 
 
 def _optional(kind: type[Any], value: Any) -> Any:
