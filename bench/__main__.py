@@ -169,17 +169,24 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             "2a. end to end: traces/s (1000 x icmp, 3 probes/hop, 4 hops)"
             if x["traces"] >= 1000
             else f"2a. end to end: traces/s ({x['traces']} traces)",
-            f"{x['traces_per_s']:,.0f} traces/s ({x['statuses']})",
+            f"{x['traces_per_s']:,.0f} traces/s ({x['statuses']}; median of "
+            f"{x.get('rounds', 1)} batches: "
+            f"{', '.join(f'{v:,.0f}' for v in x.get('rounds_traces_per_s', [x['traces_per_s']]))})",
             ">= 1000",
             x["traces_per_s"] >= 1000,
             BOUNDS["e2e"],
         )
         row(
             "2b. end to end: server CPU per trace",
-            f"{x['cpu_s_per_trace'] * 1000:.2f} ms",
+            f"{x['cpu_s_per_trace'] * 1000:.2f} ms"
+            + (
+                f"; mtr-packet workers meanwhile {x['engine_cpu_share']:.2f} of a core"
+                if "engine_cpu_share" in x
+                else ""
+            ),
             "(report)",
             None,
-            "mtrd process utime+stime; mtr-packet children excluded",
+            "mtrd process utime+stime; the mtr-packet workers' own CPU is counted apart",
         )
     if "latency" in r:
         x = r["latency"]
@@ -237,10 +244,13 @@ BOUNDS = {
     "per probe (ledger, framing, one Deferred, a deadline heap instead of a timer per probe) "
     "keeps up with it. 2 workers are slower here: both raw sockets see every ICMP reply, and "
     "probes lost to the 1 s no-reply wait end the run late",
-    "e2e": "one Python core: server CPU ~= wall time (1 POST, 16 probes, 16 hop updates, one "
-    "final render per trace). py-spy self time: pipe and socket writes (~17%, a wake-up of "
-    "mtr-packet or the client per reactor turn; coalescing writes gained nothing measurable), "
-    "Deferred callbacks ~9%, the rest spread thin. Fixed on the way from 477/s: interval-0 "
+    "e2e": "one Python core: mtrd's CPU ~= wall time (1 POST, 16 probes, 16 hop updates, "
+    "one final render per trace); mtr-packet takes under half of the other core (2b), the "
+    "client a little. py-spy self time: socket and pipe writes, Deferred callbacks ~10% (a "
+    "Deferred per probe: a callback path inside the service is the next step), the rest "
+    "spread thin; coalescing writes to mtr-packet gained nothing measurable. The machine's "
+    "speed drifts by up to 20% between runs (0.8-1.35 ms CPU per trace for the same code), "
+    "hence the median of 3 batches. Fixed on the way from 477/s: interval-0 "
     "rounds overlapped (24 probes per trace, now 8+4+4), a Trace value rebuilt per reply (hops "
     "now live in the channel and are snapshotted when read), prometheus_client's lock per "
     "count, a timer per probe, probes spread over both workers (now packed into the first: "

@@ -50,6 +50,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """utime + stime of the children of ``pid`` (mtrd's mtr-packet workers): the live ones,
+    plus those that exited and were reaped (cutime + cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # it exited meanwhile
+    return total
+
+
 def raise_nofile(want: int) -> None:
     """Raise RLIMIT_NOFILE (soft) towards ``want`` for this process and its children."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
