@@ -5,13 +5,12 @@ Errors are collected per field, so one answer names every field at fault.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 import attrs
 
-from service.probe import Protocol
+from service.probe import Protocol, address_of
 from service.trace import DEFAULT_PORTS, TraceRequest
 
 MAX_TTL = 255
@@ -119,7 +118,7 @@ class _Reader:
             self.errors.append(("target", "scoped addresses (with a zone index) are not supported"))
             return target, ip_version
         try:
-            literal = ipaddress.ip_address(target)
+            literal = address_of(target)
         except ValueError:
             if not valid_hostname(target):
                 self.errors.append(("target", "must be an IPv4 or IPv6 address or a hostname"))

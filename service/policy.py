@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from service.probe import address_of
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NEVER: tuple[tuple[str, Network], ...] = (
@@ -63,7 +65,7 @@ class TargetPolicy:
 
     def check(self, address: str) -> None:
         """Raise :class:`TargetRefused` naming the rule unless ``address`` may be traced."""
-        ip = ipaddress.ip_address(address)
+        ip = address_of(address)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # ::ffff:a.b.c.d is judged as a.b.c.d
         for name, network in NEVER:

@@ -82,21 +82,22 @@ def _check_range(field: str, value: int | None, low: int, high: int) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Parse an address once: a trace sends many probes to one target from one source."""
+def address_of(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``ipaddress.ip_address``, each text parsed once: a trace's target is read at intake,
+    resolution and policy, and every probe names it and its source (raises ValueError)."""
     return ipaddress.ip_address(value)
 
 
 @functools.lru_cache(maxsize=4096)
 def _canonical(value: str) -> str:
-    return str(_ip(value))
+    return str(address_of(value))
 
 
 def _check_address(field: str, value: str | None, version: int) -> None:
     if value is None:
         return
     try:
-        address = _ip(value)
+        address = address_of(value)
     except ValueError:
         raise InvalidProbeRequest(field, f"not an IP address: {value!r}") from None
     if address.version != version:
@@ -142,7 +143,7 @@ class ProbeRequest:
 
     def __attrs_post_init__(self) -> None:
         try:
-            address = _ip(self.target)
+            address = address_of(self.target)
         except ValueError:
             raise InvalidProbeRequest("target", f"not an IP address: {self.target!r}") from None
         if self.ip_version == 0:

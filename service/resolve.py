@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IResolver
 from twisted.names import client, dns
 from twisted.names import error as dns_error
 
+from service.probe import address_of
+
 
 def dns_resolver(servers: Sequence[tuple[str, int]]) -> IResolver:
     """Twisted's resolver: only ``servers`` when given, else /etc/hosts and /etc/resolv.conf.
@@ -46,7 +48,7 @@ class Resolved:
 def literal(target: str) -> Resolved | None:
     """The target as an address when it is an IP literal, else None."""
     try:
-        address = ipaddress.ip_address(target)
+        address = address_of(target)
     except ValueError:
         return None
     return Resolved(str(address), address.version)
