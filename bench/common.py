@@ -267,7 +267,7 @@ class Profiler:
             "--output",
             str(out),
             "--rate",
-            os.environ.get("BENCH_PYSPY_RATE", str(rate)),
+            str(rate),
             "--nonblocking",
         ]
         self._process: subprocess.Popen[bytes] | None = None

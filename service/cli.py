@@ -20,7 +20,7 @@ from service.edge import Edge
 from service.errors import EngineStartError
 from service.http import Api
 from service.jobs import TraceJobs
-from service.logs import access_writer, observer
+from service.logs import AccessLog, observer
 from service.metrics import MeteredProber, Metrics, counter, gauge
 from service.pool import ProbePool
 from service.resolve import TargetResolver, dns_resolver
@@ -74,7 +74,7 @@ def _state_metrics(
     yield outstanding
 
 
-def _tune_gc() -> None:
+def _freeze_start_up() -> None:
     """Freeze what exists once the service is up (modules, the app) out of collections.
 
     Every collection then looks only at objects made since. Raising the young
@@ -125,7 +125,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
-    access_log = access_writer(sys.stdout, config.log_format, reactor)
+    access_log = AccessLog(sys.stdout, config.log_format, reactor)
     site = QuietSite(Edge(resource, reactor, metrics, access_log))
     if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
         log.warn(
@@ -136,7 +136,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )
     listening = await endpoint_type(reactor, config.port, interface=config.host).listen(site)
-    _tune_gc()
+    _freeze_start_up()
     log.info("mtrd listening on {host}:{port}", host=config.host, port=config.port)
     done: Deferred[None] = Deferred()
 

@@ -41,7 +41,7 @@ class AccessRecord:
 
 
 def log_access(record: AccessRecord) -> None:
-    """Send the record through Twisted's logger (the default; see logs.access_writer)."""
+    """Send the record through Twisted's logger (the default; see logs.AccessLog)."""
     _request_log.info("{method} {path} {status} {duration_ms:.1f} ms", **attrs.asdict(record))
 
 

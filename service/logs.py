@@ -128,8 +128,3 @@ class AccessLog:
             self._pending.clear()
             self._stream.write(text)
         self._stream.flush()
-
-
-def access_writer(stream: IO[str], log_format: str, clock: IReactorTime | None = None) -> AccessLog:
-    """An :class:`AccessLog` on ``stream``."""
-    return AccessLog(stream, log_format, clock)

@@ -126,8 +126,14 @@ class Metrics:
             HTTP_BUCKETS,
         )
         self._state: list[Callable[[], Iterable[Metric]]] = []
-        self._kept = (self.traces, self.probes_sent, self.replies, self.probe_rtt)
-        self._kept_http = (self.http_requests, self.http_duration)
+        self._counted = (
+            self.traces,
+            self.probes_sent,
+            self.replies,
+            self.probe_rtt,
+            self.http_requests,
+            self.http_duration,
+        )
         self.registry.register(_StateCollector(self._collect))
 
     def probe_counted(self, protocol: str) -> None:
@@ -158,8 +164,8 @@ class Metrics:
         return generate_latest(self.registry)
 
     def _collect(self) -> Iterable[Metric]:
-        for kept in (*self._kept, *self._kept_http):
-            yield kept.family()
+        for counted in self._counted:
+            yield counted.family()
         for read in self._state:
             yield from read()
 

@@ -11,7 +11,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from service.edge import AccessRecord
-from service.logs import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, access_writer, observer
+from service.logs import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, AccessLog, observer
 
 
 def emit(log_format: str) -> str:
@@ -57,7 +57,7 @@ def test_unknown_format_is_refused() -> None:
 def test_access_lines_are_json_objects_with_the_request() -> None:
     """The fast access-log writer writes one JSON object per request."""
     stream = io.StringIO()
-    write = access_writer(stream, "json")
+    write = AccessLog(stream, "json")
     write(AccessRecord("GET", "/traces/abc", 200, 1.25, "abc", client_gone=False))
     record = json.loads(stream.getvalue())
     assert record["message"] == "GET /traces/abc 200 1.2 ms"
@@ -69,7 +69,7 @@ def test_access_lines_are_json_objects_with_the_request() -> None:
 def test_access_lines_as_text() -> None:
     """In text mode the access line is for people."""
     stream = io.StringIO()
-    access_writer(stream, "text")(AccessRecord("POST", "/traces", 202, 3.0, "x", False))
+    AccessLog(stream, "text")(AccessRecord("POST", "/traces", 202, 3.0, "x", False))
     assert stream.getvalue().endswith("[mtrd.http#info] POST /traces 202 3.0 ms\n")
 
 
@@ -85,7 +85,7 @@ def test_access_lines_are_flushed_together_soon_after_the_first() -> None:
     """With a clock, many requests cost one flush, ACCESS_FLUSH_DELAY after the first."""
     clock = Clock()
     stream = _CountingStream()
-    write = access_writer(stream, "text", clock)
+    write = AccessLog(stream, "text", clock)
     for _ in range(50):
         write(AccessRecord("GET", "/healthz", 200, 0.1, None, False))
         clock.advance(ACCESS_FLUSH_DELAY / 100)
@@ -105,7 +105,7 @@ def test_access_json_line_is_what_json_dumps_writes() -> None:
     paths with quotes, backslashes, control and non-ASCII characters."""
     stream = io.StringIO()
     path = '/traces/"x\\y\x01\u00e9\U0001f600'
-    access_writer(stream, "json")(AccessRecord("GET", path, 404, 0.1234567, None, True))
+    AccessLog(stream, "json")(AccessRecord("GET", path, 404, 0.1234567, None, True))
     line = stream.getvalue().rstrip("\n")
     fields = json.loads(line)
     assert fields["path"] == path
@@ -124,7 +124,7 @@ def test_held_access_lines_are_written_whole_in_one_call() -> None:
             return len(text)
 
     clock = Clock()
-    log = access_writer(Recording(), "text", clock)
+    log = AccessLog(Recording(), "text", clock)
     record = AccessRecord("GET", "/healthz", 200, 0.1, None, False)
     for _ in range(ACCESS_MAX_PENDING - 1):
         log(record)

@@ -28,15 +28,14 @@ def require_mtr_packet() -> None:
         pytest.skip("mtr-packet is not installed (apt-get install mtr-tiny)")
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def serve(*extra: str, stderr: int) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``python -m service serve`` on a free loopback port; stopped after the test."""
     require_mtr_packet()
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "service", "serve", "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
     )
     try:
@@ -45,6 +44,12 @@ def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """mtrd serve on its defaults, stderr mixed into stdout."""
+    yield from serve(stderr=subprocess.STDOUT)
 
 
 async def wait_ready(url: str) -> None:
@@ -95,24 +100,8 @@ def test_serve_with_missing_mtr_packet_exits_with_the_reason() -> None:
 
 @pytest.fixture
 def graceful_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """mtrd serve with a short shutdown grace and JSON logs on stdout."""
-    require_mtr_packet()
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "service", "serve",
-            "--listen", f"127.0.0.1:{port}", "--shutdown-grace", "1.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+    """mtrd serve with a short shutdown grace and JSON logs alone on stdout."""
+    yield from serve("--shutdown-grace", "1.5", stderr=subprocess.PIPE)
 
 
 async def sleep(seconds: float) -> None:
