@@ -61,7 +61,7 @@ RUN --mount=type=secret,id=pip-cert \
     /opt/mtrd/bin/pip uninstall --yes pip setuptools; \
     find /opt/mtrd/lib/python3*/site-packages -mindepth 2 -type d \( -name test -o -name tests \) \
         -prune -exec rm -rf {} +; \
-    /opt/mtrd/bin/python -c 'import service.cli, service.http, twisted.internet.reactor'
+    /opt/mtrd/bin/python -c 'import mtrd.app, mtrd.web.routes, twisted.internet.reactor'
 
 # --- the image -----------------------------------------------------------------------------
 FROM ${DEBIAN_IMAGE}

@@ -96,7 +96,7 @@ def mtrd(netns_exec: Sequence[str], log_name: str, *extra: str) -> Iterator[Serv
         [
             sys.executable,
             "-m",
-            "service",
+            "mtrd",
             "serve",
             "--listen",
             f"127.0.0.1:{port}",

@@ -121,11 +121,10 @@ async def pool_run(
     reactor: Any, command: Sequence[str], workers: int, plan: list[tuple[str, int]], window: int
 ) -> dict[str, Any]:
     """The same probes through ``ProbePool`` with ``workers`` processes."""
+    from mtrd.engine.pool import PoolConfig, ProbePool  # noqa: PLC0415
+    from mtrd.engine.probe import ProbeRequest  # noqa: PLC0415
     from twisted.internet.defer import Deferred  # noqa: PLC0415
     from twisted.internet.task import deferLater  # noqa: PLC0415
-
-    from service.pool import PoolConfig, ProbePool  # noqa: PLC0415
-    from service.probe import ProbeRequest  # noqa: PLC0415
 
     pool = ProbePool(reactor, PoolConfig(size=workers, command=tuple(command)))
     await pool.start()

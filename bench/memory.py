@@ -20,12 +20,11 @@ import tracemalloc
 from typing import Any
 
 import attrs
+from mtrd.tracing.model import Trace, TraceRequest, TraceStatus, TraceTarget
+from mtrd.tracing.stats import HopAccumulator
+from mtrd.tracing.store import StoreLimits, TraceStore
+from mtrd.tracing.tracer import new_trace_id
 from twisted.internet.task import Clock
-
-from service.stats import HopAccumulator
-from service.store import StoreLimits, TraceStore
-from service.trace import Trace, TraceRequest, TraceStatus, TraceTarget
-from service.tracer import new_trace_id
 
 HOPS = 30
 PROBES = 10

@@ -1,8 +1,7 @@
 """Send a few probes through the mtrd engine, from Twisted code (README: "Use as a library")."""
 
+from mtrd import PoolConfig, ProbePool, ProbeRequest
 from twisted.internet import defer, task
-
-from service import PoolConfig, ProbePool, ProbeRequest
 
 
 async def main(reactor):

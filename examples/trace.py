@@ -1,12 +1,11 @@
 """Run one whole trace from Twisted code (README: "Use as a library")."""
 
+from mtrd import PoolConfig, ProbePool
+from mtrd.tracing.model import TraceRequest
+from mtrd.tracing.resolution import TargetResolver
+from mtrd.tracing.tracer import Tracer
 from twisted.internet import defer, task
 from twisted.names import client
-
-from service import PoolConfig, ProbePool
-from service.resolve import TargetResolver
-from service.trace import TraceRequest
-from service.tracer import Tracer
 
 
 async def main(reactor):

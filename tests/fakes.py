@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtrd.engine.codec import parse_reply
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-
-from service.codec import parse_reply
 
 
 class FakeProcessTransport:

@@ -47,7 +47,7 @@ def lab_mtrd(lab: Lab, log: Path, *flags: str) -> Iterator[tuple[str, subprocess
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "service", "serve",
+                sys.executable, "-m", "mtrd", "serve",
                 "--listen", f"127.0.0.1:{port}",
                 "--mtr-packet", " ".join([*lab.netns_exec("c"), "mtr-packet"]),
                 *flags,

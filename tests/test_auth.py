@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from mtrd.web.auth import OPEN_BY_DEFAULT, AuthGuard, BearerAuth, load_tokens
 from treq.testing import StubTreq
 
-from service.auth import OPEN_BY_DEFAULT, AuthGuard, BearerAuth, load_tokens
 from tests.test_http import BASE, Client
 
 TOKEN = b"s3cret-token-0123456789"

@@ -19,13 +19,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
-
-from service.client import (
+from mtrd.client import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -46,11 +40,8 @@ from service.client import (
     run,
     trace_from_json,
 )
-from service.http import Api
-from service.jobs import TraceJobs
-from service.render import hop_json, trace_json
-from service.store import StoreLimits, TraceStore
-from service.trace import (
+from mtrd.tracing.jobs import TraceJobs
+from mtrd.tracing.model import (
     Hop,
     HopEnd,
     JitterStats,
@@ -62,7 +53,16 @@ from service.trace import (
     TraceStatus,
     TraceTarget,
 )
-from service.tracer import Tracer
+from mtrd.tracing.store import StoreLimits, TraceStore
+from mtrd.tracing.tracer import Tracer
+from mtrd.web.render import hop_json, trace_json
+from mtrd.web.routes import Api
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
 from tests.fakes import FakeNetwork
 from tests.mtrd_process import free_port
 from tests.openapi import validate_schema
@@ -702,10 +702,10 @@ async def test_a_server_error_on_start_exits_3() -> None:
 
 
 def test_command_against_a_closed_port_exits_3_with_one_line() -> None:
-    """``python -m service trace`` with no server: status 3, one line, no traceback."""
+    """``python -m mtrd trace`` with no server: status 3, one line, no traceback."""
     url = f"http://127.0.0.1:{free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "service", "trace", "127.0.0.1", "--server", url],
+        [sys.executable, "-m", "mtrd", "trace", "127.0.0.1", "--server", url],
         capture_output=True,
         text=True,
         timeout=30,

@@ -8,9 +8,8 @@ import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from service.codec import BURN_COMMAND, VERSION_COMMAND, format_probe, parse_reply
-from service.probe import MplsLabel, ProbeReply, ProbeRequest, Protocol, ReplyKind
+from mtrd.engine.codec import BURN_COMMAND, VERSION_COMMAND, format_probe, parse_reply
+from mtrd.engine.probe import MplsLabel, ProbeReply, ProbeRequest, Protocol, ReplyKind
 
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from service.config import parse_serve_args
+from mtrd.config import parse_serve_args
 
 
 def test_defaults_listen_on_loopback() -> None:

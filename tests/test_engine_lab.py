@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from mtrd.engine.errors import EngineStartError, WorkerDied
+from mtrd.engine.pool import PoolConfig, ProbePool
+from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from service.errors import EngineStartError, WorkerDied
-from service.pool import PoolConfig, ProbePool
-from service.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from tests.lab import Lab
 
 pytestmark = pytest.mark.lab

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.events import Event, TraceChannel
-from service.trace import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
+from mtrd.tracing.events import Event, TraceChannel
+from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
 
 FINAL = Trace(
     id="t" * 22,

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from mtrd.engine.errors import ProbeFailed
+from mtrd.engine.pool import PoolConfig, ProbePool
+from mtrd.engine.probe import ProbeRequest
+from mtrd.tracing.model import TraceRequest, TraceStatus
+from mtrd.tracing.resolution import TargetResolver, dns_resolver
+from mtrd.tracing.tracer import Tracer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
-from service.errors import ProbeFailed
-from service.pool import PoolConfig, ProbePool
-from service.probe import ProbeRequest
-from service.resolve import TargetResolver, dns_resolver
-from service.trace import TraceRequest, TraceStatus
-from service.tracer import Tracer
 from tests.lab import Lab
 
 pytestmark = pytest.mark.lab

@@ -12,17 +12,18 @@ import attrs
 import pytest
 import pytest_twisted
 import treq
+from mtrd.tracing.jobs import TraceJobs
+from mtrd.tracing.policy import TargetPolicy
+from mtrd.tracing.store import StoreLimits, TraceStore
+from mtrd.tracing.tracer import Tracer
+from mtrd.web.access import Edge, route_of
+from mtrd.web.limits import EdgeLimits
+from mtrd.web.metrics import MeteredProber, Metrics
+from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from service.edge import Edge, route_of
-from service.http import Api, EdgeLimits
-from service.jobs import TraceJobs
-from service.metrics import MeteredProber, Metrics
-from service.policy import TargetPolicy
-from service.store import StoreLimits, TraceStore
-from service.tracer import Tracer
 from tests.fakes import FakeNetwork
 from tests.openapi import validate_response, validate_schema
 from tests.test_jobs import ROUTERS, StaticResolver

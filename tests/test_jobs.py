@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtrd.tracing.events import Event
+from mtrd.tracing.jobs import Deletion, TraceJobs
+from mtrd.tracing.model import TraceRequest, TraceStatus
+from mtrd.tracing.resolution import Resolved
+from mtrd.tracing.store import StoreLimits, TraceStore
+from mtrd.tracing.tracer import Tracer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from service.events import Event
-from service.jobs import Deletion, TraceJobs
-from service.resolve import Resolved
-from service.store import StoreLimits, TraceStore
-from service.trace import TraceRequest, TraceStatus
-from service.tracer import Tracer
 from tests.fakes import FakeNetwork
 
 ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]

@@ -9,20 +9,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import mtrd.web.routes
 import pytest
 import pytest_twisted
+from mtrd.app import QuietSite
+from mtrd.tracing.events import Event
+from mtrd.tracing.model import Hop
+from mtrd.tracing.policy import TargetPolicy, parse_networks
+from mtrd.web.access import Edge
+from mtrd.web.limits import EdgeLimits
+from mtrd.web.sse import EventStream
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
-import service.http
-from service.cli import QuietSite
-from service.edge import Edge
-from service.events import Event
-from service.http import EdgeLimits
-from service.policy import TargetPolicy, parse_networks
-from service.sse import EventStream
-from service.trace import Hop
 from tests.openapi import validate_response
 from tests.test_http import QUICK, Client, open_stream
 
@@ -239,7 +239,7 @@ async def test_a_stalled_subscriber_does_not_slow_the_trace_or_the_others(
             super().__init__(*args, **kwargs)
             streams.append(self)
 
-    monkeypatch.setattr(service.http, "EventStream", Recorded)
+    monkeypatch.setattr(mtrd.web.routes, "EventStream", Recorded)
     client = Client(limits=EdgeLimits(max_sse_backlog=1500))
     trace_id = (await client.post_trace({**QUICK, "probes": 5})).json()["id"]
     healthy = await open_stream(client, trace_id)

@@ -6,12 +6,11 @@ import io
 import json
 
 import pytest
+from mtrd.logs import observer
+from mtrd.web.access import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, AccessLog, AccessRecord
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-
-from service.edge import AccessRecord
-from service.logs import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, AccessLog, observer
 
 
 def emit(log_format: str) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from mtrd.engine.probe import ReplyKind
+from mtrd.tracing.model import Trace, TraceRequest, TraceStatus, TraceTarget
+from mtrd.web.metrics import Metrics
 from prometheus_client.parser import text_string_to_metric_families
-
-from service.metrics import Metrics
-from service.probe import ReplyKind
-from service.trace import Trace, TraceRequest, TraceStatus, TraceTarget
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -8,11 +8,8 @@ import re
 from typing import Any
 
 import pytest
-from openapi_spec_validator import OpenAPIV31SpecValidator, validate
-
-from service.probe import MplsLabel, Protocol
-from service.render import trace_json
-from service.trace import (
+from mtrd.engine.probe import MplsLabel, Protocol
+from mtrd.tracing.model import (
     Hop,
     HopEnd,
     JitterStats,
@@ -23,6 +20,9 @@ from service.trace import (
     TraceStatus,
     TraceTarget,
 )
+from mtrd.web.render import trace_json
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+
 from tests.openapi import (
     SPEC,
     Example,
@@ -80,7 +80,7 @@ def test_accepts_a_good_trace() -> None:
 
 
 def test_accepts_the_renderers_trace() -> None:
-    """What service.render makes of a finished trace with an ECMP, MPLS hop passes."""
+    """What mtrd.web.render makes of a finished trace with an ECMP, MPLS hop passes."""
     trace = Trace(
         id=TRACE_ID,
         status=TraceStatus.COMPLETED,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from service.policy import TargetPolicy, TargetRefused, parse_networks
+from mtrd.tracing.policy import TargetPolicy, TargetRefused, parse_networks
 
 
 @pytest.mark.parametrize(

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-
-from service.errors import (
+from mtrd.engine.errors import (
     EngineStartError,
     NoWorkerAvailable,
     PoolStopped,
     WorkerDied,
     WorkerUnresponsive,
 )
-from service.pool import PoolConfig, ProbePool
-from service.probe import ProbeReply, ProbeRequest, ReplyKind
+from mtrd.engine.pool import PoolConfig, ProbePool
+from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
 from tests.fakes import FakeProcessReactor, FakeProcessTransport
 
 CONFIG = PoolConfig(size=2, command=("true",), spread_above=0)  # spread: both work

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from service.errors import InvalidProbeRequest
-from service.probe import ProbeRequest, Protocol
+from mtrd.engine.errors import InvalidProbeRequest
+from mtrd.engine.probe import ProbeRequest, Protocol
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from service.probe import MplsLabel, Protocol
-from service.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
-from service.trace import (
+from mtrd.engine.probe import MplsLabel, Protocol
+from mtrd.tracing.model import (
     Hop,
     HopEnd,
     JitterStats,
@@ -19,6 +17,7 @@ from service.trace import (
     TraceStatus,
     TraceTarget,
 )
+from mtrd.web.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
 
 FINAL = Trace(
     id="abcdefghijklmnopqrstuv",

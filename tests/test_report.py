@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from service.probe import Protocol
-from service.report import render_report
-from service.trace import (
+from mtrd.engine.probe import Protocol
+from mtrd.tracing.model import (
     Hop,
     HopEnd,
     Responder,
@@ -15,6 +14,7 @@ from service.trace import (
     TraceStatus,
     TraceTarget,
 )
+from mtrd.web.report import render_report
 
 STARTED = 1_795_000_000.0
 V6_ROUTER = "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe"

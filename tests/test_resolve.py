@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from mtrd.tracing.resolution import ResolutionFailed, Resolved, TargetResolver
 from twisted.internet import defer
 from twisted.names import dns, error
-
-from service.resolve import ResolutionFailed, Resolved, TargetResolver
 
 
 class FakeNames:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from mtrd.engine.errors import NoWorkerAvailable, WorkerDied
+from mtrd.engine.probe import Protocol
+from mtrd.tracing.model import HopEnd, TraceRequest
+from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from service.errors import NoWorkerAvailable, WorkerDied
-from service.probe import Protocol
-from service.runner import RunOutcome, RunSettings, TraceRun
-from service.trace import HopEnd, TraceRequest
 from tests.fakes import FakeNetwork
 
 ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from service.probe import ProbeRequest
-from service.sequence import (
+from mtrd.engine.probe import ProbeRequest
+from mtrd.engine.sequence import (
     Allocation,
     Band,
     Plan,

@@ -29,11 +29,11 @@ def require_mtr_packet() -> None:
 
 
 def serve(*extra: str, stderr: int) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m service serve`` on a free loopback port; stopped after the test."""
+    """``python -m mtrd serve`` on a free loopback port; stopped after the test."""
     require_mtr_packet()
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--listen", f"127.0.0.1:{port}", *extra],
+        [sys.executable, "-m", "mtrd", "serve", "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -88,7 +88,7 @@ async def test_serve_becomes_ready_and_stops_on_sigterm(
 def test_serve_with_missing_mtr_packet_exits_with_the_reason() -> None:
     """A missing mtr-packet stops mtrd at once with status 1 and a one-line reason."""
     result = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--mtr-packet", "/nonexistent/mtr-packet"],
+        [sys.executable, "-m", "mtrd", "serve", "--mtr-packet", "/nonexistent/mtr-packet"],
         capture_output=True,
         text=True,
         timeout=30,

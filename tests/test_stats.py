@@ -9,10 +9,9 @@ import statistics
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from service.probe import MplsLabel
-from service.stats import HopAccumulator
-from service.trace import Hop, HopEnd, JitterStats, Responder, RttStats
+from mtrd.engine.probe import MplsLabel
+from mtrd.tracing.model import Hop, HopEnd, JitterStats, Responder, RttStats
+from mtrd.tracing.stats import HopAccumulator
 
 # Up to 60 s in microseconds: more than any probe timeout allows.
 rtts_us = st.lists(st.integers(0, 60_000_000), min_size=1, max_size=50)

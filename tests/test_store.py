@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import attrs
 import pytest
+from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
+from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits, TraceStore
 from twisted.internet.task import Clock
-
-from service.store import BadCursor, StoreFull, StoreLimits, TraceStore
-from service.trace import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
 
 
 def trace(n: int, status: TraceStatus = TraceStatus.RUNNING) -> Trace:
@@ -89,28 +86,29 @@ def test_a_cursor_that_is_not_a_place_in_the_listing_is_refused(cursor: str) -> 
         store.newest_first(None, 10, cursor)
 
 
-def test_finished_trace_is_kept_as_json_and_reads_back_whole() -> None:
-    """A finished trace is stored rendered, with a slim snapshot; its hops come back."""
+def test_finished_trace_is_kept_whole_as_a_value() -> None:
+    """A finished trace is stored as the value it is, hops included."""
     store = TraceStore(Clock())
     record = store.add(trace(1), retry_after=lambda: 1)
     finished = attrs.evolve(
         record.trace, status=TraceStatus.COMPLETED, hops=(Hop(ttl=1, sent=3, lost=3),)
     )
     store.update(record, finished)
-    assert record.trace.hops == ()
-    assert record.final_body is not None
-    assert record.json_body() is record.final_body
-    assert record.full_trace() == finished
+    assert record.full_trace() is finished
 
 
-def test_running_trace_body_is_rendered_once_per_change() -> None:
-    """Repeated reads of an unchanged trace reuse the rendered bytes."""
+def test_every_change_of_a_trace_changes_its_version() -> None:
+    """Snapshot updates without an event (a resolved address) and hop events both bump it."""
     store = TraceStore(Clock())
     record = store.add(trace(1), retry_after=lambda: 1)
-    first = record.json_body()
-    assert record.json_body() is first
-    record.channel.publish_status(TraceStatus.RUNNING)
-    assert record.json_body() is not first
+    seen = {record.version}
+    store.update(record, attrs.evolve(record.trace, status=TraceStatus.RUNNING))
+    seen.add(record.version)
+    record.channel.publish_hop(Hop(ttl=1, sent=1, lost=1))
+    seen.add(record.version)
+    store.update(record, attrs.evolve(record.trace, started_at=5.0))
+    seen.add(record.version)
+    assert len(seen) == 4
 
 
 def test_running_trace_shows_the_latest_figures_of_every_hop() -> None:
@@ -122,4 +120,3 @@ def test_running_trace_shows_the_latest_figures_of_every_hop() -> None:
     record.channel.publish_hop(Hop(ttl=2, sent=2, lost=2))
     assert [(h.ttl, h.sent) for h in record.full_trace().hops] == [(1, 1), (2, 2)]
     assert record.trace.hops == ()  # the snapshot itself stays slim
-    assert [h["sent"] for h in json.loads(record.json_body())["hops"]] == [1, 2]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtrd.tracing.model import Hop, LiveHop, Trace, TraceRequest, TraceStatus
+from mtrd.tracing.tracer import Tracer
 from twisted.internet.task import Clock
 
-from service.trace import Hop, LiveHop, Trace, TraceRequest, TraceStatus
-from service.tracer import Tracer
 from tests.fakes import FakeNetwork
 from tests.test_http import StaticResolver
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from mtrd.engine.errors import WorkerDied, WorkerUnresponsive
+from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
+from mtrd.engine.worker import MtrPacketProcess, PendingProbe
 from twisted.internet.defer import Deferred
 
-from service.errors import WorkerDied, WorkerUnresponsive
-from service.probe import ProbeReply, ProbeRequest, ReplyKind
-from service.worker import MtrPacketProcess, PendingProbe
 from tests.fakes import FakeProcessReactor, FakeProcessTransport
 
 

@@ -1,5 +1,0 @@
-"""``python -m service`` runs the ``mtrd`` command."""
-
-from service.cli import main
-
-main()

@@ -1,0 +1,5 @@
+"""``python -m mtrd`` runs the ``mtrd`` command."""
+
+from mtrd.cli import main
+
+main()

@@ -1,0 +1,490 @@
+"""The probe pool: N supervised mtr-packet processes shared by every caller.
+
+``await pool.probe(request)`` sends one probe and gives its
+:class:`~mtrd.engine.probe.ProbeReply`. The pool queues probes beyond the
+processes' caps, sends each to the least-loaded ready process, restarts a
+process that dies with exponential back-off on the injected clock, reports
+readiness, and stops cleanly.
+
+How it keeps every reply with the probe that caused it -- across processes,
+with icmp, udp and tcp in flight at once, and within a process after its
+sequence counter would wrap -- is explained in :mod:`mtrd.engine.sequence`: each
+slot counts sequence numbers in its own band, a process is retired and
+replaced before it leaves its band, and a ledger of held sequences and fixed
+udp ports keeps every outstanding probe's numbers unique.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.logger import Logger
+
+from mtrd.engine.errors import EngineStartError, NoWorkerAvailable, PoolStopped
+from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol
+from mtrd.engine.sequence import (
+    Allocation,
+    Band,
+    Plan,
+    SequenceLedger,
+    SequenceSpace,
+    fixed_udp_values,
+)
+from mtrd.engine.worker import MtrPacketProcess, PendingProbe
+
+# Bands are cut from the range every supported version counts in (0.96 starts
+# at 33434); older processes burn their way up to it.
+POOL_SEQUENCE_SPACE = SequenceSpace(low=33434, high=65535)
+MAX_POOL_SIZE = 16
+MTR_PACKET_PROBE_LIMIT = 1024  # outstanding probes per process in 0.93/0.95
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    return tuple(value)
+
+
+@attrs.frozen
+class PoolConfig:
+    """How many processes, started how, and the limits that keep them healthy."""
+
+    size: int = 2
+    command: tuple[str, ...] = attrs.field(default=("mtr-packet",), converter=_command)
+    source_ipv4: str | None = None
+    source_ipv6: str | None = None
+    max_outstanding: int = 900
+    max_tcp_outstanding: int = 256
+    spread_above: int = 128
+    grace: float = 2.0
+    queue_timeout: float = 30.0
+    start_timeout: float = 5.0
+    restart_initial: float = 0.1
+    restart_max: float = 30.0
+    stable_after: float = 10.0
+    stop_grace: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_POOL_SIZE:
+            raise ValueError(f"pool size must be between 1 and {MAX_POOL_SIZE}, got {self.size}")
+        if not self.command:
+            raise ValueError("the mtr-packet command is empty")
+        if not 1 <= self.max_outstanding < MTR_PACKET_PROBE_LIMIT:
+            raise ValueError(f"max_outstanding must be 1..{MTR_PACKET_PROBE_LIMIT - 1}")
+        if self.max_tcp_outstanding < 1:
+            raise ValueError("max_tcp_outstanding must be at least 1")
+        if self.spread_above < 0:
+            raise ValueError("spread_above must be at least 0")
+
+
+@attrs.define(eq=False)
+class _Queued:
+    request: ProbeRequest
+    result: Deferred[ProbeReply]
+    expiry: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One place in the pool: a band of sequences and the process that uses it."""
+
+    index: int
+    band: Band
+    active: MtrPacketProcess | None = None
+    draining: list[MtrPacketProcess] = attrs.Factory(list)
+    failures: int = 0
+    restart: IDelayedCall | None = None
+    last_error: str | None = None
+    start_failed: bool = False
+    restarts: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.active is not None and self.active.ready and not self.active.retiring
+
+
+class ProbePool:
+    """A supervised pool of mtr-packet processes; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, config: PoolConfig | None = None) -> None:
+        """``reactor`` provides ``IReactorProcess`` and ``IReactorTime``."""
+        self.config = config or PoolConfig()
+        self._spawner: IReactorProcess = reactor
+        self._clock: IReactorTime = reactor
+        self._ledger = SequenceLedger(POOL_SEQUENCE_SPACE)
+        self._slots = [
+            _Slot(index=i, band=band)
+            for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
+        ]
+        self._queue: deque[_Queued] = deque()
+        self._running = False
+        self._stopping = False
+        self._first_ready: Deferred[None] | None = None
+        self._exits: dict[MtrPacketProcess, Deferred[None]] = {}
+        self._slot_by_worker: dict[MtrPacketProcess, _Slot] = {}  # active and draining
+        self._executable: str | None = None
+
+    # -- public API ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every process; return once one is ready, raise if none could start."""
+        if self._running:
+            return
+        executable = shutil.which(self.config.command[0])
+        if executable is None:
+            raise EngineStartError(
+                f"cannot start mtr-packet: {self.config.command[0]!r} not found on PATH "
+                "(install mtr-tiny, or set the mtr-packet command)"
+            )
+        self._executable = executable
+        self._running = True
+        self._first_ready = Deferred()
+        for slot in self._slots:
+            self._spawn(slot)
+        try:
+            await self._first_ready
+        except EngineStartError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Fail what is queued, let processes finish what they hold, kill stragglers."""
+        if not self._running or self._stopping:
+            return
+        self._stopping = True
+        self._fail_queue(PoolStopped("the probe pool is stopping"))
+        for slot in self._slots:
+            if slot.restart is not None and slot.restart.active():
+                slot.restart.cancel()
+            slot.restart = None
+        waits = list(self._exits.values())
+        for process in list(self._exits):
+            process.retire()
+        killer = self._clock.callLater(self.config.stop_grace, self._kill_all)
+        await DeferredList(waits)
+        if killer.active():
+            killer.cancel()
+        self._running = False
+
+    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+        """Send one probe; the Deferred fires with its reply or fails with ``ProbeFailed``.
+
+        Cancelling the Deferred gives up on the probe: a queued probe is never
+        sent; one already sent keeps its sequence until mtr-packet is done with it.
+        """
+        if self._stopping or not self._running:
+            raise PoolStopped("the probe pool is not running")
+        request = self._with_source(request)
+        entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
+        if not self._queue:
+            # The common case: a process has room now, and the probe never waits.
+            worker = self._pick(request)
+            if worker is not None and self._dispatch(worker, entry):
+                return entry.result
+        for slot in self._slots:
+            if not slot.start_failed or slot.ready:
+                break
+        else:
+            entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
+            return entry.result
+        entry.expiry = self._clock.callLater(self.config.queue_timeout, self._queue_expired, entry)
+        self._queue.append(entry)
+        self._pump()
+        return entry.result
+
+    @property
+    def size(self) -> int:
+        """How many processes the pool keeps running."""
+        return len(self._slots)
+
+    @property
+    def ready_workers(self) -> int:
+        """How many processes answered their version check and take probes."""
+        return sum(slot.ready for slot in self._slots)
+
+    @property
+    def queued(self) -> int:
+        """Probes waiting for a process."""
+        return len(self._queue)
+
+    @property
+    def outstanding(self) -> int:
+        """Probes written to a process and not yet answered."""
+        return self._ledger.outstanding
+
+    @property
+    def restarts(self) -> int:
+        """Processes restarted after dying (retirements not counted)."""
+        return sum(slot.restarts for slot in self._slots)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """A snapshot of every slot, for status pages and metrics."""
+        return [
+            {
+                "slot": slot.index,
+                "pid": slot.active.pid if slot.active else None,
+                "ready": slot.ready,
+                "version": slot.active.version if slot.active else None,
+                "outstanding": len(slot.active.pending) if slot.active else 0,
+                "draining": len(slot.draining),
+                "restarts": slot.restarts,
+                "last_error": slot.last_error,
+            }
+            for slot in self._slots
+        ]
+
+    # -- WorkerOwner ---------------------------------------------------------------
+
+    def worker_ready(self, worker: MtrPacketProcess) -> None:
+        """A process answered its version check."""
+        self.log.info(
+            "{name} ready: mtr-packet {version}, pid {pid}",
+            name=worker.name,
+            version=worker.version,
+            pid=worker.pid,
+        )
+        slot = self._slot_of(worker)
+        if slot is not None:
+            slot.start_failed = False
+            slot.last_error = None
+            # Move the counter to the band now, while nothing waits on this process,
+            # rather than with its first probe (a band far up the ring is thousands
+            # of burns).
+            worker.burn(slot.band.start - worker.next_sequence)
+        if self._first_ready is not None and not self._first_ready.called:
+            self._first_ready.callback(None)
+        self._pump()
+
+    def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
+        """Free the probe's numbers and send what waits."""
+        self._ledger.release(pending.sequence, pending.udp_ports)
+        self._pump()
+
+    def worker_doubtful(self, worker: MtrPacketProcess, why: str) -> None:
+        """The counter mirror may be off: replace the process."""
+        self.log.warn("{name} retired: {why}", name=worker.name, why=why)
+        self._retire(worker)
+
+    def worker_unresponsive(self, worker: MtrPacketProcess, why: str) -> None:
+        """A process that sits on a probe past its deadline hangs: kill it."""
+        self.log.error("{why}; killing it", why=why)
+        worker.kill()
+
+    def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
+        """Release what the process held; restart its slot unless it was retired."""
+        slot = self._slot_of(worker)
+        for pending in worker.pending.values():
+            self._ledger.release(pending.sequence, pending.udp_ports)
+        worker.pending.clear()
+        exited = self._exits.pop(worker, None)
+        self._slot_by_worker.pop(worker, None)
+        if slot is not None:
+            if worker in slot.draining:
+                slot.draining.remove(worker)
+            elif slot.active is worker:
+                slot.active = None
+                if not worker.retiring:
+                    self._unexpected_exit(slot, worker, why)
+        if exited is not None:
+            exited.callback(None)
+        self._pump()
+
+    # -- supervision ---------------------------------------------------------------
+
+    def _unexpected_exit(self, slot: _Slot, worker: MtrPacketProcess, why: str) -> None:
+        never_ready = worker.ready_at is None
+        slot.last_error = f"mtr-packet {why}"
+        slot.start_failed = never_ready
+        self.log.error("{name} {why}", name=worker.name, why=why)
+        if self._stopping:
+            return
+        starting = self._first_ready is not None and not self._first_ready.called
+        if starting and all(s.start_failed for s in self._slots):
+            assert self._first_ready is not None
+            self._first_ready.errback(EngineStartError(self._no_worker_reason()))
+            return
+        uptime = self._clock.seconds() - worker.started_at
+        slot.failures = 1 if uptime >= self.config.stable_after else slot.failures + 1
+        delay = min(self.config.restart_max, self.config.restart_initial * 2 ** (slot.failures - 1))
+        slot.restarts += 1
+        slot.restart = self._clock.callLater(delay, self._restart, slot)
+        if not any(s.ready for s in self._slots):
+            # Never sent: not a probe lost on the path but an engine that is down.
+            self._fail_queue(
+                NoWorkerAvailable(f"every mtr-packet worker is down: {slot.last_error}")
+            )
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restart = None
+        if not self._stopping:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        assert self._executable is not None
+        worker = MtrPacketProcess(
+            name=f"worker-{slot.index}",
+            clock=self._clock,
+            owner=self,
+            grace=self.config.grace,
+            start_timeout=self.config.start_timeout,
+        )
+        slot.active = worker
+        self._slot_by_worker[worker] = slot
+        self._exits[worker] = Deferred()
+        try:
+            self._spawner.spawnProcess(
+                worker, self._executable, list(self.config.command), env=dict(os.environ)
+            )
+        except OSError as e:
+            self._exits.pop(worker, None)
+            self._slot_by_worker.pop(worker, None)
+            slot.active = None
+            worker.exited = True
+            self._unexpected_exit(slot, worker, f"could not be started: {e}")
+            return
+        if self._pid_collides(worker):
+            # Same low 16 bits of the process id: ICMP replies would be shared.
+            self.log.info(
+                "{name}: ICMP id collides with a live worker; replacing", name=worker.name
+            )
+            self._retire(worker)
+
+    def _pid_collides(self, worker: MtrPacketProcess) -> bool:
+        ident = worker.pid & 0xFFFF
+        return any(
+            other is not worker and not other.exited and other.pid & 0xFFFF == ident
+            for other in self._exits
+        )
+
+    def _retire(self, worker: MtrPacketProcess) -> None:
+        slot = self._slot_of(worker)
+        if slot is None or worker.retiring:
+            return
+        worker.retire()
+        if slot.active is worker:
+            slot.active = None
+            slot.draining.append(worker)
+            if not self._stopping:
+                self._spawn(slot)
+
+    def _kill_all(self) -> None:
+        for worker in list(self._exits):
+            worker.kill()
+
+    def _slot_of(self, worker: MtrPacketProcess) -> _Slot | None:
+        return self._slot_by_worker.get(worker)
+
+    def _no_worker_reason(self) -> str:
+        errors = sorted({slot.last_error for slot in self._slots if slot.last_error})
+        return "no mtr-packet worker is running: " + ("; ".join(errors) or "none started yet")
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def _with_source(self, request: ProbeRequest) -> ProbeRequest:
+        if request.source is not None:
+            return request
+        source = self.config.source_ipv4 if request.ip_version == 4 else self.config.source_ipv6
+        return request if source is None else attrs.evolve(request, source=source)
+
+    def _pump(self) -> None:
+        """Send queued probes, oldest first, while some process has room."""
+        waiting: list[_Queued] = []
+        while self._queue:
+            entry = self._queue[0]
+            worker = self._pick(entry.request)
+            if worker is None:
+                break
+            self._queue.popleft()
+            if not self._dispatch(worker, entry):
+                waiting.append(entry)
+        self._queue.extendleft(reversed(waiting))
+
+    def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
+        """The process for the next probe: the first (in slot order) that holds fewer
+        than ``spread_above`` probes, else the least loaded one with room.
+
+        Packing rather than spreading: every process's raw socket sees every ICMP reply
+        anyway, so a second busy process only adds wake-ups and pipe writes; and the
+        first slot's band starts where a new process starts counting, so its
+        replacements burn almost nothing (see :mod:`mtrd.engine.sequence`).
+        """
+        best: MtrPacketProcess | None = None
+        config = self.config
+        for slot in self._slots:
+            worker = slot.active
+            if worker is None or not slot.ready:
+                continue
+            held = len(worker.pending)
+            if held >= config.max_outstanding:
+                continue
+            if (
+                request.protocol is Protocol.TCP
+                and worker.tcp_outstanding >= config.max_tcp_outstanding
+            ):
+                continue
+            if held < config.spread_above:
+                return worker
+            if best is None or held < len(best.pending):
+                best = worker
+        return best
+
+    def _dispatch(self, worker: MtrPacketProcess, entry: _Queued) -> bool:
+        """Send ``entry`` to ``worker``; False when it must wait for a udp port."""
+        slot = self._slot_of(worker)
+        assert slot is not None
+        ports = fixed_udp_values(entry.request, worker.pid)
+        allocation = self._ledger.allocate(worker.next_sequence, slot.band, ports)
+        while allocation is Plan.EXHAUSTED:
+            self._retire(worker)
+            replacement = self._pick(entry.request)
+            if replacement is None:
+                return False
+            return self._dispatch(replacement, entry)
+        if allocation is Plan.WAIT:
+            return False
+        assert isinstance(allocation, Allocation)
+        if entry.expiry is not None and entry.expiry.active():
+            entry.expiry.cancel()
+        self._ledger.hold(allocation.sequence, ports)
+        worker.send(
+            entry.request,
+            burns=allocation.burns,
+            sequence=allocation.sequence,
+            udp_ports=ports,
+            result=entry.result,
+        )
+        return True
+
+    def _cancelled(self, entry: _Queued) -> None:
+        if entry in self._queue:
+            self._queue.remove(entry)
+        if entry.expiry is not None and entry.expiry.active():
+            entry.expiry.cancel()
+
+    def _queue_expired(self, entry: _Queued) -> None:
+        entry.expiry = None
+        if entry in self._queue:
+            self._queue.remove(entry)
+            entry.result.errback(
+                NoWorkerAvailable(
+                    f"no mtr-packet worker took the probe within {self.config.queue_timeout:g} s"
+                )
+            )
+
+    def _fail_queue(self, reason: Exception) -> None:
+        while self._queue:
+            entry = self._queue.popleft()
+            if entry.expiry is not None and entry.expiry.active():
+                entry.expiry.cancel()
+            entry.result.errback(reason)
+
+
+__all__ = ["PoolConfig", "ProbePool"]

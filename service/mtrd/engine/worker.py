@@ -1,0 +1,334 @@
+"""One mtr-packet process: framing, tokens, pending probes, deadlines.
+
+:class:`MtrPacketProcess` is a Twisted ``ProcessProtocol``. It writes
+commands, frames stdout by newline over a persistent buffer (one read often
+holds several replies, and a reply may be split across reads), answers each
+probe's Deferred from the reply with its token, and fails every pending probe
+at once when the process exits. It does not choose sequence numbers or decide
+where probes go: its owner (the pool, see :mod:`mtrd.engine.pool`) does, and hears
+from it through :class:`WorkerOwner`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Protocol as TypingProtocol
+
+import attrs
+from twisted.internet import error, protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mtrd.engine.codec import (
+    BURN_COMMAND,
+    CONTROL_TOKEN,
+    VERSION_COMMAND,
+    format_probe,
+    parse_reply,
+)
+from mtrd.engine.errors import WorkerDied, WorkerUnresponsive
+from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
+from mtrd.engine.sequence import SequenceSpace
+
+MAX_LINE = 4096
+_BURN_REPLY = f"{CONTROL_TOKEN} invalid-argument"
+STDERR_LINES_KEPT = 5
+
+# Replies after which the mirror of the process's sequence counter may be off:
+# these can come from before mtr-packet allocated a sequence.
+_MIRROR_DOUBT = frozenset(
+    {
+        ReplyKind.PROBES_EXHAUSTED,
+        ReplyKind.INVALID_ARGUMENT,
+        ReplyKind.UNKNOWN_COMMAND,
+        ReplyKind.UNKNOWN,
+        ReplyKind.COMMAND_PARSE_ERROR,
+        ReplyKind.COMMAND_BUFFER_OVERFLOW,
+        ReplyKind.FEATURE_SUPPORT,
+    }
+)
+
+
+class WorkerOwner(TypingProtocol):
+    """What a process tells the one that started it."""
+
+    def worker_ready(self, worker: MtrPacketProcess) -> None:
+        """The process answered its version check and takes probes."""
+
+    def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:
+        """A probe got its reply: its sequence is free again."""
+
+    def worker_doubtful(self, worker: MtrPacketProcess, why: str) -> None:
+        """The sequence mirror may be off: retire the process."""
+
+    def worker_unresponsive(self, worker: MtrPacketProcess, why: str) -> None:
+        """A probe outlived its deadline: the process hangs."""
+
+    def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
+        """The process is gone; the probes still in ``worker.pending`` fail next."""
+
+
+@attrs.define(eq=False)
+class PendingProbe:
+    """A probe written to a process and not yet answered."""
+
+    token: int
+    request: ProbeRequest
+    sequence: int
+    udp_ports: tuple[int, ...]
+    result: Deferred[ProbeReply]
+
+    def settle(self, outcome: ProbeReply | Exception) -> None:
+        """Give the caller its outcome unless it already gave up (cancelled)."""
+        if self.result.called:
+            return
+        if isinstance(outcome, Exception):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)
+
+
+def describe_exit(reason: Failure) -> str:
+    """Say in words how a process ended."""
+    value = reason.value
+    if isinstance(value, error.ProcessTerminated):
+        if value.signal is not None:
+            return f"killed by signal {value.signal}"
+        return f"exited with status {value.exitCode}"
+    if isinstance(value, error.ProcessDone):
+        return "exited with status 0"
+    return str(value)
+
+
+class MtrPacketProcess(protocol.ProcessProtocol):
+    """The protocol for one running mtr-packet."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        clock: IReactorTime,
+        owner: WorkerOwner,
+        grace: float,
+        start_timeout: float,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.owner = owner
+        self.grace = grace
+        self.start_timeout = start_timeout
+        self.version: str | None = None
+        self.next_sequence = 0  # mirror of mtr-packet's counter, set by the version
+        self.pending: dict[int, PendingProbe] = {}
+        self.tcp_outstanding = 0
+        self.started_at = clock.seconds()
+        self.ready_at: float | None = None
+        self.retiring = False
+        self.exited = False
+        self.pid = 0
+        self._buffer = b""
+        self._next_token = CONTROL_TOKEN + 1
+        self._stderr: list[str] = []
+        self._start_deadline: IDelayedCall | None = None
+        # Every probe's deadline (timeout + grace) as (when, token) in a heap, watched by
+        # one timer set for the earliest: no timer per probe. Answered probes' entries
+        # are skipped when they come up, and swept out when they pile up.
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_timer: IDelayedCall | None = None
+
+    # -- what the owner calls -------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True when the process answered its version check and still runs."""
+        return self.version is not None and not self.exited
+
+    def send(
+        self,
+        request: ProbeRequest,
+        *,
+        burns: int,
+        sequence: int,
+        udp_ports: tuple[int, ...],
+        result: Deferred[ProbeReply],
+    ) -> PendingProbe:
+        """Write ``burns`` burn commands and then the probe, which gets ``sequence``."""
+        assert self.transport is not None
+        token = self._next_token
+        self._next_token += 1
+        pending = PendingProbe(
+            token=token, request=request, sequence=sequence, udp_ports=udp_ports, result=result
+        )
+        self._watch(token, request.timeout + self.grace)
+        self.pending[token] = pending
+        if request.protocol is Protocol.TCP:
+            self.tcp_outstanding += 1
+        self.next_sequence = sequence + 1
+        self.transport.write(BURN_COMMAND * burns + format_probe(token, request))
+        return pending
+
+    def burn(self, count: int) -> None:
+        """Advance mtr-packet's sequence counter by ``count`` without sending anything."""
+        if count <= 0 or self.transport is None or self.exited:
+            return
+        self.next_sequence += count
+        self.transport.write(BURN_COMMAND * count)
+
+    def retire(self) -> None:
+        """Take no more probes; mtr-packet finishes the ones it holds, then exits."""
+        if self.retiring:
+            return
+        self.retiring = True
+        if self.transport is not None and not self.exited:
+            self.transport.closeStdin()
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL)."""
+        if self.transport is None or self.exited:
+            return
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            return
+
+    def last_stderr(self) -> str:
+        """The last lines mtr-packet wrote to stderr, for error messages."""
+        return " | ".join(self._stderr)
+
+    # -- ProcessProtocol ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Ask for the version: the answer says the process is alive and which one it is."""
+        assert self.transport is not None
+        self.pid = self.transport.pid or 0
+        self._start_deadline = self.clock.callLater(self.start_timeout, self._start_overdue)
+        self.transport.write(VERSION_COMMAND)
+
+    def outReceived(self, data: bytes) -> None:
+        """Frame replies by newline; several may come in one read, one may be split."""
+        self._buffer += data
+        if b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_LINE:
+                self.log.warn("{name}: dropping an over-long line", name=self.name)
+                self._buffer = b""
+            return
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._line_received(line.decode("utf-8", "replace"))
+
+    def errReceived(self, data: bytes) -> None:
+        """Log what mtr-packet says on stderr and keep the last lines for errors."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.log.warn("{name} stderr: {line}", name=self.name, line=line)
+                self._stderr = [*self._stderr[-(STDERR_LINES_KEPT - 1) :], line]
+
+    def processEnded(self, reason: Failure) -> None:
+        """Fail every probe still held, then tell the owner why the process ended."""
+        self.exited = True
+        for timer in (self._start_deadline, self._deadline_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._deadline_timer = None
+        self._deadlines.clear()
+        why = describe_exit(reason)
+        if self._stderr:
+            why += f" (stderr: {self.last_stderr()})"
+        failure = WorkerDied(f"mtr-packet worker {self.name} {why}")
+        held = list(self.pending.values())
+        self.owner.worker_exited(self, why)
+        for pending in held:
+            pending.settle(failure)
+
+    # -- replies --------------------------------------------------------------
+
+    def _line_received(self, line: str) -> None:
+        if line == _BURN_REPLY and self.version is not None:
+            return  # a burn did what it is for: a sequence number went by
+        token, reply = parse_reply(line)
+        if token == CONTROL_TOKEN:
+            self._control_reply(reply)
+            return
+        pending = self.pending.pop(token, None)
+        if pending is None:
+            # Token 0 marks a framing error mtr-packet could not tie to a command.
+            self.log.warn("{name}: reply for no pending probe: {line!r}", name=self.name, line=line)
+            if token == 0:
+                self.owner.worker_doubtful(self, f"framing error: {line!r}")
+            return
+        if pending.request.protocol is Protocol.TCP:
+            self.tcp_outstanding -= 1
+        # The owner frees the sequence first, so the caller sees the pool as it now is.
+        self.owner.probe_ended(self, pending)
+        pending.settle(reply)
+        if reply.kind in _MIRROR_DOUBT:
+            self.owner.worker_doubtful(self, f"reply {line!r}")
+
+    def _control_reply(self, reply: ProbeReply) -> None:
+        if self.version is None:
+            if reply.kind is not ReplyKind.FEATURE_SUPPORT or not reply.detail:
+                self.log.error(
+                    "{name}: unexpected answer to the version check: {raw!r}",
+                    name=self.name,
+                    raw=reply.raw,
+                )
+                self.kill()
+                return
+            if self._start_deadline is not None and self._start_deadline.active():
+                self._start_deadline.cancel()
+            self.version = reply.detail
+            self.ready_at = self.clock.seconds()
+            self.next_sequence = SequenceSpace.for_version(reply.detail).low
+            self.owner.worker_ready(self)
+        elif reply.kind is not ReplyKind.INVALID_ARGUMENT:
+            self.log.warn("{name}: unexpected control reply {raw!r}", name=self.name, raw=reply.raw)
+
+    def _start_overdue(self) -> None:
+        self._start_deadline = None
+        self._stderr.append(f"no answer to the version check within {self.start_timeout:g} s")
+        self.kill()
+
+    def _watch(self, token: int, seconds: float) -> None:
+        """Note that probe ``token`` must be answered within ``seconds``."""
+        now = self.clock.seconds()
+        when = now + seconds
+        heap = self._deadlines
+        if len(heap) > 2 * len(self.pending) + 1024:
+            heap[:] = [entry for entry in heap if entry[1] in self.pending]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, token))
+        timer = self._deadline_timer
+        if timer is None:
+            self._deadline_timer = self.clock.callLater(seconds, self._deadlines_due)
+        elif when < timer.getTime():
+            timer.reset(seconds)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        now = self.clock.seconds()
+        heap, pending = self._deadlines, self.pending
+        overdue: list[PendingProbe] = []
+        while heap and (heap[0][0] <= now or heap[0][1] not in pending):
+            _, token = heapq.heappop(heap)
+            probe = pending.get(token)
+            if probe is not None:
+                overdue.append(probe)
+        if heap:
+            self._deadline_timer = self.clock.callLater(heap[0][0] - now, self._deadlines_due)
+        for probe in overdue:
+            self._probe_overdue(probe)
+
+    def _probe_overdue(self, pending: PendingProbe) -> None:
+        why = (
+            f"mtr-packet worker {self.name} gave no answer within the probe's timeout "
+            f"({pending.request.timeout} s) plus {self.grace:g} s"
+        )
+        pending.settle(WorkerUnresponsive(why))
+        self.owner.worker_unresponsive(self, why)
+
+
+__all__ = ["MtrPacketProcess", "PendingProbe", "WorkerOwner", "describe_exit"]

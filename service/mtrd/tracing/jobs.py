@@ -1,0 +1,171 @@
+"""Trace jobs: what ``POST /traces`` starts and ``GET``/``DELETE`` look at.
+
+:class:`TraceJobs` puts each new trace in the store, runs at most
+``max_running`` at once (the others wait as ``queued`` and start, oldest
+first, as running ones end), keeps every record's snapshot and live channel up
+to date, and cancels or deletes on request. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mtrd.tracing.model import Trace, TraceRequest
+from mtrd.tracing.store import StoreFull, TraceRecord, TraceStore
+from mtrd.tracing.tracer import Tracer
+
+
+class Deletion(enum.Enum):
+    """What ``DELETE`` did."""
+
+    CANCELLED = "cancelled"  # it was queued or running; it is kept, as cancelled
+    REMOVED = "removed"  # it had finished; it is gone
+
+
+class QueueFull(Exception):
+    """As many traces wait as the queue takes."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the queue of waiting traces is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class TraceJobs:
+    """Runs trace jobs against a store; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        store: TraceStore,
+        *,
+        max_running: int = 32,
+        max_queued: int = 1000,
+        on_finished: Callable[[Trace], None] = lambda _: None,
+    ) -> None:
+        if max_running < 1 or max_queued < 0:
+            raise ValueError("max_running must be at least 1 and max_queued at least 0")
+        self._tracer = tracer
+        self._store = store
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self._on_finished = on_finished
+        self._idle: list[Deferred[None]] = []
+        self._waiting: deque[TraceRecord] = deque()
+        self._running: dict[str, Deferred[Trace]] = {}
+
+    @property
+    def running(self) -> int:
+        """Traces probing now."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Traces waiting for a running slot."""
+        return len(self._waiting)
+
+    def submit(self, request: TraceRequest) -> TraceRecord:
+        """Store a new trace and start it, or queue it; raises ``StoreFull``, ``QueueFull``."""
+        if len(self._running) >= self.max_running and len(self._waiting) >= self.max_queued:
+            raise QueueFull(self._retry_after())
+        trace = self._tracer.new(request)
+        record = self._store.add(trace, retry_after=self._retry_after)
+        self._waiting.append(record)
+        self._start_waiting()
+        return record
+
+    def delete(self, trace_id: str) -> Deletion | None:
+        """Cancel a queued or running trace, or remove a finished one; None if unknown."""
+        record = self._store.get(trace_id)
+        if record is None:
+            return None
+        if record.trace.status.is_final:
+            self._store.remove(trace_id)
+            return Deletion.REMOVED
+        if record in self._waiting:
+            self._waiting.remove(record)
+            self._finish(record, self._tracer.cancelled(record.trace))
+        else:
+            self._running[trace_id].cancel()
+        return Deletion.CANCELLED
+
+    def _retry_after(self) -> int:
+        """A guess at when room frees up: the shortest planned duration of what is stored."""
+        durations = (
+            r.trace.request.probes * r.trace.request.interval + r.trace.request.timeout
+            for r in self._store.records()
+        )
+        return max(1, round(min(durations, default=1.0)))
+
+    def _start_waiting(self) -> None:
+        while self._waiting and len(self._running) < self.max_running:
+            self._start(self._waiting.popleft())
+
+    def _start(self, record: TraceRecord) -> None:
+        def updated(trace: Trace) -> None:
+            changed = trace.status is not record.trace.status
+            self._store.update(record, trace)
+            if changed:
+                record.channel.publish_status(trace.status)
+
+        # Hop updates go to the channel only: it keeps each hop's latest figures, which
+        # the record reads when the trace is asked for (see TraceRecord.full_trace).
+        running = self._tracer.trace(
+            record.trace.request,
+            queued=record.trace,
+            on_update=updated,
+            on_live_hop=record.channel.publish_hop,
+        )
+        self._running[record.trace.id] = running
+        running.addCallback(self._ended, record)
+        running.addErrback(self._crashed, record)
+
+    def _ended(self, trace: Trace, record: TraceRecord) -> None:
+        self._running.pop(trace.id, None)
+        self._finish(record, trace)
+        self._start_waiting()
+
+    def _crashed(self, failure: object, record: TraceRecord) -> None:
+        self.log.failure("trace {id} crashed", failure, id=record.trace.id)  # type: ignore[arg-type]
+        self._running.pop(record.trace.id, None)
+        self._finish(record, self._tracer.crashed(record.trace, str(failure)))
+        self._start_waiting()
+
+    def _finish(self, record: TraceRecord, trace: Trace) -> None:
+        final = attrs.evolve(trace, expires_at=self._store.expires_at())
+        self._store.update(record, final)
+        record.channel.publish_status(final.status)
+        record.channel.publish_done(final, later=record.full_trace)
+        self._on_finished(final)
+        if not self._running and not self._waiting:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                waiter.callback(None)
+
+    async def drain(self, clock: IReactorTime, grace: float) -> None:
+        """Cancel what waits, give what runs ``grace`` seconds, then cancel it too."""
+        for record in list(self._waiting):
+            self.delete(record.trace.id)
+        if not self._running:
+            return
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+        timer = clock.callLater(grace, self._cancel_running)
+        await idle
+        if timer.active():
+            timer.cancel()
+
+    def _cancel_running(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel()
+
+
+__all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]

@@ -1,0 +1,160 @@
+"""A trace as the service sees it: its request, its status and the hops found so far.
+
+Every value here is frozen: the runner builds new ones as replies arrive and the
+store keeps the latest. Times are seconds since the epoch, read from the injected
+clock; they become RFC 3339 only at the HTTP edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol as TypingProtocol
+
+import attrs
+
+from mtrd.engine.probe import MplsLabel, Protocol
+
+DEFAULT_PORTS = {Protocol.UDP: 33434, Protocol.TCP: 80}
+
+
+class TraceStatus(enum.StrEnum):
+    """Where a trace is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the trace will not change any more."""
+        return self in (TraceStatus.COMPLETED, TraceStatus.FAILED, TraceStatus.CANCELLED)
+
+
+class HopEnd(enum.StrEnum):
+    """How a hop ended the path, where that matters."""
+
+    DESTINATION = "destination"  # the target itself answered here
+    UNREACHABLE = "unreachable"  # a router answered ICMP unreachable (no-route)
+    HOST_DOWN = "host-down"
+
+
+@attrs.frozen
+class TraceRequest:
+    """A trace request, normalised: every default filled in, every value checked."""
+
+    target: str
+    ip_version: int | None = None
+    protocol: Protocol = Protocol.ICMP
+    port: int | None = None
+    first_ttl: int = 1
+    max_ttl: int = 30
+    probes: int = 3
+    interval: float = 1.0
+    timeout: int = 2
+    size: int | None = None
+    tos: int | None = None
+
+
+@attrs.frozen
+class Responder:
+    """An address that answered at one TTL, how often, and the MPLS labels it quoted."""
+
+    address: str
+    replies: int
+    mpls: tuple[MplsLabel, ...] = ()
+
+
+@attrs.frozen
+class RttStats:
+    """Round-trip times of one hop in milliseconds; all None while nothing came back."""
+
+    last: float | None = None
+    best: float | None = None
+    avg: float | None = None
+    worst: float | None = None
+    stdev: float | None = None
+
+
+@attrs.frozen
+class JitterStats:
+    """Differences between consecutive round-trip times, in milliseconds (as mtr)."""
+
+    last: float | None = None
+    avg: float | None = None
+    max: float | None = None
+
+
+@attrs.frozen
+class Hop:
+    """What is known about one TTL of a trace."""
+
+    ttl: int
+    responders: tuple[Responder, ...] = ()
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    rtt_ms: RttStats = RttStats()
+    jitter_ms: JitterStats = JitterStats()
+    end: HopEnd | None = None
+
+    @property
+    def loss_pct(self) -> float:
+        """Share of the probes whose wait is over that got no answer, in percent."""
+        done = self.received + self.lost
+        return 0.0 if done == 0 else 100.0 * self.lost / done
+
+    def snapshot(self) -> Hop:
+        """A hop value is its own snapshot (see :class:`LiveHop`)."""
+        return self
+
+
+class LiveHop(TypingProtocol):
+    """A hop whose figures may still change: a :class:`Hop` value, or the running
+    figures of a trace in progress (``mtrd.tracing.stats.HopAccumulator``), which are
+    turned into a value only when someone asks."""
+
+    @property
+    def ttl(self) -> int:
+        """The TTL the hop is at."""
+        ...
+
+    def snapshot(self) -> Hop:
+        """The figures now, as a value."""
+        ...
+
+
+@attrs.frozen
+class TraceTarget:
+    """What was asked for and what it resolved to."""
+
+    input: str
+    address: str | None = None
+    ip_version: int | None = None
+
+
+@attrs.frozen
+class TraceError:
+    """Why a trace failed: a short machine-readable type and a sentence."""
+
+    type: str
+    message: str
+
+
+@attrs.frozen
+class Trace:
+    """A snapshot of one trace."""
+
+    id: str
+    status: TraceStatus
+    request: TraceRequest
+    target: TraceTarget
+    created_at: float
+    source: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    destination_reached: bool = False
+    hops: tuple[Hop, ...] = ()
+    error: TraceError | None = None

@@ -1,0 +1,168 @@
+"""Hop statistics as mtr keeps them: pure arithmetic over the replies at one TTL.
+
+The figures follow mtr's ``net_process_ping`` (ui/net.c, 0.95) but stay in
+floating point milliseconds throughout: mtr truncates its previous mean to whole
+microseconds before each update, which biases the mean and the deviation by up
+to a microsecond per reply. Best, worst and jitter are kept in integer
+microseconds, as they arrive, and converted only in :meth:`HopAccumulator.snapshot`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from mtrd.engine.probe import MplsLabel
+from mtrd.tracing.model import Hop, HopEnd, JitterStats, Responder, RttStats
+
+# How much an end says about the path: the destination answering settles it, an
+# unreachable router explains why it stops there, host-down is the weakest claim.
+_END_RANK: dict[HopEnd | None, int] = {
+    None: 0,
+    HopEnd.HOST_DOWN: 1,
+    HopEnd.UNREACHABLE: 2,
+    HopEnd.DESTINATION: 3,
+}
+
+
+def _ms(microseconds: int) -> float:
+    return microseconds / 1000.0
+
+
+@attrs.define
+class HopAccumulator:
+    """The running figures of one TTL, updated as probes are sent, answered or lost."""
+
+    ttl: int
+    _sent: int = attrs.field(default=0, init=False)
+    _received: int = attrs.field(default=0, init=False)
+    _lost: int = attrs.field(default=0, init=False)
+    # Insertion order is the order of first answer, which the snapshot keeps.
+    _responders: dict[str, Responder] = attrs.field(factory=dict, init=False)
+    _end: HopEnd | None = attrs.field(default=None, init=False)
+    _last_us: int = attrs.field(default=0, init=False)
+    _best_us: int = attrs.field(default=0, init=False)
+    _worst_us: int = attrs.field(default=0, init=False)
+    _avg_ms: float = attrs.field(default=0.0, init=False)
+    _ssd: float = attrs.field(default=0.0, init=False)
+    _jitter_last_us: int = attrs.field(default=0, init=False)
+    _jitter_max_us: int = attrs.field(default=0, init=False)
+    _jitter_avg_ms: float = attrs.field(default=0.0, init=False)
+    _snapshot: Hop | None = attrs.field(default=None, init=False)  # until the next change
+
+    @property
+    def sent(self) -> int:
+        """Probes sent at this TTL."""
+        return self._sent
+
+    @property
+    def received(self) -> int:
+        """Probes answered."""
+        return self._received
+
+    @property
+    def lost(self) -> int:
+        """Probes whose wait is over with no answer."""
+        return self._lost
+
+    def record_sent(self) -> None:
+        """Count a probe sent at this TTL."""
+        self._sent += 1
+        self._snapshot = None
+
+    def record_reply(
+        self,
+        address: str,
+        rtt_us: int,
+        mpls: tuple[MplsLabel, ...] = (),
+        end: HopEnd | None = None,
+    ) -> None:
+        """Count an answer from ``address`` after ``rtt_us`` microseconds.
+
+        ``end`` says whether the answer ended the path here (the destination, an
+        ICMP unreachable, host-down). Raises ValueError when no sent probe is left
+        to answer.
+        """
+        self._check_outstanding("reply")
+        self._snapshot = None
+        self._received += 1
+        n = self._received
+
+        known = self._responders.get(address)
+        replies = 1 if known is None else known.replies + 1
+        self._responders[address] = Responder(address=address, replies=replies, mpls=mpls)
+        if _END_RANK[end] > _END_RANK[self._end]:
+            self._end = end
+
+        if n == 1:
+            # As mtr: the first reply sets best and worst, and has no jitter.
+            self._best_us = self._worst_us = rtt_us
+            jitter_us = 0
+        else:
+            self._best_us = min(self._best_us, rtt_us)
+            self._worst_us = max(self._worst_us, rtt_us)
+            jitter_us = abs(rtt_us - self._last_us)
+        self._last_us = rtt_us
+
+        rtt_ms = _ms(rtt_us)
+        old_avg = self._avg_ms
+        self._avg_ms += (rtt_ms - old_avg) / n
+        self._ssd += (rtt_ms - old_avg) * (rtt_ms - self._avg_ms)
+
+        self._jitter_last_us = jitter_us
+        self._jitter_max_us = max(self._jitter_max_us, jitter_us)
+        self._jitter_avg_ms += (_ms(jitter_us) - self._jitter_avg_ms) / n
+
+    def record_lost(self) -> None:
+        """Count a probe whose wait is over with no answer. Raises ValueError if none is out."""
+        self._check_outstanding("loss")
+        self._snapshot = None
+        self._lost += 1
+
+    def snapshot(self) -> Hop:
+        """The hop as a frozen value, figures in milliseconds (made once per change)."""
+        if self._snapshot is None:
+            self._snapshot = self._make_snapshot()
+        return self._snapshot
+
+    def _make_snapshot(self) -> Hop:
+        return Hop(
+            ttl=self.ttl,
+            responders=tuple(self._responders.values()),
+            sent=self._sent,
+            received=self._received,
+            lost=self._lost,
+            rtt_ms=self._rtt(),
+            jitter_ms=self._jitter(),
+            end=self._end,
+        )
+
+    def _check_outstanding(self, what: str) -> None:
+        if self._received + self._lost >= self._sent:
+            raise ValueError(
+                f"TTL {self.ttl}: a {what} with no probe outstanding "
+                f"(sent {self._sent}, received {self._received}, lost {self._lost})"
+            )
+
+    def _rtt(self) -> RttStats:
+        n = self._received
+        if n == 0:
+            return RttStats()
+        return RttStats(
+            last=_ms(self._last_us),
+            best=_ms(self._best_us),
+            avg=self._avg_ms,
+            worst=_ms(self._worst_us),
+            # Every Welford term is >= 0 in exact arithmetic; rounding need not keep it so.
+            stdev=math.sqrt(max(self._ssd, 0.0) / (n - 1)) if n > 1 else 0.0,
+        )
+
+    def _jitter(self) -> JitterStats:
+        if self._received == 0:
+            return JitterStats()
+        return JitterStats(
+            last=_ms(self._jitter_last_us),
+            avg=self._jitter_avg_ms,
+            max=_ms(self._jitter_max_us),
+        )

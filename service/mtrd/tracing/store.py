@@ -1,0 +1,162 @@
+"""The in-memory trace store: records by id, newest first, expiry and caps.
+
+Finished traces expire ``ttl`` seconds after they end (on the injected clock).
+At ``max_traces``, adding a trace evicts the oldest finished one; when every
+stored trace is still active, :class:`StoreFull` says when to retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from mtrd.tracing.events import TraceChannel
+from mtrd.tracing.model import Trace, TraceStatus
+
+
+class StoreFull(Exception):
+    """Every stored trace is still active: no room for another."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the trace store is full of active traces; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class BadCursor(ValueError):
+    """A listing cursor that this store did not hand out."""
+
+
+@attrs.frozen
+class StoreLimits:
+    """How long finished traces stay and how many traces are kept."""
+
+    ttl: float = 3600.0
+    max_traces: int = 10_000
+
+    def __attrs_post_init__(self) -> None:
+        if self.ttl <= 0:
+            raise ValueError("the store ttl must be positive")
+        if self.max_traces < 1:
+            raise ValueError("the store must hold at least one trace")
+
+
+@attrs.define(eq=False)
+class TraceRecord:
+    """One stored trace: its latest snapshot, its live channel and its version.
+
+    While the trace runs, ``trace`` is the snapshot without the hops that change with
+    every reply: those live in the channel, and :meth:`full_trace` puts them together
+    only when someone asks. Once the trace is final, ``trace`` is the whole value.
+    """
+
+    trace: Trace
+    channel: TraceChannel
+    seq: int
+    expiry: IDelayedCall | None = None
+    _updates: int = 0
+
+    @property
+    def version(self) -> int:
+        """A number that grows with every change of the trace (ETags and caches key on it).
+
+        Snapshot updates (a resolved address, a new status) and hop events both count:
+        each bumps one of two counters that only grow.
+        """
+        return self._updates + self.channel.last_id
+
+    def replace(self, trace: Trace) -> None:
+        """Take a new snapshot of the trace."""
+        self.trace = trace
+        self._updates += 1
+
+    def full_trace(self) -> Trace:
+        """The whole trace, hops included."""
+        if self.trace.status.is_final:
+            return self.trace
+        hops = self.channel.current_hops()
+        return attrs.evolve(self.trace, hops=hops) if hops else self.trace
+
+
+class TraceStore:
+    """Holds traces in memory; see the module docstring."""
+
+    def __init__(self, clock: IReactorTime, limits: StoreLimits = StoreLimits()) -> None:
+        self._clock = clock
+        self.limits = limits
+        self._records: dict[str, TraceRecord] = {}  # insertion order: oldest first
+        self._seq = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, trace_id: str) -> TraceRecord | None:
+        """The record of ``trace_id``, or None if unknown or expired."""
+        return self._records.get(trace_id)
+
+    def add(self, trace: Trace, retry_after: Callable[[], int]) -> TraceRecord:
+        """Store a new trace, evicting the oldest finished one if at the cap."""
+        if len(self._records) >= self.limits.max_traces:
+            oldest = next((r for r in self._records.values() if r.trace.status.is_final), None)
+            if oldest is None:
+                raise StoreFull(retry_after())
+            self.remove(oldest.trace.id)
+            self.evictions += 1
+        self._seq += 1
+        record = TraceRecord(trace=trace, channel=TraceChannel(trace.status), seq=self._seq)
+        self._records[trace.id] = record
+        return record
+
+    def update(self, record: TraceRecord, trace: Trace) -> None:
+        """Replace the snapshot; a finished trace starts its expiry clock."""
+        record.replace(trace)
+        if trace.status.is_final and record.expiry is None:
+            record.expiry = self._clock.callLater(self.limits.ttl, self.remove, trace.id)
+
+    def expires_at(self) -> float:
+        """When a trace that finishes now will expire."""
+        return self._clock.seconds() + self.limits.ttl
+
+    def remove(self, trace_id: str) -> None:
+        """Forget a trace (expired, evicted or deleted)."""
+        record = self._records.pop(trace_id, None)
+        if record is not None and record.expiry is not None and record.expiry.active():
+            record.expiry.cancel()
+
+    def newest_first(
+        self, status: TraceStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[Trace], str | None]:
+        """A page of traces, newest first, and the cursor of the next page (or None)."""
+        below = _decode_cursor(cursor) if cursor is not None else None
+        page: list[Trace] = []
+        last_seq = 0
+        for record in self._newest():
+            if below is not None and record.seq >= below:
+                continue
+            if status is not None and record.trace.status is not status:
+                continue
+            if len(page) == limit:
+                return page, _encode_cursor(last_seq)
+            page.append(record.trace)
+            last_seq = record.seq
+        return page, None
+
+    def records(self) -> Iterator[TraceRecord]:
+        """Every record, oldest first."""
+        return iter(list(self._records.values()))
+
+    def _newest(self) -> Iterator[TraceRecord]:
+        return reversed(list(self._records.values()))
+
+
+def _encode_cursor(seq: int) -> str:
+    # A cursor names a place in the listing: "traces older than this one".
+    return str(seq)
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise BadCursor(cursor)
+    return int(cursor)

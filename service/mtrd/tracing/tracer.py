@@ -1,0 +1,175 @@
+"""A whole trace, from target to final snapshot: resolve, run, report.
+
+:class:`Tracer` is the library entry point for traces::
+
+    tracer = Tracer(reactor, pool, resolver)
+    trace = await tracer.trace(TraceRequest("203.0.113.7"), on_hop=print)
+
+``on_hop`` receives every hop update; ``on_update`` the snapshot once the trace
+is running, and again once its target is resolved. Cancelling the returned Deferred ends the trace
+as ``cancelled`` with what it found so far.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from mtrd.tracing.model import (
+    Hop,
+    LiveHop,
+    Trace,
+    TraceError,
+    TraceRequest,
+    TraceStatus,
+    TraceTarget,
+)
+from mtrd.tracing.policy import TargetPolicy, TargetRefused
+from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
+from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
+
+DEFAULT_SETTINGS = RunSettings()
+OPEN_POLICY = TargetPolicy()
+LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledger clashes
+
+
+def new_trace_id() -> str:
+    """An unguessable trace id (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def _hop_listener(
+    on_hop: Callable[[Hop], None] | None, on_live_hop: Callable[[LiveHop], None] | None
+) -> Callable[[LiveHop], None]:
+    if on_hop is None:
+        return on_live_hop or (lambda _: None)
+    if on_live_hop is None:
+        return lambda live: on_hop(live.snapshot())
+
+    def both(live: LiveHop) -> None:
+        on_live_hop(live)
+        on_hop(live.snapshot())
+
+    return both
+
+
+class Tracer:
+    """Runs traces over a probe pool; see the module docstring."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        prober: Prober,
+        resolver: TargetResolver,
+        *,
+        settings: RunSettings = DEFAULT_SETTINGS,
+        source_ipv4: str | None = None,
+        source_ipv6: str | None = None,
+        policy: TargetPolicy = OPEN_POLICY,
+    ) -> None:
+        self._clock = clock
+        self._prober = prober
+        self._resolver = resolver
+        self._settings = settings
+        self._policy = policy
+        self._sources = {4: source_ipv4, 6: source_ipv6}
+
+    def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
+        """The queued snapshot of a trace that has not started."""
+        return Trace(
+            id=trace_id or new_trace_id(),
+            status=TraceStatus.QUEUED,
+            request=request,
+            target=TraceTarget(input=request.target),
+            created_at=self._clock.seconds(),
+        )
+
+    def trace(
+        self,
+        request: TraceRequest,
+        *,
+        queued: Trace | None = None,
+        on_update: Callable[[Trace], None] = lambda _: None,
+        on_hop: Callable[[Hop], None] | None = None,
+        on_live_hop: Callable[[LiveHop], None] | None = None,
+    ) -> Deferred[Trace]:
+        """Run one trace; fire with its final snapshot (never fails).
+
+        ``on_update`` gets the snapshot when it starts running and again once its
+        target is resolved; ``on_hop`` gets every hop update as a value. ``on_live_hop``
+        gets the same updates as live hops, to snapshot only if and when it needs
+        the figures (the service keeps them so: most traces are polled, not followed).
+        """
+        hop_changed = _hop_listener(on_hop, on_live_hop)
+        return Deferred.fromCoroutine(
+            self._trace(queued or self.new(request), on_update=on_update, on_hop=hop_changed)
+        )
+
+    def cancelled(self, trace: Trace) -> Trace:
+        """``trace`` ended as cancelled now."""
+        return self._end(trace, status=TraceStatus.CANCELLED)
+
+    def crashed(self, trace: Trace, why: str) -> Trace:
+        """``trace`` failed through a fault of mtrd's own."""
+        return self._end(trace, error=TraceError("internal-error", why))
+
+    async def _trace(
+        self,
+        trace: Trace,
+        *,
+        on_update: Callable[[Trace], None],
+        on_hop: Callable[[LiveHop], None],
+    ) -> Trace:
+        trace = attrs.evolve(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
+        on_update(trace)
+        request = trace.request
+        try:
+            resolved = await self._resolver.resolve(request.target, request.ip_version)
+        except ResolutionFailed as e:
+            return self._end(trace, error=TraceError("dns", str(e)))
+        except CancelledError:
+            return self._end(trace, status=TraceStatus.CANCELLED)
+        try:
+            self._policy.check(resolved.address)
+        except TargetRefused as e:
+            trace = attrs.evolve(
+                trace, target=TraceTarget(request.target, resolved.address, resolved.ip_version)
+            )
+            return self._end(trace, error=TraceError("forbidden-target", str(e)))
+        source = self._sources[resolved.ip_version]
+        trace = attrs.evolve(
+            trace,
+            target=TraceTarget(request.target, resolved.address, resolved.ip_version),
+            source=source,
+        )
+        on_update(trace)
+        run = TraceRun(
+            clock=self._clock,
+            prober=self._prober,
+            request=request,
+            address=resolved.address,
+            ip_version=resolved.ip_version,
+            on_hop=on_hop,
+            settings=self._settings,
+            source=source,
+            local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
+            if resolved.ip_version == 4
+            else None,
+        )
+        outcome = await run.start()
+        trace = attrs.evolve(
+            trace, hops=outcome.hops, destination_reached=outcome.destination_reached
+        )
+        if outcome.cancelled:
+            return self._end(trace, status=TraceStatus.CANCELLED)
+        return self._end(trace, error=outcome.error)
+
+    def _end(
+        self, trace: Trace, *, error: TraceError | None = None, status: TraceStatus | None = None
+    ) -> Trace:
+        final = status or (TraceStatus.FAILED if error is not None else TraceStatus.COMPLETED)
+        return attrs.evolve(trace, status=final, error=error, finished_at=self._clock.seconds())

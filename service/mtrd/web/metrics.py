@@ -1,0 +1,203 @@
+"""Prometheus metrics: counters fed as things happen, gauges read at scrape time.
+
+Each :class:`Metrics` has its own registry, so tests and several services in one
+process never share counters. The engine and the trace logic know nothing of
+it: :class:`MeteredProber` wraps the pool, the jobs report finished traces, and
+the HTTP edge reports requests.
+
+Counting sits on the hot path (several counts per probe, two per request), and
+everything counts on the reactor thread: so the counts are plain numbers in
+dicts (:class:`Tally`, :class:`Buckets`), turned into metric families only when
+``/metrics`` is scraped, rather than prometheus_client's thread-safe children,
+which take a lock per increment.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mtrd.engine.probe import ProbeReply, ProbeRequest
+from mtrd.tracing.model import Trace
+from mtrd.tracing.rounds import Prober
+
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+Labels = tuple[str, ...]
+
+
+class _StateCollector(Collector):
+    """Metrics computed when scraped."""
+
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return self._read()
+
+
+class Tally:
+    """A labelled counter: one number per label values, counted without locks."""
+
+    def __init__(self, name: str, documentation: str, labels: Labels) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.counts: dict[Labels, float] = {}
+
+    def inc(self, values: Labels, amount: float = 1.0) -> None:
+        """Add ``amount`` to the count of ``values`` (one value per label)."""
+        counts = self.counts
+        counts[values] = counts.get(values, 0.0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        """The counter as scraped."""
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in sorted(self.counts.items()):
+            family.add_metric(list(values), count)
+        return family
+
+
+class Buckets:
+    """A labelled histogram: counts per bucket, a sum and a total per label values."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Labels, bounds: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = bounds
+        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
+
+    def observe(self, values: Labels, value: float) -> None:
+        """Count ``value`` in the first bucket whose upper bound is at least ``value``."""
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = ([0] * (len(self.bounds) + 1), [0.0])
+        series[0][bisect.bisect_left(self.bounds, value)] += 1
+        series[1][0] += value
+
+    def family(self) -> HistogramMetricFamily:
+        """The histogram as scraped: cumulative buckets, as Prometheus wants them."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        edges = [repr(b) for b in self.bounds] + ["+Inf"]
+        for values, (counts, total) in sorted(self.series.items()):
+            cumulative, running = [], 0
+            for edge, count in zip(edges, counts, strict=True):
+                running += count
+                cumulative.append((edge, running))
+            family.add_metric(list(values), cumulative, sum_value=total[0])
+        return family
+
+
+class Metrics:
+    """The service's metrics and the text exposition of them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.traces = Tally("mtrd_traces", "Traces that ended, by final status", ("status",))
+        self.probes_sent = Tally("mtrd_probes_sent", "Probes handed to the pool", ("protocol",))
+        self.replies = Tally("mtrd_probe_replies", "Probe outcomes by kind", ("kind",))
+        self.probe_rtt = Buckets(
+            "mtrd_probe_rtt_seconds", "Round-trip time of answered probes", (), RTT_BUCKETS
+        )
+        self.http_requests = Tally(
+            "mtrd_http_requests",
+            "HTTP requests by route, method and status",
+            ("route", "method", "status"),
+        )
+        self.http_duration = Buckets(
+            "mtrd_http_request_duration_seconds",
+            "Time to answer an HTTP request (streams: until they end)",
+            ("route",),
+            HTTP_BUCKETS,
+        )
+        self._state: list[Callable[[], Iterable[Metric]]] = []
+        self._counted = (
+            self.traces,
+            self.probes_sent,
+            self.replies,
+            self.probe_rtt,
+            self.http_requests,
+            self.http_duration,
+        )
+        self.registry.register(_StateCollector(self._collect))
+
+    def probe_counted(self, protocol: str) -> None:
+        """Count one probe handed to the pool."""
+        self.probes_sent.inc((protocol,))
+
+    def outcome_counted(self, kind: str, rtt_seconds: float | None = None) -> None:
+        """Count one probe outcome (and its round-trip time, when it has one)."""
+        self.replies.inc((kind,))
+        if rtt_seconds is not None:
+            self.probe_rtt.observe((), rtt_seconds)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its duration."""
+        self.http_requests.inc((route, method, str(status)))
+        self.http_duration.observe((route,), seconds)
+
+    def watch(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Add metrics computed at scrape time."""
+        self._state.append(read)
+
+    def trace_finished(self, trace: Trace) -> None:
+        """Count a trace that reached its final status."""
+        self.traces.inc((trace.status.value,))
+
+    def exposition(self) -> bytes:
+        """All metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def _collect(self) -> Iterable[Metric]:
+        for counted in self._counted:
+            yield counted.family()
+        for read in self._state:
+            yield from read()
+
+
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """One unlabelled gauge."""
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """One unlabelled counter whose total is kept elsewhere."""
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class MeteredProber:
+    """A prober that counts probes and their outcomes on their way through the pool."""
+
+    def __init__(self, prober: Prober, metrics: Metrics) -> None:
+        self._prober = prober
+        self._metrics = metrics
+
+    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+        """Send through the wrapped prober, counting the probe and its outcome."""
+        self._metrics.probe_counted(request.protocol.value)
+        result = self._prober.probe(request)
+        result.addBoth(self._settled)
+        return result
+
+    def _settled(self, outcome: ProbeReply | Failure) -> ProbeReply | Failure:
+        if isinstance(outcome, Failure):
+            self._metrics.outcome_counted(f"failed:{type(outcome.value).__name__}")
+        else:
+            rtt = outcome.rtt_us
+            self._metrics.outcome_counted(outcome.kind.value, None if rtt is None else rtt / 1e6)
+        return outcome

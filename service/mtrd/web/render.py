@@ -1,0 +1,231 @@
+"""Trace values as JSON-ready dicts, the shapes documented in openapi.yaml."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from mtrd.engine.probe import MplsLabel, Protocol
+from mtrd.tracing.model import (
+    Hop,
+    HopEnd,
+    JitterStats,
+    Responder,
+    RttStats,
+    Trace,
+    TraceError,
+    TraceRequest,
+    TraceStatus,
+    TraceTarget,
+)
+
+# One encoder for every render: json.dumps builds a new one per call when given options.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def rfc3339(seconds: float | None) -> str | None:
+    """An epoch time as RFC 3339 in UTC with milliseconds, e.g. 2026-11-22T21:00:00.123Z."""
+    if seconds is None:
+        return None
+    whole = int(seconds)
+    millis = round((seconds - whole) * 1000)
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return f"{_second(whole)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(whole: int) -> str:
+    # Traces stored together share their seconds: format each second once.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def from_rfc3339(text: str | None) -> float | None:
+    """The inverse of :func:`rfc3339`."""
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def links(trace_id: str) -> dict[str, str]:
+    """Where a trace and its event stream live."""
+    return {"self": f"/traces/{trace_id}", "events": f"/traces/{trace_id}/events"}
+
+
+def request_json(request: TraceRequest) -> dict[str, Any]:
+    """The normalised request, defaults filled in."""
+    return {
+        "target": request.target,
+        "ip_version": request.ip_version,
+        "protocol": request.protocol.value,
+        "port": request.port,
+        "first_ttl": request.first_ttl,
+        "max_ttl": request.max_ttl,
+        "probes": request.probes,
+        "interval": request.interval,
+        "timeout": request.timeout,
+        "size": request.size,
+        "tos": request.tos,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def hop_json(hop: Hop) -> dict[str, Any]:
+    """One hop with its responders and figures."""
+    return {
+        "ttl": hop.ttl,
+        "responders": [
+            {
+                "address": r.address,
+                "replies": r.replies,
+                "mpls": [
+                    {
+                        "label": m.label,
+                        "traffic_class": m.traffic_class,
+                        "bottom_of_stack": m.bottom_of_stack,
+                        "ttl": m.ttl,
+                    }
+                    for m in r.mpls
+                ],
+            }
+            for r in hop.responders
+        ],
+        "sent": hop.sent,
+        "received": hop.received,
+        "lost": hop.lost,
+        "loss_pct": round(hop.loss_pct, 1),
+        "rtt_ms": {
+            "last": _ms(hop.rtt_ms.last),
+            "best": _ms(hop.rtt_ms.best),
+            "avg": _ms(hop.rtt_ms.avg),
+            "worst": _ms(hop.rtt_ms.worst),
+            "stdev": _ms(hop.rtt_ms.stdev),
+        },
+        "jitter_ms": {
+            "last": _ms(hop.jitter_ms.last),
+            "avg": _ms(hop.jitter_ms.avg),
+            "max": _ms(hop.jitter_ms.max),
+        },
+        "end": None if hop.end is None else hop.end.value,
+    }
+
+
+def _target_json(trace: Trace) -> dict[str, Any]:
+    return {
+        "input": trace.target.input,
+        "address": trace.target.address,
+        "ip_version": trace.target.ip_version,
+    }
+
+
+def trace_json(trace: Trace) -> dict[str, Any]:
+    """The trace resource."""
+    return {
+        "id": trace.id,
+        "status": trace.status.value,
+        "request": request_json(trace.request),
+        "target": _target_json(trace),
+        "source": trace.source,
+        "created_at": rfc3339(trace.created_at),
+        "started_at": rfc3339(trace.started_at),
+        "finished_at": rfc3339(trace.finished_at),
+        "expires_at": rfc3339(trace.expires_at),
+        "destination_reached": trace.destination_reached,
+        "hops": [hop_json(hop) for hop in trace.hops],
+        "error": None
+        if trace.error is None
+        else {"type": trace.error.type, "message": trace.error.message},
+        "links": links(trace.id),
+    }
+
+
+def summary_json(trace: Trace) -> dict[str, Any]:
+    """A trace in a listing."""
+    return {
+        "id": trace.id,
+        "status": trace.status.value,
+        "target": _target_json(trace),
+        "created_at": rfc3339(trace.created_at),
+        "finished_at": rfc3339(trace.finished_at),
+        "destination_reached": trace.destination_reached,
+        "links": links(trace.id),
+    }
+
+
+def status_json(trace_id: str, status: TraceStatus) -> dict[str, Any]:
+    """The data of a ``status`` event."""
+    return {"id": trace_id, "status": status.value}
+
+
+def trace_bytes(trace: Trace) -> bytes:
+    """The trace resource as compact JSON."""
+    return _COMPACT.encode(trace_json(trace)).encode()
+
+
+def _optional(kind: type[Any], value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def hop_from_json(data: dict[str, Any]) -> Hop:
+    """The inverse of :func:`hop_json` (times in milliseconds, as rendered)."""
+    rtt, jitter = data["rtt_ms"], data["jitter_ms"]
+    return Hop(
+        ttl=data["ttl"],
+        responders=tuple(
+            Responder(
+                address=r["address"],
+                replies=r["replies"],
+                mpls=tuple(
+                    MplsLabel(m["label"], m["traffic_class"], m["bottom_of_stack"], m["ttl"])
+                    for m in r["mpls"]
+                ),
+            )
+            for r in data["responders"]
+        ),
+        sent=data["sent"],
+        received=data["received"],
+        lost=data["lost"],
+        rtt_ms=RttStats(rtt["last"], rtt["best"], rtt["avg"], rtt["worst"], rtt["stdev"]),
+        jitter_ms=JitterStats(jitter["last"], jitter["avg"], jitter["max"]),
+        end=_optional(HopEnd, data["end"]),
+    )
+
+
+def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
+    """The inverse of :func:`trace_json`: a trace resource back into a :class:`Trace`."""
+    data = json.loads(document) if isinstance(document, bytes) else document
+    request, target, error = data["request"], data["target"], data["error"]
+    created = from_rfc3339(data["created_at"])
+    assert created is not None
+    return Trace(
+        id=data["id"],
+        status=TraceStatus(data["status"]),
+        request=TraceRequest(
+            target=request["target"],
+            ip_version=request["ip_version"],
+            protocol=Protocol(request["protocol"]),
+            port=request["port"],
+            first_ttl=request["first_ttl"],
+            max_ttl=request["max_ttl"],
+            probes=request["probes"],
+            interval=request["interval"],
+            timeout=request["timeout"],
+            size=request["size"],
+            tos=request["tos"],
+        ),
+        target=TraceTarget(target["input"], target["address"], target["ip_version"]),
+        created_at=created,
+        source=data["source"],
+        started_at=from_rfc3339(data["started_at"]),
+        finished_at=from_rfc3339(data["finished_at"]),
+        expires_at=from_rfc3339(data["expires_at"]),
+        destination_reached=data["destination_reached"],
+        hops=tuple(hop_from_json(h) for h in data["hops"]),
+        error=None if error is None else TraceError(error["type"], error["message"]),
+    )

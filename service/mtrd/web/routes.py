@@ -1,0 +1,437 @@
+"""The HTTP edge: parses requests, calls the trace jobs, renders answers.
+
+Only this module knows Klein. Domain errors become problem+json answers here,
+in one place (:meth:`Api.problem`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from mtrd.tracing.events import Event
+from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
+from mtrd.tracing.model import TraceStatus
+from mtrd.tracing.policy import TargetPolicy, TargetRefused
+from mtrd.tracing.resolution import literal
+from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
+from mtrd.web.bodies import BodyCache
+from mtrd.web.intake import InvalidFields, nesting_depth, parse_trace_request
+from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
+from mtrd.web.metrics import Metrics
+from mtrd.web.problems import Problem, invalid_fields, not_found
+from mtrd.web.render import summary_json
+from mtrd.web.report import render_report
+from mtrd.web.sse import EventStream
+
+OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
+OPEN_POLICY = TargetPolicy()
+
+
+class Readiness(Protocol):
+    """What the edge reads of the probe pool."""
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers that answered their version check."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Workers the pool keeps."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Probes waiting for a worker."""
+        ...
+
+
+class Api:
+    """The Klein application of one mtrd process."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        pool: Readiness,
+        jobs: TraceJobs,
+        store: TraceStore,
+        clock: IReactorTime,
+        heartbeat: float = 15.0,
+        metrics: Metrics | None = None,
+        limits: EdgeLimits = DEFAULT_LIMITS,
+        policy: TargetPolicy = OPEN_POLICY,
+    ) -> None:
+        self._limits = limits
+        self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
+        self._policy = policy
+        self._pool = pool
+        self._jobs = jobs
+        self._store = store
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self._metrics = metrics
+        self._bodies = BodyCache()
+        self.draining = False
+        self.sse_subscribers = 0
+
+    # -- traces -------------------------------------------------------------------------
+
+    @app.route("/traces", methods=["POST"])
+    def create(self, request: IRequest) -> bytes:
+        """Start a trace: 202 with its resource and Location."""
+        return self._answer(request, lambda: self._create(request))
+
+    def _create(self, request: IRequest) -> bytes:
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the trace request as application/json",
+            )
+        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(raw) > MAX_BODY:
+            raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
+        if nesting_depth(raw) > MAX_NESTING:
+            raise Problem(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                f"the body nests deeper than {MAX_NESTING} levels",
+            )
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Problem(
+                400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
+            ) from None
+        try:
+            trace_request = parse_trace_request(body)
+        except InvalidFields as e:
+            raise invalid_fields(e.errors) from None
+        if self.draining:
+            raise Problem(
+                503,
+                "shutting-down",
+                "Shutting down",
+                "mtrd is shutting down and takes no new traces",
+                headers=(("Retry-After", "5"),),
+            )
+        if self._pool.ready_workers == 0:
+            raise Problem(
+                503,
+                "not-ready",
+                "Not ready",
+                "no mtr-packet worker is running yet",
+                headers=(("Retry-After", "1"),),
+            )
+        address = literal(trace_request.target)
+        if address is not None:
+            try:
+                self._policy.check(address.address)
+            except TargetRefused as e:
+                raise Problem(
+                    403,
+                    "forbidden-target",
+                    "Forbidden target",
+                    str(e),
+                    errors=(("target", e.rule),),
+                ) from None
+        if self._pool.queued >= self._limits.max_probes_waiting:
+            raise Problem(
+                429,
+                "engine-saturated",
+                "Too many probes waiting",
+                f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
+                headers=(("Retry-After", "2"),),
+            )
+        try:
+            record = self._jobs.submit(trace_request)
+        except QueueFull as e:
+            raise Problem(
+                429,
+                "queue-full",
+                "Too many queued traces",
+                str(e),
+                headers=(("Retry-After", str(e.retry_after)),),
+            ) from None
+        except StoreFull as e:
+            raise Problem(
+                429,
+                "store-full",
+                "Too many active traces",
+                str(e),
+                headers=(("Retry-After", str(e.retry_after)),),
+            ) from None
+        request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
+        return _body(request, 202, self._bodies.body(record))
+
+    @app.route("/traces", methods=["GET"])
+    def listing(self, request: IRequest) -> bytes:
+        """Traces, newest first, filtered by status, a page at a time."""
+        return self._answer(request, lambda: self._listing(request))
+
+    def _listing(self, request: IRequest) -> bytes:
+        args = {
+            k.decode(): [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in (request.args or {}).items()
+        }
+        errors = [
+            (name, "unknown query parameter")
+            for name in args
+            if name not in ("status", "limit", "cursor")
+        ]
+        status = None
+        if "status" in args:
+            try:
+                status = TraceStatus(args["status"][-1])
+            except ValueError:
+                errors.append(
+                    ("status", "must be one of " + ", ".join(s.value for s in TraceStatus))
+                )
+        limit = 50
+        if "limit" in args:
+            text = args["limit"][-1]
+            if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+                errors.append(("limit", f"must be an integer between 1 and {MAX_LIST}"))
+            else:
+                limit = int(text)
+        cursor = args["cursor"][-1] if args.get("cursor", [""])[-1] else None
+        if errors:
+            raise invalid_fields(errors)
+        try:
+            page, next_cursor = self._store.newest_first(status, limit, cursor)
+        except BadCursor:
+            raise invalid_fields([("cursor", "not a cursor this service handed out")]) from None
+        return _json(
+            request, 200, {"traces": [summary_json(t) for t in page], "next_cursor": next_cursor}
+        )
+
+    @app.route("/traces/<trace_id>", methods=["GET"])
+    def show(self, request: IRequest, trace_id: str) -> bytes:
+        """One trace as JSON (with an ETag), or as a text report."""
+        try:  # as _answer does, without a closure per request: the busiest route
+            return self._show(request, trace_id)
+        except Problem as problem:
+            return self._problem(request, problem)
+
+    def _show(self, request: IRequest, trace_id: str) -> bytes:
+        record = self._store.get(trace_id)
+        if record is None:
+            raise not_found(f"trace {trace_id}")
+        etag = f'"{trace_id}.{record.version}"'
+        request.setHeader(b"ETag", etag.encode())
+        request.setHeader(b"Vary", b"Accept")
+        if etag in _tags(request.getHeader("if-none-match")):
+            request.setResponseCode(304)
+            return b""
+        if _prefers_text(request.getHeader("accept")):
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return render_report(record.full_trace()).encode()
+        return _body(request, 200, self._bodies.body(record))
+
+    @app.route("/traces/<trace_id>", methods=["DELETE"])
+    def delete(self, request: IRequest, trace_id: str) -> bytes:
+        """Cancel a queued or running trace (200), or remove a finished one (204)."""
+        return self._answer(request, lambda: self._delete(request, trace_id))
+
+    def _delete(self, request: IRequest, trace_id: str) -> bytes:
+        outcome = self._jobs.delete(trace_id)
+        if outcome is None:
+            raise not_found(f"trace {trace_id}")
+        if outcome is Deletion.REMOVED:
+            self._bodies.forget(trace_id)
+            request.setResponseCode(204)
+            return b""
+        record = self._store.get(trace_id)
+        assert record is not None
+        return _body(request, 200, self._bodies.body(record))
+
+    @app.route("/traces/<trace_id>/events", methods=["GET"])
+    def events(self, request: IRequest, trace_id: str) -> Deferred[None] | bytes:
+        """Server-sent events of one trace; Last-Event-ID resumes after that id."""
+        record = self._store.get(trace_id)
+        if record is None:
+            return self._problem(request, not_found(f"trace {trace_id}"))
+        limits = self._limits
+        if (
+            self.sse_subscribers >= limits.max_subscribers
+            or record.channel.subscribers >= limits.max_subscribers_per_trace
+        ):
+            return self._problem(
+                request,
+                Problem(
+                    429,
+                    "too-many-subscribers",
+                    "Too many subscribers",
+                    f"at most {limits.max_subscribers_per_trace} streams per trace and "
+                    f"{limits.max_subscribers} in all",
+                    headers=(("Retry-After", "5"),),
+                ),
+            )
+        last = request.getHeader("last-event-id")
+        after = int(last) if last is not None and last.strip().isdigit() else None
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        subscription: list[Callable[[], None]] = []
+
+        def closed() -> None:
+            self.sse_subscribers -= 1
+            for unsubscribe in subscription:
+                unsubscribe()
+
+        self.sse_subscribers += 1
+        stream = EventStream(
+            request,
+            trace_id=trace_id,
+            clock=self._clock,
+            heartbeat=self._heartbeat,
+            max_backlog=limits.max_sse_backlog,
+            on_close=closed,
+        )
+        finished: Deferred[None] = Deferred(lambda _: stream.close())
+
+        def deliver(event: Event) -> None:
+            stream.send(event)
+            if event.kind == "done" and not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        subscription.append(record.channel.subscribe(deliver, after))
+        if stream.closed and not finished.called:
+            finished.callback(None)  # a slow client was dropped while catching up
+        return finished
+
+    # -- service ------------------------------------------------------------------------
+
+    @app.route("/openapi.yaml", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """This API, described in OpenAPI 3.1."""
+        request.setHeader(b"Content-Type", b"application/yaml")
+        return self._openapi
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        """The process serves HTTP."""
+        return _json(request, 200, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        """Ready once a mtr-packet worker answered its version check; not while draining."""
+        ready = self._pool.ready_workers
+        status = "draining" if self.draining else "ready" if ready else "not ready"
+        body = {"status": status, "workers": {"ready": ready, "size": self._pool.size}}
+        return _json(request, 200 if status == "ready" else 503, body)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Prometheus metrics in the text format."""
+        if self._metrics is None:
+            return self._problem(request, not_found("/metrics"))
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.exposition()
+
+    # -- errors -------------------------------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def unknown_route(self, request: IRequest, failure: Failure) -> bytes:  # noqa: ARG002
+        """404 problem for a path mtrd does not serve."""
+        return self._problem(request, not_found(f"{request.path.decode('utf-8', 'replace')}"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        """405 problem naming the allowed methods."""
+        allowed = sorted(getattr(failure.value, "valid_methods", None) or [])
+        method = request.method.decode("ascii", "replace")
+        return self._problem(
+            request,
+            Problem(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                f"{method} is not allowed here; use {', '.join(allowed)}",
+                headers=(("Allow", ", ".join(allowed)),),
+            ),
+        )
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Other errors werkzeug raises while routing (e.g. a path it cannot decode)."""
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        status = error.code or 400
+        return self._problem(
+            request,
+            Problem(status, "bad-request", error.name, error.description or "a bad request"),
+        )
+
+    @app.handle_errors(Exception)
+    def crashed(self, request: IRequest, failure: Failure) -> bytes:
+        """500 problem for a fault of mtrd's own; the traceback goes to the log."""
+        self.log.failure("unhandled error answering {path}", failure, path=request.path)
+        return self._problem(
+            request,
+            Problem(500, "internal-error", "Internal error", "mtrd failed to answer; see its log"),
+        )
+
+    def _answer(self, request: IRequest, handler: Callable[[], bytes]) -> bytes:
+        try:
+            return handler()
+        except Problem as problem:
+            return self._problem(request, problem)
+
+    def _problem(self, request: IRequest, problem: Problem) -> bytes:
+        for name, value in problem.headers:
+            request.setHeader(name.encode(), value.encode())
+        return _json(
+            request,
+            problem.status,
+            problem.body(request.path.decode("utf-8", "replace")),
+            content_type=b"application/problem+json",
+        )
+
+
+def _json(
+    request: IRequest, status: int, body: object, content_type: bytes = b"application/json"
+) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", content_type)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _body(request: IRequest, status: int, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return body
+
+
+def _tags(header: str | bytes | None) -> set[str]:
+    if header is None:
+        return set()
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    return {tag.strip() for tag in text.split(",")}
+
+
+def _prefers_text(accept: str | bytes | None) -> bool:
+    if accept is None:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    types = [part.split(";")[0].strip().lower() for part in text.split(",")]
+    return "text/plain" in types and "application/json" not in types[: types.index("text/plain")]
