@@ -14,6 +14,7 @@ import pytest_twisted
 import treq
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.policy import TargetPolicy
+from mtrd.tracing.resolution import Resolved
 from mtrd.tracing.store import StoreLimits, TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import Edge, route_of
@@ -68,6 +69,7 @@ class Client:
         max_queued: int = 100,
         policy: TargetPolicy | None = None,
         limits: EdgeLimits | None = None,
+        resolver: StaticResolver | None = None,
     ) -> None:
         self.clock = Clock()
         self.network = FakeNetwork(self.clock, ROUTERS)
@@ -77,7 +79,7 @@ class Client:
         tracer = Tracer(
             self.clock,
             MeteredProber(self.network, self.metrics),
-            StaticResolver(),  # type: ignore[arg-type]
+            resolver or StaticResolver(),  # type: ignore[arg-type]
             policy=policy or TargetPolicy(),
         )
         self.jobs = TraceJobs(
@@ -198,6 +200,23 @@ async def test_etag_gives_304_until_the_trace_changes() -> None:
     client.run_for(1)
     changed = await client.request("GET", f"/traces/{trace_id}", headers={"If-None-Match": etag})
     assert changed.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_changes_when_a_hostname_resolves() -> None:
+    """Resolving the target changes the trace without an event: the ETag changes too."""
+    resolver = StaticResolver(pending=True)
+    client = Client(resolver=resolver)
+    trace_id = (await client.post_trace({**QUICK, "target": "router.example"})).json()["id"]
+    resolving = await client.request("GET", f"/traces/{trace_id}")
+    assert resolving.json()["target"]["address"] is None
+    assert resolver.pending is not None
+    resolver.pending.callback(Resolved("203.0.113.7", 4))
+    resolved = await client.request(
+        "GET", f"/traces/{trace_id}", headers={"If-None-Match": resolving.header("etag")}
+    )
+    assert resolved.code == 200
+    assert resolved.json()["target"]["address"] == "203.0.113.7"
 
 
 @pytest_twisted.ensureDeferred
