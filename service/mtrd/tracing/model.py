@@ -57,7 +57,7 @@ class TraceRequest:
     tos: int | None = None
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Responder:
     """An address that answered at one TTL, how often, and the MPLS labels it quoted."""
 
@@ -66,7 +66,7 @@ class Responder:
     mpls: tuple[MplsLabel, ...] = ()
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class RttStats:
     """Round-trip times of one hop in milliseconds; all None while nothing came back."""
 
@@ -77,7 +77,7 @@ class RttStats:
     stdev: float | None = None
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class JitterStats:
     """Differences between consecutive round-trip times, in milliseconds (as mtr)."""
 
@@ -86,7 +86,7 @@ class JitterStats:
     max: float | None = None
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Hop:
     """What is known about one TTL of a trace."""
 

@@ -10,6 +10,7 @@ microseconds, as they arrive, and converted only in :meth:`HopAccumulator.snapsh
 from __future__ import annotations
 
 import math
+import sys
 
 import attrs
 
@@ -90,7 +91,14 @@ class HopAccumulator:
         n = self._received
 
         known = self._responders.get(address)
-        replies = 1 if known is None else known.replies + 1
+        if known is None:
+            # The same routers answer trace after trace: stored traces share one string
+            # per address instead of one per reply parsed.
+            address = sys.intern(address)
+            replies = 1
+        else:
+            address = known.address
+            replies = known.replies + 1
         self._responders[address] = Responder(address=address, replies=replies, mpls=mpls)
         if _END_RANK[end] > _END_RANK[self._end]:
             self._end = end
