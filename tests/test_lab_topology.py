@@ -31,7 +31,7 @@ def _connect(lab: Lab, address: str, port: int) -> str:
 
 
 def _names(lab: Lab) -> set[str]:
-    return {lab.netns(node) for node in ("c", "r1", "r2a", "r2b", "r3", "d")}
+    return {lab.netns(node) for node in ("c", "r1", "r2a", "r2b", "r3", "d", "v")}
 
 
 def _netns() -> set[str]:
@@ -54,6 +54,18 @@ def test_each_ttl_answers_from_the_expected_router(lab: Lab, family: int) -> Non
         (result,) = lab.probe("c", [target], ttl=ttl)
         assert result.kind == ("reply" if ttl == 4 else "time-exceeded")
         assert result.responder in lab.expected_responders(family, ttl, target)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_second_vantage_sees_its_own_path(lab: Lab, family: int) -> None:
+    """From v, TTL 1 to 3 are answered by r2b, r3, then the target: not c's path."""
+    target = lab.targets(family)[9]
+    expected = lab.vantage_hops(family, target)
+    for ttl, responders in enumerate(expected, start=1):
+        (result,) = lab.probe("v", [target], ttl=ttl)
+        assert result.kind == ("reply" if ttl == len(expected) else "time-exceeded")
+        assert result.responder in responders
+    assert not expected[0] & lab.expected_responders(family, 1, target)
 
 
 @pytest.mark.parametrize("family", [4, 6])

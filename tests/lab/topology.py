@@ -4,10 +4,13 @@
 
     c ── r1 ──┬── r2a ──┬── r3 ── d
               └── r2b ──┘
+                   │
+                   v
 
 ``c`` is the client (run mtr-packet there), ``r1`` spreads flows over ``r2a`` and ``r2b`` (ECMP,
 per-flow hashing), ``r3`` is the last router and ``d`` holds many target addresses on ``lo`` plus a
-TCP listener. ``r3`` also has a blackhole route (silent loss) and an unreachable route (ICMP
+TCP listener. ``v`` is a second vantage point: probes from it reach d through r2b and r3 only
+(r2b at TTL 1, r3 at TTL 2, the target at TTL 3). ``r3`` also has a blackhole route (silent loss) and an unreachable route (ICMP
 unreachable from ``r3``). Only documentation addresses are used, and only inside the namespaces the
 lab creates; every namespace is deleted by :meth:`Lab.teardown`.
 
@@ -19,6 +22,7 @@ order listed; segment 4 is a LAN bridged inside r3's namespace)::
     3  r1 r2b        198.51.100.8/30    2001:db8:3::/64
     4  r3 r2a r2b    198.51.100.16/29   2001:db8:4::/64
     5  r3 d          198.51.100.24/30   2001:db8:5::/64
+    6  r2b v         198.51.100.32/30   2001:db8:6::/64
     targets on d's lo       203.0.113.0/25     2001:db8:ff::/64  (.1-.126, ::1-::7e)
     blackhole route on r3   203.0.113.128/26   2001:db8:bb::/64
     rejected by r3          203.0.113.192/26   2001:db8:ee::/64  (ICMP net unreachable / no route)
@@ -54,9 +58,9 @@ from typing import Literal
 import attrs
 
 Family = Literal[4, 6]
-Node = Literal["c", "r1", "r2a", "r2b", "r3", "d"]
+Node = Literal["c", "r1", "r2a", "r2b", "r3", "d", "v"]
 
-NODES: tuple[Node, ...] = ("c", "r1", "r2a", "r2b", "r3", "d")
+NODES: tuple[Node, ...] = ("c", "r1", "r2a", "r2b", "r3", "d", "v")
 ROUTERS: tuple[Node, ...] = ("r1", "r2a", "r2b", "r3")
 OPEN_TCP_PORT = 8080
 CLOSED_TCP_PORT = 8081
@@ -132,6 +136,7 @@ SEGMENTS: tuple[Segment, ...] = (
     Segment(3, "198.51.100.8/30", ("r1", "r2b")),
     Segment(4, "198.51.100.16/29", ("r3", "r2a", "r2b")),
     Segment(5, "198.51.100.24/30", ("r3", "d")),
+    Segment(6, "198.51.100.32/30", ("r2b", "v")),
 )
 
 
@@ -150,6 +155,9 @@ class FamilyPlan:
     client: str
     hops: tuple[frozenset[str], ...]
     """Who answers a probe to a target at TTL 1, 2 and 3 (r1, r2a or r2b, r3)."""
+    vantage: str
+    vantage_hops: tuple[frozenset[str], ...]
+    """Who answers a probe from ``v`` to a target at TTL 1 and 2 (r2b, r3)."""
     r3: str
     ecmp: frozenset[str]
     targets: tuple[str, ...]
@@ -194,6 +202,8 @@ def _family_plan(family: Family) -> FamilyPlan:
             frozenset({r2a, r2b}),
             frozenset({r3}),
         ),
+        vantage=_segment("r2b", "v").address("v", family),
+        vantage_hops=(frozenset({_segment("r2b", "v").address("r2b", family)}), frozenset({r3})),
         r3=r3,
         ecmp=frozenset({r2a, r2b}),
         targets=tuple(str(base + n) for n in range(1, TARGET_COUNT + 1)),
@@ -242,6 +252,8 @@ def _routes(node: Node) -> list[str]:
 
         if node == "c":
             commands += via("r1", whole_lab)
+        elif node == "v":
+            commands += via("r2b", whole_lab)
         elif node == "d":
             commands += via("r3", whole_lab)
         elif node == "r1":  # ECMP: per-flow hashing over r2a and r2b
@@ -252,7 +264,7 @@ def _routes(node: Node) -> list[str]:
         elif node == "r2b":
             commands += via("r1", subnets(1, 2)) + via("r3", (*subnets(5), *downstream))
         elif node == "r3":  # the way back to the client is always through r2a
-            commands += via("r2a", subnets(1, 2, 3))
+            commands += via("r2a", subnets(1, 2, 3)) + via("r2b", subnets(6))
             commands += via("d", (plan.target_prefix, plan.unreachable_prefix))
             commands += [f"route add blackhole {plan.blackhole_prefix}"]
     return commands
@@ -598,6 +610,9 @@ class Lab:
         missing = [r.target for r in self.probe("c", addresses, timeout=3) if r.kind != "reply"]
         missing += [r.target for r in self.probe("d", [PLAN.ipv4.client, PLAN.ipv6.client])
                     if r.kind != "reply"]  # fmt: skip
+        vantage_targets = [PLAN.ipv4.targets[0], PLAN.ipv6.targets[0]]
+        missing += [r.target for r in self.probe("v", vantage_targets, timeout=3)
+                    if r.kind != "reply"]  # fmt: skip
         if missing:
             raise LabError(f"lab built but unreachable: {', '.join(missing)}")
 
@@ -681,6 +696,19 @@ class Lab:
     def r3_address(self, family: int) -> str:
         """The address r3 answers from: time exceeded and unreachable alike."""
         return PLAN.family(family).r3
+
+    @property
+    def vantage_netns(self) -> str:
+        """The namespace of the second vantage point ``v``."""
+        return self.netns("v")
+
+    def vantage_address(self, family: int) -> str:
+        """The address of ``v`` (its source for probes)."""
+        return PLAN.family(family).vantage
+
+    def vantage_hops(self, family: int, target: str) -> tuple[frozenset[str], ...]:
+        """Who answers probes from ``v`` to ``target`` (one of :meth:`targets`), TTL 1 on."""
+        return (*PLAN.family(family).vantage_hops, frozenset({target}))
 
     def ecmp_responders(self, family: int) -> frozenset[str]:
         """The addresses of r2a and r2b, one of which answers at TTL 2."""
