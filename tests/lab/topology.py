@@ -11,8 +11,9 @@
 per-flow hashing), ``r3`` is the last router and ``d`` holds many target addresses on ``lo`` plus a
 TCP listener. ``v`` is a second vantage point: probes from it reach d through r2b and r3 only
 (r2b at TTL 1, r3 at TTL 2, the target at TTL 3). ``r3`` also has a blackhole route (silent
-loss) and an unreachable route (ICMP unreachable from ``r3``). Only documentation addresses are used, and only inside the namespaces the
-lab creates; every namespace is deleted by :meth:`Lab.teardown`.
+loss) and an unreachable route (ICMP unreachable from ``r3``). Only documentation addresses
+are used, and only inside the namespaces the lab creates; every namespace is deleted by
+:meth:`Lab.teardown`.
 
 Addresses (segment ``n`` uses 2001:db8:n::/64; its members hold host addresses 1, 2, 3 in the
 order listed; segment 4 is a LAN bridged inside r3's namespace)::
