@@ -19,6 +19,7 @@ from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import Edge, route_of
 from mtrd.web.limits import EdgeLimits
 from mtrd.web.metrics import MeteredProber, Metrics
+from mtrd.web.report import LOCAL_HOST
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -211,6 +212,7 @@ async def test_text_report_on_accept_text_plain() -> None:
     assert answer.header("content-type").startswith("text/plain")
     assert "Loss%" in text
     assert "198.51.100.1" in text
+    assert f"\nHOST: {LOCAL_HOST} " in text
 
 
 @pytest_twisted.ensureDeferred

@@ -81,6 +81,11 @@ def test_title_line_names_the_host_and_mtr_columns_at_mtr_positions() -> None:
     assert table(trace(answered(1, "198.51.100.1")))[0] == f"HOST: {HOST}".ljust(32) + TITLES
 
 
+def test_a_report_drawn_without_a_host_name_says_mtrd() -> None:
+    """Without the probing machine's name (the client draws reports too), HOST says mtrd."""
+    assert render(trace()).splitlines()[2].startswith("HOST: mtrd ")
+
+
 def test_hop_line_figures() -> None:
     """A hop line shows its number, address, loss and times with one decimal, each figure
     ending under the last letter of its title."""

@@ -6,9 +6,9 @@ The layout::
     Target: example.org (192.0.2.7)  Protocol: icmp  Status: completed
     HOST: probe-host                  Loss%   Snt   Last   Avg  Best  Wrst StDev
       1.|-- 198.51.100.1               0.0%     3    0.1   0.1   0.1   0.2   0.0
-      2.|-- ???                       100.0%     3      -     -     -     -     -
+      2.|-- ???                      100.0%     3      -     -     -     -     -
 
-Columns have mtr's widths (``HOST`` is the machine mtrd probes from); a wider cell (a
+Columns have mtr's widths (``HOST`` is the machine that probed); a wider cell (a
 long IPv6 address, a time of 1000 ms or more) widens its whole column, so figures stay
 under their titles. Times are milliseconds with one decimal; a hop nothing answered
 shows ``-`` where mtr shows 0.0. Hops are shown up to the last one that answered; a
@@ -40,11 +40,14 @@ _FIGURES = (
 _PREFIX_WIDTH = len("255.|-- ")
 _HOST_WIDTH = 24  # mtr's titles start at column 33
 _SILENT = "???"
-_LOCAL_HOST = socket.gethostname()
+# The server names itself in its reports; a report drawn elsewhere (the client's) does
+# not know the server's name, and says mtrd.
+LOCAL_HOST = socket.gethostname()
 
 
-def render_report(trace: Trace, host: str = _LOCAL_HOST) -> str:
-    """The trace as a header and a table of hops, ending with a newline."""
+def render_report(trace: Trace, host: str = "mtrd") -> str:
+    """The trace as a header and a table of hops, ending with a newline; ``host`` is the
+    machine that probed, for the HOST line."""
     rows: list[tuple[str, str, tuple[str, ...]]] = []
     for hop in _shown_hops(trace.hops):
         rows.extend(_hop_rows(hop))

@@ -32,7 +32,7 @@ from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, Edg
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found
 from mtrd.web.render import summary_json
-from mtrd.web.report import render_report
+from mtrd.web.report import LOCAL_HOST, render_report
 from mtrd.web.sse import EventStream
 
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -243,7 +243,7 @@ class Api:
             return b""
         if _prefers_text(request.getHeader("accept")):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return render_report(record.full_trace()).encode()
+            return render_report(record.full_trace(), LOCAL_HOST).encode()
         return _body(request, 200, self._bodies.body(record))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
