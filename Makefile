@@ -6,13 +6,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# `make run` needs the service alone: the test and lint tools are `make test`'s.
+RUN_STAMP := $(VENV)/.runtime-stamp
 
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
 TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl
 
 .PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small os-deps-bench
 
-run: os-deps-run $(STAMP)
+run: os-deps-run $(RUN_STAMP)
 	$(BIN)/mtrd serve
 
 test: os-deps-test $(STAMP) lint typecheck
@@ -48,11 +50,21 @@ bench-small: os-deps-test os-deps-bench $(STAMP)
 os-deps-bench:
 	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk)"
 
-$(STAMP): pyproject.toml
+define new-venv
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+endef
+
+$(STAMP): pyproject.toml
+	$(new-venv)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Editable, so `make run` serves the checkout's code as it is now.
+$(RUN_STAMP): pyproject.toml
+	$(new-venv)
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
 os-deps-run:

@@ -300,7 +300,8 @@ def test_plain_lines_print_the_id_hops_status_then_the_table() -> None:
         f"hop 1 {ROUTERS[0]} loss 0.0% sent 2 last 0.4 ms avg 0.4 ms",
         "status completed",
     ]
-    assert lines[4].startswith("Target: 203.0.113.7  Protocol: icmp  Status: completed")
+    assert lines[4].startswith("Start: ")
+    assert lines[5].startswith("Target: 203.0.113.7  Protocol: icmp  Status: completed")
     assert lines[-1].startswith("  3.|-- 203.0.113.7")
 
 
@@ -312,10 +313,10 @@ def test_live_table_redraws_in_place() -> None:
     table.changed(running, [], True)
     first = out.getvalue()
     assert "\x1b[" not in first
-    assert first.count("\n") == 2
+    assert first.count("\n") == 3  # Start, Target and HOST lines
     clock.advance(1)
     table.changed(attrs.evolve(running, hops=(hop(1, ROUTERS[0]),)), [], False)
-    assert out.getvalue()[len(first) :].startswith("\x1b[2A\r\x1b[J")
+    assert out.getvalue()[len(first) :].startswith("\x1b[3A\r\x1b[J")
 
 
 def test_live_table_draws_at_most_ten_times_a_second() -> None:
@@ -466,7 +467,9 @@ async def test_live_output_redraws_the_table_in_place(serve: Callable[..., LiveS
     code, out, _ = await trace_with([*QUICK, "--server", server.url], live=True)
     assert code == EXIT_OK
     assert "\x1b[J" in out
-    assert out.split("\x1b[J")[-1].startswith("Target: 203.0.113.7  Protocol: icmp  Status: compl")
+    last_draw = out.split("\x1b[J")[-1]
+    assert last_draw.startswith("Start: ")
+    assert "\nTarget: 203.0.113.7  Protocol: icmp  Status: completed\n" in last_draw
 
 
 @pytest_twisted.ensureDeferred

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from mtrd.config import parse_serve_args
+from mtrd.config import OPTIONS, parse_serve_args
 
 
 def test_defaults_listen_on_loopback() -> None:
@@ -37,8 +42,8 @@ def test_ipv6_listen_address() -> None:
     ("argv", "message"),
     [
         (["--listen", "localhost"], "expected HOST:PORT"),
-        (["--listen", "127.0.0.1:70000"], "expected HOST:PORT"),
-        (["--pool-size", "0"], "pool size must be between 1 and 16"),
+        (["--listen", "127.0.0.1:70000"], "is not 1-65535"),
+        (["--pool-size", "0"], "--pool-size: expected a whole number from 1 to 16, got 0"),
         (["--mtr-packet", ""], "the mtr-packet command is empty"),
     ],
 )
@@ -52,8 +57,185 @@ def test_bad_values_exit_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
-def test_bad_environment_value_is_reported_like_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    """A malformed MTRD_* variable gives the flag's error, not a traceback."""
+def test_bad_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed MTRD_* variable is blamed by its name, not by the flag's."""
     with pytest.raises(SystemExit):
         parse_serve_args([], env={"MTRD_POOL_SIZE": "many"})
-    assert "--pool-size: invalid int value: 'many'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "mtrd serve: MTRD_POOL_SIZE: expected a whole number from 1 to 16, got 'many'\n"
+    )
+
+
+# One bad value per option, and the words its one-line message must contain.
+BAD_VALUES = [
+    ("--listen", "localhost", "expected HOST:PORT"),
+    ("--listen", "127.0.0.1:0", "is not 1-65535"),
+    ("--listen", "127.0.0.1:http", "is not 1-65535"),
+    ("--listen", "example.org:8080", "HOST is an IP address"),
+    ("--pool-size", "bogus", "expected a whole number from 1 to 16"),
+    ("--pool-size", "17", "expected a whole number from 1 to 16, got 17"),
+    ("--mtr-packet", " ", "the mtr-packet command is empty"),
+    ("--source-ipv4", "bogus", "expected an IPv4 address, got 'bogus'"),
+    ("--source-ipv4", "2001:db8::1", "expected an IPv4 address, got IPv6 address"),
+    ("--source-ipv6", "198.51.100.2", "expected an IPv6 address, got IPv4 address"),
+    ("--dns-servers", "127.0.0.1:99999", "the port of '127.0.0.1:99999' is not 1-65535"),
+    ("--dns-servers", "[2001:db8::53]:x", "is not 1-65535"),
+    ("--dns-servers", "[2001:db8::53", "expected ADDRESS or [IPv6]:PORT"),
+    ("--dns-servers", "dns.example", "DNS servers are IP addresses"),
+    ("--store-ttl", "soon", "expected seconds"),
+    ("--store-ttl", "nan", "expected seconds"),
+    ("--store-ttl", "-1", "expected seconds"),
+    ("--store-max", "0", "expected a whole number >= 1, got 0"),
+    ("--max-running", "1.5", "expected a whole number >= 1"),
+    ("--max-queued", "-1", "expected a whole number >= 0"),
+    ("--max-probes-waiting", "lots", "expected a whole number >= 1"),
+    ("--max-subscribers", "0", "expected a whole number >= 1"),
+    ("--max-subscribers-per-trace", "x", "expected a whole number >= 1"),
+    ("--allow-targets", "198.51.100.0/33", "not a CIDR"),
+    ("--deny-targets", "10.0.0.0/8,bogus", "not a CIDR: 'bogus'"),
+    ("--auth-tokens-file", "/nonexistent/tokens", "cannot read '/nonexistent/tokens'"),
+    ("--log-format", "bogus", "expected json or text, got 'bogus'"),
+    ("--shutdown-grace", "0", "expected seconds"),
+]
+
+
+def test_every_option_has_a_bad_value_case() -> None:
+    """The table below covers every serve option."""
+    assert {flag for flag, _, _ in BAD_VALUES} == {option.flag for option in OPTIONS}
+
+
+def _variable(flag: str) -> str:
+    return "MTRD_" + flag.removeprefix("--").replace("-", "_").upper()
+
+
+def _one_line_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]
+) -> str:
+    with pytest.raises(SystemExit) as exited:
+        parse_serve_args(argv, env=env)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.endswith("\n")
+    return err
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), BAD_VALUES)
+def test_bad_flag_exits_2_with_one_line_naming_the_flag(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag value exits 2 with one line: the flag, then what was expected."""
+    err = _one_line_error(capsys, [flag, value], {})
+    assert err.startswith(f"mtrd serve: {flag}: ")
+    assert message in err
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), BAD_VALUES)
+def test_bad_variable_exits_2_with_one_line_naming_the_variable(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same bad value in the MTRD_* variable names the variable, not the flag."""
+    err = _one_line_error(capsys, [], {_variable(flag): value})
+    assert err.startswith(f"mtrd serve: {_variable(flag)}: ")
+    assert message in err
+
+
+def test_a_good_flag_overrides_a_bad_variable() -> None:
+    """The variable is not read when its flag is given: the flag wins."""
+    config = parse_serve_args(["--pool-size", "3"], env={"MTRD_POOL_SIZE": "bogus"})
+    assert config.pool.size == 3
+
+
+def test_short_token_in_the_variable_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A too-short token in MTRD_AUTH_TOKENS names MTRD_AUTH_TOKENS."""
+    err = _one_line_error(capsys, [], {"MTRD_AUTH_TOKENS": "short"})
+    assert err.startswith("mtrd serve: MTRD_AUTH_TOKENS: ")
+    assert "at least 16 characters" in err
+
+
+def test_short_token_in_the_file_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A too-short token in the tokens file names the flag and the file."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("short\n")
+    err = _one_line_error(capsys, ["--auth-tokens-file", str(tokens)], {})
+    assert err.startswith(f"mtrd serve: --auth-tokens-file: {tokens}: ")
+
+
+def test_tokens_from_the_file_and_the_variable_add_up(tmp_path: Path) -> None:
+    """Tokens from the file and from MTRD_AUTH_TOKENS are all accepted."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# ops\nfile-token-0123456789\n")
+    config = parse_serve_args(
+        ["--auth-tokens-file", str(tokens)], env={"MTRD_AUTH_TOKENS": "env-token-0123456789"}
+    )
+    assert config.auth_tokens == (b"file-token-0123456789", b"env-token-0123456789")
+
+
+@pytest.mark.parametrize(("text", "protected"), [("1", True), ("Yes", True), ("off", False)])
+def test_protect_ops_variable_reads_yes_and_no(text: str, protected: bool) -> None:
+    """MTRD_AUTH_PROTECT_OPS takes 1/0, true/false, yes/no, on/off in any case."""
+    config = parse_serve_args([], env={"MTRD_AUTH_PROTECT_OPS": text})
+    assert (config.auth_open_paths == frozenset()) is protected
+
+
+def test_protect_ops_variable_refuses_other_words(capsys: pytest.CaptureFixture[str]) -> None:
+    """Any other MTRD_AUTH_PROTECT_OPS value is refused, naming the variable."""
+    err = _one_line_error(capsys, [], {"MTRD_AUTH_PROTECT_OPS": "maybe"})
+    assert err.startswith("mtrd serve: MTRD_AUTH_PROTECT_OPS: ")
+
+
+def test_unknown_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown flag is reported in one line that points at --help."""
+    err = _one_line_error(capsys, ["--pool"], {})
+    assert "unrecognized arguments: --pool" in err
+    assert "mtrd serve --help" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--listen", "localhost:8081", ("127.0.0.1", 8081)),
+        ("--listen", ":8081", ("0.0.0.0", 8081)),
+        ("--listen", "[::]:8081", ("::", 8081)),
+        (
+            "--dns-servers",
+            "192.0.2.53, [2001:db8::53]:5353",
+            (("192.0.2.53", 53), ("2001:db8::53", 5353)),
+        ),
+        ("--source-ipv6", "2001:db8::2", "2001:db8::2"),
+        ("--store-ttl", "1.5", 1.5),
+        ("--max-queued", "0", 0),
+        ("--log-format", "text", "text"),
+    ],
+)
+def test_good_values_are_read(flag: str, value: str, expected: object) -> None:
+    """Good values, as flag and as variable, give the same setting."""
+    read = {
+        "--listen": lambda c: (c.host, c.port),
+        "--dns-servers": lambda c: c.dns_servers,
+        "--source-ipv6": lambda c: c.pool.source_ipv6,
+        "--store-ttl": lambda c: c.store.ttl,
+        "--max-queued": lambda c: c.max_queued,
+        "--log-format": lambda c: c.log_format,
+    }[flag]
+    assert read(parse_serve_args([flag, value], env={})) == expected
+    assert read(parse_serve_args([], env={_variable(flag): value})) == expected
+
+
+def test_serve_with_a_bad_variable_exits_2_with_one_line() -> None:
+    """The real ``python -m mtrd serve`` with a bad MTRD_LOG_FORMAT: status 2, one line on
+    stderr naming the variable, no traceback, nothing started."""
+    env = {**os.environ, "MTRD_LOG_FORMAT": "bogus"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mtrd", "serve", "--mtr-packet", "false"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "mtrd serve: MTRD_LOG_FORMAT: expected json or text, got 'bogus'\n"
+    assert done.stdout == ""

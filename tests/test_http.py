@@ -20,6 +20,7 @@ from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import Edge, route_of
 from mtrd.web.limits import EdgeLimits
 from mtrd.web.metrics import MeteredProber, Metrics
+from mtrd.web.report import LOCAL_HOST
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -230,6 +231,7 @@ async def test_text_report_on_accept_text_plain() -> None:
     assert answer.header("content-type").startswith("text/plain")
     assert "Loss%" in text
     assert "198.51.100.1" in text
+    assert f"\nHOST: {LOCAL_HOST} " in text
 
 
 @pytest_twisted.ensureDeferred
@@ -348,6 +350,18 @@ async def test_unknown_trace_is_404_problem() -> None:
     answer = await Client().request("GET", "/traces/abcdefghijklmnopqrstuv")
     assert answer.code == 404
     assert answer.json()["status"] == 404
+    assert answer.json()["detail"] == ("trace abcdefghijklmnopqrstuv does not exist or has expired")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_route_is_404_saying_so() -> None:
+    """A path mtrd does not serve is a 404 problem saying there is no such route."""
+    # Not through Client.request: the path is, on purpose, not in openapi.yaml.
+    response = await Client().stub.request("GET", BASE + "/trace")
+    body = json.loads(await response.content())
+    assert response.code == 404
+    assert response.headers.getRawHeaders("content-type") == ["application/problem+json"]
+    assert (body["status"], body["detail"]) == (404, "no route /trace")
 
 
 @pytest_twisted.ensureDeferred

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
-from mtrd.logs import observer
+from mtrd.logs import log_time, observer
 from mtrd.web.access import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, AccessLog, AccessRecord
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+
+from tests.mtrd_process import free_port, wait_ready
+from tests.test_serve import require_mtr_packet
+
+# ISO 8601 in UTC with milliseconds: every log line's time looks like this.
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+WHEN = 1_795_000_000.25  # exact in binary, so the milliseconds are too
 
 
 def emit(log_format: str) -> str:
@@ -42,9 +53,98 @@ def test_json_lines_include_the_traceback_of_a_failure() -> None:
 
 
 def test_text_format_is_for_people() -> None:
-    """The text format is Twisted's classic line."""
-    assert "GET /traces 200" in emit("text")
-    assert not emit("text").startswith("{")
+    """The text format is a timestamp, [namespace#level] and the message."""
+    line = emit("text")
+    stamp, rest = line.split(" ", 1)
+    assert STAMP.fullmatch(stamp)
+    assert rest == "[mtrd.test#info] GET /traces 200\n"
+
+
+def test_log_time_is_iso_8601_utc_with_milliseconds() -> None:
+    """log_time writes ISO 8601 in UTC with milliseconds and +00:00."""
+    assert log_time(WHEN) == "2026-11-18T11:06:40.250+00:00"
+    assert log_time(WHEN + 1.5) == "2026-11-18T11:06:41.750+00:00"
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_both_formats_stamp_an_event_with_log_time(log_format: str) -> None:
+    """JSON and text lines carry the same timestamp, log_time's, for the same event."""
+    stream = io.StringIO()
+    observer(stream, log_format)(
+        {
+            "log_format": "hello",
+            "log_time": WHEN,
+            "log_namespace": "mtrd",
+            "log_level": LogLevel.info,
+        }
+    )
+    assert log_time(WHEN) in stream.getvalue()
+
+
+def test_access_lines_are_stamped_like_the_others() -> None:
+    """Access lines, in both formats, carry an ISO 8601 UTC time with milliseconds."""
+    record = AccessRecord("GET", "/healthz", 200, 0.1, None, False)
+    as_json, as_text = io.StringIO(), io.StringIO()
+    AccessLog(as_json, "json")(record)
+    AccessLog(as_text, "text")(record)
+    assert STAMP.fullmatch(json.loads(as_json.getvalue())["time"])
+    assert STAMP.fullmatch(as_text.getvalue().split(" ", 1)[0])
+
+
+@pytest.mark.parametrize(
+    ("namespace", "level", "shown"),
+    [
+        ("mtrd", LogLevel.info, True),
+        ("mtrd.engine.pool.ProbePool", LogLevel.debug, True),
+        ("twisted.internet.base", LogLevel.info, False),
+        ("log_legacy", LogLevel.info, False),
+        ("log_legacy", LogLevel.warn, True),
+        ("twisted.internet.defer", LogLevel.critical, True),
+        ("mtrdx", LogLevel.info, False),
+    ],
+)
+def test_library_lines_below_warning_are_left_out(
+    namespace: str, level: LogLevel, shown: bool
+) -> None:
+    """mtrd's own lines are written at every level; the libraries' only from warn up."""
+    stream = io.StringIO()
+    observer(stream, "json")(
+        {"log_format": "x", "log_time": WHEN, "log_namespace": namespace, "log_level": level}
+    )
+    assert bool(stream.getvalue()) is shown
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_serve_logs_no_twisted_internals_and_one_time_format(log_format: str) -> None:
+    """The real ``mtrd serve``, started and stopped with SIGTERM, writes only mtrd's own
+    lines (no "Site starting on", "Port Closed", "Main loop terminated"), every one
+    stamped with ISO 8601 UTC milliseconds."""
+    require_mtr_packet()
+    url = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtrd", "serve", "--listen", url, "--log-format", log_format],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://{url}", process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    lines = out.splitlines()
+    assert len(lines) >= 4  # workers ready, listening, the request, shutting down, stopped
+    for line in lines:
+        if log_format == "json":
+            record = json.loads(line)
+            stamp, namespace = record["time"], record["logger"]
+        else:
+            stamp, system, _ = line.split(" ", 2)
+            namespace = system.strip("[]").partition("#")[0]
+        assert STAMP.fullmatch(stamp), line
+        assert namespace.startswith("mtrd"), line
+    assert "mtrd stopped" in lines[-1]
 
 
 def test_unknown_format_is_refused() -> None:

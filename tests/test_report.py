@@ -14,7 +14,10 @@ from mtrd.tracing.model import (
     TraceStatus,
     TraceTarget,
 )
-from mtrd.web.report import render_report
+from mtrd.web.report import render_report as render
+
+HOST = "probe-host"
+TITLES = "  Loss%   Snt   Last   Avg  Best  Wrst StDev"  # from column 32, as mtr --report
 
 STARTED = 1_795_000_000.0
 V6_ROUTER = "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe"
@@ -38,6 +41,16 @@ def silent(ttl: int) -> Hop:
     return Hop(ttl=ttl, sent=3, received=0, lost=3)
 
 
+def render_report(report_trace: Trace) -> str:
+    """The report as rendered on a machine called probe-host."""
+    return render(report_trace, host=HOST)
+
+
+def table(report_trace: Trace) -> list[str]:
+    """The report's table: the HOST title line and the hop lines after it."""
+    return render_report(report_trace).splitlines()[2:]
+
+
 def trace(*hops: Hop, error: TraceError | None = None, protocol: Protocol = Protocol.ICMP) -> Trace:
     """A trace of example.org with the given hops."""
     return Trace(
@@ -46,66 +59,98 @@ def trace(*hops: Hop, error: TraceError | None = None, protocol: Protocol = Prot
         request=TraceRequest(target="example.org", protocol=protocol),
         target=TraceTarget(input="example.org", address="192.0.2.7", ip_version=4),
         created_at=STARTED,
-        started_at=STARTED,
+        started_at=STARTED + 0.123456,
         hops=hops,
         error=error,
     )
 
 
-def test_header_names_target_protocol_status_and_start() -> None:
-    """The first line names input and resolved address, protocol, status and start time."""
-    title = render_report(trace(protocol=Protocol.TCP)).splitlines()[0]
-    assert "example.org (192.0.2.7)" in title
-    assert "tcp port 80" in title
-    assert "completed" in title
-    assert "Start: 2026-11-18T" in title
-    assert title.endswith("+00:00")
+def test_first_line_is_the_start_time_in_whole_seconds() -> None:
+    """The report opens with Start: and the start time in UTC, no fraction of a second."""
+    assert render_report(trace()).splitlines()[0] == "Start: 2026-11-18T11:06:40+00:00"
 
 
-def test_columns_in_mtr_order() -> None:
-    """The table header has mtr's columns in mtr's order."""
-    header = render_report(trace(answered(1, "198.51.100.1"))).splitlines()[1]
-    assert header.split() == ["Hop", "Host", "Loss%", "Snt", "Last", "Avg", "Best", "Wrst", "StDev"]
+def test_second_line_names_target_protocol_and_status() -> None:
+    """The second line names input and resolved address, protocol with port, and status."""
+    line = render_report(trace(protocol=Protocol.TCP)).splitlines()[1]
+    assert line == "Target: example.org (192.0.2.7)  Protocol: tcp port 80  Status: completed"
+
+
+def test_title_line_names_the_host_and_mtr_columns_at_mtr_positions() -> None:
+    """The HOST line names the probing machine, then mtr's titles in mtr's columns."""
+    assert table(trace(answered(1, "198.51.100.1")))[0] == f"HOST: {HOST}".ljust(32) + TITLES
+
+
+def test_a_report_drawn_without_a_host_name_says_mtrd() -> None:
+    """Without the probing machine's name (the client draws reports too), HOST says mtrd."""
+    assert render(trace()).splitlines()[2].startswith("HOST: mtrd ")
 
 
 def test_hop_line_figures() -> None:
-    """A hop line shows its number, address, loss and times with one decimal."""
-    line = render_report(trace(answered(1, "198.51.100.1"))).splitlines()[2]
-    assert line.startswith("  1.|-- 198.51.100.1 ")
-    assert line.split()[2:] == ["0.0%", "3", "0.1", "0.1", "0.1", "0.2", "0.0"]
+    """A hop line shows its number, address, loss and times with one decimal, each figure
+    ending under the last letter of its title."""
+    line = table(trace(answered(1, "198.51.100.1")))[1]
+    assert line == ("  1.|-- 198.51.100.1               0.0%     3    0.1   0.1   0.1   0.2   0.0")
 
 
 def test_numbers_are_right_aligned_under_their_titles() -> None:
     """Every figure ends in the same column as its title."""
-    header, *rows = render_report(trace(answered(1, "198.51.100.1"), silent(2))).splitlines()[1:]
+    header, *rows = table(trace(answered(1, "198.51.100.1"), silent(2), answered(3, "192.0.2.7")))
     for row in rows:
         assert len(row) == len(header)
 
 
+def test_a_long_time_widens_its_column_for_every_line() -> None:
+    """A round trip of 1000 ms or more widens its column; the figures stay aligned."""
+    slow = Hop(
+        ttl=2,
+        responders=(Responder("198.51.100.2", 1),),
+        sent=1,
+        received=1,
+        rtt_ms=RttStats(last=12345.6, best=12345.6, avg=12345.6, worst=12345.6, stdev=0.0),
+    )
+    header, *rows = table(trace(answered(1, "198.51.100.1"), slow))
+    assert "12345.6" in rows[1]
+    assert len(rows[0]) == len(rows[1]) == len(header)
+
+
 def test_silent_hop_shows_question_marks() -> None:
     """A hop with no responder reads ??? with 100% loss."""
-    line = render_report(trace(silent(1))).splitlines()[2]
-    assert line.split()[1:4] == ["???", "100.0%", "3"]
+    line = table(trace(answered(1, "198.51.100.1"), silent(2), answered(3, "192.0.2.7")))[2]
+    assert line.split() == ["2.|--", "???", "100.0%", "3", "-", "-", "-", "-", "-"]
+
+
+def test_trailing_silent_ttls_show_as_one_line() -> None:
+    """After the last hop that answered, a run of silent TTLs shows as one ??? line: the
+    first TTL of the run, as mtr stops one hop after the last answer."""
+    rows = table(trace(answered(1, "198.51.100.1"), *(silent(ttl) for ttl in range(2, 31))))[1:]
+    assert [row.split()[:2] for row in rows] == [["1.|--", "198.51.100.1"], ["2.|--", "???"]]
+
+
+def test_a_trace_nothing_answered_shows_one_line() -> None:
+    """When no TTL answered at all, the table has the first one only."""
+    rows = table(trace(*(silent(ttl) for ttl in range(1, 6))))[1:]
+    assert [row.split()[:2] for row in rows] == [["1.|--", "???"]]
 
 
 def test_ecmp_responders_on_continuation_lines() -> None:
     """Further responders of one TTL follow on their own lines with an empty Hop column."""
-    lines = render_report(trace(answered(1, "198.51.100.1", "198.51.100.2"))).splitlines()
-    assert "198.51.100.1" in lines[2]
-    assert lines[3].strip() == "198.51.100.2"
-    assert lines[3].index("198.51.100.2") == lines[2].index("198.51.100.1")
+    lines = table(trace(answered(1, "198.51.100.1", "198.51.100.2")))
+    assert "198.51.100.1" in lines[1]
+    assert lines[2].strip() == "198.51.100.2"
+    assert lines[2].index("198.51.100.2") == lines[1].index("198.51.100.1")
 
 
 def test_ipv6_address_widens_the_host_column() -> None:
     """A long IPv6 address fits in full and keeps the figures aligned."""
-    lines = render_report(trace(answered(1, "198.51.100.1"), answered(2, V6_ROUTER))).splitlines()
-    assert V6_ROUTER in lines[3]
-    assert len(lines[2]) == len(lines[3]) == len(lines[1])
+    lines = table(trace(answered(1, "198.51.100.1"), answered(2, V6_ROUTER)))
+    assert V6_ROUTER in lines[2]
+    assert len(lines[1]) == len(lines[2]) == len(lines[0])
 
 
 def test_unreachable_hop_is_marked() -> None:
     """A hop that answered ICMP unreachable carries !N after its address."""
-    line = render_report(trace(answered(1, "198.51.100.1", end=HopEnd.UNREACHABLE))).splitlines()[2]
+    line = table(trace(answered(1, "198.51.100.1", end=HopEnd.UNREACHABLE)))[1]
     assert "198.51.100.1 !N" in line
 
 

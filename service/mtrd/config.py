@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
-from mtrd.engine.pool import PoolConfig
-from mtrd.tracing.policy import TargetPolicy, parse_networks
+from mtrd.engine.pool import MAX_POOL_SIZE, PoolConfig
+from mtrd.tracing.policy import Network, TargetPolicy, parse_networks
 from mtrd.tracing.store import StoreLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
 from mtrd.web.limits import EdgeLimits
@@ -36,62 +38,128 @@ class ServeConfig:
     auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
 
 
+class SettingError(ValueError):
+    """A setting's value is unusable; the message says what was expected."""
+
+
 def _dns_servers(value: str) -> tuple[tuple[str, int], ...]:
     servers = []
     for raw in value.split(","):
         item = raw.strip()
         if not item:
             continue
-        host, port = item, 53
-        if item.startswith("["):  # [v6]:port
-            host, _, rest = item[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
+        host, port = item, "53"
+        if item.startswith("["):  # [v6] or [v6]:port
+            host, closed, rest = item[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
+                raise SettingError(f"expected ADDRESS or [IPv6]:PORT, got {item!r}")
+            port = rest[1:] or port
         elif item.count(":") == 1:
-            host, _, text = item.partition(":")
-            if not text.isdigit():
-                raise argparse.ArgumentTypeError(f"bad DNS server {item!r}")
-            port = int(text)
+            host, _, port = item.partition(":")
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"DNS servers are IP addresses, not {host!r}"
-            ) from None
-        servers.append((host, port))
+            raise SettingError(f"DNS servers are IP addresses, not {host!r}") from None
+        servers.append((host, _port(port, item)))
     return tuple(servers)
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
-    def convert(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+def _port(text: str, whole: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise SettingError(f"the port of {whole!r} is not 1-65535")
+    return int(text)
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    wanted = f"a whole number from {low} to {high}" if high else f"a whole number >= {low}"
+
+    def convert(text: str) -> int:
+        if not text.strip().isascii() or not text.strip().isdigit():
+            raise SettingError(f"expected {wanted}, got {text!r}")
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise SettingError(f"expected {wanted}, got {value}")
         return value
 
     return convert
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError(f"expected seconds (a number > 0), got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingError(f"expected seconds (a number > 0), got {text!r}")
+    return value
+
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":8080" means all
+    if not sep:
+        raise SettingError(f"expected HOST:PORT, e.g. 127.0.0.1:8080, got {value!r}")
+    port_number = _port(port, value)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        return "0.0.0.0", port_number  # noqa: S104 - ":8080" means all interfaces
+    if host == "localhost":
+        return "127.0.0.1", port_number
+    try:
+        return str(ipaddress.ip_address(host)), port_number
+    except ValueError:
+        raise SettingError(
+            f"HOST is an IP address (or localhost), not {host!r}: e.g. 127.0.0.1:8080"
+        ) from None
 
 
-def _non_negative(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def _source(version: int) -> Callable[[str], str | None]:
+    def convert(text: str) -> str | None:
+        if not text.strip():
+            return None
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            raise SettingError(f"expected an IPv{version} address, got {text!r}") from None
+        if address.version != version:
+            raise SettingError(
+                f"expected an IPv{version} address, got IPv{address.version} address {text!r}"
+            )
+        return str(address)
+
+    return convert
 
 
-def _networks(text: str) -> tuple[Any, ...]:
+def _command(text: str) -> tuple[str, ...]:
+    words = tuple(text.split())
+    if not words:
+        raise SettingError("the mtr-packet command is empty")
+    return words
+
+
+def _networks(text: str) -> tuple[Network, ...]:
     try:
         return parse_networks(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise SettingError(str(e)) from None
+
+
+def _one_of(*names: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in names:
+            raise SettingError(f"expected {' or '.join(names)}, got {text!r}")
+        return text
+
+    return convert
+
+
+def _tokens_file(path: str) -> tuple[bytes, ...]:
+    try:
+        return load_tokens(file=path, env_value=None)
+    except OSError as e:
+        raise SettingError(f"cannot read {path!r}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise SettingError(f"{path}: {e}") from None
 
 
 @attrs.frozen
@@ -102,108 +170,153 @@ class Option:
     default: str | None
     help: str
     type: Callable[[str], Any] = str
-    choices: tuple[str, ...] | None = None
 
     @property
     def variable(self) -> str:
         """The environment variable, e.g. MTRD_STORE_TTL for --store-ttl."""
         return "MTRD_" + self.flag.removeprefix("--").replace("-", "_").upper()
 
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores the flag under."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
 
 OPTIONS = (
     Option("--listen", "127.0.0.1:8080", "HOST:PORT to listen on; 0.0.0.0:8080 listens on all "
            "interfaces, as in a container", _listen),
-    Option("--pool-size", "2", "mtr-packet processes to keep running", int),
+    Option("--pool-size", "2", f"mtr-packet processes to keep running (1-{MAX_POOL_SIZE})",
+           _whole(1, MAX_POOL_SIZE)),
     Option("--mtr-packet", "mtr-packet", "command that starts mtr-packet, e.g. "
-           "'ip netns exec NS mtr-packet'"),
-    Option("--source-ipv4", None, "IPv4 source address for probes (default: the route's)"),
-    Option("--source-ipv6", None, "IPv6 source address for probes (default: the route's)"),
+           "'ip netns exec NS mtr-packet'", _command),
+    Option("--source-ipv4", None, "IPv4 source address for probes (default: the route's)",
+           _source(4)),
+    Option("--source-ipv6", None, "IPv6 source address for probes (default: the route's)",
+           _source(6)),
     Option("--dns-servers", "", "comma-separated DNS servers for hostname targets, e.g. "
            "192.0.2.53,[2001:db8::53]:53 (default: /etc/resolv.conf's)", _dns_servers),
-    Option("--store-ttl", "3600", "seconds a finished trace is kept", _positive(float)),
+    Option("--store-ttl", "3600", "seconds a finished trace is kept", _seconds),
     Option("--store-max", "10000", "traces kept at most; the oldest finished go first",
-           _positive(int)),
-    Option("--max-running", "32", "traces probing at once; more wait as queued", _positive(int)),
-    Option("--max-queued", "1000", "traces waiting to run at most; more get 429", _non_negative),
+           _whole(1)),
+    Option("--max-running", "32", "traces probing at once; more wait as queued", _whole(1)),
+    Option("--max-queued", "1000", "traces waiting to run at most; more get 429", _whole(0)),
     Option("--max-probes-waiting", "5000", "probes waiting for a worker above which new "
-           "traces get 429", _positive(int)),
-    Option("--max-subscribers", "1000", "open event streams at most", _positive(int)),
+           "traces get 429", _whole(1)),
+    Option("--max-subscribers", "1000", "open event streams at most", _whole(1)),
     Option("--max-subscribers-per-trace", "100", "open event streams per trace at most",
-           _positive(int)),
+           _whole(1)),
     Option("--allow-targets", "", "comma-separated CIDRs; when set, only these may be traced",
            _networks),
     Option("--deny-targets", "", "comma-separated CIDRs that may never be traced", _networks),
     Option("--auth-tokens-file", None, "file of bearer tokens, one per line; it and "
-           "MTRD_AUTH_TOKENS (comma-separated) turn auth on (default: off)"),
+           "MTRD_AUTH_TOKENS (comma-separated) turn auth on (default: off)", _tokens_file),
     Option("--log-format", "json", "json: one object per line on stdout; text: for people",
-           choices=("json", "text")),
+           _one_of("json", "text")),
     Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
-           "they are cancelled", _positive(float)),
+           "they are cancelled", _seconds),
 )  # fmt: skip
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
-def serve_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The ``serve`` flags; each defaults to its MTRD_* variable, then to the built-in.
 
-    String defaults go through the flag's type, so a bad variable is reported like a bad flag.
-    """
-    parser = argparse.ArgumentParser(prog="mtrd serve", description="Run the mtrd service.")
+class _ServeParser(argparse.ArgumentParser):
+    """Reports a bad command line in one line, like a bad setting."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (mtrd serve --help lists the options)")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"mtrd serve: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The ``serve`` flags; each one's value is checked by :func:`parse_serve_args`."""
+    parser = _ServeParser(
+        prog="mtrd serve", description="Run the mtrd service.", allow_abbrev=False
+    )
     for option in OPTIONS:
         shown = "" if option.default is None else f", default {option.default or 'none'}"
-        parser.add_argument(
-            option.flag,
-            type=option.type,
-            choices=option.choices,
-            default=env.get(option.variable) or option.default,
-            help=f"{option.help} ({option.variable}{shown})",
-        )
+        parser.add_argument(option.flag, help=f"{option.help} ({option.variable}{shown})")
     parser.add_argument(
         "--auth-protect-ops",
         action="store_true",
-        default=env.get("MTRD_AUTH_PROTECT_OPS", "") not in ("", "0", "false"),
+        default=None,
         help="with auth on, also require a token for /healthz, /readyz and /metrics "
         "(MTRD_AUTH_PROTECT_OPS)",
     )
     return parser
 
 
-def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeConfig:
-    """Build a :class:`ServeConfig` from command-line flags over the environment."""
-    environment = os.environ if env is None else env
-    parser = serve_parser(environment)
-    args = parser.parse_args(list(argv))
+def _setting(option: Option, given: str | None, env: Mapping[str, str]) -> Any:
+    """The option's value from its flag, else its variable, else its default; a bad value
+    stops mtrd naming where it came from, the flag or the variable the user set."""
+    if given is not None:
+        raw, origin = given, option.flag
+    elif env.get(option.variable):
+        raw, origin = env[option.variable], option.variable
+    elif option.default is None:
+        return None
+    else:
+        raw, origin = option.default, option.flag
     try:
-        tokens = load_tokens(
-            file=args.auth_tokens_file, env_value=environment.get("MTRD_AUTH_TOKENS")
-        )
-    except (OSError, ValueError) as e:
-        parser.error(f"auth tokens: {e}")
+        return option.type(raw)
+    except SettingError as e:
+        _fail(f"{origin}: {e}")
+
+
+def _switch(given: bool | None, env: Mapping[str, str], variable: str) -> bool:
+    if given is not None:
+        return given
+    text = env.get(variable, "").strip().lower()
+    if text not in _TRUE + _FALSE:
+        _fail(f"{variable}: expected 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+    return text in _TRUE
+
+
+def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeConfig:
+    """Build a :class:`ServeConfig` from command-line flags over the environment.
+
+    Every value is checked here, before anything starts: a bad one exits with status 2
+    and one line on stderr naming the flag or the MTRD_* variable it came from.
+    """
+    environment = os.environ if env is None else env
+    args = vars(serve_parser().parse_args(list(argv)))
+    value = {option.dest: _setting(option, args[option.dest], environment) for option in OPTIONS}
+    tokens: tuple[bytes, ...] = value["auth_tokens_file"] or ()
+    try:
+        tokens += load_tokens(file=None, env_value=environment.get("MTRD_AUTH_TOKENS"))
+    except ValueError as e:
+        _fail(f"MTRD_AUTH_TOKENS: {e}")
+    protect_ops = _switch(args["auth_protect_ops"], environment, "MTRD_AUTH_PROTECT_OPS")
     try:
         pool = PoolConfig(
-            size=args.pool_size,
-            command=args.mtr_packet,
-            source_ipv4=args.source_ipv4,
-            source_ipv6=args.source_ipv6,
+            size=value["pool_size"],
+            command=value["mtr_packet"],
+            source_ipv4=value["source_ipv4"],
+            source_ipv6=value["source_ipv6"],
         )
     except ValueError as e:
-        parser.error(str(e))
-    host, port = args.listen
+        _fail(str(e))
+    host, port = value["listen"]
     return ServeConfig(
         host=host,
         port=port,
         pool=pool,
-        dns_servers=args.dns_servers,
-        store=StoreLimits(ttl=args.store_ttl, max_traces=int(args.store_max)),
-        max_running=int(args.max_running),
-        log_format=args.log_format,
-        shutdown_grace=args.shutdown_grace,
-        max_queued=args.max_queued,
+        dns_servers=value["dns_servers"],
+        store=StoreLimits(ttl=value["store_ttl"], max_traces=value["store_max"]),
+        max_running=value["max_running"],
+        log_format=value["log_format"],
+        shutdown_grace=value["shutdown_grace"],
+        max_queued=value["max_queued"],
         limits=EdgeLimits(
-            max_subscribers=int(args.max_subscribers),
-            max_subscribers_per_trace=int(args.max_subscribers_per_trace),
-            max_probes_waiting=int(args.max_probes_waiting),
+            max_subscribers=value["max_subscribers"],
+            max_subscribers_per_trace=value["max_subscribers_per_trace"],
+            max_probes_waiting=value["max_probes_waiting"],
         ),
-        policy=TargetPolicy(allow=args.allow_targets, deny=args.deny_targets),
+        policy=TargetPolicy(allow=value["allow_targets"], deny=value["deny_targets"]),
         auth_tokens=tokens,
-        auth_open_paths=frozenset() if args.auth_protect_ops else OPEN_BY_DEFAULT,
+        auth_open_paths=frozenset() if protect_ops else OPEN_BY_DEFAULT,
     )

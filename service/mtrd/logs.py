@@ -1,12 +1,19 @@
-"""Log output: one JSON object per line (the default), or text for people."""
+"""Log output: one JSON object per line (the default), or text for people.
+
+Both formats, and the access log (``mtrd.web.access``), stamp lines with :func:`log_time`:
+ISO 8601 in UTC with milliseconds, ``2026-12-01T02:03:04.567+00:00``. The libraries'
+own info lines (Twisted's "Site starting on 8080", "(TCP Port 8080 Closed)", "Main loop
+terminated.", its resolver's "Resolver added ...") say nothing an operator acts on and
+are left out; their warnings and errors are kept.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import IO, Any
 
+import attrs
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
@@ -15,6 +22,7 @@ from twisted.logger import (
     formatEvent,
     formatEventAsClassicLogText,
 )
+from zope.interface import implementer
 
 # Keys of Twisted's own bookkeeping, not worth a field in the output.
 _INTERNAL = {"log_logger", "log_source", "log_io", "log_trace", "log_system", "log_text"}
@@ -23,9 +31,7 @@ _INTERNAL = {"log_logger", "log_source", "log_io", "log_trace", "log_system", "l
 def _json_line(event: LogEvent) -> str:
     level = event.get("log_level", LogLevel.info)
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0.0), tz=UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "time": log_time(event.get("log_time", 0.0)),
         "level": getattr(level, "name", str(level)),
         "logger": event.get("log_namespace", "-"),
         "message": formatEvent(event),
@@ -42,24 +48,52 @@ def _json_line(event: LogEvent) -> str:
     return json.dumps(record, default=repr) + "\n"
 
 
+def _text_line(event: LogEvent) -> str:
+    return formatEventAsClassicLogText(event, formatTime=_event_time) or ""
+
+
+def _event_time(when: float | None) -> str:
+    return "-" if when is None else log_time(when)
+
+
+@implementer(ILogObserver)
+@attrs.frozen
+class _OursOrWarnings:
+    """Passes on mtrd's own events at every level, other namespaces' from warnings up."""
+
+    write: ILogObserver
+
+    def __call__(self, event: LogEvent) -> None:
+        namespace: str = event.get("log_namespace") or ""
+        level: LogLevel = event.get("log_level", LogLevel.info)
+        if namespace == "mtrd" or namespace.startswith("mtrd.") or level >= LogLevel.warn:
+            self.write(event)
+
+
 def observer(stream: IO[str], log_format: str) -> ILogObserver:
     """A log observer writing ``json`` lines or ``text`` to ``stream``."""
+    write: ILogObserver
     if log_format == "json":
-        return FileLogObserver(stream, _json_line)
-    if log_format == "text":
-        return FileLogObserver(stream, lambda e: formatEventAsClassicLogText(e) or "")
-    raise ValueError(f"unknown log format {log_format!r}: json or text")
+        write = FileLogObserver(stream, _json_line)
+    elif log_format == "text":
+        write = FileLogObserver(stream, _text_line)
+    else:
+        raise ValueError(f"unknown log format {log_format!r}: json or text")
+    return _OursOrWarnings(write)
 
 
 __all__ = ["log_time", "observer"]
 
-_second: list[Any] = [None, ""]
+# The second it was, and that second formatted: one tuple, replaced whole, so a line
+# logged from another thread never pairs one second's text with another's.
+_second: tuple[int, str] = (-1, "")
 
 
 def log_time(now: float) -> str:
     """ISO 8601 UTC with milliseconds; the part up to the second is formatted once a second."""
+    global _second  # noqa: PLW0603 - a one-entry cache of the formatted second
     whole = int(now)
-    if _second[0] != whole:
-        _second[0] = whole
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}+00:00"
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((now - whole) * 1000):03d}+00:00"

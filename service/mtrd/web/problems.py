@@ -36,6 +36,11 @@ def not_found(what: str) -> Problem:
     return Problem(404, "not-found", "Not found", f"{what} does not exist or has expired")
 
 
+def no_route(path: str) -> Problem:
+    """404 for a path mtrd does not serve at all."""
+    return Problem(404, "not-found", "Not found", f"no route {path}")
+
+
 def invalid_fields(errors: list[tuple[str, str]]) -> Problem:
     """422 naming every field at fault."""
     fields = ", ".join(sorted({f for f, _ in errors if f})) or "the body"

@@ -1,7 +1,24 @@
-"""A trace as plain text, laid out like ``mtr --report`` for reading in a terminal."""
+"""A trace as plain text, laid out like ``mtr --report`` for reading in a terminal.
+
+The layout::
+
+    Start: 2026-12-01T02:03:04+00:00
+    Target: example.org (192.0.2.7)  Protocol: icmp  Status: completed
+    HOST: probe-host                  Loss%   Snt   Last   Avg  Best  Wrst StDev
+      1.|-- 198.51.100.1               0.0%     3    0.1   0.1   0.1   0.2   0.0
+      2.|-- ???                      100.0%     3      -     -     -     -     -
+
+Columns have mtr's widths (``HOST`` is the machine that probed); a wider cell (a
+long IPv6 address, a time of 1000 ms or more) widens its whole column, so figures stay
+under their titles. Times are milliseconds with one decimal; a hop nothing answered
+shows ``-`` where mtr shows 0.0. Hops are shown up to the last one that answered; a
+run of silent TTLs after it shows as one ``???`` line, the first TTL of the run (as
+mtr stops one hop after the last answer): the JSON has every TTL.
+"""
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 
 from mtrd.engine.probe import Protocol
@@ -9,40 +26,68 @@ from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, Trace
 
 # How traceroute and mtr mark a hop that answered "unreachable".
 _END_MARKS = {HopEnd.UNREACHABLE: "!N", HopEnd.HOST_DOWN: "!H"}
-# Column titles and their least widths, as mtr --report prints them.
+# Column titles, the spaces before each and the width of its figures, as mtr --report
+# prints them (mtr leaves one more space between Snt and Last).
 _FIGURES = (
-    ("Loss%", 6),
-    ("Snt", 5),
-    ("Last", 6),
-    ("Avg", 5),
-    ("Best", 5),
-    ("Wrst", 5),
-    ("StDev", 5),
+    ("Loss%", 1, 6),
+    ("Snt", 1, 5),
+    ("Last", 2, 5),
+    ("Avg", 1, 5),
+    ("Best", 1, 5),
+    ("Wrst", 1, 5),
+    ("StDev", 1, 5),
 )
-_HOP_WIDTH = len("255.|-- ")
-_HOST_GAP = "  "
+_PREFIX_WIDTH = len("255.|-- ")
+_HOST_WIDTH = 24  # mtr's titles start at column 33
 _SILENT = "???"
+# The server names itself in its reports; a report drawn elsewhere (the client's) does
+# not know the server's name, and says mtrd.
+LOCAL_HOST = socket.gethostname()
 
 
-def render_report(trace: Trace) -> str:
-    """The trace as a header line and a table of hops, ending with a newline."""
+def render_report(trace: Trace, host: str = "mtrd") -> str:
+    """The trace as a header and a table of hops, ending with a newline; ``host`` is the
+    machine that probed, for the HOST line."""
     rows: list[tuple[str, str, tuple[str, ...]]] = []
-    for hop in trace.hops:
+    for hop in _shown_hops(trace.hops):
         rows.extend(_hop_rows(hop))
-    host_width = max([len("Host"), *(len(host) for _, host, _ in rows)])
+    header_host = f"HOST: {host}"
+    host_width = max(
+        [_HOST_WIDTH, len(header_host) - _PREFIX_WIDTH, *(len(name) for _, name, _ in rows)]
+    )
     widths = [
-        max([least, *(len(figures[i]) for _, _, figures in rows if figures)])
-        for i, (_, least) in enumerate(_FIGURES)
+        max([width, *(len(figures[i]) for _, _, figures in rows if figures)])
+        for i, (_, _, width) in enumerate(_FIGURES)
     ]
-    header = _line("Hop", "Host", tuple(title for title, _ in _FIGURES), host_width, widths)
-    lines = [_title(trace), header]
-    lines.extend(_line(prefix, host, figures, host_width, widths) for prefix, host, figures in rows)
+    titles = tuple(title for title, _, _ in _FIGURES)
+    lines = [
+        f"Start: {_start(trace)}",
+        _target(trace),
+        _line(header_host, titles, host_width, widths),
+    ]
+    lines.extend(
+        _line(prefix.ljust(_PREFIX_WIDTH) + name, figures, host_width, widths)
+        for prefix, name, figures in rows
+    )
     if trace.error is not None:
         lines.append(f"Error: {trace.error.message} ({trace.error.type})")
     return "\n".join(lines) + "\n"
 
 
-def _title(trace: Trace) -> str:
+def _shown_hops(hops: tuple[Hop, ...]) -> tuple[Hop, ...]:
+    """Every hop up to the last that answered, and the first silent one after it."""
+    answered = [i for i, hop in enumerate(hops) if hop.responders]
+    last = answered[-1] if answered else -1
+    return hops[: last + 2]
+
+
+def _start(trace: Trace) -> str:
+    if trace.started_at is None:
+        return "not started"
+    return datetime.fromtimestamp(trace.started_at, tz=UTC).isoformat(timespec="seconds")
+
+
+def _target(trace: Trace) -> str:
     target = trace.target
     if target.address is None:
         where = f"{target.input} (unresolved)"
@@ -55,12 +100,7 @@ def _title(trace: Trace) -> str:
     if request.protocol is not Protocol.ICMP:
         port = request.port if request.port is not None else DEFAULT_PORTS[request.protocol]
         protocol = f"{protocol} port {port}"
-    start = (
-        "not started"
-        if trace.started_at is None
-        else datetime.fromtimestamp(trace.started_at, tz=UTC).isoformat()
-    )
-    return f"Target: {where}  Protocol: {protocol}  Status: {trace.status.value}  Start: {start}"
+    return f"Target: {where}  Protocol: {protocol}  Status: {trace.status.value}"
 
 
 def _hop_rows(hop: Hop) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -81,10 +121,10 @@ def _time(milliseconds: float | None) -> str:
     return "-" if milliseconds is None else f"{milliseconds:.1f}"
 
 
-def _line(
-    prefix: str, host: str, figures: tuple[str, ...], host_width: int, widths: list[int]
-) -> str:
+def _line(start: str, figures: tuple[str, ...], host_width: int, widths: list[int]) -> str:
+    """``start`` (the hop and host, or the HOST title) padded to the figures' column."""
     cells = "".join(
-        " " + figure.rjust(width) for figure, width in zip(figures, widths, strict=False)
+        " " * gap + figure.rjust(width)
+        for figure, (_, gap, _), width in zip(figures, _FIGURES, widths, strict=False)
     )
-    return (prefix.ljust(_HOP_WIDTH) + host.ljust(host_width) + _HOST_GAP + cells).rstrip()
+    return (start.ljust(_PREFIX_WIDTH + host_width) + cells).rstrip()

@@ -30,9 +30,9 @@ from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_trace_request
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
-from mtrd.web.problems import Problem, invalid_fields, not_found
+from mtrd.web.problems import Problem, invalid_fields, no_route, not_found
 from mtrd.web.render import summary_json
-from mtrd.web.report import render_report
+from mtrd.web.report import LOCAL_HOST, render_report
 from mtrd.web.sse import EventStream
 
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -243,7 +243,7 @@ class Api:
             return b""
         if _prefers_text(request.getHeader("accept")):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return render_report(record.full_trace()).encode()
+            return render_report(record.full_trace(), LOCAL_HOST).encode()
         return _body(request, 200, self._bodies.body(record))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
@@ -344,7 +344,7 @@ class Api:
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus metrics in the text format."""
         if self._metrics is None:
-            return self._problem(request, not_found("/metrics"))
+            return self._problem(request, no_route("/metrics"))
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self._metrics.exposition()
 
@@ -353,7 +353,7 @@ class Api:
     @app.handle_errors(NotFound)
     def unknown_route(self, request: IRequest, failure: Failure) -> bytes:  # noqa: ARG002
         """404 problem for a path mtrd does not serve."""
-        return self._problem(request, not_found(f"{request.path.decode('utf-8', 'replace')}"))
+        return self._problem(request, no_route(request.path.decode("utf-8", "replace")))
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
