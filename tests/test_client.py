@@ -35,6 +35,7 @@ from mtrd.client import (
     failure_reason,
     hop_line,
     main,
+    network_reason,
     parse_args,
     problem_line,
     run,
@@ -59,9 +60,16 @@ from mtrd.web.render import hop_json, trace_json
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+    TCPTimedOutError,
+)
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -676,6 +684,8 @@ class ScriptedServer(Resource):
         self.last_event_ids: list[str | None] = []
         self.authorizations: list[str | None] = []
         self.polls = 0
+        self.post_body: bytes | None = None  # instead of the running trace
+        self.poll_status = 200
 
     def render(self, request: Any) -> Any:
         path, method = request.path.decode(), request.method.decode()
@@ -685,10 +695,15 @@ class ScriptedServer(Resource):
             request.setResponseCode(self.post_status)
             if self.post_status != 202:
                 return b"<html>Bad gateway</html>"
+            if self.post_body is not None:
+                return self.post_body
             return json.dumps(trace_json(RUNNING)).encode()
         if path.endswith("/events"):
             return self._events(request)
         self.polls += 1
+        if self.poll_status != 200:
+            request.setResponseCode(self.poll_status)
+            return b"{}"
         return json.dumps(trace_json(FULL)).encode()
 
     def _events(self, request: Any) -> Any:
@@ -816,6 +831,84 @@ def test_the_token_goes_with_every_request(monkeypatch: pytest.MonkeyPatch) -> N
     assert code == EXIT_OK
     assert len(resource.authorizations) == 3
     assert set(resource.authorizations) == {f"Bearer {TOKEN}"}
+
+
+class Silent(Resource):
+    """Takes every request and never answers."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        return NOT_DONE_YET
+
+
+def test_a_server_that_never_answers_exits_3_after_the_request_timeout() -> None:
+    """POST with no answer: given up after the request timeout, status 3, one line."""
+    clock, stub = Clock(), StubTreq(Silent())
+    running = start(clock, stub, [*QUICK, "--server", BASE])
+    running.advance(Timing().request_timeout - 1)
+    assert not running.results
+    code, out, err = running.finish()
+    assert (code, out) == (EXIT_UNREACHABLE, "")
+    assert err == f"mtrd: cannot reach {BASE}: no answer within 30 s\n"
+
+
+def test_an_answer_that_is_not_json_exits_3() -> None:
+    """A 202 whose body is not JSON (a proxy's page, say) is status 3, naming the URL."""
+    resource, clock, stub = scripted([])
+    resource.post_body = b"<html>hello</html>"
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_UNREACHABLE
+    assert err == f"mtrd: {BASE}/traces answered something other than JSON\n"
+
+
+def test_a_malformed_event_exits_3_naming_the_event() -> None:
+    """A hop event whose data is no hop ends the command: status 3, one line."""
+    _, clock, stub = scripted([[sse(1, "hop", {"ttl": 1})]])
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_UNREACHABLE
+    assert err.startswith(f"mtrd: {BASE}/traces/{RUNNING.id}/events sent a malformed hop event")
+    assert err.count("\n") == 1
+
+
+def test_a_trace_gone_while_polling_exits_1() -> None:
+    """Polling finds the trace gone (404, expired or deleted): status 1 and why."""
+    resource, clock, stub = scripted([429])
+    resource.poll_status = 404
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_FAILED
+    assert err == f"mtrd: trace {RUNNING.id} no longer exists on the server\n"
+
+
+def test_polls_answered_with_5xx_give_up_after_the_limit() -> None:
+    """Polls that keep getting a 5xx stop after max_poll_failures: status 3, the status."""
+    resource, clock, stub = scripted([429])
+    resource.poll_status = 503
+    timing = Timing(max_poll_failures=3)
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE], timing=timing).finish()
+    assert code == EXIT_UNREACHABLE
+    assert resource.polls == 3
+    assert err == f"mtrd: {BASE}/traces/{RUNNING.id} answered 503\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ConnectionRefusedError(), "connection refused"),
+        (DNSLookupError("mtrd.example"), "host name not found"),
+        (TCPTimedOutError(), "connection timed out"),
+        (NoRouteError(), "no route to host"),
+        (ResponseFailed([Failure(ConnectionDone())]), "connection lost"),
+        (
+            ResponseNeverReceived([Failure(ConnectionRefusedError())]),
+            "connection lost (connection refused)",
+        ),
+        (ValueError("odd.\nthing."), "odd. thing"),
+    ],
+)
+def test_network_reason_says_why_in_a_few_words(error: BaseException, reason: str) -> None:
+    """Each way a request fails reads as a few words, on one line."""
+    assert network_reason(error) == reason
 
 
 # -- the real command -----------------------------------------------------------------------

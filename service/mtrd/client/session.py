@@ -454,9 +454,10 @@ class Session:
                 if failures >= self._timing.max_poll_failures:
                     raise self._unreachable(e) from None
             else:
-                failures = 0
                 if response.code == 404:
                     raise Stop(EXIT_FAILED, f"trace {self.trace_id} no longer exists on the server")
+                if response.code in (200, 304):
+                    failures = 0  # only an answer about the trace counts as reaching it
                 if response.code == 200:
                     etag = (response.headers.getRawHeaders("etag") or [None])[-1]
                     trace = self._trace(self._decode(body, self._self_url), self._self_url)
