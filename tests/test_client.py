@@ -600,6 +600,15 @@ def test_a_server_given_as_host_and_port_is_reached_over_http() -> None:
     assert json.loads(out)["status"] == "completed"
 
 
+def test_a_server_given_as_an_ipv6_literal_is_reached() -> None:
+    """--server [::1]:8080 reaches the server: the trace runs to the end."""
+    server = in_memory_server()
+    argv = [*QUICK, "--json", "--server", "[::1]:8080"]
+    code, out, err = start(server.clock, server.stub, argv).finish()
+    assert (code, err) == (EXIT_OK, "")
+    assert json.loads(out)["status"] == "completed"
+
+
 def test_live_output_redraws_the_table_in_place() -> None:
     """On a terminal the table is drawn, erased and drawn again, ending completed."""
     code, out, _ = in_memory_server().trace(QUICK, live=True)

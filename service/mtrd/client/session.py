@@ -10,12 +10,14 @@ reactor it is given, so tests drive it with a ``Clock`` and ``StubTreq``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import attrs
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
@@ -54,6 +56,30 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10.0
+
+
+class _IPv6URL(EncodedURL):
+    """A URL whose host is an IPv6 literal, handed to treq as already encoded.
+
+    treq sends every URL through ``to_uri``, which IDNA-encodes the host, and IDNA
+    rejects the colons of an IPv6 literal (python-hyper/hyperlink#68); Twisted's
+    Agent itself connects to ``http://[::1]:8080`` fine. The URLs built here are
+    ASCII already, so there is nothing left to encode.
+    """
+
+    def to_uri(self) -> EncodedURL:
+        """This URL as it is."""
+        return self
+
+
+def _for_treq(url: str) -> str | EncodedURL:
+    host = urlsplit(url).hostname or ""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return url
+    return _IPv6URL.from_text(url) if literal.version == 6 else url
+
 
 _T = TypeVar("_T")
 _Headers = dict[bytes | str, list[bytes | str]]
@@ -328,7 +354,7 @@ class Session:
         headers: _Headers = {**self._headers, **kwargs.pop("headers", {})}
 
         async def exchange() -> tuple[IResponse, bytes]:
-            response = await self._http.request(method, url, headers=headers, **kwargs)
+            response = await self._http.request(method, _for_treq(url), headers=headers, **kwargs)
             return response, await response.content()
 
         return await self._within(
@@ -407,7 +433,7 @@ class Session:
         if last_event_id is not None:
             headers["Last-Event-ID"] = [last_event_id]
         response = await self._within(
-            self._http.get(self._events_url, headers=headers, unbuffered=True)
+            self._http.get(_for_treq(self._events_url), headers=headers, unbuffered=True)
         )
         if response.code != 200:
             await self._within(response.content())
