@@ -1,7 +1,8 @@
-"""``mtrd trace``, the command-line client: its pure parts, then against a real HTTP server.
+"""``mtrd trace``, the command-line client: its pure parts, then against a server in memory.
 
-The server tests listen on a loopback port with the real Klein resource, backed by the
-fake network on the real reactor (mtr-packet needs the network; the lab covers it).
+The session runs on a ``Clock`` against ``StubTreq``: over the real Klein resource (backed
+by the fake network) or a scripted resource whose streams drop. One test runs the real
+command as a process.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
-import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from mtrd.client import (
@@ -35,6 +35,7 @@ from mtrd.client import (
     failure_reason,
     hop_line,
     main,
+    network_reason,
     parse_args,
     problem_line,
     run,
@@ -57,11 +58,20 @@ from mtrd.tracing.store import StoreLimits, TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.render import hop_json, trace_json
 from mtrd.web.routes import Api
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+    TCPTimedOutError,
+)
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from tests.fakes import FakeNetwork
 from tests.mtrd_process import free_port
@@ -371,8 +381,74 @@ def test_server_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("[::1]:8080", "http://[::1]:8080"),
+        ("mtrd.example:9000/", "http://mtrd.example:9000"),
+        ("https://mtrd.example", "https://mtrd.example"),
+    ],
+)
+def test_server_may_be_host_and_port_without_a_scheme(given: str, url: str) -> None:
+    """--server HOST:PORT means http://HOST:PORT; IPv6 in brackets; a URL is kept as given."""
+    assert parse_args(["192.0.2.1", "--server", given]).server == url
+
+
+def test_server_from_the_environment_may_be_host_and_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MTRD_SERVER takes the same forms as --server."""
+    monkeypatch.setenv("MTRD_SERVER", "[2001:db8::1]:8080")
+    assert parse_args(["192.0.2.1"]).server == "http://[2001:db8::1]:8080"
+
+
+def test_an_ipv6_server_without_brackets_is_refused_with_the_fix(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--server ::1 exits 2 saying the address goes in brackets."""
+    assert main(["192.0.2.1", "--server", "::1"]) == EXIT_REFUSED
+    assert "an IPv6 address goes in brackets: [::1]:PORT" in capsys.readouterr().err
+
+
+def test_a_bad_server_in_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad MTRD_SERVER exits 2 naming MTRD_SERVER, not --server."""
+    monkeypatch.setenv("MTRD_SERVER", "ftp://mtrd.example")
+    assert main(["192.0.2.1"]) == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "MTRD_SERVER: not HOST:PORT or an http:// or https:// URL: 'ftp://mtrd.example'" in err
+    assert "--server" not in err.splitlines()[-1]
+
+
+def test_help_names_the_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help exits 0 and names MTRD_TOKEN and MTRD_SERVER."""
+    assert main(["--help"]) == EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())
+    assert "MTRD_TOKEN is the bearer token" in out
+    assert "MTRD_SERVER is the default --server" in out
+
+
+TOKEN = "s3cret-token-0123456789"  # noqa: S105 - a test value, not a secret
+
+
+def test_the_token_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTRD_TOKEN becomes the options' token; an empty one is no token."""
+    monkeypatch.setenv("MTRD_TOKEN", TOKEN)
+    assert parse_args(["192.0.2.1"]).token == TOKEN
+    monkeypatch.setenv("MTRD_TOKEN", "")
+    assert parse_args(["192.0.2.1"]).token is None
+
+
+@pytest.mark.parametrize(
     "argv",
-    [[], ["x", "--protocol", "sctp"], ["x", "--port", "eighty"], ["x", "--server", "ftp://h"]],
+    [
+        [],
+        ["x", "--protocol", "sctp"],
+        ["x", "--port", "eighty"],
+        ["x", "--server", "ftp://h"],
+        ["x", "--server", "h:99999"],
+    ],
 )
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Bad or missing arguments give status 2 and a usage message, without a request."""
@@ -380,62 +456,122 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
     assert "usage: mtrd trace" in capsys.readouterr().err
 
 
-# -- against a real HTTP server -------------------------------------------------------------
+# -- against the real Klein resource, in memory --------------------------------------------
+
+BASE = "http://mtrd.test"
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+class Refusing:
+    """An HTTP client whose every connection is refused, as when nothing listens."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        return fail(ConnectionRefusedError())
+
+    def get(self, url: str, **kwargs: Any) -> Deferred[Any]:
+        return self.request("GET", url, **kwargs)
+
+    def flush(self) -> None:
+        pass
+
+
+class Vanishing:
+    """StubTreq until ``gone`` is set; then every connection is refused (the server went away)."""
+
+    def __init__(self, stub: StubTreq) -> None:
+        self.stub = stub
+        self.gone = False
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        if self.gone:
+            return fail(ConnectionRefusedError())
+        return self.stub.request(method, url, **kwargs)  # type: ignore[no-any-return]
+
+    def get(self, url: str, **kwargs: Any) -> Deferred[Any]:
+        return self.request("GET", url, **kwargs)
+
+    def flush(self) -> None:
+        self.stub.flush()
 
 
 @attrs.define
-class LiveServer:
-    """The real Klein resource on a loopback port, over the fake network."""
+class Running:
+    """One ``run()`` on a Clock: time moves from one scheduled call to the next, and the
+    in-memory connections are pumped after each, so no test waits for real time."""
 
-    url: str
+    clock: Clock
+    http: Any
+    done: Deferred[int]
+    out: io.StringIO
+    err: io.StringIO
+    results: list[object] = attrs.Factory(list)
+
+    def __attrs_post_init__(self) -> None:
+        self.done.addBoth(self.results.append)
+        self.http.flush()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass (or less, if the run ends first)."""
+        until = self.clock.seconds() + seconds
+        while not self.results:
+            times = [call.getTime() for call in self.clock.getDelayedCalls()]
+            upcoming = min(times, default=until)
+            if upcoming > until:
+                break
+            self.clock.advance(max(upcoming - self.clock.seconds(), 0.0))
+            self.http.flush()
+        if not self.results:
+            self.clock.advance(max(until - self.clock.seconds(), 0.0))
+            self.http.flush()
+
+    def finish(self, within: float = 600.0) -> tuple[int, str, str]:
+        """The exit status, stdout and stderr, once the run ends (within ``within`` s)."""
+        self.advance(within)
+        assert self.results, f"still running after {within} s"
+        result = self.results[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        assert isinstance(result, int)
+        return result, self.out.getvalue(), self.err.getvalue()
+
+
+def start(clock: Clock, http: Any, argv: list[str], **kwargs: Any) -> Running:
+    out, err = io.StringIO(), io.StringIO()
+    running = run(clock, parse_args(argv), out, err, http=http, **kwargs)
+    return Running(clock, http, Deferred.fromCoroutine(running), out, err)
+
+
+@attrs.define
+class InMemoryServer:
+    """The real Klein resource behind StubTreq, over the fake network, all on one Clock."""
+
+    clock: Clock
+    stub: StubTreq
     store: TraceStore
     jobs: TraceJobs
 
+    def trace(self, argv: list[str], **kwargs: Any) -> tuple[int, str, str]:
+        """Run ``mtrd trace`` against this server to its end."""
+        return start(self.clock, self.stub, [*argv, "--server", BASE], **kwargs).finish()
 
-@pytest_twisted.async_yield_fixture
-async def serve() -> AsyncIterator[Callable[..., LiveServer]]:
-    """Start servers on 127.0.0.1 (network options as FakeNetwork's); stop them afterwards."""
-    started: list[tuple[Any, LiveServer]] = []
 
-    def start(**network: Any) -> LiveServer:
-        network.setdefault("rtt", 0.002)
-        fake = FakeNetwork(reactor, ROUTERS, **network)  # type: ignore[arg-type]
-        store = TraceStore(reactor, StoreLimits(ttl=600, max_traces=100))  # type: ignore[arg-type]
-        tracer = Tracer(reactor, fake, StaticResolver())  # type: ignore[arg-type]
-        jobs = TraceJobs(tracer, store, max_running=8, max_queued=100)
-        api = Api(pool=FakePool(), jobs=jobs, store=store, clock=reactor)  # type: ignore[arg-type]
-        port = reactor.listenTCP(0, Site(api.app.resource()), interface="127.0.0.1")  # type: ignore[attr-defined]
-        server = LiveServer(f"http://127.0.0.1:{port.getHost().port}", store, jobs)
-        started.append((port, server))
-        return server
-
-    yield start
-    for port, server in started:
-        await port.stopListening()
-        for trace in server.store.newest_first(None, 500, None)[0]:
-            server.jobs.delete(trace.id)  # cancels what still runs, stops expiry timers
+def in_memory_server(**network: Any) -> InMemoryServer:
+    """A server whose network answers as FakeNetwork does with ``network``'s options."""
+    clock = Clock()
+    network.setdefault("rtt", 0.002)
+    fake = FakeNetwork(clock, ROUTERS, **network)
+    store = TraceStore(clock, StoreLimits(ttl=600, max_traces=100))
+    tracer = Tracer(clock, fake, StaticResolver())  # type: ignore[arg-type]
+    jobs = TraceJobs(tracer, store, max_running=8, max_queued=100)
+    api = Api(pool=FakePool(), jobs=jobs, store=store, clock=clock)  # type: ignore[arg-type]
+    return InMemoryServer(clock, StubTreq(api.app.resource()), store, jobs)
 
 
 QUICK = ["203.0.113.7", "--probes", "2", "--interval", "0.05", "--max-ttl", "8"]
 
 
-async def trace_with(argv: list[str], **kwargs: Any) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = await run(reactor, parse_args(argv), out, err, **kwargs)
-    return code, out.getvalue(), err.getvalue()
-
-
-@pytest_twisted.ensureDeferred
-async def test_completed_trace_exits_0_with_hop_lines_and_the_report(
-    serve: Callable[..., LiveServer],
-) -> None:
+def test_completed_trace_exits_0_with_hop_lines_and_the_report() -> None:
     """A trace that completes: a line per hop update, then the report table, status 0."""
-    server = serve()
-    code, out, err = await trace_with([*QUICK, "--server", server.url])
+    code, out, err = in_memory_server().trace(QUICK)
     assert (code, err) == (EXIT_OK, "")
     lines = out.splitlines()
     assert lines[0].startswith("trace ")
@@ -445,13 +581,9 @@ async def test_completed_trace_exits_0_with_hop_lines_and_the_report(
     assert [line.split()[1] for line in report.splitlines()[2:]] == [*ROUTERS, "203.0.113.7"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_json_prints_only_the_final_trace_resource(
-    serve: Callable[..., LiveServer],
-) -> None:
+def test_json_prints_only_the_final_trace_resource() -> None:
     """--json prints one document: the final Trace, as the schema describes it."""
-    server = serve()
-    code, out, err = await trace_with([*QUICK, "--server", server.url, "--json"])
+    code, out, err = in_memory_server().trace([*QUICK, "--json"])
     assert (code, err) == (EXIT_OK, "")
     document = json.loads(out)
     validate_schema("Trace", document)
@@ -460,11 +592,27 @@ async def test_json_prints_only_the_final_trace_resource(
     assert len(document["hops"]) == 4
 
 
-@pytest_twisted.ensureDeferred
-async def test_live_output_redraws_the_table_in_place(serve: Callable[..., LiveServer]) -> None:
+def test_a_server_given_as_host_and_port_is_reached_over_http() -> None:
+    """--server HOST:PORT (no scheme) reaches the server: the trace runs to the end."""
+    server = in_memory_server()
+    argv = [*QUICK, "--json", "--server", "mtrd.test:8080"]
+    code, out, _ = start(server.clock, server.stub, argv).finish()
+    assert code == EXIT_OK
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_a_server_given_as_an_ipv6_literal_is_reached() -> None:
+    """--server [::1]:8080 reaches the server: the trace runs to the end."""
+    server = in_memory_server()
+    argv = [*QUICK, "--json", "--server", "[::1]:8080"]
+    code, out, err = start(server.clock, server.stub, argv).finish()
+    assert (code, err) == (EXIT_OK, "")
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_live_output_redraws_the_table_in_place() -> None:
     """On a terminal the table is drawn, erased and drawn again, ending completed."""
-    server = serve()
-    code, out, _ = await trace_with([*QUICK, "--server", server.url], live=True)
+    code, out, _ = in_memory_server().trace(QUICK, live=True)
     assert code == EXIT_OK
     assert "\x1b[J" in out
     last_draw = out.split("\x1b[J")[-1]
@@ -472,11 +620,9 @@ async def test_live_output_redraws_the_table_in_place(serve: Callable[..., LiveS
     assert "\nTarget: 203.0.113.7  Protocol: icmp  Status: completed\n" in last_draw
 
 
-@pytest_twisted.ensureDeferred
-async def test_refused_request_exits_2_naming_the_field(serve: Callable[..., LiveServer]) -> None:
+def test_refused_request_exits_2_naming_the_field() -> None:
     """A 422 (a port with icmp) gives status 2 and one line naming the field."""
-    server = serve()
-    code, out, err = await trace_with([*QUICK, "--server", server.url, "--port", "80"])
+    code, out, err = in_memory_server().trace([*QUICK, "--port", "80"])
     assert (code, out) == (EXIT_REFUSED, "")
     assert err == (
         "mtrd: the server refused the trace: 422 Invalid fields: invalid: port "
@@ -484,20 +630,17 @@ async def test_refused_request_exits_2_naming_the_field(serve: Callable[..., Liv
     )
 
 
-@pytest_twisted.ensureDeferred
-async def test_unreachable_server_exits_3_with_one_line() -> None:
+def test_unreachable_server_exits_3_with_one_line() -> None:
     """Nothing listening: status 3 and one line saying which server and why."""
-    url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = await trace_with([*QUICK, "--server", url])
+    url = "http://127.0.0.1:9"
+    code, out, err = start(Clock(), Refusing(), [*QUICK, "--server", url]).finish()
     assert (code, out) == (EXIT_UNREACHABLE, "")
     assert err == f"mtrd: cannot reach {url}: connection refused\n"
 
 
-@pytest_twisted.ensureDeferred
-async def test_failed_trace_exits_1_with_its_error(serve: Callable[..., LiveServer]) -> None:
+def test_failed_trace_exits_1_with_its_error() -> None:
     """A trace that fails: the report with its error, status 1, the error message on stderr."""
-    server = serve(local_error="invalid-argument")
-    code, out, err = await trace_with([*QUICK, "--server", server.url])
+    code, out, err = in_memory_server(local_error="invalid-argument").trace(QUICK)
     assert code == EXIT_FAILED
     assert "Status: failed" in out
     assert err.startswith("mtrd: trace failed: ")
@@ -505,16 +648,16 @@ async def test_failed_trace_exits_1_with_its_error(serve: Callable[..., LiveServ
     assert err.count("\n") == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_interrupt_cancels_the_trace_on_the_server(serve: Callable[..., LiveServer]) -> None:
+def test_interrupt_cancels_the_trace_on_the_server() -> None:
     """Ctrl-C while the trace runs: it is cancelled on the server, status 130."""
-    server = serve()
+    server = in_memory_server()
     interrupt: Deferred[None] = Deferred()
-    argv = ["203.0.113.7", "--probes", "50", "--interval", "0.5", "--server", server.url]
-    running = Deferred.fromCoroutine(trace_with(argv, interrupt=interrupt))
-    await sleep(0.3)
+    argv = ["203.0.113.7", "--probes", "50", "--interval", "0.5", "--server", BASE]
+    running = start(server.clock, server.stub, argv, interrupt=interrupt)
+    running.advance(0.3)
+    assert not running.results
     interrupt.callback(None)
-    code, out, err = await running
+    code, out, err = running.finish()
     assert code == EXIT_INTERRUPTED
     assert out.startswith("trace ")
     trace_id = out.split()[1]
@@ -542,25 +685,37 @@ class ScriptedServer(Resource):
 
     isLeaf = True
 
-    def __init__(self, streams: list[list[bytes | str] | int], post_status: int = 202) -> None:
+    def __init__(
+        self, clock: Clock, streams: list[list[bytes | str] | int], post_status: int = 202
+    ) -> None:
         super().__init__()
+        self.clock = clock
         self.streams = streams
         self.post_status = post_status
         self.on_events: Callable[[], object] = lambda: None
         self.last_event_ids: list[str | None] = []
+        self.authorizations: list[str | None] = []
         self.polls = 0
+        self.post_body: bytes | None = None  # instead of the running trace
+        self.poll_status = 200
 
     def render(self, request: Any) -> Any:
         path, method = request.path.decode(), request.method.decode()
+        self.authorizations.append(request.getHeader("authorization"))
         request.setHeader(b"Content-Type", b"application/json")
         if method == "POST":
             request.setResponseCode(self.post_status)
             if self.post_status != 202:
                 return b"<html>Bad gateway</html>"
+            if self.post_body is not None:
+                return self.post_body
             return json.dumps(trace_json(RUNNING)).encode()
         if path.endswith("/events"):
             return self._events(request)
         self.polls += 1
+        if self.poll_status != 200:
+            request.setResponseCode(self.poll_status)
+            return b"{}"
         return json.dumps(trace_json(FULL)).encode()
 
     def _events(self, request: Any) -> Any:
@@ -573,31 +728,27 @@ class ScriptedServer(Resource):
         request.setHeader(b"Content-Type", b"text/event-stream")
         for step in script:
             if step == "drop":
-                reactor.callLater(0.05, request.transport.abortConnection)  # type: ignore[attr-defined]
+                self.clock.callLater(0.05, request.transport.abortConnection)
             elif step == "end":
-                reactor.callLater(0.05, request.finish)  # type: ignore[attr-defined]
+                self.clock.callLater(0.05, request.finish)
             else:
                 request.write(step)
         return NOT_DONE_YET
 
 
-FAST = Timing(reconnect_delay=0.01, poll_interval=0.01)
-
-
 def scripted(
     streams: list[list[bytes | str] | int], post_status: int = 202
-) -> tuple[ScriptedServer, str, Any]:
-    resource = ScriptedServer(streams, post_status)
-    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")  # type: ignore[attr-defined]
-    return resource, f"http://127.0.0.1:{port.getHost().port}", port
+) -> tuple[ScriptedServer, Clock, StubTreq]:
+    clock = Clock()
+    resource = ScriptedServer(clock, streams, post_status)
+    return resource, clock, StubTreq(resource)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_dropped_stream_is_resumed_after_the_last_event() -> None:
+def test_a_dropped_stream_is_resumed_after_the_last_event() -> None:
     """The stream breaks mid-event; the client reconnects with Last-Event-ID and finishes."""
     first, second, third = (hop_json(h) for h in FULL.hops)
     done = sse(5, "done", trace_json(FULL))
-    resource, url, port = scripted(
+    resource, clock, stub = scripted(
         [
             [
                 sse(1, "status", {"status": "running"}),
@@ -608,10 +759,7 @@ async def test_a_dropped_stream_is_resumed_after_the_last_event() -> None:
             [sse(3, "hop", second), sse(4, "hop", third), done[:40], done[40:], "end"],
         ]
     )
-    try:
-        code, out, err = await trace_with([*QUICK, "--server", url], timing=FAST)
-    finally:
-        await port.stopListening()
+    code, out, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
     assert (code, err) == (EXIT_OK, "")
     assert resource.last_event_ids == [None, "2"]
     assert [line.split()[1] for line in out.splitlines() if line.startswith("hop")] == [
@@ -622,83 +770,157 @@ async def test_a_dropped_stream_is_resumed_after_the_last_event() -> None:
     assert resource.polls == 0
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_silent_stream_is_given_up_and_resumed() -> None:
+def test_a_silent_stream_is_given_up_and_resumed() -> None:
     """A stream with neither events nor keep-alives for the idle timeout is reconnected."""
-    resource, url, port = scripted(
+    resource, clock, stub = scripted(
         [[sse(1, "status", {"status": "running"})], [sse(2, "done", trace_json(FULL)), "end"]]
     )
-    timing = Timing(stream_idle_timeout=0.2, reconnect_delay=0.01)
-    try:
-        code, _, _ = await trace_with([*QUICK, "--server", url], timing=timing)
-    finally:
-        await port.stopListening()
+    running = start(clock, stub, [*QUICK, "--server", BASE])
+    running.advance(Timing().stream_idle_timeout - 1)
+    assert resource.last_event_ids == [None]
+    code, _, _ = running.finish()
     assert code == EXIT_OK
     assert resource.last_event_ids == [None, "1"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_without_a_stream_the_client_polls_the_trace() -> None:
+def test_without_a_stream_the_client_polls_the_trace() -> None:
     """Streams that keep ending without an event give way to polling GET /traces/{id}."""
-    resource, url, port = scripted([["end"], ["drop"], [b": hello\n\n", "end"], ["end"]])
-    try:
-        code, out, _ = await trace_with([*QUICK, "--server", url, "--json"], timing=FAST)
-    finally:
-        await port.stopListening()
+    resource, clock, stub = scripted([["end"], ["drop"], [b": hello\n\n", "end"], ["end"]])
+    code, out, _ = start(clock, stub, [*QUICK, "--server", BASE, "--json"]).finish()
     assert code == EXIT_OK
     assert json.loads(out) == trace_json(FULL)
     assert resource.polls == 1
     assert resource.last_event_ids == [None] * 4
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_refused_stream_falls_back_to_polling_at_once() -> None:
+def test_a_refused_stream_falls_back_to_polling_at_once() -> None:
     """A 429 for the stream (too many subscribers) goes straight to polling."""
-    resource, url, port = scripted([429])
-    try:
-        code, out, _ = await trace_with([*QUICK, "--server", url], timing=FAST)
-    finally:
-        await port.stopListening()
+    resource, clock, stub = scripted([429])
+    code, out, _ = start(clock, stub, [*QUICK, "--server", BASE]).finish()
     assert code == EXIT_OK
     assert "Status: completed" in out
     assert len(resource.last_event_ids) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_server_gone_while_following_exits_3() -> None:
+def test_a_server_gone_while_following_exits_3() -> None:
     """The server goes away mid-trace: reconnects and polls fail, status 3 with one line."""
-    resource, url, port = scripted([[sse(1, "status", {"status": "running"}), "drop"]])
-    resource.on_events = port.stopListening
-    timing = Timing(reconnect_delay=0.01, poll_interval=0.01, max_poll_failures=2)
-    code, _, err = await trace_with([*QUICK, "--server", url], timing=timing)
+    resource, clock, stub = scripted([[sse(1, "status", {"status": "running"}), "drop"]])
+    http = Vanishing(stub)
+    resource.on_events = lambda: setattr(http, "gone", True)
+    timing = Timing(max_poll_failures=2)
+    code, _, err = start(clock, http, [*QUICK, "--server", BASE], timing=timing).finish()
     assert code == EXIT_UNREACHABLE
-    assert err == f"mtrd: cannot reach {url}: connection refused\n"
+    assert err == f"mtrd: cannot reach {BASE}: connection refused\n"
 
 
-@pytest_twisted.ensureDeferred
-async def test_interrupt_with_the_server_gone_says_the_trace_was_not_cancelled() -> None:
+def test_interrupt_with_the_server_gone_says_the_trace_was_not_cancelled() -> None:
     """Ctrl-C when the DELETE cannot get through: status 130 and a line saying so."""
-    resource, url, port = scripted([[sse(1, "status", {"status": "running"})]])
-    resource.on_events = port.stopListening
+    resource, clock, stub = scripted([[sse(1, "status", {"status": "running"})]])
+    http = Vanishing(stub)
+    resource.on_events = lambda: setattr(http, "gone", True)
     interrupt: Deferred[None] = Deferred()
-    running = Deferred.fromCoroutine(trace_with([*QUICK, "--server", url], interrupt=interrupt))
-    await sleep(0.2)
+    running = start(clock, http, [*QUICK, "--server", BASE], interrupt=interrupt)
+    running.advance(0.2)
     interrupt.callback(None)
-    code, _, err = await running
+    code, _, err = running.finish()
     assert code == EXIT_INTERRUPTED
     assert err == (f"mtrd: interrupted; could not cancel trace {RUNNING.id}: connection refused\n")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_server_error_on_start_exits_3() -> None:
+def test_a_server_error_on_start_exits_3() -> None:
     """A 5xx answer to POST (a broken proxy, say) is status 3 with the status in one line."""
-    _, url, port = scripted([], post_status=502)
-    try:
-        code, out, err = await trace_with([*QUICK, "--server", url])
-    finally:
-        await port.stopListening()
+    _, clock, stub = scripted([], post_status=502)
+    code, out, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
     assert (code, out) == (EXIT_UNREACHABLE, "")
-    assert err == f"mtrd: {url}/traces answered 502: <html>Bad gateway</html>\n"
+    assert err == f"mtrd: {BASE}/traces answered 502: <html>Bad gateway</html>\n"
+
+
+def test_the_token_goes_with_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTRD_TOKEN is sent as a bearer token on the POST, the stream and the polls."""
+    monkeypatch.setenv("MTRD_TOKEN", TOKEN)
+    resource, clock, stub = scripted([429])
+    code, _, _ = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_OK
+    assert len(resource.authorizations) == 3
+    assert set(resource.authorizations) == {f"Bearer {TOKEN}"}
+
+
+class Silent(Resource):
+    """Takes every request and never answers."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        return NOT_DONE_YET
+
+
+def test_a_server_that_never_answers_exits_3_after_the_request_timeout() -> None:
+    """POST with no answer: given up after the request timeout, status 3, one line."""
+    clock, stub = Clock(), StubTreq(Silent())
+    running = start(clock, stub, [*QUICK, "--server", BASE])
+    running.advance(Timing().request_timeout - 1)
+    assert not running.results
+    code, out, err = running.finish()
+    assert (code, out) == (EXIT_UNREACHABLE, "")
+    assert err == f"mtrd: cannot reach {BASE}: no answer within 30 s\n"
+
+
+def test_an_answer_that_is_not_json_exits_3() -> None:
+    """A 202 whose body is not JSON (a proxy's page, say) is status 3, naming the URL."""
+    resource, clock, stub = scripted([])
+    resource.post_body = b"<html>hello</html>"
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_UNREACHABLE
+    assert err == f"mtrd: {BASE}/traces answered something other than JSON\n"
+
+
+def test_a_malformed_event_exits_3_naming_the_event() -> None:
+    """A hop event whose data is no hop ends the command: status 3, one line."""
+    _, clock, stub = scripted([[sse(1, "hop", {"ttl": 1})]])
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_UNREACHABLE
+    assert err.startswith(f"mtrd: {BASE}/traces/{RUNNING.id}/events sent a malformed hop event")
+    assert err.count("\n") == 1
+
+
+def test_a_trace_gone_while_polling_exits_1() -> None:
+    """Polling finds the trace gone (404, expired or deleted): status 1 and why."""
+    resource, clock, stub = scripted([429])
+    resource.poll_status = 404
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE]).finish()
+    assert code == EXIT_FAILED
+    assert err == f"mtrd: trace {RUNNING.id} no longer exists on the server\n"
+
+
+def test_polls_answered_with_5xx_give_up_after_the_limit() -> None:
+    """Polls that keep getting a 5xx stop after max_poll_failures: status 3, the status."""
+    resource, clock, stub = scripted([429])
+    resource.poll_status = 503
+    timing = Timing(max_poll_failures=3)
+    code, _, err = start(clock, stub, [*QUICK, "--server", BASE], timing=timing).finish()
+    assert code == EXIT_UNREACHABLE
+    assert resource.polls == 3
+    assert err == f"mtrd: {BASE}/traces/{RUNNING.id} answered 503\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ConnectionRefusedError(), "connection refused"),
+        (DNSLookupError("mtrd.example"), "host name not found"),
+        (TCPTimedOutError(), "connection timed out"),
+        (NoRouteError(), "no route to host"),
+        (ResponseFailed([Failure(ConnectionDone())]), "connection lost"),
+        (
+            ResponseNeverReceived([Failure(ConnectionRefusedError())]),
+            "connection lost (connection refused)",
+        ),
+        (ValueError("odd.\nthing."), "odd. thing"),
+    ],
+)
+def test_network_reason_says_why_in_a_few_words(error: BaseException, reason: str) -> None:
+    """Each way a request fails reads as a few words, on one line."""
+    assert network_reason(error) == reason
 
 
 # -- the real command -----------------------------------------------------------------------

@@ -31,7 +31,6 @@ def run(
         prober=network,
         request=request,
         address=TARGET,
-        ip_version=4,
         on_hop=(hops.append if hops is not None else lambda _: None),
         **kwargs,
     )

@@ -51,25 +51,6 @@ class ReplyKind(enum.StrEnum):
     FEATURE_SUPPORT = "feature-support"
     UNKNOWN = "unknown"  # a line this parser does not know; raw text kept
 
-    @property
-    def is_network_answer(self) -> bool:
-        """True when the kind says something about the path (not a local failure)."""
-        return self in _NETWORK_ANSWERS
-
-
-_NETWORK_ANSWERS = frozenset(
-    {
-        ReplyKind.REPLY,
-        ReplyKind.TTL_EXPIRED,
-        ReplyKind.NO_REPLY,
-        ReplyKind.NO_ROUTE,
-        ReplyKind.NO_ROUTE_NETWORK,
-        ReplyKind.NO_ROUTE_HOST,
-        ReplyKind.HOST_DOWN,
-        ReplyKind.TCP_RESPONSE_TIMEOUT,
-    }
-)
-
 
 def _check_range(field: str, value: int | None, low: int, high: int) -> None:
     if value is None:

@@ -19,8 +19,8 @@ equals another probe's sequence. The pool rules both out:
 1. **Bands.** The sequence ring is cut into one band per pool slot. A process
    starts at ``low`` and, as soon as it is ready, is moved to its slot's band by
    *burning* sequence numbers: a ``send-probe`` with an address mtr-packet cannot decode allocates
-   a sequence and fails before sending anything (measured: 20,000 burns take
-   under 10 ms). Processes of different slots therefore count in disjoint
+   a sequence and fails before sending anything, so a burn costs no packet and no
+   wait. Processes of different slots therefore count in disjoint
    ranges.
 2. **Retirement instead of wrapping.** Each band ends in a guard. Before a
    process's counter reaches the guard it is retired: it gets no new probe,

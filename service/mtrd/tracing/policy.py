@@ -8,7 +8,6 @@ over an allow list; an empty allow list allows every other address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 
 import attrs
 
@@ -55,13 +54,6 @@ class TargetPolicy:
 
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
-
-    @classmethod
-    def from_lists(
-        cls, allow: Iterable[Network] = (), deny: Iterable[Network] = ()
-    ) -> TargetPolicy:
-        """A policy from any iterables of networks."""
-        return cls(tuple(allow), tuple(deny))
 
     def check(self, address: str) -> None:
         """Raise :class:`TargetRefused` naming the rule unless ``address`` may be traced."""

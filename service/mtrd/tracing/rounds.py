@@ -108,7 +108,6 @@ class TraceRun:
         prober: Prober,
         request: TraceRequest,
         address: str,
-        ip_version: int,
         on_hop: Callable[[LiveHop], None] = lambda _: None,
         settings: RunSettings = RunSettings(),
         source: str | None = None,
@@ -118,7 +117,6 @@ class TraceRun:
         self._prober = prober
         self._request = request
         self._address = address
-        self._ip_version = ip_version
         self._on_hop = on_hop
         self._settings = settings
         self._source = source

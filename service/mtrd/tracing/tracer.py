@@ -152,7 +152,6 @@ class Tracer:
             prober=self._prober,
             request=request,
             address=resolved.address,
-            ip_version=resolved.ip_version,
             on_hop=on_hop,
             settings=self._settings,
             source=source,

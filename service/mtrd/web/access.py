@@ -150,8 +150,9 @@ class AccessLog:
     are held and written together in one call at most ``ACCESS_FLUSH_DELAY`` after the
     first of them (or once ``ACCESS_MAX_PENDING`` wait): a write per request is a system
     call per request when stdout is unbuffered (``PYTHONUNBUFFERED``, usual in
-    containers), which cost ~15% of a GET. Lines are never split, so they cannot
-    interleave with other log lines; :meth:`flush` writes what waits (at shutdown).
+    containers), a share of a GET worth saving (bench/results). Lines are never split,
+    so they cannot interleave with other log lines; :meth:`flush` writes what waits (at
+    shutdown).
     """
 
     def __init__(self, stream: IO[str], log_format: str, clock: IReactorTime | None = None) -> None:
