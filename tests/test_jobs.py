@@ -56,7 +56,7 @@ def test_submitted_trace_runs_to_completion_in_the_store() -> None:
     assert final.trace.status is TraceStatus.COMPLETED
     assert final.trace.destination_reached
     assert final.trace.expires_at == final.trace.finished_at + 3600  # type: ignore[operator]
-    assert jobs.running == 0
+    assert jobs.running_traces == 0
 
 
 def test_beyond_the_running_cap_traces_wait_queued() -> None:
@@ -65,7 +65,7 @@ def test_beyond_the_running_cap_traces_wait_queued() -> None:
     first = jobs.submit(REQUEST)
     second = jobs.submit(REQUEST)
     assert (first.trace.status, second.trace.status) == (TraceStatus.RUNNING, TraceStatus.QUEUED)
-    assert (jobs.running, jobs.queued) == (1, 1)
+    assert (jobs.running_traces, jobs.queued) == (1, 1)
     clock.pump([0.05] * 22)
     assert first.trace.status is TraceStatus.COMPLETED
     assert second.trace.status is TraceStatus.RUNNING
