@@ -157,3 +157,19 @@ def test_drain_returns_when_running_traces_finish_within_the_grace() -> None:
     clock.pump([0.05] * 60)
     assert record.trace.status is TraceStatus.COMPLETED
     assert drained.called
+
+
+def test_stopping_the_service_drains_with_its_grace() -> None:
+    """stopService cancels running traces once the configured grace is over."""
+    clock = Clock()
+    tracer = Tracer(clock, FakeNetwork(clock, ROUTERS), StaticResolver())  # type: ignore[arg-type]
+    jobs = TraceJobs(tracer, TraceStore(clock), clock=clock, stop_grace=3.0)
+    jobs.startService()
+    record = jobs.submit(TraceRequest("203.0.113.7", probes=50, interval=1.0))
+    stopped = jobs.stopService()
+    clock.advance(2.9)
+    assert not stopped.called
+    clock.advance(0.2)
+    assert record.trace.status is TraceStatus.CANCELLED
+    assert stopped.called
+    assert not jobs.running

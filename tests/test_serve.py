@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -149,3 +151,24 @@ async def test_sigterm_drains_cancels_after_grace_ends_streams_and_exits_0(
     # Every request is in the access log, the last ones too (flushed at shutdown).
     assert any(r.get("method") == "POST" and r.get("status") == 503 for r in records)
     assert any(r.get("path") == "/readyz" and r.get("status") == 503 for r in records)
+
+
+def test_serve_on_a_port_in_use_says_so_and_starts_no_mtr_packet(tmp_path: Path) -> None:
+    """A bound port: one line on stderr, exit 1, and no mtr-packet was ever started."""
+    marker = tmp_path / "started"
+    fake_mtr_packet = tmp_path / "mtr-packet"
+    fake_mtr_packet.write_text(f"#!/bin/sh\ntouch {marker}\nexec cat >/dev/null\n")
+    fake_mtr_packet.chmod(0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "mtrd", "serve", "--listen", f"127.0.0.1:{port}",
+             "--mtr-packet", str(fake_mtr_packet)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == f"mtrd: cannot listen on 127.0.0.1:{port}: address in use\n"
+    assert "Traceback" not in result.stdout
+    assert not marker.exists()
