@@ -484,3 +484,45 @@ def test_config_rejects_nonsense() -> None:
         PoolConfig(max_outstanding=1024)
     with pytest.raises(ValueError, match="empty"):
         PoolConfig(command="")
+
+
+def test_start_without_raw_socket_permission_says_how_to_grant_it() -> None:
+    """mtr-packet refused its raw sockets: the start error names CAP_NET_RAW, setcap, getcap."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.exit(
+            status=1,
+            stderr="mtr-packet: Failure to open IPv4 sockets: Permission denied\n"
+            "mtr-packet: Failure to open IPv6 sockets: Permission denied\n",
+        )
+    error = str(failure_of(started))  # type: ignore[arg-type]
+    assert "Failure to open IPv4 sockets: Permission denied" in error
+    assert "setcap cap_net_raw+ep $(command -v mtr-packet)" in error
+    assert "getcap" in error
+    assert "run mtrd as root" in error
+    assert "--cap-add NET_RAW" in error
+
+
+def test_start_where_mtr_packet_may_not_be_executed_names_net_raw() -> None:
+    """exec refused (file capability outside the bounding set): the error says add NET_RAW."""
+    reactor = FakeProcessReactor()
+    reactor.spawn_error = PermissionError(1, "Operation not permitted", "/usr/bin/mtr-packet")
+    pool = ProbePool(reactor, CONFIG)
+    error = str(failure_of(ensureDeferred(pool.start())))  # type: ignore[arg-type]
+    assert "Operation not permitted: '/usr/bin/mtr-packet'" in error
+    assert "--cap-add NET_RAW" in error
+    assert "CapabilityBoundingSet" in error
+
+
+def test_an_exit_that_is_not_about_permissions_gets_no_advice() -> None:
+    """Other start failures say what mtr-packet said and nothing about capabilities."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.exit(status=127, stderr="sh: mtr-packet: not found\n")
+    error = str(failure_of(started))  # type: ignore[arg-type]
+    assert "not found" in error
+    assert "NET_RAW" not in error

@@ -44,7 +44,7 @@ from mtrd.engine.sequence import (
     SequenceSpace,
     fixed_udp_values,
 )
-from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState
+from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState, permission_advice
 
 # Bands are cut from the range every supported version counts in (0.96 starts
 # at 33434); older processes burn their way up to it.
@@ -393,7 +393,9 @@ class ProbePool(Service):
         if self.state is not PoolState.STARTING and self.state is not PoolState.RUNNING:
             return
         if self.state is PoolState.STARTING and all(s.start_failed for s in self._slots):
-            self._start_failed(EngineStartError(self._no_worker_reason()))
+            reason = self._no_worker_reason()
+            advice = permission_advice(reason)
+            self._start_failed(EngineStartError(f"{reason}. {advice}" if advice else reason))
             return
         uptime = self._clock.seconds() - worker.started_at
         slot.failures = 1 if uptime >= self.config.stable_after else slot.failures + 1

@@ -103,6 +103,32 @@ class PendingProbe:
             self.result.callback(outcome)
 
 
+RAW_SOCKET_ADVICE = (
+    "mtr-packet may not open raw sockets: grant it CAP_NET_RAW "
+    "(sudo setcap cap_net_raw+ep $(command -v mtr-packet); check with "
+    "getcap $(command -v mtr-packet)) or run mtrd as root; in a container, "
+    "add the NET_RAW capability (docker run --cap-add NET_RAW)"
+)
+CAPABILITY_EXEC_ADVICE = (
+    "mtr-packet carries the file capability cap_net_raw, which this process may not "
+    "gain (a container or service without NET_RAW in its capability bounding set): "
+    "add NET_RAW (docker run --cap-add NET_RAW, or CapabilityBoundingSet=CAP_NET_RAW "
+    "in a systemd unit)"
+)
+
+
+def permission_advice(why: str) -> str | None:
+    """What to do when ``why`` (how mtr-packet ended) says it lacks raw-socket rights."""
+    denied = "Permission denied" in why or "Operation not permitted" in why
+    if not denied:
+        return None
+    if "Failure to open IPv4 sockets" in why or "Failure to open IPv6 sockets" in why:
+        return RAW_SOCKET_ADVICE
+    if "could not be started" in why:
+        return CAPABILITY_EXEC_ADVICE
+    return None
+
+
 def describe_exit(reason: Failure) -> str:
     """Say in words how a process ended."""
     value = reason.value
@@ -360,4 +386,11 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.owner.worker_unresponsive(self, why)
 
 
-__all__ = ["MtrPacketProcess", "PendingProbe", "WorkerOwner", "WorkerState", "describe_exit"]
+__all__ = [
+    "MtrPacketProcess",
+    "PendingProbe",
+    "WorkerOwner",
+    "WorkerState",
+    "describe_exit",
+    "permission_advice",
+]
