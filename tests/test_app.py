@@ -6,10 +6,14 @@ import errno
 from types import SimpleNamespace
 from typing import Any
 
-from mtrd.app import MtrdService, cannot_listen
+import pytest
+from mtrd.app import Listener, MtrdService, cannot_listen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
 
 
 class Step(Service):
@@ -68,3 +72,35 @@ def test_an_ipv6_listen_address_is_bracketed() -> None:
     assert cannot_listen("::1", 80, error).startswith(
         "mtrd: cannot listen on [::1]:80: permission denied"
     )
+
+
+def test_the_listener_listens_again_after_a_stop() -> None:
+    """start, stop and start again: the listener binds twice and is listening at the end."""
+    reactor = MemoryReactor()
+    listener = Listener(TCP4ServerEndpoint(reactor, 8080, interface="127.0.0.1"), Factory())
+    listener.startService()
+    assert listener.stopService().called
+    listener.startService()
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (8080, "127.0.0.1"),
+        (8080, "127.0.0.1"),
+    ]
+    assert listener.running
+
+
+class RefusingEndpoint:
+    """An endpoint whose port is taken."""
+
+    def listen(self, factory: object) -> Deferred[None]:
+        return fail(CannotListenError("127.0.0.1", 8080, OSError(errno.EADDRINUSE, "in use")))
+
+
+def test_a_refused_bind_raises_from_start_and_stops_what_comes_after() -> None:
+    """A port in use raises from startService, so later services in the parent never start."""
+    journal: list[str] = []
+    parent = MtrdService(SimpleNamespace(draining=False), None, None)  # type: ignore[arg-type]
+    Listener(RefusingEndpoint(), Factory()).setServiceParent(parent)  # type: ignore[arg-type]
+    Step("pool", journal, SimpleNamespace(draining=False)).setServiceParent(parent)
+    with pytest.raises(CannotListenError):
+        parent.startService()
+    assert journal == []

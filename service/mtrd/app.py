@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints, task
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogBeginner
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from mtrd.config import ServeConfig
@@ -122,12 +123,48 @@ class MtrdService(MultiService):
         log.info("mtrd stopped")
 
 
-def _listener(reactor: Any, host: str, port: int, site: Site) -> IService:
-    """The HTTP listener: it binds when started, and a failure to bind raises there."""
-    kind = "tcp6" if ":" in host else "tcp"
-    return strports.service(
-        f"{kind}:{port}:interface={endpoints.quoteStringArgument(host)}", site, reactor=reactor
-    )
+class Listener(Service):
+    """Listens on an endpoint while running: start binds, stop unbinds, start binds again.
+
+    A bind that fails at once (a TCP port in use does) raises from :meth:`startService`,
+    so the services after it never start. Twisted's ``StreamServerEndpointService``
+    cannot listen a second time, hence this one.
+    """
+
+    name = "http-listener"
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Bind; raise ``CannotListenError`` if the endpoint refuses at once."""
+        super().startService()
+        refused: list[Failure] = []
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                refused.append(failure)
+            else:
+                log.failure("cannot listen", failure)
+
+        self._endpoint.listen(self._factory).addCallbacks(self._listening, failed)
+        starting = False
+        if refused:
+            super().stopService()
+            refused[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Stop listening; connections already open are left to finish."""
+        super().stopService()
+        port, self._port = self._port, None
+        stopped = port.stopListening() if port is not None else None
+        return stopped if stopped is not None else succeed(None)
 
 
 def cannot_listen(host: str, port: int, error: CannotListenError) -> str:
@@ -190,7 +227,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     access_log = AccessLog(sys.stdout, config.log_format, reactor)
     site = QuietSite(Edge(resource, reactor, metrics, access_log))
     services = MtrdService(api, jobs, access_log)
-    for service in (_listener(reactor, config.host, config.port, site), pool, store, jobs):
+    endpoint_type = (
+        endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
+    )
+    listener = Listener(endpoint_type(reactor, config.port, interface=config.host), site)
+    for service in (listener, pool, store, jobs):
         service.setServiceParent(services)
     return services, pool
 
