@@ -131,8 +131,6 @@ class Listener(Service):
     cannot listen a second time, hence this one.
     """
 
-    name = "http-listener"
-
     def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
         self._endpoint = endpoint
         self._factory = factory

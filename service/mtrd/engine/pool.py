@@ -134,7 +134,6 @@ class ProbePool(Service):
     """A supervised pool of mtr-packet processes; see the module docstring."""
 
     log = Logger()
-    name = "probe-pool"
 
     def __init__(self, reactor: Any, config: PoolConfig | None = None) -> None:
         """``reactor`` provides ``IReactorProcess`` and ``IReactorTime``."""

@@ -45,7 +45,6 @@ class TraceJobs(Service):
     """Runs trace jobs against a store; see the module docstring."""
 
     log = Logger()
-    name = "trace-jobs"
 
     def __init__(
         self,

@@ -85,8 +85,6 @@ class TraceRecord:
 class TraceStore(Service):
     """Holds traces in memory; see the module docstring."""
 
-    name = "trace-store"
-
     def __init__(self, clock: IReactorTime, limits: StoreLimits = StoreLimits()) -> None:
         self._clock = clock
         self.limits = limits
