@@ -173,3 +173,16 @@ def test_stopping_the_service_drains_with_its_grace() -> None:
     assert record.trace.status is TraceStatus.CANCELLED
     assert stopped.called
     assert not jobs.running
+
+
+def test_the_service_runs_traces_again_after_a_stop_and_a_start() -> None:
+    """start, stop and start again: a trace submitted after the restart completes."""
+    jobs, store, clock, _ = make_jobs()
+    jobs.startService()
+    assert jobs.stopService().called
+    jobs.startService()
+    record = jobs.submit(REQUEST)
+    clock.pump([0.05] * 60)
+    final = store.get(record.trace.id)
+    assert final is not None
+    assert final.trace.status is TraceStatus.COMPLETED
