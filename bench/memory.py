@@ -65,6 +65,7 @@ def completed_trace(rng: random.Random, index: int) -> Trace:
 def fill(count: int) -> TraceStore:
     clock = Clock()
     store = TraceStore(clock, StoreLimits(ttl=3600, max_traces=count + 1))
+    store.startService()  # a running store, as in mtrd: every finished trace has its expiry
     rng = random.Random(7)  # noqa: S311 - reproducible figures, not secrets
     for i in range(count):
         built = completed_trace(rng, i)

@@ -270,6 +270,18 @@ async def test_probes_that_failed_with_their_worker_fail_fast(lab: Lab) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pool_stopped_and_started_again_probes_the_real_network(lab: Lab) -> None:
+    """stop() then start() on one pool: the new mtr-packet processes answer probes."""
+    target = lab.targets(4)[2]
+    async with running_pool(lab, size=1) as pool:
+        first = await pool.probe(request(lab, target, 10, Protocol.ICMP))
+        await pool.stop()
+        await pool.start()
+        second = await pool.probe(request(lab, target, 10, Protocol.ICMP))
+    assert (first.kind, second.kind) == (ReplyKind.REPLY, ReplyKind.REPLY)
+
+
+@pytest_twisted.ensureDeferred
 async def test_missing_mtr_packet_binary_is_a_clear_error_at_start(lab: Lab) -> None:
     """A command that cannot run mtr-packet makes start() fail, saying why."""
     pool = ProbePool(reactor, PoolConfig(command=("/nonexistent/mtr-packet",)))

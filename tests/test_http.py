@@ -76,6 +76,7 @@ class Client:
         self.network = FakeNetwork(self.clock, ROUTERS)
         self.pool = FakePool(ready_workers=ready)
         self.store = TraceStore(self.clock, StoreLimits(ttl=600, max_traces=max_traces))
+        self.store.startService()
         self.metrics = Metrics()
         tracer = Tracer(
             self.clock,

@@ -56,7 +56,7 @@ def test_submitted_trace_runs_to_completion_in_the_store() -> None:
     assert final.trace.status is TraceStatus.COMPLETED
     assert final.trace.destination_reached
     assert final.trace.expires_at == final.trace.finished_at + 3600  # type: ignore[operator]
-    assert jobs.running == 0
+    assert jobs.running_traces == 0
 
 
 def test_beyond_the_running_cap_traces_wait_queued() -> None:
@@ -65,7 +65,7 @@ def test_beyond_the_running_cap_traces_wait_queued() -> None:
     first = jobs.submit(REQUEST)
     second = jobs.submit(REQUEST)
     assert (first.trace.status, second.trace.status) == (TraceStatus.RUNNING, TraceStatus.QUEUED)
-    assert (jobs.running, jobs.queued) == (1, 1)
+    assert (jobs.running_traces, jobs.queued) == (1, 1)
     clock.pump([0.05] * 22)
     assert first.trace.status is TraceStatus.COMPLETED
     assert second.trace.status is TraceStatus.RUNNING
@@ -157,3 +157,32 @@ def test_drain_returns_when_running_traces_finish_within_the_grace() -> None:
     clock.pump([0.05] * 60)
     assert record.trace.status is TraceStatus.COMPLETED
     assert drained.called
+
+
+def test_stopping_the_service_drains_with_its_grace() -> None:
+    """stopService cancels running traces once the configured grace is over."""
+    clock = Clock()
+    tracer = Tracer(clock, FakeNetwork(clock, ROUTERS), StaticResolver())  # type: ignore[arg-type]
+    jobs = TraceJobs(tracer, TraceStore(clock), clock=clock, stop_grace=3.0)
+    jobs.startService()
+    record = jobs.submit(TraceRequest("203.0.113.7", probes=50, interval=1.0))
+    stopped = jobs.stopService()
+    clock.advance(2.9)
+    assert not stopped.called
+    clock.advance(0.2)
+    assert record.trace.status is TraceStatus.CANCELLED
+    assert stopped.called
+    assert not jobs.running
+
+
+def test_the_service_runs_traces_again_after_a_stop_and_a_start() -> None:
+    """start, stop and start again: a trace submitted after the restart completes."""
+    jobs, store, clock, _ = make_jobs()
+    jobs.startService()
+    assert jobs.stopService().called
+    jobs.startService()
+    record = jobs.submit(REQUEST)
+    clock.pump([0.05] * 60)
+    final = store.get(record.trace.id)
+    assert final is not None
+    assert final.trace.status is TraceStatus.COMPLETED

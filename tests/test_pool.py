@@ -6,14 +6,17 @@ import attrs
 import pytest
 from mtrd.engine.errors import (
     EngineStartError,
+    InvalidProbeRequest,
     NoWorkerAvailable,
     PoolStopped,
     WorkerDied,
     WorkerUnresponsive,
 )
-from mtrd.engine.pool import PoolConfig, ProbePool
+from mtrd.engine.pool import PoolConfig, PoolState, ProbePool
 from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from zope.interface.verify import verifyObject
 
 from tests.fakes import FakeProcessReactor, FakeProcessTransport
 
@@ -370,8 +373,107 @@ async def test_stop_drains_then_kills_stragglers() -> None:
     assert reactor.spawned[1].signals == ["KILL"]
     reactor.spawned[1].exit(signal=9)
     assert stopped.called
-    with pytest.raises(PoolStopped):
-        pool.probe(ProbeRequest("203.0.113.7"))
+    assert isinstance(failure_of(pool.probe(ProbeRequest("203.0.113.7"))), PoolStopped)
+
+
+def stop_now(pool: ProbePool, reactor: FakeProcessReactor) -> None:
+    """Stop the pool, its processes exiting as soon as stdin closes."""
+    stopped = pool.stopService()
+    for transport in reactor.live():
+        transport.exit()
+    assert stopped.called
+    assert pool.state is PoolState.STOPPED
+
+
+def test_a_pool_stopped_and_started_again_probes() -> None:
+    """After stop and start, the new processes take probes and their replies arrive."""
+    pool, reactor = started_pool()
+    stop_now(pool, reactor)
+    started = pool.started()
+    assert isinstance(failure_of(started), PoolStopped)  # type: ignore[arg-type]
+    pool.startService()
+    assert [t.ended for t in reactor.spawned] == [True, True, False, False]
+    for transport in reactor.live():
+        transport.answer_version()
+    assert pool.started().called
+    assert pool.ready_workers == 2
+    d = pool.probe(ProbeRequest("203.0.113.7"))
+    transport = next(t for t in reactor.live() if t.probe_lines())
+    reply(transport, 0, "reply ip-4 203.0.113.7 round-trip-time 90")
+    assert result_of(d).kind is ReplyKind.REPLY
+
+
+def test_start_while_stopping_spawns_new_processes_beside_the_draining_ones() -> None:
+    """startService during a stop starts fresh processes; the stop ends with the old ones."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    old = reactor.spawned[0]
+    held = pool.probe(ProbeRequest("203.0.113.7"))
+    stopped = pool.stopService()
+    pool.startService()
+    reactor.spawned[1].answer_version()
+    fresh = pool.probe(ProbeRequest("203.0.113.8"))
+    assert len(reactor.spawned[1].probe_lines()) == 1
+    reply(old, 0, "reply ip-4 203.0.113.7 round-trip-time 90")
+    old.exit()
+    assert stopped.called
+    assert pool.state is PoolState.RUNNING
+    assert result_of(held).kind is ReplyKind.REPLY
+    reply(reactor.spawned[1], 0, "reply ip-4 203.0.113.8 round-trip-time 90")
+    assert result_of(fresh).kind is ReplyKind.REPLY
+
+
+def test_pool_starts_and_stops_inside_a_multiservice() -> None:
+    """The pool provides IService and starts and stops with its parent."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    assert verifyObject(IService, pool)
+    parent = MultiService()
+    pool.setServiceParent(parent)
+    parent.startService()
+    assert pool.running
+    assert len(reactor.spawned) == 2
+    stopped = parent.stopService()
+    for transport in reactor.live():
+        transport.exit()
+    assert stopped.called
+    assert not pool.running
+    assert pool.state is PoolState.STOPPED
+
+
+def test_stop_before_any_process_is_ready_fails_started() -> None:
+    """A pool stopped while starting fails started() with PoolStopped."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    starting = ensureDeferred(pool.start())
+    pool.stopService()
+    assert isinstance(failure_of(starting), PoolStopped)  # type: ignore[arg-type]
+
+
+def test_probe_on_a_pool_never_started_fails_its_deferred() -> None:
+    """probe() before start does not raise: its Deferred fails with PoolStopped."""
+    pool = ProbePool(FakeProcessReactor(), CONFIG)
+    assert isinstance(failure_of(pool.probe(ProbeRequest("203.0.113.7"))), PoolStopped)
+
+
+def test_probe_the_pool_cannot_send_fails_its_deferred() -> None:
+    """A request made invalid by the pool's source (wrong family) fails, never raises."""
+    pool, _ = started_pool(attrs.evolve(CONFIG, source_ipv4="2001:db8::2"))
+    error = failure_of(pool.probe(ProbeRequest("203.0.113.7")))
+    assert isinstance(error, InvalidProbeRequest)
+    assert error.field == "source"
+
+
+def test_probe_after_a_failed_start_fails_its_deferred_with_no_worker() -> None:
+    """Once no process could start, probe() fails with NoWorkerAvailable saying why."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    pool.startService()
+    for transport in reactor.spawned:
+        transport.exit(status=1, stderr="mtr-packet: Failure to open IPv4 sockets\n")
+    assert pool.state is PoolState.FAILED
+    error = failure_of(pool.probe(ProbeRequest("203.0.113.7")))
+    assert isinstance(error, NoWorkerAvailable)
+    assert "Failure to open IPv4 sockets" in str(error)
 
 
 def test_config_rejects_nonsense() -> None:
@@ -382,3 +484,45 @@ def test_config_rejects_nonsense() -> None:
         PoolConfig(max_outstanding=1024)
     with pytest.raises(ValueError, match="empty"):
         PoolConfig(command="")
+
+
+def test_start_without_raw_socket_permission_says_how_to_grant_it() -> None:
+    """mtr-packet refused its raw sockets: the start error names CAP_NET_RAW, setcap, getcap."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.exit(
+            status=1,
+            stderr="mtr-packet: Failure to open IPv4 sockets: Permission denied\n"
+            "mtr-packet: Failure to open IPv6 sockets: Permission denied\n",
+        )
+    error = str(failure_of(started))  # type: ignore[arg-type]
+    assert "Failure to open IPv4 sockets: Permission denied" in error
+    assert "setcap cap_net_raw+ep $(command -v mtr-packet)" in error
+    assert "getcap" in error
+    assert "run mtrd as root" in error
+    assert "--cap-add NET_RAW" in error
+
+
+def test_start_where_mtr_packet_may_not_be_executed_names_net_raw() -> None:
+    """exec refused (file capability outside the bounding set): the error says add NET_RAW."""
+    reactor = FakeProcessReactor()
+    reactor.spawn_error = PermissionError(1, "Operation not permitted", "/usr/bin/mtr-packet")
+    pool = ProbePool(reactor, CONFIG)
+    error = str(failure_of(ensureDeferred(pool.start())))  # type: ignore[arg-type]
+    assert "Operation not permitted: '/usr/bin/mtr-packet'" in error
+    assert "--cap-add NET_RAW" in error
+    assert "CapabilityBoundingSet" in error
+
+
+def test_an_exit_that_is_not_about_permissions_gets_no_advice() -> None:
+    """Other start failures say what mtr-packet said and nothing about capabilities."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, CONFIG)
+    started = ensureDeferred(pool.start())
+    for transport in reactor.spawned:
+        transport.exit(status=127, stderr="sh: mtr-packet: not found\n")
+    error = str(failure_of(started))  # type: ignore[arg-type]
+    assert "not found" in error
+    assert "NET_RAW" not in error

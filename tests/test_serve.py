@@ -6,9 +6,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -149,3 +153,92 @@ async def test_sigterm_drains_cancels_after_grace_ends_streams_and_exits_0(
     # Every request is in the access log, the last ones too (flushed at shutdown).
     assert any(r.get("method") == "POST" and r.get("status") == 503 for r in records)
     assert any(r.get("path") == "/readyz" and r.get("status") == 503 for r in records)
+
+
+def test_serve_on_a_port_in_use_says_so_and_starts_no_mtr_packet(tmp_path: Path) -> None:
+    """A bound port: one line on stderr, exit 1, and no mtr-packet was ever started."""
+    marker = tmp_path / "started"
+    fake_mtr_packet = tmp_path / "mtr-packet"
+    fake_mtr_packet.write_text(f"#!/bin/sh\ntouch {marker}\nexec cat >/dev/null\n")
+    fake_mtr_packet.chmod(0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "mtrd", "serve", "--listen", f"127.0.0.1:{port}",
+             "--mtr-packet", str(fake_mtr_packet)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == f"mtrd: cannot listen on 127.0.0.1:{port}: address in use\n"
+    assert "Traceback" not in result.stdout
+    assert not marker.exists()
+
+
+def require_root_tools() -> None:
+    """Skip unless root with setpriv and ip (the permission tests drop rights on purpose)."""
+    require_mtr_packet()
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("ip"):
+        pytest.skip("needs root, setpriv and ip")
+
+
+@contextmanager
+def namespace_without_ping_sockets() -> Iterator[str]:
+    """A throwaway network namespace where no group may open unprivileged ICMP sockets."""
+    name = f"mtrd-perm-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(
+            ["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ping_group_range=1 0"],
+            check=True,
+        )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.lab
+def test_serve_where_mtr_packet_may_not_open_raw_sockets_says_how_to_grant_it() -> None:
+    """mtr-packet without CAP_NET_RAW as nobody: exit 1, its own words, and what to do."""
+    require_root_tools()
+    folder = Path(tempfile.mkdtemp(prefix="mtrd-perm-"))
+    try:
+        folder.chmod(0o755)
+        copy = folder / "mtr-packet"  # a copy carries no file capabilities
+        shutil.copy(str(shutil.which("mtr-packet")), copy)
+        with namespace_without_ping_sockets() as namespace:
+            command = f"ip netns exec {namespace} setpriv --reuid=nobody --regid=nogroup "
+            command += f"--clear-groups {copy}"
+            result = subprocess.run(
+                [sys.executable, "-m", "mtrd", "serve", "--listen", f"127.0.0.1:{free_port()}",
+                 "--mtr-packet", command],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "Failure to open IPv4 sockets: Permission denied" in message
+    assert "setcap cap_net_raw+ep $(command -v mtr-packet)" in message
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.lab
+def test_serve_without_net_raw_in_the_bounding_set_says_add_net_raw() -> None:
+    """As in a container without NET_RAW: mtr-packet cannot be run; exit 1 saying add it."""
+    require_root_tools()
+    caps = subprocess.run(
+        ["getcap", str(shutil.which("mtr-packet"))], capture_output=True, text=True, check=False
+    )
+    if "cap_net_raw" not in caps.stdout:
+        pytest.skip("mtr-packet carries no file capability here")
+    result = subprocess.run(
+        ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
+         sys.executable, "-m", "mtrd", "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "Operation not permitted" in message
+    assert "--cap-add NET_RAW" in message

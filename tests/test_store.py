@@ -23,6 +23,7 @@ def test_finished_trace_expires_after_the_ttl() -> None:
     """A finished trace is gone ttl seconds after it ends, not before."""
     clock = Clock()
     store = TraceStore(clock, StoreLimits(ttl=60))
+    store.startService()
     record = store.add(trace(1), retry_after=lambda: 1)
     clock.advance(1000)
     assert store.get(record.trace.id) is not None  # running traces do not expire
@@ -120,3 +121,26 @@ def test_running_trace_shows_the_latest_figures_of_every_hop() -> None:
     record.channel.publish_hop(Hop(ttl=2, sent=2, lost=2))
     assert [(h.ttl, h.sent) for h in record.full_trace().hops] == [(1, 1), (2, 2)]
     assert record.trace.hops == ()  # the snapshot itself stays slim
+
+
+def test_a_stopped_store_keeps_finished_traces_and_expires_them_when_started() -> None:
+    """Stopped, the store expires nothing; started again, what is overdue goes at once."""
+    clock = Clock()
+    store = TraceStore(clock, StoreLimits(ttl=60))
+    store.startService()
+    early = store.add(trace(1), retry_after=lambda: 1)
+    late = store.add(trace(2), retry_after=lambda: 1)
+    store.update(early, attrs.evolve(early.trace, status=TraceStatus.COMPLETED, expires_at=60.0))
+    clock.advance(30)
+    store.update(late, attrs.evolve(late.trace, status=TraceStatus.COMPLETED, expires_at=90.0))
+    store.stopService()
+    assert not clock.getDelayedCalls()
+    clock.advance(40)
+    assert store.get(early.trace.id) is not None
+    store.startService()
+    clock.advance(0)
+    assert store.get(early.trace.id) is None
+    clock.advance(19.9)
+    assert store.get(late.trace.id) is not None
+    clock.advance(0.1)
+    assert store.get(late.trace.id) is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from mtrd.engine.errors import WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
-from mtrd.engine.worker import MtrPacketProcess, PendingProbe
+from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState
 from twisted.internet.defer import Deferred
 
 from tests.fakes import FakeProcessReactor, FakeProcessTransport
@@ -29,7 +31,9 @@ class RecordingOwner:
     def worker_unresponsive(self, worker: MtrPacketProcess, why: str) -> None:
         self.events.append(("unresponsive", why))
 
-    def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
+    def worker_exited(
+        self, worker: MtrPacketProcess, why: str, lost: Sequence[PendingProbe]
+    ) -> None:
         self.events.append(("exited", why))
 
 
@@ -264,3 +268,41 @@ def test_retire_closes_stdin() -> None:
     worker.retire()
     assert transport.stdin_closed
     assert transport.signals == []
+
+
+def test_exit_hands_the_held_probes_to_the_owner_and_keeps_none() -> None:
+    """On exit the process gives its owner the probes it held and holds none itself."""
+    reactor, owner = FakeProcessReactor(), LosingOwner()
+    worker, transport = start(reactor, owner)
+    transport.answer_version()
+    d = send(worker, 33000)
+    d.addErrback(lambda _: None)
+    transport.exit(signal=9)
+    assert [p.sequence for p in owner.lost] == [33000]
+    assert not worker.pending
+    assert worker.state is WorkerState.EXITED
+    assert worker.ended.called
+
+
+def test_a_process_retired_before_its_version_answer_never_becomes_ready() -> None:
+    """A version answer after retire leaves the process retiring, and the owner is not told."""
+    reactor, owner = FakeProcessReactor(), RecordingOwner()
+    worker, transport = start(reactor, owner)
+    worker.retire()
+    transport.answer_version()
+    assert worker.state is WorkerState.RETIRING
+    assert not worker.ready
+    assert owner.events == []
+
+
+class LosingOwner(RecordingOwner):
+    """Also keeps the probes a process held when it exited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[PendingProbe] = []
+
+    def worker_exited(
+        self, worker: MtrPacketProcess, why: str, lost: Sequence[PendingProbe]
+    ) -> None:
+        self.lost += lost

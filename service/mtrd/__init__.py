@@ -17,7 +17,7 @@ from mtrd.engine.errors import (
     WorkerDied,
     WorkerUnresponsive,
 )
-from mtrd.engine.pool import PoolConfig, ProbePool
+from mtrd.engine.pool import PoolConfig, PoolState, ProbePool
 from mtrd.engine.probe import MplsLabel, ProbeReply, ProbeRequest, Protocol, ReplyKind
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MplsLabel",
     "NoWorkerAvailable",
     "PoolConfig",
+    "PoolState",
     "PoolStopped",
     "ProbeFailed",
     "ProbePool",

@@ -5,15 +5,20 @@ Only this module (and the ``mtrd trace`` client's entry point) imports the globa
 
 from __future__ import annotations
 
+import errno
 import gc
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints, task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogBeginner
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from mtrd.config import ServeConfig
@@ -52,7 +57,7 @@ class QuietSite(Site):
 def _state_metrics(
     pool: ProbePool, jobs: TraceJobs, store: TraceStore, api: Api
 ) -> Iterable[Metric]:
-    yield gauge("mtrd_traces_running", "Traces probing now", jobs.running)
+    yield gauge("mtrd_traces_running", "Traces probing now", jobs.running_traces)
     yield gauge("mtrd_traces_queued", "Traces waiting for a running slot", jobs.queued)
     yield gauge("mtrd_traces_stored", "Traces in the store", len(store))
     yield counter(
@@ -85,14 +90,104 @@ def _freeze_start_up() -> None:
     gc.freeze()
 
 
-async def serve(reactor: Any, config: ServeConfig) -> None:
-    """Start the pool and the HTTP site; on shutdown, drain and stop cleanly."""
+class MtrdService(MultiService):
+    """Every long-lived part of one mtrd process, started in the order they were added.
+
+    Stopping goes the other way and one at a time (``MultiService`` would stop them
+    all at once): readiness turns 503 and new traces are refused, running traces get
+    their grace, and only then do the pool and the listener stop.
+    """
+
+    def __init__(self, api: Api, jobs: TraceJobs, access_log: AccessLog) -> None:
+        super().__init__()
+        self._api = api
+        self._jobs = jobs
+        self._access_log = access_log
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Drain, then stop each service in reverse order of start."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        Service.stopService(self)
+        log.info(
+            "shutting down: {running} running traces get {grace:g} s",
+            running=self._jobs.running_traces,
+            grace=self._jobs.stop_grace,
+        )
+        self._api.draining = True
+        for service in reversed(list(self)):
+            await maybeDeferred(service.stopService)
+        self._access_log.flush()
+        log.info("mtrd stopped")
+
+
+class Listener(Service):
+    """Listens on an endpoint while running: start binds, stop unbinds, start binds again.
+
+    A bind that fails at once (a TCP port in use does) raises from :meth:`startService`,
+    so the services after it never start. Twisted's ``StreamServerEndpointService``
+    cannot listen a second time, hence this one.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Bind; raise ``CannotListenError`` if the endpoint refuses at once."""
+        super().startService()
+        refused: list[Failure] = []
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                refused.append(failure)
+            else:
+                log.failure("cannot listen", failure)
+
+        self._endpoint.listen(self._factory).addCallbacks(self._listening, failed)
+        starting = False
+        if refused:
+            super().stopService()
+            refused[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Stop listening; connections already open are left to finish."""
+        super().stopService()
+        port, self._port = self._port, None
+        stopped = port.stopListening() if port is not None else None
+        return stopped if stopped is not None else succeed(None)
+
+
+def cannot_listen(host: str, port: int, error: CannotListenError) -> str:
+    """The one line that says why mtrd could not listen."""
+    reason = error.socketError
+    if isinstance(reason, OSError) and reason.errno in _LISTEN_ERRORS:
+        why = _LISTEN_ERRORS[reason.errno]
+    elif isinstance(reason, OSError) and reason.strerror:
+        why = reason.strerror.lower()
+    else:
+        why = str(reason)
+    where = f"[{host}]" if ":" in host else host
+    return f"mtrd: cannot listen on {where}:{port}: {why}"
+
+
+_LISTEN_ERRORS = {
+    errno.EADDRINUSE: "address in use",
+    errno.EADDRNOTAVAIL: "address not available",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+}
+
+
+def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
+    """Every service of ``mtrd serve``, wired and not started: the listener comes first,
+    so mtrd binds its port before it starts any mtr-packet."""
     pool = ProbePool(reactor, config.pool)
-    try:
-        await pool.start()
-    except EngineStartError as e:
-        print(f"mtrd: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     metrics = Metrics()
     store = TraceStore(reactor, config.store)
     tracer = Tracer(
@@ -109,6 +204,8 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         max_running=config.max_running,
         max_queued=config.max_queued,
         on_finished=metrics.trace_finished,
+        clock=reactor,
+        stop_grace=config.shutdown_grace,
     )
     api = Api(
         pool=pool,
@@ -126,32 +223,41 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         resource = AuthGuard(resource, auth)
     access_log = AccessLog(sys.stdout, config.log_format, reactor)
     site = QuietSite(Edge(resource, reactor, metrics, access_log))
-    if not auth.enabled and config.host not in ("127.0.0.1", "::1", "localhost"):
+    services = MtrdService(api, jobs, access_log)
+    endpoint_type = (
+        endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
+    )
+    listener = Listener(endpoint_type(reactor, config.port, interface=config.host), site)
+    for service in (listener, pool, store, jobs):
+        service.setServiceParent(services)
+    return services, pool
+
+
+async def serve(reactor: Any, config: ServeConfig) -> None:
+    """Start every service; on shutdown, drain and stop them cleanly."""
+    services, pool = build(reactor, config)
+    try:
+        services.startService()
+    except CannotListenError as e:
+        print(cannot_listen(config.host, config.port, e), file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        await pool.started()
+    except EngineStartError as e:
+        await services.stopService()
+        print(f"mtrd: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if not config.auth_tokens and config.host not in ("127.0.0.1", "::1", "localhost"):
         log.warn(
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
             host=config.host,
         )
-    endpoint_type = (
-        endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
-    )
-    listening = await endpoint_type(reactor, config.port, interface=config.host).listen(site)
     _freeze_start_up()
     log.info("mtrd listening on {host}:{port}", host=config.host, port=config.port)
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:
-        # Readiness turns 503 and new traces are refused while running ones finish.
-        log.info(
-            "shutting down: {running} running traces get {grace:g} s",
-            running=jobs.running,
-            grace=config.shutdown_grace,
-        )
-        api.draining = True
-        await jobs.drain(reactor, config.shutdown_grace)
-        await listening.stopListening()
-        await pool.stop()
-        access_log.flush()
-        log.info("mtrd stopped")
+        await services.stopService()
         done.callback(None)
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(shutdown()))

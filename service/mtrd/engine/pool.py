@@ -6,6 +6,11 @@ processes' caps, sends each to the least-loaded ready process, restarts a
 process that dies with exponential back-off on the injected clock, reports
 readiness, and stops cleanly.
 
+The pool is a Twisted ``IService`` (as ``twisted.runner.procmon.ProcessMonitor`` is):
+``startService`` spawns the processes, ``stopService`` drains and stops them, and it
+can be started again after. ``await pool.start()`` / ``await pool.stop()`` do the same
+for code that runs the pool on its own.
+
 How it keeps every reply with the probe that caused it -- across processes,
 with icmp, udp and tcp in flight at once, and within a process after its
 sequence counter would wrap -- is explained in :mod:`mtrd.engine.sequence`: each
@@ -16,13 +21,16 @@ udp ports keeps every outstanding probe's numbers unique.
 
 from __future__ import annotations
 
+import enum
 import os
 import shutil
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
@@ -36,7 +44,7 @@ from mtrd.engine.sequence import (
     SequenceSpace,
     fixed_udp_values,
 )
-from mtrd.engine.worker import MtrPacketProcess, PendingProbe
+from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState, permission_advice
 
 # Bands are cut from the range every supported version counts in (0.96 starts
 # at 33434); older processes burn their way up to it.
@@ -83,6 +91,19 @@ class PoolConfig:
             raise ValueError("spread_above must be at least 0")
 
 
+class PoolState(enum.Enum):
+    """Where the pool is in its life: STOPPED -> STARTING -> RUNNING -> STOPPING -> STOPPED.
+
+    FAILED: no process could start (start failed); stopping makes it STOPPED again.
+    """
+
+    STOPPED = "stopped"
+    STARTING = "starting"  # processes spawned; none has answered its version check yet
+    RUNNING = "running"  # one answered; dead processes are restarted
+    FAILED = "failed"  # every process exited before answering; none is restarted
+    STOPPING = "stopping"  # the queue is failed, processes finish what they hold
+
+
 @attrs.define(eq=False)
 class _Queued:
     request: ProbeRequest
@@ -106,10 +127,10 @@ class _Slot:
 
     @property
     def ready(self) -> bool:
-        return self.active is not None and self.active.ready and not self.active.retiring
+        return self.active is not None and self.active.state is WorkerState.READY
 
 
-class ProbePool:
+class ProbePool(Service):
     """A supervised pool of mtr-packet processes; see the module docstring."""
 
     log = Logger()
@@ -125,63 +146,130 @@ class ProbePool:
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
         self._queue: deque[_Queued] = deque()
-        self._running = False
-        self._stopping = False
-        self._first_ready: Deferred[None] | None = None
-        self._exits: dict[MtrPacketProcess, Deferred[None]] = {}
+        self.state = PoolState.STOPPED
+        self._start_error: EngineStartError | None = None
+        self._start_waiters: list[Deferred[None]] = []
+        self._stop_waiters: list[Deferred[None]] = []
         self._slot_by_worker: dict[MtrPacketProcess, _Slot] = {}  # active and draining
         self._executable: str | None = None
 
-    # -- public API ---------------------------------------------------------------
+    # -- IService ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start every process; return once one is ready, raise if none could start."""
-        if self._running:
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Spawn every process; :meth:`started` says when one is ready or none could start.
+
+        Starting while a stop is under way is fine: the old processes drain while the
+        new ones start, each slot's held sequences keeping them apart.
+        """
+        if self.state in (PoolState.STARTING, PoolState.RUNNING):
             return
+        super().startService()  # type: ignore[no-untyped-call]
+        self._start_error = None
         executable = shutil.which(self.config.command[0])
         if executable is None:
-            raise EngineStartError(
-                f"cannot start mtr-packet: {self.config.command[0]!r} not found on PATH "
-                "(install mtr-tiny, or set the mtr-packet command)"
+            self._start_failed(
+                EngineStartError(
+                    f"cannot start mtr-packet: {self.config.command[0]!r} not found on PATH "
+                    "(install mtr-tiny, or set the mtr-packet command)"
+                )
             )
-        self._executable = executable
-        self._running = True
-        self._first_ready = Deferred()
-        for slot in self._slots:
-            self._spawn(slot)
-        try:
-            await self._first_ready
-        except EngineStartError:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        """Fail what is queued, let processes finish what they hold, kill stragglers."""
-        if not self._running or self._stopping:
             return
-        self._stopping = True
+        self._executable = executable
+        self.state = PoolState.STARTING
+        for slot in self._slots:
+            slot.failures = 0
+            slot.start_failed = False
+            if slot.active is None:
+                self._spawn(slot)
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Fail what is queued, let processes finish what they hold, kill stragglers.
+
+        The Deferred fires once every process has exited.
+        """
+        if self.state is PoolState.STOPPED:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._stop_waiters.append(done)
+        if self.state is PoolState.STOPPING:
+            return done
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.state = PoolState.STOPPING
+        self._settle_start(PoolStopped("the probe pool was stopped before it was ready"))
         self._fail_queue(PoolStopped("the probe pool is stopping"))
         for slot in self._slots:
             if slot.restart is not None and slot.restart.active():
                 slot.restart.cancel()
             slot.restart = None
-        waits = list(self._exits.values())
-        for process in list(self._exits):
-            process.retire()
-        killer = self._clock.callLater(self.config.stop_grace, self._kill_all)
-        await DeferredList(waits)
+            if slot.active is not None:
+                slot.draining.append(slot.active)
+                slot.active = None
+        stopping = list(self._slot_by_worker)
+        for worker in stopping:
+            worker.retire()
+        Deferred.fromCoroutine(self._stopped(stopping))
+        return done
+
+    async def _stopped(self, workers: list[MtrPacketProcess]) -> None:
+        killer = self._clock.callLater(self.config.stop_grace, _kill, workers)
+        await DeferredList([worker.ended for worker in workers])
         if killer.active():
             killer.cancel()
-        self._running = False
+        if self.state is PoolState.STOPPING:
+            self.state = PoolState.STOPPED
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # -- public API ---------------------------------------------------------------
+
+    def started(self) -> Deferred[None]:
+        """Fires once a process of this run is ready; fails with ``EngineStartError`` if
+        none could start, or with ``PoolStopped`` if the pool is stopped first."""
+        if self.state is PoolState.RUNNING:
+            return succeed(None)
+        if self.state is PoolState.FAILED:
+            assert self._start_error is not None
+            return fail(self._start_error)
+        if self.state is not PoolState.STARTING:
+            return fail(PoolStopped("the probe pool is not running"))
+        waiter: Deferred[None] = Deferred()
+        self._start_waiters.append(waiter)
+        return waiter
+
+    async def start(self) -> None:
+        """Start the service; return once one process is ready, raise if none could start."""
+        self.startService()
+        try:
+            await self.started()
+        except EngineStartError:
+            await self.stopService()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the service and wait until every process has exited."""
+        await self.stopService()
 
     def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
         """Send one probe; the Deferred fires with its reply or fails with ``ProbeFailed``.
 
-        Cancelling the Deferred gives up on the probe: a queued probe is never
-        sent; one already sent keeps its sequence until mtr-packet is done with it.
+        It never raises: a stopped pool (``PoolStopped``), a request the pool cannot
+        send (``InvalidProbeRequest``) and a pool without processes
+        (``NoWorkerAvailable``) all fail the Deferred. Cancelling the Deferred gives
+        up on the probe: a queued probe is never sent; one already sent keeps its
+        sequence until mtr-packet is done with it.
         """
-        if self._stopping or not self._running:
-            raise PoolStopped("the probe pool is not running")
+        state = self.state
+        if state is not PoolState.RUNNING and state is not PoolState.STARTING:
+            if state is PoolState.FAILED:
+                return fail(NoWorkerAvailable(self._no_worker_reason()))
+            return fail(PoolStopped("the probe pool is not running"))
+        try:
+            return self._probe(request)
+        except Exception as e:  # every failure goes through the Deferred
+            return fail(e)
+
+    def _probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
         request = self._with_source(request)
         entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
         if not self._queue:
@@ -259,8 +347,9 @@ class ProbePool:
             # rather than with its first probe (a band far up the ring is thousands
             # of burns).
             worker.burn(slot.band.start - worker.next_sequence)
-        if self._first_ready is not None and not self._first_ready.called:
-            self._first_ready.callback(None)
+        if self.state is PoolState.STARTING:
+            self.state = PoolState.RUNNING
+            self._settle_start(None)
         self._pump()
 
     def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
@@ -278,23 +367,19 @@ class ProbePool:
         self.log.error("{why}; killing it", why=why)
         worker.kill()
 
-    def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
+    def worker_exited(
+        self, worker: MtrPacketProcess, why: str, lost: Sequence[PendingProbe]
+    ) -> None:
         """Release what the process held; restart its slot unless it was retired."""
-        slot = self._slot_of(worker)
-        for pending in worker.pending.values():
+        for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
-        worker.pending.clear()
-        exited = self._exits.pop(worker, None)
-        self._slot_by_worker.pop(worker, None)
+        slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
                 slot.draining.remove(worker)
             elif slot.active is worker:
                 slot.active = None
-                if not worker.retiring:
-                    self._unexpected_exit(slot, worker, why)
-        if exited is not None:
-            exited.callback(None)
+                self._unexpected_exit(slot, worker, why)
         self._pump()
 
     # -- supervision ---------------------------------------------------------------
@@ -304,12 +389,12 @@ class ProbePool:
         slot.last_error = f"mtr-packet {why}"
         slot.start_failed = never_ready
         self.log.error("{name} {why}", name=worker.name, why=why)
-        if self._stopping:
+        if self.state is not PoolState.STARTING and self.state is not PoolState.RUNNING:
             return
-        starting = self._first_ready is not None and not self._first_ready.called
-        if starting and all(s.start_failed for s in self._slots):
-            assert self._first_ready is not None
-            self._first_ready.errback(EngineStartError(self._no_worker_reason()))
+        if self.state is PoolState.STARTING and all(s.start_failed for s in self._slots):
+            reason = self._no_worker_reason()
+            advice = permission_advice(reason)
+            self._start_failed(EngineStartError(f"{reason}. {advice}" if advice else reason))
             return
         uptime = self._clock.seconds() - worker.started_at
         slot.failures = 1 if uptime >= self.config.stable_after else slot.failures + 1
@@ -324,8 +409,22 @@ class ProbePool:
 
     def _restart(self, slot: _Slot) -> None:
         slot.restart = None
-        if not self._stopping:
+        if self.state is PoolState.STARTING or self.state is PoolState.RUNNING:
             self._spawn(slot)
+
+    def _start_failed(self, error: EngineStartError) -> None:
+        self.state = PoolState.FAILED
+        self._start_error = error
+        self._fail_queue(NoWorkerAvailable(str(error)))
+        self._settle_start(error)
+
+    def _settle_start(self, error: Exception | None) -> None:
+        waiters, self._start_waiters = self._start_waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(error)
 
     def _spawn(self, slot: _Slot) -> None:
         assert self._executable is not None
@@ -338,17 +437,16 @@ class ProbePool:
         )
         slot.active = worker
         self._slot_by_worker[worker] = slot
-        self._exits[worker] = Deferred()
         try:
             self._spawner.spawnProcess(
                 worker, self._executable, list(self.config.command), env=dict(os.environ)
             )
         except OSError as e:
-            self._exits.pop(worker, None)
             self._slot_by_worker.pop(worker, None)
             slot.active = None
-            worker.exited = True
-            self._unexpected_exit(slot, worker, f"could not be started: {e}")
+            why = f"could not be started: {e}"
+            worker.never_started(why)
+            self._unexpected_exit(slot, worker, why)
             return
         if self._pid_collides(worker):
             # Same low 16 bits of the process id: ICMP replies would be shared.
@@ -360,24 +458,22 @@ class ProbePool:
     def _pid_collides(self, worker: MtrPacketProcess) -> bool:
         ident = worker.pid & 0xFFFF
         return any(
-            other is not worker and not other.exited and other.pid & 0xFFFF == ident
-            for other in self._exits
+            other is not worker
+            and other.state is not WorkerState.EXITED
+            and other.pid & 0xFFFF == ident
+            for other in self._slot_by_worker
         )
 
     def _retire(self, worker: MtrPacketProcess) -> None:
         slot = self._slot_of(worker)
-        if slot is None or worker.retiring:
+        if slot is None or worker.state is WorkerState.RETIRING:
             return
         worker.retire()
         if slot.active is worker:
             slot.active = None
             slot.draining.append(worker)
-            if not self._stopping:
+            if self.state is PoolState.STARTING or self.state is PoolState.RUNNING:
                 self._spawn(slot)
-
-    def _kill_all(self) -> None:
-        for worker in list(self._exits):
-            worker.kill()
 
     def _slot_of(self, worker: MtrPacketProcess) -> _Slot | None:
         return self._slot_by_worker.get(worker)
@@ -487,4 +583,9 @@ class ProbePool:
             entry.result.errback(reason)
 
 
-__all__ = ["PoolConfig", "ProbePool"]
+def _kill(workers: list[MtrPacketProcess]) -> None:
+    for worker in workers:
+        worker.kill()
+
+
+__all__ = ["PoolConfig", "PoolState", "ProbePool"]

@@ -11,7 +11,9 @@ from it through :class:`WorkerOwner`.
 
 from __future__ import annotations
 
+import enum
 import heapq
+from collections.abc import Sequence
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -66,8 +68,19 @@ class WorkerOwner(TypingProtocol):
     def worker_unresponsive(self, worker: MtrPacketProcess, why: str) -> None:
         """A probe outlived its deadline: the process hangs."""
 
-    def worker_exited(self, worker: MtrPacketProcess, why: str) -> None:
-        """The process is gone; the probes still in ``worker.pending`` fail next."""
+    def worker_exited(
+        self, worker: MtrPacketProcess, why: str, lost: Sequence[PendingProbe]
+    ) -> None:
+        """The process is gone; ``lost`` are the probes it held, which fail next."""
+
+
+class WorkerState(enum.Enum):
+    """Where one mtr-packet process is in its life; it only moves forward."""
+
+    STARTING = "starting"  # spawned; the version check is not answered yet
+    READY = "ready"  # answered the version check: takes probes
+    RETIRING = "retiring"  # stdin closed: finishes the probes it holds, then exits
+    EXITED = "exited"
 
 
 @attrs.define(eq=False)
@@ -90,6 +103,32 @@ class PendingProbe:
             self.result.callback(outcome)
 
 
+RAW_SOCKET_ADVICE = (
+    "mtr-packet may not open raw sockets: grant it CAP_NET_RAW "
+    "(sudo setcap cap_net_raw+ep $(command -v mtr-packet); check with "
+    "getcap $(command -v mtr-packet)) or run mtrd as root; in a container, "
+    "add the NET_RAW capability (docker run --cap-add NET_RAW)"
+)
+CAPABILITY_EXEC_ADVICE = (
+    "mtr-packet carries the file capability cap_net_raw, which this process may not "
+    "gain (a container or service without NET_RAW in its capability bounding set): "
+    "add NET_RAW (docker run --cap-add NET_RAW, or CapabilityBoundingSet=CAP_NET_RAW "
+    "in a systemd unit)"
+)
+
+
+def permission_advice(why: str) -> str | None:
+    """What to do when ``why`` (how mtr-packet ended) says it lacks raw-socket rights."""
+    denied = "Permission denied" in why or "Operation not permitted" in why
+    if not denied:
+        return None
+    if "Failure to open IPv4 sockets" in why or "Failure to open IPv6 sockets" in why:
+        return RAW_SOCKET_ADVICE
+    if "could not be started" in why:
+        return CAPABILITY_EXEC_ADVICE
+    return None
+
+
 def describe_exit(reason: Failure) -> str:
     """Say in words how a process ended."""
     value = reason.value
@@ -103,7 +142,12 @@ def describe_exit(reason: Failure) -> str:
 
 
 class MtrPacketProcess(protocol.ProcessProtocol):
-    """The protocol for one running mtr-packet."""
+    """The protocol for one running mtr-packet.
+
+    It alone owns the probes written to it (``pending``, by token): it adds them,
+    answers them, and on exit hands the ones left to its owner before failing them.
+    Others only read ``pending``.
+    """
 
     log = Logger()
 
@@ -127,8 +171,8 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.tcp_outstanding = 0
         self.started_at = clock.seconds()
         self.ready_at: float | None = None
-        self.retiring = False
-        self.exited = False
+        self.state = WorkerState.STARTING
+        self.ended: Deferred[None] = Deferred()  # fires once the process is gone
         self.pid = 0
         self._buffer = b""
         self._next_token = CONTROL_TOKEN + 1
@@ -144,8 +188,8 @@ class MtrPacketProcess(protocol.ProcessProtocol):
 
     @property
     def ready(self) -> bool:
-        """True when the process answered its version check and still runs."""
-        return self.version is not None and not self.exited
+        """True when the process takes probes."""
+        return self.state is WorkerState.READY
 
     def send(
         self,
@@ -173,27 +217,33 @@ class MtrPacketProcess(protocol.ProcessProtocol):
 
     def burn(self, count: int) -> None:
         """Advance mtr-packet's sequence counter by ``count`` without sending anything."""
-        if count <= 0 or self.transport is None or self.exited:
+        if count <= 0 or self.transport is None or self.state is not WorkerState.READY:
             return
         self.next_sequence += count
         self.transport.write(BURN_COMMAND * count)
 
     def retire(self) -> None:
         """Take no more probes; mtr-packet finishes the ones it holds, then exits."""
-        if self.retiring:
+        if self.state is WorkerState.RETIRING or self.state is WorkerState.EXITED:
             return
-        self.retiring = True
-        if self.transport is not None and not self.exited:
+        self.state = WorkerState.RETIRING
+        if self.transport is not None:
             self.transport.closeStdin()
 
     def kill(self) -> None:
         """End the process at once (SIGKILL)."""
-        if self.transport is None or self.exited:
+        if self.transport is None or self.state is WorkerState.EXITED:
             return
         try:
             self.transport.signalProcess("KILL")
         except error.ProcessExitedAlready:
             return
+
+    def never_started(self, why: str) -> None:
+        """The process could not be spawned: it is gone before it began."""
+        self.state = WorkerState.EXITED
+        self._stderr.append(why)
+        self.ended.callback(None)
 
     def last_stderr(self) -> str:
         """The last lines mtr-packet wrote to stderr, for error messages."""
@@ -228,8 +278,8 @@ class MtrPacketProcess(protocol.ProcessProtocol):
                 self._stderr = [*self._stderr[-(STDERR_LINES_KEPT - 1) :], line]
 
     def processEnded(self, reason: Failure) -> None:
-        """Fail every probe still held, then tell the owner why the process ended."""
-        self.exited = True
+        """Tell the owner why the process ended and what it held, then fail those probes."""
+        self.state = WorkerState.EXITED
         for timer in (self._start_deadline, self._deadline_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -240,9 +290,12 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             why += f" (stderr: {self.last_stderr()})"
         failure = WorkerDied(f"mtr-packet worker {self.name} {why}")
         held = list(self.pending.values())
-        self.owner.worker_exited(self, why)
+        self.pending.clear()
+        self.tcp_outstanding = 0
+        self.owner.worker_exited(self, why, held)
         for pending in held:
             pending.settle(failure)
+        self.ended.callback(None)
 
     # -- replies --------------------------------------------------------------
 
@@ -283,7 +336,9 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             self.version = reply.detail
             self.ready_at = self.clock.seconds()
             self.next_sequence = SequenceSpace.for_version(reply.detail).low
-            self.owner.worker_ready(self)
+            if self.state is WorkerState.STARTING:  # not when retired before it answered
+                self.state = WorkerState.READY
+                self.owner.worker_ready(self)
         elif reply.kind is not ReplyKind.INVALID_ARGUMENT:
             self.log.warn("{name}: unexpected control reply {raw!r}", name=self.name, raw=reply.raw)
 
@@ -331,4 +386,11 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.owner.worker_unresponsive(self, why)
 
 
-__all__ = ["MtrPacketProcess", "PendingProbe", "WorkerOwner", "describe_exit"]
+__all__ = [
+    "MtrPacketProcess",
+    "PendingProbe",
+    "WorkerOwner",
+    "WorkerState",
+    "describe_exit",
+    "permission_advice",
+]

@@ -4,6 +4,9 @@
 ``max_running`` at once (the others wait as ``queued`` and start, oldest
 first, as running ones end), keeps every record's snapshot and live channel up
 to date, and cancels or deletes on request. It knows nothing of HTTP.
+
+It is a Twisted ``IService``: stopping it drains (what waits is cancelled, what
+runs gets ``stop_grace`` seconds, then is cancelled too).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -37,7 +41,7 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-class TraceJobs:
+class TraceJobs(Service):
     """Runs trace jobs against a store; see the module docstring."""
 
     log = Logger()
@@ -50,7 +54,10 @@ class TraceJobs:
         max_running: int = 32,
         max_queued: int = 1000,
         on_finished: Callable[[Trace], None] = lambda _: None,
+        clock: IReactorTime | None = None,
+        stop_grace: float = 0.0,
     ) -> None:
+        """``clock`` times the grace running traces get when the service stops."""
         if max_running < 1 or max_queued < 0:
             raise ValueError("max_running must be at least 1 and max_queued at least 0")
         self._tracer = tracer
@@ -58,12 +65,14 @@ class TraceJobs:
         self.max_running = max_running
         self.max_queued = max_queued
         self._on_finished = on_finished
+        self._clock = clock
+        self.stop_grace = stop_grace
         self._idle: list[Deferred[None]] = []
         self._waiting: deque[TraceRecord] = deque()
         self._running: dict[str, Deferred[Trace]] = {}
 
     @property
-    def running(self) -> int:
+    def running_traces(self) -> int:
         """Traces probing now."""
         return len(self._running)
 
@@ -150,14 +159,24 @@ class TraceJobs:
             for waiter in idle:
                 waiter.callback(None)
 
-    async def drain(self, clock: IReactorTime, grace: float) -> None:
-        """Cancel what waits, give what runs ``grace`` seconds, then cancel it too."""
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Drain: the Deferred fires once no trace runs (see :meth:`drain`)."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self.drain(self._clock, self.stop_grace))
+
+    async def drain(self, clock: IReactorTime | None, grace: float) -> None:
+        """Cancel what waits, give what runs ``grace`` seconds (none without a clock),
+        then cancel it too."""
         for record in list(self._waiting):
             self.delete(record.trace.id)
         if not self._running:
             return
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
+        if clock is None:
+            self._cancel_running()
+            await idle
+            return
         timer = clock.callLater(grace, self._cancel_running)
         await idle
         if timer.active():

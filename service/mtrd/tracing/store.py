@@ -1,6 +1,8 @@
 """The in-memory trace store: records by id, newest first, expiry and caps.
 
-Finished traces expire ``ttl`` seconds after they end (on the injected clock).
+Finished traces expire ``ttl`` seconds after they end (on the injected clock)
+while the store runs: it is a Twisted ``IService`` whose start arms the expiry
+(catching up on traces that expired while it was stopped) and whose stop disarms it.
 At ``max_traces``, adding a trace evicts the oldest finished one; when every
 stored trace is still active, :class:`StoreFull` says when to retry.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mtrd.tracing.events import TraceChannel
@@ -79,7 +82,7 @@ class TraceRecord:
         return attrs.evolve(self.trace, hops=hops) if hops else self.trace
 
 
-class TraceStore:
+class TraceStore(Service):
     """Holds traces in memory; see the module docstring."""
 
     def __init__(self, clock: IReactorTime, limits: StoreLimits = StoreLimits()) -> None:
@@ -91,6 +94,21 @@ class TraceStore:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Arm the expiry of every finished trace."""
+        super().startService()  # type: ignore[no-untyped-call]
+        for record in list(self._records.values()):
+            if record.trace.status.is_final and record.expiry is None:
+                self._expire_later(record)
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted's name
+        """Disarm the expiry: nothing expires until the store starts again."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        for record in self._records.values():
+            if record.expiry is not None and record.expiry.active():
+                record.expiry.cancel()
+            record.expiry = None
 
     def get(self, trace_id: str) -> TraceRecord | None:
         """The record of ``trace_id``, or None if unknown or expired."""
@@ -112,8 +130,15 @@ class TraceStore:
     def update(self, record: TraceRecord, trace: Trace) -> None:
         """Replace the snapshot; a finished trace starts its expiry clock."""
         record.replace(trace)
-        if trace.status.is_final and record.expiry is None:
-            record.expiry = self._clock.callLater(self.limits.ttl, self.remove, trace.id)
+        if trace.status.is_final and record.expiry is None and self.running:
+            self._expire_later(record)
+
+    def _expire_later(self, record: TraceRecord) -> None:
+        expires_at = record.trace.expires_at
+        delay = (
+            self.limits.ttl if expires_at is None else max(0.0, expires_at - self._clock.seconds())
+        )
+        record.expiry = self._clock.callLater(delay, self.remove, record.trace.id)
 
     def expires_at(self) -> float:
         """When a trace that finishes now will expire."""

@@ -6,7 +6,6 @@ of bad request Klein would answer in plain text: a URL that is not UTF-8.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as quote
@@ -21,7 +20,7 @@ from twisted.web.resource import Resource
 
 from mtrd.logs import log_time
 from mtrd.web.metrics import Metrics
-from mtrd.web.problems import Problem
+from mtrd.web.problems import Problem, write_problem
 
 _request_log = Logger(namespace="mtrd.http")
 
@@ -48,6 +47,7 @@ def log_access(record: AccessRecord) -> None:
     _request_log.info("{method} {path} {status} {duration_ms:.1f} ms", **attrs.asdict(record))
 
 
+_URL_NOT_UTF8 = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
 _KNOWN_ROUTES = frozenset({"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"})
 
 
@@ -91,10 +91,7 @@ class Edge(Resource):
         if (b"%" in path or not path.isascii()) and not _is_utf8(unquote_to_bytes(path)):
             # Klein would answer this with a bare text/plain 400.
             request.notifyFinish().addBoth(self._finished, request, started)
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"application/problem+json")
-            problem = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
-            return json.dumps(problem.body()).encode()
+            return write_problem(request, _URL_NOT_UTF8, None)
         result = self._inner.render(request)
         if request.finished:
             # Answered while rendering, as most requests are: no need to wait for the end.

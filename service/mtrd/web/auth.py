@@ -7,14 +7,22 @@ configured token every time, so the answer's timing says nothing about them.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from twisted.web.resource import Resource
 
+from mtrd.web.problems import Problem, write_problem
+
 OPEN_BY_DEFAULT = frozenset({"/healthz", "/readyz", "/metrics"})
+UNAUTHORIZED = Problem(
+    401,
+    "unauthorized",
+    "Unauthorized",
+    "send a valid token: Authorization: Bearer <token>",
+    headers=(("WWW-Authenticate", 'Bearer realm="mtrd"'),),
+)
 
 
 def load_tokens(*, file: str | None, env_value: str | None) -> tuple[bytes, ...]:
@@ -75,15 +83,4 @@ class AuthGuard(Resource):
         path = request.path.decode("utf-8", "replace")
         if self._auth.allows(path, request.getHeader(b"authorization")):
             return self._inner.render(request)
-        request.setResponseCode(401)
-        request.setHeader(b"WWW-Authenticate", b'Bearer realm="mtrd"')
-        request.setHeader(b"Content-Type", b"application/problem+json")
-        return json.dumps(
-            {
-                "type": "urn:mtrd:problem:unauthorized",
-                "title": "Unauthorized",
-                "status": 401,
-                "detail": "send a valid token: Authorization: Bearer <token>",
-                "instance": path,
-            }
-        ).encode()
+        return write_problem(request, UNAUTHORIZED, path)

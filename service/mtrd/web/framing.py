@@ -8,10 +8,11 @@ URL), ``431`` for too much header data, ``400`` for a request line it cannot rea
 
 from __future__ import annotations
 
-import json
 import re
 
 from twisted.web import http
+
+from mtrd.web.problems import PROBLEM_JSON, Problem
 
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 16384
@@ -22,17 +23,11 @@ _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fie
 
 def problem_response(status: int, name: str, detail: str) -> bytes:
     """A complete HTTP/1.1 response carrying a problem+json body; the connection closes."""
-    body = json.dumps(
-        {
-            "type": f"urn:mtrd:problem:{name}",
-            "title": _REASONS[status].decode(),
-            "status": status,
-            "detail": detail,
-        }
-    ).encode()
+    reason = _REASONS[status]
+    body = Problem(status, name, reason.decode(), detail).render()
     head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason, PROBLEM_JSON, len(body))
     )
     return head + body
 

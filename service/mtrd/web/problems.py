@@ -1,8 +1,18 @@
-"""HTTP problem details (RFC 9457): every error mtrd answers is one of these."""
+"""HTTP problem details (RFC 9457): every error mtrd answers is one of these.
+
+One renderer writes every problem body, whoever answers: the Klein routes (through
+the ``handle_errors`` of :class:`~mtrd.web.routes.Api`), the auth guard, the edge,
+and the channel that refuses bad framing before there is a request at all.
+"""
 
 from __future__ import annotations
 
+import json
+
 import attrs
+from twisted.web.iweb import IRequest
+
+PROBLEM_JSON = b"application/problem+json"
 
 
 @attrs.frozen
@@ -29,6 +39,19 @@ class Problem(Exception):
         if self.errors:
             document["errors"] = [{"field": f, "message": m} for f, m in self.errors]
         return document
+
+    def render(self, instance: str | None = None) -> bytes:
+        """The document as sent: compact JSON."""
+        return json.dumps(self.body(instance), separators=(",", ":")).encode()
+
+
+def write_problem(request: IRequest, problem: Problem, instance: str | None) -> bytes:
+    """Set a problem answer's status, content type and headers; return its body."""
+    request.setResponseCode(problem.status)
+    request.setHeader(b"Content-Type", PROBLEM_JSON)
+    for name, value in problem.headers:
+        request.setHeader(name.encode(), value.encode())
+    return problem.render(instance)
 
 
 def not_found(what: str) -> Problem:

@@ -1,7 +1,9 @@
 """The HTTP edge: parses requests, calls the trace jobs, renders answers.
 
-Only this module knows Klein. Domain errors become problem+json answers here,
-in one place (:meth:`Api.problem`).
+Only this module knows Klein. Errors become problem+json answers in one place:
+the ``handle_errors`` handlers of :class:`Api`. Routes raise :class:`Problem`, or let
+the domain's errors (a full queue, a refused target, invalid fields, ...) propagate;
+:func:`problem_of` says which answer each of those is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_trace_request
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
-from mtrd.web.problems import Problem, invalid_fields, no_route, not_found
+from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, render_report
 from mtrd.web.sse import EventStream
@@ -94,9 +96,6 @@ class Api:
     @app.route("/traces", methods=["POST"])
     def create(self, request: IRequest) -> bytes:
         """Start a trace: 202 with its resource and Location."""
-        return self._answer(request, lambda: self._create(request))
-
-    def _create(self, request: IRequest) -> bytes:
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise Problem(
@@ -121,10 +120,7 @@ class Api:
             raise Problem(
                 400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
             ) from None
-        try:
-            trace_request = parse_trace_request(body)
-        except InvalidFields as e:
-            raise invalid_fields(e.errors) from None
+        trace_request = parse_trace_request(body)
         if self.draining:
             raise Problem(
                 503,
@@ -143,16 +139,7 @@ class Api:
             )
         address = literal(trace_request.target)
         if address is not None:
-            try:
-                self._policy.check(address.address)
-            except TargetRefused as e:
-                raise Problem(
-                    403,
-                    "forbidden-target",
-                    "Forbidden target",
-                    str(e),
-                    errors=(("target", e.rule),),
-                ) from None
+            self._policy.check(address.address)
         if self._pool.queued >= self._limits.max_probes_waiting:
             raise Problem(
                 429,
@@ -161,33 +148,13 @@ class Api:
                 f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
                 headers=(("Retry-After", "2"),),
             )
-        try:
-            record = self._jobs.submit(trace_request)
-        except QueueFull as e:
-            raise Problem(
-                429,
-                "queue-full",
-                "Too many queued traces",
-                str(e),
-                headers=(("Retry-After", str(e.retry_after)),),
-            ) from None
-        except StoreFull as e:
-            raise Problem(
-                429,
-                "store-full",
-                "Too many active traces",
-                str(e),
-                headers=(("Retry-After", str(e.retry_after)),),
-            ) from None
+        record = self._jobs.submit(trace_request)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
 
     @app.route("/traces", methods=["GET"])
     def listing(self, request: IRequest) -> bytes:
         """Traces, newest first, filtered by status, a page at a time."""
-        return self._answer(request, lambda: self._listing(request))
-
-    def _listing(self, request: IRequest) -> bytes:
         args = {
             k.decode(): [v.decode("utf-8", "replace") for v in vs]
             for k, vs in (request.args or {}).items()
@@ -215,10 +182,7 @@ class Api:
         cursor = args["cursor"][-1] if args.get("cursor", [""])[-1] else None
         if errors:
             raise invalid_fields(errors)
-        try:
-            page, next_cursor = self._store.newest_first(status, limit, cursor)
-        except BadCursor:
-            raise invalid_fields([("cursor", "not a cursor this service handed out")]) from None
+        page, next_cursor = self._store.newest_first(status, limit, cursor)
         return _json(
             request, 200, {"traces": [summary_json(t) for t in page], "next_cursor": next_cursor}
         )
@@ -226,12 +190,6 @@ class Api:
     @app.route("/traces/<trace_id>", methods=["GET"])
     def show(self, request: IRequest, trace_id: str) -> bytes:
         """One trace as JSON (with an ETag), or as a text report."""
-        try:  # as _answer does, without a closure per request: the busiest route
-            return self._show(request, trace_id)
-        except Problem as problem:
-            return self._problem(request, problem)
-
-    def _show(self, request: IRequest, trace_id: str) -> bytes:
         record = self._store.get(trace_id)
         if record is None:
             raise not_found(f"trace {trace_id}")
@@ -249,9 +207,6 @@ class Api:
     @app.route("/traces/<trace_id>", methods=["DELETE"])
     def delete(self, request: IRequest, trace_id: str) -> bytes:
         """Cancel a queued or running trace (200), or remove a finished one (204)."""
-        return self._answer(request, lambda: self._delete(request, trace_id))
-
-    def _delete(self, request: IRequest, trace_id: str) -> bytes:
         outcome = self._jobs.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -268,22 +223,19 @@ class Api:
         """Server-sent events of one trace; Last-Event-ID resumes after that id."""
         record = self._store.get(trace_id)
         if record is None:
-            return self._problem(request, not_found(f"trace {trace_id}"))
+            raise not_found(f"trace {trace_id}")
         limits = self._limits
         if (
             self.sse_subscribers >= limits.max_subscribers
             or record.channel.subscribers >= limits.max_subscribers_per_trace
         ):
-            return self._problem(
-                request,
-                Problem(
-                    429,
-                    "too-many-subscribers",
-                    "Too many subscribers",
-                    f"at most {limits.max_subscribers_per_trace} streams per trace and "
-                    f"{limits.max_subscribers} in all",
-                    headers=(("Retry-After", "5"),),
-                ),
+            raise Problem(
+                429,
+                "too-many-subscribers",
+                "Too many subscribers",
+                f"at most {limits.max_subscribers_per_trace} streams per trace and "
+                f"{limits.max_subscribers} in all",
+                headers=(("Retry-After", "5"),),
             )
         last = request.getHeader("last-event-id")
         after = int(last) if last is not None and last.strip().isdigit() else None
@@ -344,23 +296,38 @@ class Api:
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus metrics in the text format."""
         if self._metrics is None:
-            return self._problem(request, no_route("/metrics"))
+            raise no_route("/metrics")
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self._metrics.exposition()
 
-    # -- errors -------------------------------------------------------------------------
+    # -- errors: the one place they become HTTP answers ----------------------------------
+    # Klein tries the handlers in the order they are declared: the catch-all comes last.
+
+    @app.handle_errors(Problem)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        """A problem a route raised, answered as it says."""
+        problem = failure.value
+        assert isinstance(problem, Problem)
+        return self._render(request, problem)
+
+    @app.handle_errors(InvalidFields, BadCursor, TargetRefused, QueueFull, StoreFull)
+    def domain_error(self, request: IRequest, failure: Failure) -> bytes:
+        """An error of the trace domain, answered as :func:`problem_of` maps it."""
+        error = failure.value
+        assert isinstance(error, Exception)
+        return self._render(request, problem_of(error))
 
     @app.handle_errors(NotFound)
     def unknown_route(self, request: IRequest, failure: Failure) -> bytes:  # noqa: ARG002
         """404 problem for a path mtrd does not serve."""
-        return self._problem(request, no_route(request.path.decode("utf-8", "replace")))
+        return self._render(request, no_route(request.path.decode("utf-8", "replace")))
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
         """405 problem naming the allowed methods."""
         allowed = sorted(getattr(failure.value, "valid_methods", None) or [])
         method = request.method.decode("ascii", "replace")
-        return self._problem(
+        return self._render(
             request,
             Problem(
                 405,
@@ -377,7 +344,7 @@ class Api:
         error = failure.value
         assert isinstance(error, HTTPException)
         status = error.code or 400
-        return self._problem(
+        return self._render(
             request,
             Problem(status, "bad-request", error.name, error.description or "a bad request"),
         )
@@ -386,26 +353,46 @@ class Api:
     def crashed(self, request: IRequest, failure: Failure) -> bytes:
         """500 problem for a fault of mtrd's own; the traceback goes to the log."""
         self.log.failure("unhandled error answering {path}", failure, path=request.path)
-        return self._problem(
+        return self._render(
             request,
             Problem(500, "internal-error", "Internal error", "mtrd failed to answer; see its log"),
         )
 
-    def _answer(self, request: IRequest, handler: Callable[[], bytes]) -> bytes:
-        try:
-            return handler()
-        except Problem as problem:
-            return self._problem(request, problem)
+    def _render(self, request: IRequest, problem: Problem) -> bytes:
+        return write_problem(request, problem, request.path.decode("utf-8", "replace"))
 
-    def _problem(self, request: IRequest, problem: Problem) -> bytes:
-        for name, value in problem.headers:
-            request.setHeader(name.encode(), value.encode())
-        return _json(
-            request,
-            problem.status,
-            problem.body(request.path.decode("utf-8", "replace")),
-            content_type=b"application/problem+json",
+
+def problem_of(error: Exception) -> Problem:
+    """The answer to an error of the trace domain."""
+    if isinstance(error, InvalidFields):
+        return invalid_fields(error.errors)
+    if isinstance(error, BadCursor):
+        return invalid_fields([("cursor", "not a cursor this service handed out")])
+    if isinstance(error, TargetRefused):
+        return Problem(
+            403,
+            "forbidden-target",
+            "Forbidden target",
+            str(error),
+            errors=(("target", error.rule),),
         )
+    if isinstance(error, QueueFull):
+        return Problem(
+            429,
+            "queue-full",
+            "Too many queued traces",
+            str(error),
+            headers=(("Retry-After", str(error.retry_after)),),
+        )
+    if isinstance(error, StoreFull):
+        return Problem(
+            429,
+            "store-full",
+            "Too many active traces",
+            str(error),
+            headers=(("Retry-After", str(error.retry_after)),),
+        )
+    raise TypeError(f"no problem answer for {error!r}")
 
 
 def _json(

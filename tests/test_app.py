@@ -1,0 +1,106 @@
+"""The composition root: services start in order and stop one at a time, in reverse."""
+
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mtrd.app import Listener, MtrdService, cannot_listen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+
+
+class Step(Service):
+    """A service that records its start and stop, and stops when told to."""
+
+    def __init__(self, name: str, journal: list[str], api: Any) -> None:
+        self.setName(name)
+        self.journal = journal
+        self.api = api
+        self.stopping: Deferred[None] = Deferred()
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self.journal.append(f"start {self.name}")
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        super().stopService()
+        self.journal.append(f"stop {self.name} draining={self.api.draining}")
+        return self.stopping
+
+
+def test_services_stop_one_at_a_time_in_reverse_order_after_draining_starts() -> None:
+    """Each service stops only once the one started after it has stopped; draining comes first."""
+    journal: list[str] = []
+    api = SimpleNamespace(draining=False)
+    flushed: list[bool] = []
+    jobs = SimpleNamespace(running_traces=0, stop_grace=1.0)
+    services = MtrdService(api, jobs, SimpleNamespace(flush=lambda: flushed.append(True)))  # type: ignore[arg-type]
+    steps = [Step(name, journal, api) for name in ("listener", "pool", "jobs")]
+    for step in steps:
+        step.setServiceParent(services)
+    services.startService()
+    stopped = services.stopService()
+    assert journal == ["start listener", "start pool", "start jobs", "stop jobs draining=True"]
+    steps[2].stopping.callback(None)
+    assert journal[-1] == "stop pool draining=True"
+    steps[1].stopping.callback(None)
+    assert journal[-1] == "stop listener draining=True"
+    assert not stopped.called
+    steps[0].stopping.callback(None)
+    assert stopped.called
+    assert flushed == [True]
+
+
+def test_a_port_in_use_is_one_short_line() -> None:
+    """EADDRINUSE reads 'address in use', with the host and port the user gave."""
+    error = CannotListenError("127.0.0.1", 8080, OSError(errno.EADDRINUSE, "Address in use"))
+    assert cannot_listen("127.0.0.1", 8080, error) == (
+        "mtrd: cannot listen on 127.0.0.1:8080: address in use"
+    )
+
+
+def test_an_ipv6_listen_address_is_bracketed() -> None:
+    """An IPv6 host is written [host]:port."""
+    error = CannotListenError("::1", 80, OSError(errno.EACCES, "Permission denied"))
+    assert cannot_listen("::1", 80, error).startswith(
+        "mtrd: cannot listen on [::1]:80: permission denied"
+    )
+
+
+def test_the_listener_listens_again_after_a_stop() -> None:
+    """start, stop and start again: the listener binds twice and is listening at the end."""
+    reactor = MemoryReactor()
+    listener = Listener(TCP4ServerEndpoint(reactor, 8080, interface="127.0.0.1"), Factory())
+    listener.startService()
+    assert listener.stopService().called
+    listener.startService()
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (8080, "127.0.0.1"),
+        (8080, "127.0.0.1"),
+    ]
+    assert listener.running
+
+
+class RefusingEndpoint:
+    """An endpoint whose port is taken."""
+
+    def listen(self, factory: object) -> Deferred[None]:
+        return fail(CannotListenError("127.0.0.1", 8080, OSError(errno.EADDRINUSE, "in use")))
+
+
+def test_a_refused_bind_raises_from_start_and_stops_what_comes_after() -> None:
+    """A port in use raises from startService, so later services in the parent never start."""
+    journal: list[str] = []
+    parent = MtrdService(SimpleNamespace(draining=False), None, None)  # type: ignore[arg-type]
+    Listener(RefusingEndpoint(), Factory()).setServiceParent(parent)  # type: ignore[arg-type]
+    Step("pool", journal, SimpleNamespace(draining=False)).setServiceParent(parent)
+    with pytest.raises(CannotListenError):
+        parent.startService()
+    assert journal == []
