@@ -12,6 +12,7 @@ import attrs
 
 from mtrd.engine.pool import PoolConfig
 from mtrd.tracing.policy import TargetPolicy, parse_networks
+from mtrd.tracing.redis.settings import store_option, vantage_option
 from mtrd.tracing.store import StoreLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
 from mtrd.web.limits import EdgeLimits
@@ -139,6 +140,10 @@ OPTIONS = (
            choices=("json", "text")),
     Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
            "they are cancelled", _positive(float)),
+    Option("--store", "memory", "where traces are kept: memory, or a shared Redis as "
+           "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", store_option),
+    Option("--vantage", "default", "name of the place this replica's probes leave from; "
+           "replicas with one vantage share its work", vantage_option),
 )  # fmt: skip
 
 
