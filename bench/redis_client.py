@@ -19,6 +19,7 @@ CPU a library spends per call is what it takes away from probing and HTTP. Figur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -131,10 +132,8 @@ def _txredisapi_child(options: argparse.Namespace) -> dict[str, Any]:
         d = defer.Deferred.fromCoroutine(main(reactor))
         return d.addCallback(out.update)
 
-    try:
+    with contextlib.suppress(SystemExit):
         task.react(run)
-    except SystemExit:
-        pass
     return out
 
 
@@ -187,10 +186,8 @@ def _redis_py_child(options: argparse.Namespace) -> dict[str, Any]:
     def run(_reactor: Any) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(main()).addCallback(out.update)
 
-    try:
+    with contextlib.suppress(SystemExit):
         task.react(run)
-    except SystemExit:
-        pass
     return out
 
 
@@ -270,7 +267,9 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     found = {name: version(name) for name in ("txredisapi", "redis", "hiredis", "twisted")}
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    server = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=True
+    )
     found["redis-server"] = server.stdout.split()[2].removeprefix("v=")
     return found
 
@@ -288,8 +287,10 @@ def _report(data: dict[str, Any]) -> str:
         "| 12 KB GETs/s | CPU s per 10k GETs | single GET p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for client, label in (("txredisapi", "txredisapi (epoll)"), ("redis-py", "redis-py "
-                                                                  "asyncio (asyncioreactor)")):
+    for client, label in (
+        ("txredisapi", "txredisapi (epoll)"),
+        ("redis-py", "redis-py asyncio (asyncioreactor)"),
+    ):
         best = data["clients"][client]
         w, g, lat = best["writes"], best["gets"], best["latency_ms"]
         lines.append(
@@ -340,8 +341,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"txredisapi": [], "redis-py": []}
     with RedisServer() as server:
         for _ in range(options.rounds):
-            for client in runs:
-                runs[client].append(_child(client, server.port, options))
+            for client, results in runs.items():
+                results.append(_child(client, server.port, options))
                 subprocess.run(
                     ["redis-cli", "-p", str(server.port), "FLUSHALL"],
                     check=False, capture_output=True,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import string
 import urllib.parse
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from mtrd.config import parse_serve_args
+from mtrd.config import parse_serve_args, serve_parser
 from mtrd.tracing.redis.settings import (
     BadStoreUrl,
     MemoryStore,
@@ -107,7 +108,7 @@ def test_bad_url_error_never_shows_the_password(
 )
 def test_any_password_round_trips_and_stays_hidden(password: str, user: str | None) -> None:
     """Any percent-encoded password parses back exactly and shows in no rendering."""
-    assume(password not in "rediss://***@redis.example:6379/0")
+    assume(password not in "rediss://***@redis.example:6379/0")  # noqa: S105
     quoted = urllib.parse.quote(password, safe="")
     store = parse_store(f"rediss://{user or ''}:{quoted}@redis.example:6379/0")
     assert isinstance(store, RedisStore)
@@ -137,7 +138,5 @@ def test_bad_vantage_names(name: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert "a vantage name is 1-63 letters" in capsys.readouterr().err
 
 
-def _args(argv: list[str], env: dict[str, str]) -> object:
-    from mtrd.config import serve_parser
-
+def _args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
     return serve_parser(env).parse_args(argv)
