@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
@@ -15,33 +15,13 @@ from mtrd.tracing.redis.connection import (
     RedisTimeouts,
     RedisUnavailable,
 )
-from mtrd.tracing.redis.settings import RedisStore, Secret, parse_store
+from mtrd.tracing.redis.settings import RedisStore, Secret
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.redis_server import RedisServer
-
-FAST = RedisTimeouts(call_timeout=0.5, initial_backoff=0.05, max_backoff=0.3, ping_interval=0.2)
-
-
-async def wait_until(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Let the reactor run until ``check()`` holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
-
-
-async def connected(server: RedisServer, timeouts: RedisTimeouts = FAST) -> RedisConnection:
-    """A started connection to ``server``, once it is connected."""
-    store = parse_store(server.url)
-    assert isinstance(store, RedisStore)
-    connection = RedisConnection(store, reactor, reactor, timeouts)  # type: ignore[arg-type]
-    connection.startService()
-    await wait_until(lambda: connection.health().ready)
-    return connection
+from tests.redis_support import FAST, connected, wait_until
 
 
 @pytest_twisted.async_yield_fixture

@@ -1,0 +1,320 @@
+"""Traces in Redis, shared by every replica: snapshots with versions, a listing, event logs.
+
+Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole layout)::
+
+    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica
+    P:{ID}:events   stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
+    P:traces        sorted set: trace id by seq (newest first listing; may lag, heals)
+    P:seq           counter handing out seq numbers
+
+Every key of one trace shares the hash tag ``{ID}``, and every script touches one trace's
+keys only, so the layout works on Redis Cluster. The index and the counter are separate
+single-key commands: the index may name a trace that has expired or been deleted (listing
+and the cap check drop such ids as they meet them), and a replica that dies between
+adding the index entry and the trace leaves only such a dangling id.
+
+Finished traces expire by Redis key expiry (``PEXPIRE`` with the store TTL) on both keys.
+The stored-trace cap counts the index: at the cap, adding evicts the oldest finished
+trace, or raises :class:`StoreFull` when the oldest ``EVICTION_SCAN`` are all active.
+Replicas adding at the same instant may overshoot the cap by as many traces as add at
+once; the next add brings it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from mtrd.tracing.events import Event
+from mtrd.tracing.model import Hop, Trace, TraceStatus
+from mtrd.tracing.redis import codec
+from mtrd.tracing.redis.connection import Argument, Command, RedisCommandError
+from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
+
+EVICTION_SCAN: Final = 100
+LIST_BATCH: Final = 100
+EVENTS_KEPT: Final = 2000
+DEFAULT_LIMITS: Final = StoreLimits()
+
+
+class RedisCommands(Protocol):
+    """What the store needs of a connection (:class:`RedisConnection` gives it)."""
+
+    async def execute(self, *command: Argument) -> Any:
+        """One command, its reply."""
+        ...
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Commands in one write, their replies in order."""
+        ...
+
+
+@attrs.frozen
+class StoredTrace:
+    """A trace as read from Redis: the snapshot, its version, and who runs it."""
+
+    trace: Trace
+    version: int
+    vantage: str
+    replica: str
+
+
+@attrs.frozen
+class EventPage:
+    """Events after an id, oldest first; ``gap`` when some after that id were trimmed away,
+    so the reader must start from the current snapshot instead."""
+
+    events: tuple[Event, ...]
+    gap: bool
+
+
+@attrs.frozen
+class _Script:
+    """A Lua script run by its SHA1, loaded on first use on each server."""
+
+    source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+    async def run(self, redis: RedisCommands, keys: Sequence[str], args: Sequence[Argument]) -> Any:
+        try:
+            return await redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RedisCommandError as e:
+            if "NOSCRIPT" not in str(e):
+                raise
+            return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, final, ttl_ms
+_ADD = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
+           'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
+if ARGV[6] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+return 1
+""")
+
+# KEYS: trace, events. ARGV: value, status, final, ttl_ms. The new version, or nil if gone.
+_SAVE = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[3] == '1' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return version
+""")
+
+# KEYS: trace, events. ARGV: kind, value, kept. The event's stream id, or nil if gone.
+# Ids 0-1, 0-2, ... are handed out by Redis itself, so they stay monotonic whichever
+# replica appends; an event after the end shares the trace's remaining lifetime.
+_APPEND = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-*', 'k', ARGV[1], 'v', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return id
+""")
+
+
+class RedisTraceStore:
+    """Traces in a shared Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: RedisCommands,
+        clock: IReactorTime,
+        limits: StoreLimits = DEFAULT_LIMITS,
+        prefix: str = "mtrd",
+        events_kept: int = EVENTS_KEPT,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self.limits = limits
+        self._prefix = prefix
+        self._events_kept = events_kept
+        self.evictions = 0
+
+    def trace_key(self, trace_id: str) -> str:
+        """The hash holding the trace."""
+        return f"{self._prefix}:{{{trace_id}}}:trace"
+
+    def events_key(self, trace_id: str) -> str:
+        """The stream of the trace's events."""
+        return f"{self._prefix}:{{{trace_id}}}:events"
+
+    @property
+    def _index(self) -> str:
+        return f"{self._prefix}:traces"
+
+    def expires_at(self) -> float:
+        """When a trace that finishes now will expire."""
+        return self._clock.seconds() + self.limits.ttl
+
+    async def add(
+        self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
+    ) -> StoredTrace:
+        """Store a new trace (version 1), evicting the oldest finished one at the cap."""
+        await self._make_room(retry_after)
+        seq = int(await self._redis.execute("INCR", f"{self._prefix}:seq"))
+        # The index entry goes first: if this replica dies before the trace is written,
+        # what is left is an id without a trace, which readers drop.
+        await self._redis.execute("ZADD", self._index, seq, trace.id)
+        created = await _ADD.run(
+            self._redis,
+            self._keys(trace.id),
+            [codec.encode_trace(trace), trace.status.value, seq, vantage, replica,
+             *self._expiry(trace)],
+        )  # fmt: skip
+        if not created:
+            raise ValueError(f"a trace with id {trace.id!r} is already stored")
+        return StoredTrace(trace, 1, vantage, replica)
+
+    async def save(self, trace: Trace) -> int | None:
+        """Store a new snapshot; its version, or None if the trace is gone (deleted, expired).
+
+        A final snapshot starts the trace's expiry: both its keys go ``ttl`` seconds later.
+        """
+        version = await _SAVE.run(
+            self._redis,
+            self._keys(trace.id),
+            [codec.encode_trace(trace), trace.status.value, *self._expiry(trace)],
+        )
+        return None if version is None else int(version)
+
+    async def get(self, trace_id: str) -> StoredTrace | None:
+        """The trace and its version, or None if unknown, deleted or expired."""
+        value, version, vantage, replica = await self._redis.execute(
+            "HMGET", self.trace_key(trace_id), "value", "version", "vantage", "replica"
+        )
+        if value is None:
+            return None
+        return StoredTrace(codec.decode_trace(value), int(version), _text(vantage), _text(replica))
+
+    async def delete(self, trace_id: str) -> bool:
+        """Forget a trace and its events; False if there was nothing to forget."""
+        removed = await self._redis.execute(
+            "DEL", self.trace_key(trace_id), self.events_key(trace_id)
+        )
+        await self._redis.execute("ZREM", self._index, trace_id)
+        return int(removed) > 0
+
+    async def newest_first(
+        self, status: TraceStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[Trace], str | None]:
+        """A page of traces, newest first across replicas, and the next page's cursor."""
+        below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
+        page: list[Trace] = []
+        last_seq = 0
+        while True:
+            batch = await self._redis.execute(
+                "ZREVRANGEBYSCORE", self._index, below, "-inf",
+                "WITHSCORES", "LIMIT", 0, LIST_BATCH,
+            )  # fmt: skip
+            if not batch:
+                return page, None
+            entries = [(_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
+            replies = await self._redis.pipeline(
+                [("HMGET", self.trace_key(trace_id), "value", "status") for trace_id, _ in entries]
+            )
+            gone = []
+            for (trace_id, seq), (value, stored_status) in zip(entries, replies, strict=True):
+                if value is None:
+                    gone.append(trace_id)
+                    continue
+                if status is not None and _text(stored_status) != status.value:
+                    continue
+                if len(page) == limit:
+                    await self._forget(gone)
+                    return page, str(last_seq)
+                page.append(codec.decode_trace(value))
+                last_seq = seq
+            await self._forget(gone)
+            below = f"({entries[-1][1]}"
+
+    async def append_event(
+        self, trace_id: str, kind: str, value: TraceStatus | Hop | Trace
+    ) -> int | None:
+        """Log one event of a trace; its id (monotonic per trace), or None if the trace is gone."""
+        stream_id = await _APPEND.run(
+            self._redis,
+            self._keys(trace_id),
+            [kind, codec.encode_event(kind, value), self._events_kept],
+        )
+        return None if stream_id is None else _event_id(stream_id)
+
+    async def events_after(self, trace_id: str, after: int, count: int = 500) -> EventPage:
+        """Up to ``count`` events with ids above ``after``, oldest first."""
+        key = self.events_key(trace_id)
+        first, entries = await self._redis.pipeline(
+            [("XRANGE", key, "-", "+", "COUNT", 1), ("XRANGE", key, f"(0-{after}", "+",
+                                                    "COUNT", count)]
+        )  # fmt: skip
+        events = []
+        for stream_id, fields in entries:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            kind = _text(values[b"k"])
+            events.append(Event(_event_id(stream_id), kind, codec.decode_event(kind, values[b"v"])))
+        gap = bool(first) and _event_id(first[0][0]) > after + 1
+        return EventPage(tuple(events), gap)
+
+    async def _make_room(self, retry_after: Callable[[], int]) -> None:
+        count = int(await self._redis.execute("ZCARD", self._index))
+        if count < self.limits.max_traces:
+            return
+        oldest = await self._redis.execute("ZRANGE", self._index, 0, EVICTION_SCAN - 1)
+        ids = [_text(trace_id) for trace_id in oldest]
+        statuses = await self._redis.pipeline(
+            [("HGET", self.trace_key(trace_id), "status") for trace_id in ids]
+        )
+        gone = []
+        for trace_id, stored in zip(ids, statuses, strict=True):
+            if count < self.limits.max_traces:
+                break
+            if stored is None:
+                gone.append(trace_id)
+            elif TraceStatus(_text(stored)).is_final:
+                await self.delete(trace_id)
+                self.evictions += 1
+            else:
+                continue
+            count -= 1
+        await self._forget(gone)
+        if count >= self.limits.max_traces:
+            raise StoreFull(retry_after())
+
+    async def _forget(self, trace_ids: list[str]) -> None:
+        # Heals the index: ids whose trace expired or was never written.
+        if trace_ids:
+            await self._redis.execute("ZREM", self._index, *trace_ids)
+
+    def _keys(self, trace_id: str) -> list[str]:
+        return [self.trace_key(trace_id), self.events_key(trace_id)]
+
+    def _expiry(self, trace: Trace) -> list[Argument]:
+        final = trace.status.is_final
+        return ["1" if final else "0", max(1, round(self.limits.ttl * 1000))]
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event_id(stream_id: bytes | str) -> int:
+    return int(_text(stream_id).partition("-")[2])
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise BadCursor(cursor)
+    return int(cursor)
