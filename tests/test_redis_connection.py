@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
 from tests.redis_server import RedisServer
-from tests.redis_support import FAST, connected, wait_until
+from tests.redis_support import FAST, connected, sleep, wait_until
 
 
 @pytest_twisted.async_yield_fixture
@@ -110,6 +110,25 @@ async def test_password_login(redis_server_with_password: RedisServer) -> None:
     try:
         assert await connection.execute("PING") == b"PONG"
     finally:
+        await connection.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_that_timed_out_is_retried(redis_server_with_password: RedisServer) -> None:
+    """A login that times out on a paused server is retried: once resumed, calls work.
+    (txredisapi alone stops reconnecting for good after a failed login.)"""
+    connection = await connected(redis_server_with_password)
+    try:
+        redis_server_with_password.pause()
+        with pytest.raises(RedisTimeout):
+            await connection.execute("PING")
+        await wait_until(lambda: connection.health().state is ConnectionState.DISCONNECTED)
+        await sleep(1.0)  # reconnects to the paused server, whose AUTH times out
+        redis_server_with_password.resume()
+        await wait_until(lambda: connection.health().ready)
+        assert await connection.execute("PING") == b"PONG"
+    finally:
+        redis_server_with_password.resume()
         await connection.stopService()
 
 

@@ -248,6 +248,31 @@ async def test_trimmed_events_are_reported_as_a_gap(redis: RedisConnection) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_deleted_event_after_the_id_is_a_gap(redis: RedisConnection) -> None:
+    """An event removed after the resume id makes a gap; one before it does not."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
+    for _ in range(3):
+        await store.append_event("a", "status", RUNNING)
+    await redis.execute("XDEL", store.events_key("a"), "0-2")
+    assert (await store.events_after("a", 1)).gap
+    assert not (await store.events_after("a", 2)).gap
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_without_trimming_is_no_gap(redis: RedisConnection) -> None:
+    """Resuming from an early id of an untrimmed log is no gap, and a missing log is empty."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
+    for _ in range(3):
+        await store.append_event("a", "status", RUNNING)
+    page = await store.events_after("a", 0)
+    assert ([e.id for e in page.events], page.gap) == ([1, 2, 3], False)
+    missing = await store.events_after("ghost", 5)
+    assert (missing.events, missing.gap) == ((), False)
+
+
+@pytest_twisted.ensureDeferred
 async def test_event_for_a_gone_trace_is_not_logged(redis: RedisConnection) -> None:
     """Appending to a trace that is not stored returns None and creates no stream."""
     store = store_on(redis)
