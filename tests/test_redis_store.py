@@ -8,7 +8,12 @@ import attrs
 import pytest
 import pytest_twisted
 from mtrd.tracing.model import Hop, TraceStatus
-from mtrd.tracing.redis.connection import RedisConnection, RedisTimeout, RedisUnavailable
+from mtrd.tracing.redis.connection import (
+    RedisCommandError,
+    RedisConnection,
+    RedisTimeout,
+    RedisUnavailable,
+)
 from mtrd.tracing.redis.store import RedisTraceStore
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 from twisted.internet import reactor
@@ -270,6 +275,19 @@ async def test_resume_without_trimming_is_no_gap(redis: RedisConnection) -> None
     assert ([e.id for e in page.events], page.gap) == ([1, 2, 3], False)
     missing = await store.events_after("ghost", 5)
     assert (missing.events, missing.gap) == ((), False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_event_ids_must_grow(redis: RedisConnection) -> None:
+    """The runner's own ids are kept (gaps allowed); one that does not grow is refused."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
+    assert await store.append_event("a", "status", RUNNING, event_id=1) == 1
+    assert await store.append_event("a", "status", RUNNING, event_id=5) == 5
+    with pytest.raises(RedisCommandError, match="equal or smaller"):
+        await store.append_event("a", "status", RUNNING, event_id=5)
+    assert await store.append_event("a", "status", DONE) == 6
+    assert [e.id for e in (await store.events_after("a", 1)).events] == [5, 6]
 
 
 @pytest_twisted.ensureDeferred

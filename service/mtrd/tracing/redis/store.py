@@ -113,17 +113,17 @@ end
 return version
 """)
 
-# KEYS: trace, events. ARGV: kind, value, kept. The event's stream id, or nil if gone.
-# Ids 0-1, 0-2, ... are handed out by Redis itself, so they stay monotonic whichever
-# replica appends; an event after the end shares the trace's remaining lifetime.
+# KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
+# event's stream id, or nil if the trace is gone. With '0-*' Redis hands out 0-1, 0-2, ...,
+# so ids stay monotonic whichever replica appends; an explicit id that does not grow is
+# refused by Redis. An event after the end shares the trace's remaining lifetime.
 _APPEND = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-*', 'k', ARGV[1], 'v', ARGV[2])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[4], 'k', ARGV[1], 'v', ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return id
 """)
-
 
 # KEYS: events. ARGV: exclusive start id, count, the id itself. Whether events after
 # that id were trimmed away (1 or 0), and the entries. Ids need not be contiguous (the
@@ -264,14 +264,24 @@ class RedisTraceStore:
             below = f"({entries[-1][1]}"
 
     async def append_event(
-        self, trace_id: str, kind: str, value: TraceStatus | Hop | Trace
+        self,
+        trace_id: str,
+        kind: str,
+        value: TraceStatus | Hop | Trace,
+        event_id: int | None = None,
     ) -> int | None:
-        """Log one event of a trace; its id (monotonic per trace), or None if the trace is gone."""
+        """Log one event of a trace; its id, or None if the trace is gone.
+
+        Without ``event_id`` Redis gives the next id; the runner passes its channel's id so
+        that subscribers see the same ids on every replica. An id that does not grow is
+        refused (:class:`RedisCommandError`): a second writer cannot slip events in.
+        """
         stream_id = await _APPEND.run(
             self._redis,
             self._keys(trace_id),
-            [kind, codec.encode_event(kind, value), self._events_kept],
-        )
+            [kind, codec.encode_event(kind, value), self._events_kept,
+             "0-*" if event_id is None else f"0-{event_id}"],
+        )  # fmt: skip
         return None if stream_id is None else _event_id(stream_id)
 
     async def events_after(self, trace_id: str, after: int, count: int = 500) -> EventPage:
