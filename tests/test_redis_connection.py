@@ -19,6 +19,8 @@ from mtrd.tracing.redis.settings import RedisStore, Secret
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from tests.redis_server import RedisServer
 from tests.redis_support import FAST, connected, sleep, wait_until
@@ -136,11 +138,14 @@ async def test_login_that_timed_out_is_retried(redis_server_with_password: Redis
 async def test_wrong_password_is_reported_without_the_password(
     redis_server_with_password: RedisServer,
 ) -> None:
-    """A refused login shows in health as an error that does not contain the password."""
+    """A refused login shows in health and the log, as an error without the password."""
     store = RedisStore(
         "127.0.0.1", redis_server_with_password.port, password=Secret("not-the-Password-9")
     )
     connection = RedisConnection(store, reactor, reactor, FAST)  # type: ignore[arg-type]
+    logged: list[str] = []
+    observer = provider(ILogObserver)(lambda event: logged.append(formatEvent(event) or ""))
+    globalLogPublisher.addObserver(observer)
     connection.startService()
     try:
         await wait_until(lambda: connection.health().last_error is not None)
@@ -152,7 +157,10 @@ async def test_wrong_password_is_reported_without_the_password(
         with pytest.raises(RedisUnavailable) as raised:
             await connection.execute("PING")
         assert "not-the-Password-9" not in str(raised.value)
+        assert any("auth" in line for line in logged)
+        assert not [line for line in logged if "not-the-Password-9" in line]
     finally:
+        globalLogPublisher.removeObserver(observer)
         await connection.stopService()
 
 
