@@ -114,6 +114,19 @@ async def test_running_trace_does_not_expire(redis: RedisConnection) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_active_trace_nobody_saves_goes_stale(redis: RedisConnection) -> None:
+    """An active trace expires ``stale_after`` after its last save; each save pushes it on."""
+    store = RedisTraceStore(redis, reactor, stale_after=0.4)  # type: ignore[arg-type]
+    await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
+    await sleep(0.25)
+    await store.save(rich_trace("a", RUNNING))
+    await sleep(0.25)
+    assert await store.get("a") is not None
+    await sleep(0.4)
+    assert await store.get("a") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_cap_evicts_the_oldest_finished_trace(redis: RedisConnection) -> None:
     """At the cap, adding evicts the oldest finished trace, not an active one."""
     store = store_on(redis, max_traces=3)

@@ -10,10 +10,12 @@ Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole 
 Every key of one trace shares the hash tag ``{ID}``, and every script touches one trace's
 keys only, so the layout works on Redis Cluster. The index and the counter are separate
 single-key commands: the index may name a trace that has expired or been deleted (listing
-and the cap check drop such ids as they meet them), and a replica that dies between
-adding the index entry and the trace leaves only such a dangling id.
+and the cap check drop such ids as they meet them), and a trace is indexed only once it
+is written.
 
 Finished traces expire by Redis key expiry (``PEXPIRE`` with the store TTL) on both keys.
+An active trace expires too, ``stale_after`` (a day) after its last save: what a replica
+that died halfway through a POST leaves behind does not stay forever.
 The stored-trace cap counts the index: at the cap, adding evicts the oldest finished
 trace, or raises :class:`StoreFull` when the oldest ``EVICTION_SCAN`` are all active.
 Replicas adding at the same instant may overshoot the cap by as many traces as add at
@@ -39,6 +41,9 @@ EVICTION_SCAN: Final = 100
 LIST_BATCH: Final = 100
 EVENTS_KEPT: Final = 2000
 DEFAULT_LIMITS: Final = StoreLimits()
+# An active trace nobody has saved for this long is left behind by a replica that died
+# halfway through a POST (before the work queue knew of it): it expires like a finished one.
+STALE_AFTER: Final = 86_400.0
 
 
 class RedisCommands(Protocol):
@@ -92,24 +97,22 @@ class _Script:
             return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
 
 
-# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, final, ttl_ms
+# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, expiry_ms
 _ADD = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
            'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
-if ARGV[6] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
 """)
 
-# KEYS: trace, events. ARGV: value, status, final, ttl_ms. The new version, or nil if gone.
+# KEYS: trace, events. ARGV: value, status, expiry_ms. The new version, or nil if gone.
 _SAVE = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-if ARGV[3] == '1' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return version
 """)
 
@@ -156,14 +159,17 @@ class RedisTraceStore:
         redis: RedisCommands,
         clock: IReactorTime,
         limits: StoreLimits = DEFAULT_LIMITS,
+        *,
         prefix: str = "mtrd",
         events_kept: int = EVENTS_KEPT,
+        stale_after: float = STALE_AFTER,
     ) -> None:
         self._redis = redis
         self._clock = clock
         self.limits = limits
         self._prefix = prefix
         self._events_kept = events_kept
+        self._stale_after = stale_after
         self.evictions = 0
 
     def trace_key(self, trace_id: str) -> str:
@@ -188,28 +194,30 @@ class RedisTraceStore:
         """Store a new trace (version 1), evicting the oldest finished one at the cap."""
         await self._make_room(retry_after)
         seq = int(await self._redis.execute("INCR", f"{self._prefix}:seq"))
-        # The index entry goes first: if this replica dies before the trace is written,
-        # what is left is an id without a trace, which readers drop.
-        await self._redis.execute("ZADD", self._index, seq, trace.id)
         created = await _ADD.run(
             self._redis,
             self._keys(trace.id),
             [codec.encode_trace(trace), trace.status.value, seq, vantage, replica,
-             *self._expiry(trace)],
+             self._expiry_ms(trace)],
         )  # fmt: skip
         if not created:
             raise ValueError(f"a trace with id {trace.id!r} is already stored")
+        # The trace goes first: readers drop index ids without a trace, so an id indexed
+        # before its trace was written could be dropped by a listing in between. A
+        # replica dying here leaves a trace missing from listings only, which expires.
+        await self._redis.execute("ZADD", self._index, "NX", seq, trace.id)
         return StoredTrace(trace, 1, vantage, replica)
 
     async def save(self, trace: Trace) -> int | None:
         """Store a new snapshot; its version, or None if the trace is gone (deleted, expired).
 
         A final snapshot starts the trace's expiry: both its keys go ``ttl`` seconds later.
+        Any other snapshot pushes the expiry of an active trace ``stale_after`` ahead.
         """
         version = await _SAVE.run(
             self._redis,
             self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, *self._expiry(trace)],
+            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace)],
         )
         return None if version is None else int(version)
 
@@ -329,9 +337,9 @@ class RedisTraceStore:
     def _keys(self, trace_id: str) -> list[str]:
         return [self.trace_key(trace_id), self.events_key(trace_id)]
 
-    def _expiry(self, trace: Trace) -> list[Argument]:
-        final = trace.status.is_final
-        return ["1" if final else "0", max(1, round(self.limits.ttl * 1000))]
+    def _expiry_ms(self, trace: Trace) -> int:
+        seconds = self.limits.ttl if trace.status.is_final else self._stale_after
+        return max(1, round(seconds * 1000))
 
 
 def _text(value: bytes | str | None) -> str:
