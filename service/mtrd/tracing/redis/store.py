@@ -2,7 +2,7 @@
 
 Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole layout)::
 
-    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica
+    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica, runner
     P:{ID}:events   stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
     P:traces        sorted set: trace id by seq (newest first listing; may lag, heals)
     P:seq           counter handing out seq numbers
@@ -24,9 +24,8 @@ once; the next add brings it back.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from mtrd.tracing.events import Event
 from mtrd.tracing.model import Hop, Trace, TraceStatus
 from mtrd.tracing.redis import codec
-from mtrd.tracing.redis.connection import Argument, Command, RedisCommandError
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 
 EVICTION_SCAN: Final = 100
@@ -44,18 +43,6 @@ DEFAULT_LIMITS: Final = StoreLimits()
 # An active trace nobody has saved for this long is left behind by a replica that died
 # halfway through a POST (before the work queue knew of it): it expires like a finished one.
 STALE_AFTER: Final = 86_400.0
-
-
-class RedisCommands(Protocol):
-    """What the store needs of a connection (:class:`RedisConnection` gives it)."""
-
-    async def execute(self, *command: Argument) -> Any:
-        """One command, its reply."""
-        ...
-
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Commands in one write, their replies in order."""
-        ...
 
 
 @attrs.frozen
@@ -77,28 +64,8 @@ class EventPage:
     gap: bool
 
 
-@attrs.frozen
-class _Script:
-    """A Lua script run by its SHA1, loaded on first use on each server."""
-
-    source: str
-    sha: str = attrs.field(init=False)
-
-    @sha.default
-    def _sha(self) -> str:
-        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-
-    async def run(self, redis: RedisCommands, keys: Sequence[str], args: Sequence[Argument]) -> Any:
-        try:
-            return await redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except RedisCommandError as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-            return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
-
-
 # KEYS: trace, events. ARGV: value, status, seq, vantage, replica, expiry_ms
-_ADD = _Script("""
+_ADD = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
            'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
@@ -107,7 +74,7 @@ return 1
 """)
 
 # KEYS: trace, events. ARGV: value, status, expiry_ms. The new version, or nil if gone.
-_SAVE = _Script("""
+_SAVE = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -116,11 +83,19 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return version
 """)
 
+# KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
+_TAKE = Script("""
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'replica', ARGV[1])
+return 1
+""")
+
 # KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
 # event's stream id, or nil if the trace is gone. With '0-*' Redis hands out 0-1, 0-2, ...,
 # so ids stay monotonic whichever replica appends; an explicit id that does not grow is
 # refused by Redis. An event after the end shares the trace's remaining lifetime.
-_APPEND = _Script("""
+_APPEND = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[4], 'k', ARGV[1], 'v', ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
@@ -133,7 +108,7 @@ return id
 # runner may coalesce hop updates), so when old entries were trimmed and the first one
 # kept is not the very next id, the answer errs on the side of a gap: the reader then
 # starts from the snapshot, which costs a little and loses nothing.
-_EVENTS_AFTER = _Script("""
+_EVENTS_AFTER = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local f = {}
@@ -221,6 +196,11 @@ class RedisTraceStore:
         )
         return None if version is None else int(version)
 
+    async def take(self, trace_id: str, replica: str) -> bool:
+        """Make ``replica`` the one that runs a queued trace; False if it is not queued any
+        more (cancelled, deleted, expired) or another replica took it first."""
+        return bool(await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica]))
+
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace and its version, or None if unknown, deleted or expired."""
         value, version, vantage, replica = await self._redis.execute(
@@ -228,7 +208,9 @@ class RedisTraceStore:
         )
         if value is None:
             return None
-        return StoredTrace(codec.decode_trace(value), int(version), _text(vantage), _text(replica))
+        return StoredTrace(
+            codec.decode_trace(value), int(version), as_text(vantage), as_text(replica)
+        )
 
     async def delete(self, trace_id: str) -> bool:
         """Forget a trace and its events; False if there was nothing to forget."""
@@ -252,7 +234,7 @@ class RedisTraceStore:
             )  # fmt: skip
             if not batch:
                 return page, None
-            entries = [(_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
+            entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
             replies = await self._redis.pipeline(
                 [("HMGET", self.trace_key(trace_id), "value", "status") for trace_id, _ in entries]
             )
@@ -261,7 +243,7 @@ class RedisTraceStore:
                 if value is None:
                     gone.append(trace_id)
                     continue
-                if status is not None and _text(stored_status) != status.value:
+                if status is not None and as_text(stored_status) != status.value:
                     continue
                 if len(page) == limit:
                     await self._forget(gone)
@@ -300,7 +282,7 @@ class RedisTraceStore:
         events = []
         for stream_id, fields in entries:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
-            kind = _text(values[b"k"])
+            kind = as_text(values[b"k"])
             events.append(Event(_event_id(stream_id), kind, codec.decode_event(kind, values[b"v"])))
         return EventPage(tuple(events), gap=bool(gap))
 
@@ -309,7 +291,7 @@ class RedisTraceStore:
         if count < self.limits.max_traces:
             return
         oldest = await self._redis.execute("ZRANGE", self._index, 0, EVICTION_SCAN - 1)
-        ids = [_text(trace_id) for trace_id in oldest]
+        ids = [as_text(trace_id) for trace_id in oldest]
         statuses = await self._redis.pipeline(
             [("HGET", self.trace_key(trace_id), "status") for trace_id in ids]
         )
@@ -319,7 +301,7 @@ class RedisTraceStore:
                 break
             if stored is None:
                 gone.append(trace_id)
-            elif TraceStatus(_text(stored)).is_final:
+            elif TraceStatus(as_text(stored)).is_final:
                 await self.delete(trace_id)
                 self.evictions += 1
             else:
@@ -342,14 +324,8 @@ class RedisTraceStore:
         return max(1, round(seconds * 1000))
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _event_id(stream_id: bytes | str) -> int:
-    return int(_text(stream_id).partition("-")[2])
+    return int(as_text(stream_id).partition("-")[2])
 
 
 def _decode_cursor(cursor: str) -> int:
