@@ -76,6 +76,20 @@ async def test_paused_server_times_out_within_the_limit(
 
 
 @pytest_twisted.ensureDeferred
+async def test_health_follows_a_pause_without_calls(
+    redis: RedisConnection, redis_server: RedisServer
+) -> None:
+    """The background ping notices a paused server, and its return, with no calls made."""
+    redis_server.pause()
+    try:
+        await wait_until(lambda: not redis.health().ready)
+        assert "no answer within 0.5 s" in (redis.health().last_error or "")
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: redis.health().ready)
+
+
+@pytest_twisted.ensureDeferred
 async def test_answers_again_after_a_pause(
     redis: RedisConnection, redis_server: RedisServer
 ) -> None:

@@ -135,7 +135,7 @@ class RedisConnection(Service):
         self._factory = _Factory(self)
         self._factory.startConnecting(self._endpoint())
         self._set(ConnectionState.CONNECTING, answering=False)
-        self._pinger = LoopingCall(self._ping)
+        self._pinger = LoopingCall(lambda: defer.Deferred.fromCoroutine(self._ping()))
         self._pinger.clock = self._clock
         self._pinger.start(self.timeouts.ping_interval, now=False).addErrback(
             lambda failure: log.failure("the Redis ping loop stopped", failure)
