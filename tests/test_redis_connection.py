@@ -17,7 +17,7 @@ from mtrd.tracing.redis.connection import (
 )
 from mtrd.tracing.redis.settings import RedisStore, Secret
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import provider
@@ -57,6 +57,44 @@ async def test_error_reply_is_a_command_error(redis: RedisConnection) -> None:
     with pytest.raises(RedisCommandError, match="WRONGTYPE"):
         await redis.pipeline([("GET", "s"), ("HGET", "s", "f")])
     assert await redis.execute("GET", "s") == b"text"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_the_caller_cancels_is_no_fault(redis: RedisConnection) -> None:
+    """A cancelled call raises CancelledError, leaves health alone, and the reply that
+    comes later is dropped cleanly (no error logged)."""
+    call = Deferred.fromCoroutine(redis.execute("BLPOP", "nothing", "0.2"))
+    call.cancel()
+    with pytest.raises(CancelledError):
+        await call
+    await sleep(0.3)
+    assert redis.health().ready
+    assert redis.health().last_error is None
+    assert await redis.execute("PING") == b"PONG"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_call_on_a_paused_server_logs_no_error(
+    redis: RedisConnection, redis_server: RedisServer
+) -> None:
+    """Cancelling a call that Redis never answers leaves nothing to fire twice later."""
+    failures: list[str] = []
+    observer = provider(ILogObserver)(
+        lambda event: failures.append(formatEvent(event)) if "log_failure" in event else None
+    )
+    globalLogPublisher.addObserver(observer)
+    redis_server.pause()
+    try:
+        call = Deferred.fromCoroutine(redis.execute("GET", "k"))
+        call.cancel()
+        with pytest.raises(CancelledError):
+            await call
+        await sleep(0.7)  # past the call timeout: txredisapi's own timer has fired
+    finally:
+        redis_server.resume()
+        globalLogPublisher.removeObserver(observer)
+    await wait_until(lambda: redis.health().ready)
+    assert failures == []
 
 
 @pytest_twisted.ensureDeferred

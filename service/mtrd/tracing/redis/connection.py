@@ -187,8 +187,11 @@ class RedisConnection(Service):
     async def _timed(self, call: Any) -> Any:
         limit = self.timeouts.call_timeout
         try:
-            deferred: defer.Deferred[Any] = call()
-            reply = await deferred.addTimeout(limit, self._clock)
+            # Cancelling txredisapi's reply Deferred is safe: its reply or its own timeout
+            # firing it later is ignored (Twisted suppresses AlreadyCalled after a cancel).
+            reply = await call().addTimeout(limit, self._clock)
+        except defer.CancelledError:  # the caller gave up: not a fault of Redis
+            raise
         except defer.TimeoutError:
             self._failed(f"no answer within {limit:g} s", answering=False)
             raise RedisTimeout(f"Redis did not answer within {limit:g} s") from None
