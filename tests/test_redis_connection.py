@@ -107,7 +107,7 @@ async def test_paused_server_times_out_within_the_limit(
     try:
         with pytest.raises(RedisTimeout, match=r"did not answer within 0.5 s"):
             await redis.execute("GET", "k")
-        assert time.monotonic() - started < 0.5 + 0.5
+        assert time.monotonic() - started < 0.5 + 1.0  # the timeout, plus a busy machine
         assert not redis.health().ready
     finally:
         redis_server.resume()
