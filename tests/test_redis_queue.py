@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_twisted
 from mtrd.tracing.model import TraceStatus
 from mtrd.tracing.redis.connection import RedisConnection
 from mtrd.tracing.redis.queue import RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, ReplicaBeat, VantagePoint
-from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.store import NotRunning, RedisTraceStore
 from twisted.internet import reactor
 
 from tests.redis_server import RedisServer
@@ -135,3 +136,51 @@ async def test_lapsed_lease_makes_a_replica_lost(redis: RedisConnection) -> None
     await replicas.forget("fra", "r1")
     assert await replicas.lost("fra", 1_006.0) == []
     assert await replicas.vantage_points(1_009.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_fenced_save_only_by_the_runner(redis: RedisConnection) -> None:
+    """A save naming a runner succeeds for the replica that took the trace, not another."""
+    store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
+    await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
+    await store.take("q", "r1")
+    running = rich_trace("q", TraceStatus.RUNNING)
+    assert await store.save(running, runner="r1") == 2
+    with pytest.raises(NotRunning):
+        await store.save(running, runner="r2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_trace_of_a_lost_replica_fails_once(redis: RedisConnection) -> None:
+    """A lost replica's running trace ends failed / replica_lost with a done event, once;
+    the lost replica's own later saves are refused."""
+    store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
+    await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
+    await store.take("q", "r1")
+    running = rich_trace("q", TraceStatus.RUNNING)
+    await store.save(running, runner="r1")
+    assert await store.fail_lost("q", "r1", now=2_000.0) is True
+    assert await store.fail_lost("q", "r1", now=2_001.0) is False
+    stored = await store.get("q")
+    assert stored is not None
+    assert stored.trace.status is TraceStatus.FAILED
+    assert stored.trace.error is not None
+    assert stored.trace.error.type == "replica_lost"
+    assert stored.trace.finished_at == 2_000.0
+    (done,) = (await store.events_after("q", 0)).events
+    assert (done.kind, done.value) == ("done", stored.trace)
+    with pytest.raises(NotRunning):
+        await store.save(running, runner="r1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_trace_run_elsewhere_is_not_failed(redis: RedisConnection) -> None:
+    """fail_lost leaves a trace alone that another replica runs."""
+    store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
+    await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
+    await store.take("q", "r2")
+    await store.save(rich_trace("q", TraceStatus.RUNNING), runner="r2")
+    assert await store.fail_lost("q", "r1", now=2_000.0) is False
+    stored = await store.get("q")
+    assert stored is not None
+    assert stored.trace.status is TraceStatus.RUNNING

@@ -31,7 +31,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from mtrd.tracing.events import Event
-from mtrd.tracing.model import Hop, Trace, TraceStatus
+from mtrd.tracing.model import Hop, Trace, TraceError, TraceStatus
 from mtrd.tracing.redis import codec
 from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
@@ -43,6 +43,14 @@ DEFAULT_LIMITS: Final = StoreLimits()
 # An active trace nobody has saved for this long is left behind by a replica that died
 # halfway through a POST (before the work queue knew of it): it expires like a finished one.
 STALE_AFTER: Final = 86_400.0
+
+
+class NotRunning(Exception):
+    """A fenced save of a trace that the replica no longer runs."""
+
+    def __init__(self, trace_id: str) -> None:
+        super().__init__(f"trace {trace_id} is not running on this replica any more")
+        self.trace_id = trace_id
 
 
 @attrs.frozen
@@ -73,9 +81,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
 """)
 
-# KEYS: trace, events. ARGV: value, status, expiry_ms. The new version, or nil if gone.
+# KEYS: trace, events. ARGV: value, status, expiry_ms, runner ('' for anyone). The new
+# version, nil if the trace is gone, or 0 if a runner was named and the trace is not
+# running there any more (taken over, or already ended by a reaper or a cancel).
 _SAVE = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[4] ~= '' then
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[4] or status == 'completed'
+     or status == 'failed' or status == 'cancelled' then
+    return 0
+  end
+end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -183,18 +200,49 @@ class RedisTraceStore:
         await self._redis.execute("ZADD", self._index, "NX", seq, trace.id)
         return StoredTrace(trace, 1, vantage, replica)
 
-    async def save(self, trace: Trace) -> int | None:
+    async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
         """Store a new snapshot; its version, or None if the trace is gone (deleted, expired).
 
         A final snapshot starts the trace's expiry: both its keys go ``ttl`` seconds later.
         Any other snapshot pushes the expiry of an active trace ``stale_after`` ahead.
+        With ``runner``, the save is fenced: it raises :class:`NotRunning` unless the trace
+        is still unfinished and run by that replica, so a replica that lost its lease can
+        overwrite nothing.
         """
         version = await _SAVE.run(
             self._redis,
             self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace)],
-        )
-        return None if version is None else int(version)
+            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
+             runner or ""],
+        )  # fmt: skip
+        if version is None:
+            return None
+        if int(version) == 0:
+            raise NotRunning(trace.id)
+        return int(version)
+
+    async def fail_lost(self, trace_id: str, replica: str, now: float) -> bool:
+        """End a trace that ``replica`` ran as ``failed`` / ``replica_lost``, if it still
+        runs there; True if this call ended it. Safe to race: one caller wins."""
+        stored = await self.get(trace_id)
+        if stored is None or stored.trace.status.is_final:
+            return False
+        failed = attrs.evolve(
+            stored.trace,
+            status=TraceStatus.FAILED,
+            finished_at=now,
+            expires_at=now + self.limits.ttl,
+            error=TraceError("replica_lost", f"the replica running the trace ({replica}) "
+                             "stopped answering"),
+        )  # fmt: skip
+        try:
+            version = await self.save(failed, runner=replica)
+        except NotRunning:
+            return False
+        if version is None:
+            return False
+        await self.append_event(trace_id, "done", failed)
+        return True
 
     async def take(self, trace_id: str, replica: str) -> bool:
         """Make ``replica`` the one that runs a queued trace; False if it is not queued any
