@@ -184,3 +184,16 @@ async def test_trace_run_elsewhere_is_not_failed(redis: RedisConnection) -> None
     stored = await store.get("q")
     assert stored is not None
     assert stored.trace.status is TraceStatus.RUNNING
+
+
+@pytest_twisted.ensureDeferred
+async def test_running_traces_of_a_replica(redis: RedisConnection) -> None:
+    """The traces a replica started and has not finished are listed until it is forgotten."""
+    replicas = RedisReplicas(redis)
+    await replicas.beat(ReplicaBeat("r1", "fra", 4, 2, True), 1_000.0)
+    for trace_id in ("b", "a", "c"):
+        await replicas.started("r1", trace_id)
+    await replicas.finished("r1", "c")
+    assert await replicas.running("r1") == ["a", "b"]
+    await replicas.forget("fra", "r1")
+    assert await replicas.running("r1") == []

@@ -2,9 +2,11 @@
 
 Each replica beats every second or so: its hash ``P:replica:{R}`` (vantage, capacity,
 running, ready) expires with the lease, and its lease deadline is its score in
-``P:vantage:{V}:replicas``; ``P:vantages`` scores each vantage by its latest deadline. A
-replica whose deadline has passed is lost: readers leave it out, and the reaper (second
-round) fails its running traces with ``replica_lost`` and then :meth:`forget` s it.
+``P:vantage:{V}:replicas``; ``P:vantages`` scores each vantage by its latest deadline.
+``P:replica:{R}:running`` (the traces it runs) does not expire: the reaper needs it once
+the replica is gone. A replica whose deadline has passed is lost: readers leave it out,
+and the reaper (second round) fails its running traces with ``replica_lost``
+(``RedisTraceStore.fail_lost``) and then :meth:`RedisReplicas.forget` s it.
 Time is passed in (``now``, epoch seconds from the injected clock).
 """
 
@@ -113,7 +115,23 @@ class RedisReplicas:
         members = await self._redis.execute("ZRANGEBYSCORE", self._members_key(vantage), "-inf", at)
         return [as_text(m) for m in members]
 
+    async def started(self, replica: str, trace_id: str) -> None:
+        """``replica`` started the trace: the reaper fails it if the replica is lost."""
+        await self._redis.execute("SADD", self._running_key(replica), trace_id)
+
+    async def finished(self, replica: str, trace_id: str) -> None:
+        """The trace no longer runs on ``replica``."""
+        await self._redis.execute("SREM", self._running_key(replica), trace_id)
+
+    async def running(self, replica: str) -> list[str]:
+        """The traces ``replica`` started and has not finished, by id."""
+        members = await self._redis.execute("SMEMBERS", self._running_key(replica))
+        return sorted(as_text(m) for m in members)
+
     async def forget(self, vantage: str, replica: str) -> None:
         """Remove a replica (it stopped, or it was lost and its traces are dealt with)."""
-        await self._redis.execute("DEL", self._replica_key(replica))
+        await self._redis.execute("DEL", self._replica_key(replica), self._running_key(replica))
         await self._redis.execute("ZREM", self._members_key(vantage), replica)
+
+    def _running_key(self, replica: str) -> str:
+        return f"{self._replica_key(replica)}:running"
