@@ -90,10 +90,10 @@ async def test_idle_claims_of_a_lost_replica_are_taken_over(redis: RedisConnecti
     lost, alive = await queues(redis, "lost", "alive")
     await lost.enqueue("t0", max_queued=10)
     await lost.claim(1)
-    assert await alive.take_over(room=5, idle_seconds=0.3) == []
-    await sleep(0.4)
-    assert [c.trace_id for c in await alive.take_over(room=5, idle_seconds=0.3)] == ["t0"]
-    assert await alive.take_over(room=5, idle_seconds=0.3) == []
+    assert await alive.take_over(room=5, idle_seconds=1.0) == []
+    await sleep(1.1)
+    assert [c.trace_id for c in await alive.take_over(room=5, idle_seconds=1.0)] == ["t0"]
+    assert await alive.take_over(room=5, idle_seconds=1.0) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -91,14 +91,14 @@ async def test_adding_an_id_twice_is_refused(redis: RedisConnection) -> None:
 @pytest_twisted.ensureDeferred
 async def test_finished_trace_expires_with_its_events(redis: RedisConnection) -> None:
     """A final snapshot makes the trace and its event log expire after the store TTL."""
-    store = store_on(redis, ttl=0.3)
+    store = store_on(redis, ttl=0.6)
     trace = rich_trace("a", RUNNING)
     await store.add(trace, never, vantage="v", replica="r")
     await store.append_event("a", "status", RUNNING)
     await store.save(attrs.evolve(trace, status=DONE))
     await store.append_event("a", "done", attrs.evolve(trace, status=DONE))
     assert await store.get("a") is not None
-    await sleep(0.5)
+    await sleep(0.9)
     assert await store.get("a") is None
     assert await redis.execute("EXISTS", store.events_key("a")) == 0
 
@@ -116,13 +116,13 @@ async def test_running_trace_does_not_expire(redis: RedisConnection) -> None:
 @pytest_twisted.ensureDeferred
 async def test_active_trace_nobody_saves_goes_stale(redis: RedisConnection) -> None:
     """An active trace expires ``stale_after`` after its last save; each save pushes it on."""
-    store = RedisTraceStore(redis, reactor, stale_after=0.4)  # type: ignore[arg-type]
+    store = RedisTraceStore(redis, reactor, stale_after=1.0)  # type: ignore[arg-type]
     await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
-    await sleep(0.25)
-    await store.save(rich_trace("a", RUNNING))
-    await sleep(0.25)
+    await sleep(0.6)
+    assert await store.save(rich_trace("a", RUNNING)) == 2
+    await sleep(0.6)
     assert await store.get("a") is not None
-    await sleep(0.4)
+    await sleep(1.0)
     assert await store.get("a") is None
 
 
