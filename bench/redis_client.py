@@ -1,6 +1,7 @@
 """Redis client libraries driven from Twisted, against a real redis-server on loopback.
 
 ``python -m bench.redis_client [--writes N] [--gets N] [--samples N] [--seconds S]``
+(needs ``pip install redis hiredis``, which mtrd itself does not depend on, and wrk)
 
 Compares txredisapi (Deferreds on the default epoll reactor) with redis-py's asyncio client
 (on Twisted's asyncio reactor, which it needs), each in its own process since a process has
