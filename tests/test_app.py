@@ -25,11 +25,11 @@ class Step(Service):
         self.api = api
         self.stopping: Deferred[None] = Deferred()
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         self.journal.append(f"start {self.name}")
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         self.journal.append(f"stop {self.name} draining={self.api.draining}")
         return self.stopping

@@ -96,6 +96,9 @@ BAD_VALUES = [
     ("--auth-tokens-file", "/nonexistent/tokens", "cannot read '/nonexistent/tokens'"),
     ("--log-format", "bogus", "expected json or text, got 'bogus'"),
     ("--shutdown-grace", "0", "expected seconds"),
+    ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
+    ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
+    ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
 ]
 
 
@@ -239,3 +242,19 @@ def test_serve_with_a_bad_variable_exits_2_with_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr == "mtrd serve: MTRD_LOG_FORMAT: expected json or text, got 'bogus'\n"
     assert done.stdout == ""
+
+
+def test_a_bad_store_url_never_shows_its_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """The one-line error about a store URL names the part at fault, never the URL."""
+    line = _one_line_error(capsys, ["--store", "redis://:hunter2@cache:99999/0"], {})
+    assert "hunter2" not in line
+    line = _one_line_error(capsys, [], {"MTRD_STORE": "redis://:hunter2@cache/x"})
+    assert "hunter2" not in line
+    assert line.startswith("mtrd serve: MTRD_STORE: ")
+
+
+def test_store_and_vantage_reach_the_config() -> None:
+    """--store and --vantage (or their variables) end up in the ServeConfig."""
+    config = parse_serve_args(["--vantage", "edge-1"], env={"MTRD_STORE": "redis://cache:6380/2"})
+    assert config.vantage == "edge-1"
+    assert str(config.backend) == "redis://cache:6380/2"

@@ -104,7 +104,7 @@ class MtrdService(MultiService):
         self._jobs = jobs
         self._access_log = access_log
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None]:
         """Drain, then stop each service in reverse order of start."""
         return Deferred.fromCoroutine(self._stop())
 
@@ -135,7 +135,7 @@ class Listener(Service):
         self._factory = factory
         self._port: IListeningPort | None = None
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         """Bind; raise ``CannotListenError`` if the endpoint refuses at once."""
         super().startService()
         refused: list[Failure] = []
@@ -156,7 +156,7 @@ class Listener(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None]:
         """Stop listening; connections already open are left to finish."""
         super().stopService()
         port, self._port = self._port, None

@@ -14,6 +14,13 @@ import attrs
 
 from mtrd.engine.pool import MAX_POOL_SIZE, PoolConfig
 from mtrd.tracing.policy import Network, TargetPolicy, parse_networks
+from mtrd.tracing.redis.settings import (
+    BadStoreUrl,
+    MemoryStore,
+    StoreSetting,
+    parse_store,
+    parse_vantage,
+)
 from mtrd.tracing.store import StoreLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
 from mtrd.web.limits import EdgeLimits
@@ -36,6 +43,8 @@ class ServeConfig:
     policy: TargetPolicy = attrs.Factory(TargetPolicy)
     auth_tokens: tuple[bytes, ...] = ()
     auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
+    backend: StoreSetting = attrs.Factory(MemoryStore)
+    vantage: str = "default"
 
 
 class SettingError(ValueError):
@@ -92,6 +101,20 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingError(f"expected seconds (a number > 0), got {text!r}")
     return value
+
+
+def _store(text: str) -> StoreSetting:
+    try:
+        return parse_store(text)
+    except BadStoreUrl as e:  # its message never repeats the URL: it may hold a password
+        raise SettingError(str(e)) from None
+
+
+def _vantage(text: str) -> str:
+    try:
+        return parse_vantage(text)
+    except ValueError as e:
+        raise SettingError(f"{e}, not {text!r}") from None
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -214,6 +237,10 @@ OPTIONS = (
            _one_of("json", "text")),
     Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
            "they are cancelled", _seconds),
+    Option("--store", "memory", "where traces are kept: memory, or a shared Redis as "
+           "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
+    Option("--vantage", "default", "name of the place this replica's probes leave from; "
+           "replicas with one vantage share its work", _vantage),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -319,4 +346,6 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         policy=TargetPolicy(allow=value["allow_targets"], deny=value["deny_targets"]),
         auth_tokens=tokens,
         auth_open_paths=frozenset() if protect_ops else OPEN_BY_DEFAULT,
+        backend=value["store"],
+        vantage=value["vantage"],
     )

@@ -155,7 +155,7 @@ class ProbePool(Service):
 
     # -- IService ---------------------------------------------------------------------
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         """Spawn every process; :meth:`started` says when one is ready or none could start.
 
         Starting while a stop is under way is fine: the old processes drain while the
@@ -182,7 +182,7 @@ class ProbePool(Service):
             if slot.active is None:
                 self._spawn(slot)
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None]:
         """Fail what is queued, let processes finish what they hold, kill stragglers.
 
         The Deferred fires once every process has exited.

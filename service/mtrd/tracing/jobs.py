@@ -159,7 +159,7 @@ class TraceJobs(Service):
             for waiter in idle:
                 waiter.callback(None)
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None]:
         """Drain: the Deferred fires once no trace runs (see :meth:`drain`)."""
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self.drain(self._clock, self.stop_grace))

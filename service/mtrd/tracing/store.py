@@ -95,14 +95,14 @@ class TraceStore(Service):
     def __len__(self) -> int:
         return len(self._records)
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         """Arm the expiry of every finished trace."""
         super().startService()  # type: ignore[no-untyped-call]
         for record in list(self._records.values()):
             if record.trace.status.is_final and record.expiry is None:
                 self._expire_later(record)
 
-    def stopService(self) -> None:  # noqa: N802 - Twisted's name
+    def stopService(self) -> None:
         """Disarm the expiry: nothing expires until the store starts again."""
         super().stopService()  # type: ignore[no-untyped-call]
         for record in self._records.values():

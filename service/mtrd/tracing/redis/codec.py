@@ -1,0 +1,169 @@
+"""How trace values are stored in Redis: compact JSON with a format number, decoded exactly.
+
+This is a storage format, not the HTTP rendering (``mtrd.web.render``): it keeps the
+values as the model has them (times as epoch seconds, enums by value, ``None`` as null),
+leaves out nothing, and round-trips every value to an equal one. Replicas of different
+versions may share one Redis during a rolling update, so every document carries
+``"f": FORMAT`` and a decoder refuses formats it does not know rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from mtrd.engine.probe import MplsLabel, Protocol
+from mtrd.tracing.model import (
+    Hop,
+    HopEnd,
+    JitterStats,
+    Responder,
+    RttStats,
+    Trace,
+    TraceError,
+    TraceRequest,
+    TraceStatus,
+    TraceTarget,
+)
+
+FORMAT: Final = 1
+EVENT_KINDS: Final = ("status", "hop", "done")
+
+
+class UnknownFormat(ValueError):
+    """A stored document this version of mtrd cannot read."""
+
+
+def encode_trace(trace: Trace) -> bytes:
+    """A trace as stored bytes."""
+    return _dump(_trace(trace))
+
+
+def decode_trace(data: bytes) -> Trace:
+    """The trace stored as ``data``."""
+    return _trace_from(_load(data))
+
+
+def encode_event(kind: str, value: TraceStatus | Hop | Trace) -> bytes:
+    """The value of one event (status, hop or done) as stored bytes."""
+    if kind == "status" and isinstance(value, TraceStatus):
+        return _dump({"s": value.value})
+    if kind == "hop" and isinstance(value, Hop):
+        return _dump(_hop(value))
+    if kind == "done" and isinstance(value, Trace):
+        return _dump(_trace(value))
+    raise ValueError(f"an event of kind {kind!r} cannot carry a {type(value).__name__}")
+
+
+def decode_event(kind: str, data: bytes) -> TraceStatus | Hop | Trace:
+    """The value of an event of ``kind`` stored as ``data``."""
+    document = _load(data)
+    if kind == "status":
+        return TraceStatus(document["s"])
+    if kind == "hop":
+        return _hop_from(document)
+    if kind == "done":
+        return _trace_from(document)
+    raise UnknownFormat(f"unknown event kind {kind!r}")
+
+
+def _dump(document: dict[str, Any]) -> bytes:
+    document["f"] = FORMAT
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    document = json.loads(data)
+    if not isinstance(document, dict) or document.get("f") != FORMAT:
+        raise UnknownFormat("a stored trace document of an unknown format")
+    return document
+
+
+def _trace(trace: Trace) -> dict[str, Any]:
+    request = trace.request
+    return {
+        "id": trace.id,
+        "status": trace.status.value,
+        "request": [
+            request.target, request.ip_version, request.protocol.value, request.port,
+            request.first_ttl, request.max_ttl, request.probes, request.interval,
+            request.timeout, request.size, request.tos,
+        ],
+        "target": [trace.target.input, trace.target.address, trace.target.ip_version],
+        "times": [trace.created_at, trace.started_at, trace.finished_at, trace.expires_at],
+        "source": trace.source,
+        "reached": trace.destination_reached,
+        "hops": [_hop(hop) for hop in trace.hops],
+        "error": None if trace.error is None else [trace.error.type, trace.error.message],
+    }  # fmt: skip
+
+
+def _trace_from(d: dict[str, Any]) -> Trace:
+    (target, ip_version, protocol, port, first_ttl, max_ttl, probes, interval, timeout, size,
+     tos) = d["request"]  # fmt: skip
+    created_at, started_at, finished_at, expires_at = d["times"]
+    error = d["error"]
+    return Trace(
+        id=d["id"],
+        status=TraceStatus(d["status"]),
+        request=TraceRequest(
+            target=target,
+            ip_version=ip_version,
+            protocol=Protocol(protocol),
+            port=port,
+            first_ttl=first_ttl,
+            max_ttl=max_ttl,
+            probes=probes,
+            interval=float(interval),
+            timeout=timeout,
+            size=size,
+            tos=tos,
+        ),
+        target=TraceTarget(*d["target"]),
+        created_at=float(created_at),
+        source=d["source"],
+        started_at=_float(started_at),
+        finished_at=_float(finished_at),
+        expires_at=_float(expires_at),
+        destination_reached=d["reached"],
+        hops=tuple(_hop_from(hop) for hop in d["hops"]),
+        error=None if error is None else TraceError(*error),
+    )
+
+
+def _hop(hop: Hop) -> dict[str, Any]:
+    rtt, jitter = hop.rtt_ms, hop.jitter_ms
+    return {
+        "ttl": hop.ttl,
+        "r": [
+            [r.address, r.replies,
+             [[m.label, m.traffic_class, m.bottom_of_stack, m.ttl] for m in r.mpls]]
+            for r in hop.responders
+        ],
+        "n": [hop.sent, hop.received, hop.lost],
+        "rtt": [rtt.last, rtt.best, rtt.avg, rtt.worst, rtt.stdev],
+        "jit": [jitter.last, jitter.avg, jitter.max],
+        "end": None if hop.end is None else hop.end.value,
+    }  # fmt: skip
+
+
+def _hop_from(d: dict[str, Any]) -> Hop:
+    sent, received, lost = d["n"]
+    return Hop(
+        ttl=d["ttl"],
+        responders=tuple(
+            Responder(address, replies, tuple(MplsLabel(*m) for m in mpls))
+            for address, replies, mpls in d["r"]
+        ),
+        sent=sent,
+        received=received,
+        lost=lost,
+        rtt_ms=RttStats(*(_float(v) for v in d["rtt"])),
+        jitter_ms=JitterStats(*(_float(v) for v in d["jit"])),
+        end=None if d["end"] is None else HopEnd(d["end"]),
+    )
+
+
+def _float(value: float | None) -> float | None:
+    # JSON writes 2.0 as 2.0, but a float field given an int (1) must read back as 1.0.
+    return None if value is None else float(value)

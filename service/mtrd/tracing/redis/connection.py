@@ -1,0 +1,343 @@
+"""The connection to the shared Redis: a service that connects, reconnects, and never hangs.
+
+:class:`RedisConnection` keeps a small pool of txredisapi connections (Deferreds on the
+reactor mtrd already runs; see docs/redis.md for why this library). Every call has a
+timeout on the injected clock: a Redis that is down fails a call at once with
+:class:`RedisUnavailable`, one that is reachable but not answering (a paused server, a
+full network buffer) fails it with :class:`RedisTimeout` after ``call_timeout`` seconds.
+Lost connections come back on their own with exponential back-off, also after a refused
+login or a login that timed out (txredisapi would give up on those for good).
+
+:meth:`RedisConnection.health` says whether Redis answers and the last error, in words
+that never contain the password: it is what ``/readyz`` will show.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mtrd.tracing.redis.settings import RedisStore
+
+log = Logger()
+
+Argument = bytes | str | int | float
+Command = Sequence[Argument]
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot be used now (not connected, connection lost, or no answer in time)."""
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis took longer than the call timeout to answer."""
+
+
+class RedisCommandError(Exception):
+    """Redis answered a command with an error (a bug here, or a server that refuses)."""
+
+
+class ConnectionState(enum.Enum):
+    """Where the connection is in its life."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"  # started, not connected yet
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # was connected, lost every connection, retrying
+
+
+@attrs.frozen
+class RedisTimeouts:
+    """How long to wait for Redis, and how to back off while it is away."""
+
+    call_timeout: float = 2.0
+    connect_timeout: float = 2.0
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    ping_interval: float = 1.0
+    pool_size: int = 4
+
+    def __attrs_post_init__(self) -> None:
+        if min(self.call_timeout, self.connect_timeout, self.initial_backoff) <= 0:
+            raise ValueError("Redis timeouts and back-off must be positive")
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("the longest back-off is shorter than the first")
+        if self.pool_size < 1:
+            raise ValueError("the Redis pool needs at least one connection")
+
+
+@attrs.frozen
+class RedisHealth:
+    """What ``/readyz`` needs to know: is Redis usable, and if not, why."""
+
+    state: ConnectionState
+    answering: bool
+    last_error: str | None
+    since: float  # clock seconds of the last change of state or answering
+
+    @property
+    def ready(self) -> bool:
+        """True when calls can be expected to succeed."""
+        return self.state is ConnectionState.CONNECTED and self.answering
+
+
+class RedisConnection(Service):
+    """A pool of connections to one Redis; an ``IService``: start, stop, start again."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        store: RedisStore,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        timeouts: RedisTimeouts = RedisTimeouts(),
+    ) -> None:
+        self.store = store
+        self.timeouts = timeouts
+        self._reactor = reactor
+        self._clock = clock
+        self._factory: _Factory | None = None
+        self._state = ConnectionState.STOPPED
+        self._answering = False
+        self._last_error: str | None = None
+        self._since = clock.seconds()
+        self._pinger: LoopingCall | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisConnection {self.store.display} {self._state.value}>"
+
+    def health(self) -> RedisHealth:
+        """The state now, and the last error without secrets."""
+        return RedisHealth(self._state, self._answering, self._last_error, self._since)
+
+    def startService(self) -> None:
+        """Start connecting; calls fail with :class:`RedisUnavailable` until connected."""
+        super().startService()  # type: ignore[no-untyped-call]
+        self._factory = _Factory(self)
+        self._factory.startConnecting(self._endpoint())
+        self._set(ConnectionState.CONNECTING, answering=False)
+        self._pinger = LoopingCall(lambda: defer.Deferred.fromCoroutine(self._ping()))
+        self._pinger.clock = self._clock
+        self._pinger.start(self.timeouts.ping_interval, now=False).addErrback(
+            lambda failure: log.failure("the Redis ping loop stopped", failure)
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Close every connection; pending calls fail with :class:`RedisUnavailable`."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self._pinger = None
+        factory, self._factory = self._factory, None
+        self._set(ConnectionState.STOPPED, answering=False)
+        if factory is None:
+            return defer.succeed(None)
+        stopped: defer.Deferred[Any] = factory.disconnect()
+        return stopped.addBoth(lambda _: None)
+
+    async def execute(self, *command: Argument) -> Any:
+        """Send one command and return its reply (bytes, int, list or None)."""
+        handler = self._handler()
+        return await self._timed(lambda: handler.execute_command(*command))
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send commands in one write on one connection; their replies, in order.
+
+        Not a transaction: another client's commands may run between them. An error
+        reply fails the whole call with :class:`RedisCommandError`.
+        """
+        handler = self._handler()
+
+        async def run() -> list[Any]:
+            connection = await handler.pipeline()
+            for command in commands:
+                connection.execute_command(*command)
+            replies: list[Any] = await connection.execute_pipeline()
+            return replies
+
+        replies: list[Any] = await self._timed(lambda: defer.Deferred.fromCoroutine(run()))
+        return replies
+
+    def _handler(self) -> Any:
+        factory = self._factory
+        if factory is None or self._state is not ConnectionState.CONNECTED or not factory.size:
+            reason = self._last_error or f"the connection is {self._state.value}"
+            raise RedisUnavailable(f"Redis is not connected ({reason})")
+        return factory.handler
+
+    async def _timed(self, call: Any) -> Any:
+        limit = self.timeouts.call_timeout
+        try:
+            # Cancelling txredisapi's reply Deferred is safe: its reply or its own timeout
+            # firing it later is ignored (Twisted suppresses AlreadyCalled after a cancel).
+            reply = await call().addTimeout(limit, self._clock)
+        except defer.CancelledError:  # the caller gave up: not a fault of Redis
+            raise
+        except defer.TimeoutError:
+            self._failed(f"no answer within {limit:g} s", answering=False)
+            raise RedisTimeout(f"Redis did not answer within {limit:g} s") from None
+        except defer.FirstError as e:  # a pipeline: the first failed reply
+            raise self._translate(e.subFailure.value or e) from None
+        except Exception as e:
+            raise self._translate(e) from None
+        if not self._answering:
+            self._set(self._state, answering=True)
+        return reply
+
+    def _translate(self, error: BaseException) -> Exception:
+        if isinstance(error, txredisapi.TimeoutError):
+            limit = self.timeouts.call_timeout
+            self._failed(f"no answer within {limit:g} s", answering=False)
+            return RedisTimeout(f"Redis did not answer within {limit:g} s")
+        if isinstance(error, txredisapi.ResponseError):
+            return RedisCommandError(self._scrub(str(error)))
+        message = self._describe(error)
+        self._failed(message, answering=False)
+        return RedisUnavailable(f"Redis is unavailable ({message})")
+
+    async def _ping(self) -> None:
+        # Keeps health() true to what Redis does now, even when no request calls it.
+        try:
+            await self.execute("PING")
+        except (RedisUnavailable, RedisCommandError):
+            pass  # already recorded as the last error
+        except Exception:  # a bug must not stop the loop
+            log.failure("Redis ping failed unexpectedly")
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        host, port, limit = self.store.host, self.store.port, self.timeouts.connect_timeout
+        endpoint: IStreamClientEndpoint
+        if _is_ipv4(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, timeout=limit)
+        elif ":" in host:
+            endpoint = TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+                self._reactor, host, port, timeout=limit
+            )
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=limit)
+        if self.store.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return _WatchedEndpoint(endpoint, self)
+
+    # Called by the factory and the endpoint as connections come and go.
+
+    def _connection_added(self) -> None:
+        self._last_error = None
+        self._set(ConnectionState.CONNECTED, answering=True)
+
+    def _connection_removed(self, remaining: int) -> None:
+        if remaining == 0 and self._state is ConnectionState.CONNECTED:
+            self._failed("connection lost", answering=False)
+            self._set(ConnectionState.DISCONNECTED, answering=False)
+
+    def _connect_failed(self, error: BaseException) -> None:
+        self._failed(self._describe(error), answering=False)
+
+    def _login_refused(self, why: str) -> None:
+        self._failed(self._scrub(why.removeprefix("Redis error: ")), answering=False)
+
+    def _failed(self, message: str, answering: bool) -> None:
+        if message != self._last_error:
+            log.warn("Redis at {store}: {error}", store=self.store.display, error=message)
+        self._last_error = message
+        self._set(self._state, answering=answering)
+
+    def _set(self, state: ConnectionState, answering: bool) -> None:
+        if (state, answering) != (self._state, self._answering):
+            self._since = self._clock.seconds()
+        self._state, self._answering = state, answering
+
+    def _describe(self, error: BaseException) -> str:
+        text = str(error) or type(error).__name__
+        return self._scrub(f"{type(error).__name__}: {text}")
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: no library message is known to echo the password, but an
+        # error message is the one place a secret would otherwise leak unnoticed.
+        password = self.store.password
+        if password is not None and password.value:
+            text = text.replace(password.value, "***")
+        return text
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class _WatchedEndpoint:
+    """An endpoint that tells the connection why an attempt failed (txredisapi only logs it)."""
+
+    endpoint: IStreamClientEndpoint
+    owner: RedisConnection
+
+    def connect(self, protocol_factory: Any) -> defer.Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(defer.CancelledError):  # type: ignore[no-untyped-call]
+                self.owner._connect_failed(failure.value or Exception("connect failed"))
+            return failure
+
+        return self.endpoint.connect(protocol_factory).addErrback(failed)
+
+
+class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
+    """txredisapi's pool, reporting to the connection and never giving up for good."""
+
+    def __init__(self, owner: RedisConnection) -> None:
+        store, timeouts = owner.store, owner.timeouts
+        super().__init__(
+            f"{store.host}:{store.port}",
+            store.db,
+            timeouts.pool_size,
+            isLazy=True,
+            charset=None,
+            password=None if store.password is None else store.password.value,
+            replyTimeout=timeouts.call_timeout,
+            convertNumbers=False,
+            username=store.username,
+        )
+        self.initialDelay = timeouts.initial_backoff
+        self.maxDelay = timeouts.max_backoff
+        self._owner = owner
+
+    def addConnection(self, conn: Any) -> None:
+        """A connection logged in and selected its database."""
+        super().addConnection(conn)
+        if conn in self.pool:
+            self._owner._connection_added()
+
+    def delConnection(self, conn: Any) -> None:
+        """A connection was lost."""
+        super().delConnection(conn)
+        self._owner._connection_removed(self.size)
+
+    def stopTrying(self) -> defer.Deferred[Any]:
+        """txredisapi stops reconnecting for good when a login fails or times out (a paused
+        server, a password being rotated): keep retrying with back-off instead.
+        :meth:`disconnect` still stops everything."""
+        return defer.succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        """A login failed: record why (the base class would errback a Deferred nobody holds)."""
+        self._owner._login_refused(why)

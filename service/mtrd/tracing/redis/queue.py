@@ -1,0 +1,132 @@
+"""The work queue of one vantage: a Redis Stream with one consumer group of its replicas.
+
+``P:vantage:{V}:queue`` holds one entry per trace waiting to run (field ``t``: the trace
+id). Every replica of vantage V reads it as consumer ``<replica>`` of group ``runners``,
+and only as many entries as it has room for: a busy replica holds no work an idle one
+could run. An entry read but not yet acknowledged is *claimed*; once the trace has
+started, the entry is acknowledged and deleted, so the stream's length is the number of
+traces queued or claimed in the whole deployment, and the queue cap holds there.
+
+Claimed entries of a replica that died are taken over with ``XAUTOCLAIM`` once idle for
+longer than the lease (a live replica starts what it claims at once); a replica that stops
+gives its claimed entries back at once (:meth:`RedisWorkQueue.release`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.redis.connection import RedisCommandError
+
+GROUP: Final = "runners"
+
+
+@attrs.frozen
+class Claim:
+    """One queue entry this replica read: the trace to start, and the entry to acknowledge."""
+
+    entry: str
+    trace_id: str
+
+
+# KEYS: queue. ARGV: trace id, most entries. The entry id, or nil when the queue is full.
+_ENQUEUE = Script("""
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return false end
+return redis.call('XADD', KEYS[1], '*', 't', ARGV[1])
+""")
+
+# KEYS: queue. ARGV: entry ids. Each entry is queued again as a new entry (at the back),
+# and the old one acknowledged and deleted, in one step: nothing is lost or doubled.
+_RELEASE = Script("""
+local released = 0
+for i = 1, #ARGV do
+  local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #entry == 1 then
+    local fields = entry[1][2]
+    redis.call('XADD', KEYS[1], '*', fields[1], fields[2])
+    released = released + 1
+  end
+  redis.call('XACK', KEYS[1], 'runners', ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return released
+""")
+
+
+class RedisWorkQueue:
+    """The queue of one vantage, as seen by one replica; see the module docstring."""
+
+    def __init__(
+        self, redis: RedisCommands, vantage: str, replica: str, *, prefix: str = "mtrd"
+    ) -> None:
+        self._redis = redis
+        self.vantage = vantage
+        self.replica = replica
+        self.key = f"{prefix}:vantage:{{{vantage}}}:queue"
+
+    async def create(self) -> None:
+        """Make the stream and its group if they are not there (every replica, at start)."""
+        try:
+            await self._redis.execute("XGROUP", "CREATE", self.key, GROUP, "0", "MKSTREAM")
+        except RedisCommandError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def enqueue(self, trace_id: str, max_queued: int) -> bool:
+        """Queue a trace; False when ``max_queued`` traces are queued or claimed already."""
+        entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued])
+        return entry is not None
+
+    async def claim(self, room: int) -> list[Claim]:
+        """Up to ``room`` traces to start, oldest first; none without room."""
+        if room < 1:
+            return []
+        reply = await self._redis.execute(
+            "XREADGROUP", "GROUP", GROUP, self.replica, "COUNT", room, "STREAMS", self.key, ">"
+        )
+        if not reply:
+            return []
+        _stream, entries = reply[0]
+        return _claims(entries)
+
+    async def started(self, claim: Claim) -> None:
+        """The claimed trace started (or was dropped): the entry leaves the queue."""
+        await self._redis.pipeline(
+            [("XACK", self.key, GROUP, claim.entry), ("XDEL", self.key, claim.entry)]
+        )
+
+    async def release(self, claims: Sequence[Claim]) -> int:
+        """Give claimed traces back to the queue at once (on shutdown); how many went back."""
+        if not claims:
+            return 0
+        released = await _RELEASE.run(self._redis, [self.key], [c.entry for c in claims])
+        return int(released)
+
+    async def take_over(self, room: int, idle_seconds: float) -> list[Claim]:
+        """Claim up to ``room`` entries that another replica claimed and left idle for
+        ``idle_seconds`` (longer than the lease: that replica is gone)."""
+        if room < 1:
+            return []
+        reply = await self._redis.execute(
+            "XAUTOCLAIM", self.key, GROUP, self.replica, max(1, round(idle_seconds * 1000)),
+            "0-0", "COUNT", room,
+        )  # fmt: skip
+        return _claims(reply[1])
+
+    async def waiting(self) -> int:
+        """Traces queued or claimed in the whole deployment for this vantage."""
+        return int(await self._redis.execute("XLEN", self.key))
+
+
+def _claims(entries: list[Any]) -> list[Claim]:
+    claims = []
+    for entry, fields in entries:
+        if fields is None:  # deleted while claimed (XAUTOCLAIM reports such ids)
+            continue
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        claims.append(Claim(as_text(entry), as_text(values[b"t"])))
+    return claims

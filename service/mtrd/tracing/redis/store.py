@@ -1,0 +1,382 @@
+"""Traces in Redis, shared by every replica: snapshots with versions, a listing, event logs.
+
+Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole layout)::
+
+    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica, runner
+    P:{ID}:events   stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
+    P:traces        sorted set: trace id by seq (newest first listing; may lag, heals)
+    P:seq           counter handing out seq numbers
+
+Every key of one trace shares the hash tag ``{ID}``, and every script touches one trace's
+keys only, so the layout works on Redis Cluster. The index and the counter are separate
+single-key commands: the index may name a trace that has expired or been deleted (listing
+and the cap check drop such ids as they meet them), and a trace is indexed only once it
+is written.
+
+Finished traces expire by Redis key expiry (``PEXPIRE`` with the store TTL) on both keys.
+An active trace expires too, ``stale_after`` (a day) after its last save: what a replica
+that died halfway through a POST leaves behind does not stay forever.
+The stored-trace cap counts the index: at the cap, adding evicts the oldest finished
+trace, or raises :class:`StoreFull` when the oldest ``EVICTION_SCAN`` are all active.
+Replicas adding at the same instant may overshoot the cap by as many traces as add at
+once; the next add brings it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from mtrd.tracing.events import Event
+from mtrd.tracing.model import Hop, Trace, TraceError, TraceStatus
+from mtrd.tracing.redis import codec
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
+
+EVICTION_SCAN: Final = 100
+LIST_BATCH: Final = 100
+EVENTS_KEPT: Final = 2000
+DEFAULT_LIMITS: Final = StoreLimits()
+# An active trace nobody has saved for this long is left behind by a replica that died
+# halfway through a POST (before the work queue knew of it): it expires like a finished one.
+STALE_AFTER: Final = 86_400.0
+
+
+class NotRunning(Exception):
+    """A fenced save of a trace that the replica no longer runs."""
+
+    def __init__(self, trace_id: str) -> None:
+        super().__init__(f"trace {trace_id} is not running on this replica any more")
+        self.trace_id = trace_id
+
+
+@attrs.frozen
+class StoredTrace:
+    """A trace as read from Redis: the snapshot, its version, and who runs it."""
+
+    trace: Trace
+    version: int
+    vantage: str
+    replica: str
+
+
+@attrs.frozen
+class EventPage:
+    """Events after an id, oldest first; ``gap`` when some after that id were trimmed away,
+    so the reader must start from the current snapshot instead."""
+
+    events: tuple[Event, ...]
+    gap: bool
+
+
+# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, expiry_ms
+_ADD = Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
+           'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+""")
+
+# KEYS: trace, events. ARGV: value, status, expiry_ms, runner ('' for anyone). The new
+# version, nil if the trace is gone, or 0 if a runner was named and the trace is not
+# running there any more (taken over, or already ended by a reaper or a cancel).
+_SAVE = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[4] ~= '' then
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[4] or status == 'completed'
+     or status == 'failed' or status == 'cancelled' then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return version
+""")
+
+# KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
+_TAKE = Script("""
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'replica', ARGV[1])
+return 1
+""")
+
+# KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
+# event's stream id, or nil if the trace is gone. With '0-*' Redis hands out 0-1, 0-2, ...,
+# so ids stay monotonic whichever replica appends; an explicit id that does not grow is
+# refused by Redis. An event after the end shares the trace's remaining lifetime.
+_APPEND = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[4], 'k', ARGV[1], 'v', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return id
+""")
+
+# KEYS: events. ARGV: exclusive start id, count, the id itself. Whether events after
+# that id were trimmed away (1 or 0), and the entries. Ids need not be contiguous (the
+# runner may coalesce hop updates), so when old entries were trimmed and the first one
+# kept is not the very next id, the answer errs on the side of a gap: the reader then
+# starts from the snapshot, which costs a little and loses nothing.
+_EVENTS_AFTER = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+local function seq(id) return tonumber(string.match(id, '-(%d+)$')) end
+local after = tonumber(ARGV[3])
+local gap = 0
+if after < seq(f['max-deleted-entry-id']) then gap = 1 end
+if f['entries-added'] > f['length'] then
+  local first = f['first-entry']
+  local next_kept = first and seq(first[1]) or (seq(f['last-generated-id']) + 1)
+  if after < next_kept - 1 then gap = 1 end
+end
+return {gap, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+""")
+
+
+class RedisTraceStore:
+    """Traces in a shared Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: RedisCommands,
+        clock: IReactorTime,
+        limits: StoreLimits = DEFAULT_LIMITS,
+        *,
+        prefix: str = "mtrd",
+        events_kept: int = EVENTS_KEPT,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self.limits = limits
+        self._prefix = prefix
+        self._events_kept = events_kept
+        self._stale_after = stale_after
+        self.evictions = 0
+
+    def trace_key(self, trace_id: str) -> str:
+        """The hash holding the trace."""
+        return f"{self._prefix}:{{{trace_id}}}:trace"
+
+    def events_key(self, trace_id: str) -> str:
+        """The stream of the trace's events."""
+        return f"{self._prefix}:{{{trace_id}}}:events"
+
+    @property
+    def _index(self) -> str:
+        return f"{self._prefix}:traces"
+
+    def expires_at(self) -> float:
+        """When a trace that finishes now will expire."""
+        return self._clock.seconds() + self.limits.ttl
+
+    async def add(
+        self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
+    ) -> StoredTrace:
+        """Store a new trace (version 1), evicting the oldest finished one at the cap."""
+        await self._make_room(retry_after)
+        seq = int(await self._redis.execute("INCR", f"{self._prefix}:seq"))
+        created = await _ADD.run(
+            self._redis,
+            self._keys(trace.id),
+            [codec.encode_trace(trace), trace.status.value, seq, vantage, replica,
+             self._expiry_ms(trace)],
+        )  # fmt: skip
+        if not created:
+            raise ValueError(f"a trace with id {trace.id!r} is already stored")
+        # The trace goes first: readers drop index ids without a trace, so an id indexed
+        # before its trace was written could be dropped by a listing in between. A
+        # replica dying here leaves a trace missing from listings only, which expires.
+        await self._redis.execute("ZADD", self._index, "NX", seq, trace.id)
+        return StoredTrace(trace, 1, vantage, replica)
+
+    async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
+        """Store a new snapshot; its version, or None if the trace is gone (deleted, expired).
+
+        A final snapshot starts the trace's expiry: both its keys go ``ttl`` seconds later.
+        Any other snapshot pushes the expiry of an active trace ``stale_after`` ahead.
+        With ``runner``, the save is fenced: it raises :class:`NotRunning` unless the trace
+        is still unfinished and run by that replica, so a replica that lost its lease can
+        overwrite nothing.
+        """
+        version = await _SAVE.run(
+            self._redis,
+            self._keys(trace.id),
+            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
+             runner or ""],
+        )  # fmt: skip
+        if version is None:
+            return None
+        if int(version) == 0:
+            raise NotRunning(trace.id)
+        return int(version)
+
+    async def fail_lost(self, trace_id: str, replica: str, now: float) -> bool:
+        """End a trace that ``replica`` ran as ``failed`` / ``replica_lost``, if it still
+        runs there; True if this call ended it. Safe to race: one caller wins."""
+        stored = await self.get(trace_id)
+        if stored is None or stored.trace.status.is_final:
+            return False
+        failed = attrs.evolve(
+            stored.trace,
+            status=TraceStatus.FAILED,
+            finished_at=now,
+            expires_at=now + self.limits.ttl,
+            error=TraceError("replica_lost", f"the replica running the trace ({replica}) "
+                             "stopped answering"),
+        )  # fmt: skip
+        try:
+            version = await self.save(failed, runner=replica)
+        except NotRunning:
+            return False
+        if version is None:
+            return False
+        await self.append_event(trace_id, "done", failed)
+        return True
+
+    async def take(self, trace_id: str, replica: str) -> bool:
+        """Make ``replica`` the one that runs a queued trace; False if it is not queued any
+        more (cancelled, deleted, expired) or another replica took it first."""
+        return bool(await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica]))
+
+    async def get(self, trace_id: str) -> StoredTrace | None:
+        """The trace and its version, or None if unknown, deleted or expired."""
+        value, version, vantage, replica = await self._redis.execute(
+            "HMGET", self.trace_key(trace_id), "value", "version", "vantage", "replica"
+        )
+        if value is None:
+            return None
+        return StoredTrace(
+            codec.decode_trace(value), int(version), as_text(vantage), as_text(replica)
+        )
+
+    async def delete(self, trace_id: str) -> bool:
+        """Forget a trace and its events; False if there was nothing to forget."""
+        removed = await self._redis.execute(
+            "DEL", self.trace_key(trace_id), self.events_key(trace_id)
+        )
+        await self._redis.execute("ZREM", self._index, trace_id)
+        return int(removed) > 0
+
+    async def newest_first(
+        self, status: TraceStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[Trace], str | None]:
+        """A page of traces, newest first across replicas, and the next page's cursor."""
+        below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
+        page: list[Trace] = []
+        last_seq = 0
+        while True:
+            batch = await self._redis.execute(
+                "ZREVRANGEBYSCORE", self._index, below, "-inf",
+                "WITHSCORES", "LIMIT", 0, LIST_BATCH,
+            )  # fmt: skip
+            if not batch:
+                return page, None
+            entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
+            replies = await self._redis.pipeline(
+                [("HMGET", self.trace_key(trace_id), "value", "status") for trace_id, _ in entries]
+            )
+            gone = []
+            for (trace_id, seq), (value, stored_status) in zip(entries, replies, strict=True):
+                if value is None:
+                    gone.append(trace_id)
+                    continue
+                if status is not None and as_text(stored_status) != status.value:
+                    continue
+                if len(page) == limit:
+                    await self._forget(gone)
+                    return page, str(last_seq)
+                page.append(codec.decode_trace(value))
+                last_seq = seq
+            await self._forget(gone)
+            below = f"({entries[-1][1]}"
+
+    async def append_event(
+        self,
+        trace_id: str,
+        kind: str,
+        value: TraceStatus | Hop | Trace,
+        event_id: int | None = None,
+    ) -> int | None:
+        """Log one event of a trace; its id, or None if the trace is gone.
+
+        Without ``event_id`` Redis gives the next id; the runner passes its channel's id so
+        that subscribers see the same ids on every replica. An id that does not grow is
+        refused (:class:`RedisCommandError`): a second writer cannot slip events in.
+        """
+        stream_id = await _APPEND.run(
+            self._redis,
+            self._keys(trace_id),
+            [kind, codec.encode_event(kind, value), self._events_kept,
+             "0-*" if event_id is None else f"0-{event_id}"],
+        )  # fmt: skip
+        return None if stream_id is None else _event_id(stream_id)
+
+    async def events_after(self, trace_id: str, after: int, count: int = 500) -> EventPage:
+        """Up to ``count`` events with ids above ``after``, oldest first."""
+        gap, entries = await _EVENTS_AFTER.run(
+            self._redis, [self.events_key(trace_id)], [f"(0-{after}", count, after]
+        )
+        events = []
+        for stream_id, fields in entries:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            kind = as_text(values[b"k"])
+            events.append(Event(_event_id(stream_id), kind, codec.decode_event(kind, values[b"v"])))
+        return EventPage(tuple(events), gap=bool(gap))
+
+    async def _make_room(self, retry_after: Callable[[], int]) -> None:
+        count = int(await self._redis.execute("ZCARD", self._index))
+        if count < self.limits.max_traces:
+            return
+        oldest = await self._redis.execute("ZRANGE", self._index, 0, EVICTION_SCAN - 1)
+        ids = [as_text(trace_id) for trace_id in oldest]
+        statuses = await self._redis.pipeline(
+            [("HGET", self.trace_key(trace_id), "status") for trace_id in ids]
+        )
+        gone = []
+        for trace_id, stored in zip(ids, statuses, strict=True):
+            if count < self.limits.max_traces:
+                break
+            if stored is None:
+                gone.append(trace_id)
+            elif TraceStatus(as_text(stored)).is_final:
+                await self.delete(trace_id)
+                self.evictions += 1
+            else:
+                continue
+            count -= 1
+        await self._forget(gone)
+        if count >= self.limits.max_traces:
+            raise StoreFull(retry_after())
+
+    async def _forget(self, trace_ids: list[str]) -> None:
+        # Heals the index: ids whose trace expired or was never written.
+        if trace_ids:
+            await self._redis.execute("ZREM", self._index, *trace_ids)
+
+    def _keys(self, trace_id: str) -> list[str]:
+        return [self.trace_key(trace_id), self.events_key(trace_id)]
+
+    def _expiry_ms(self, trace: Trace) -> int:
+        seconds = self.limits.ttl if trace.status.is_final else self._stale_after
+        return max(1, round(seconds * 1000))
+
+
+def _event_id(stream_id: bytes | str) -> int:
+    return int(as_text(stream_id).partition("-")[2])
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise BadCursor(cursor)
+    return int(cursor)

@@ -1,0 +1,52 @@
+"""The storage codec of the Redis store: every trace value reads back equal."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from mtrd.tracing.model import Hop, Trace, TraceStatus
+from mtrd.tracing.redis import codec
+
+from tests.trace_values import hops, rich_trace, traces
+
+
+@given(traces)
+def test_any_trace_round_trips(trace: Trace) -> None:
+    """A trace decodes to an equal trace."""
+    assert codec.decode_trace(codec.encode_trace(trace)) == trace
+
+
+@given(hops)
+def test_any_hop_event_round_trips(hop: Hop) -> None:
+    """A hop event's value decodes to an equal hop."""
+    assert codec.decode_event("hop", codec.encode_event("hop", hop)) == hop
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("status", TraceStatus.RUNNING), ("done", rich_trace())],
+)
+def test_status_and_done_events_round_trip(kind: str, value: TraceStatus | Trace) -> None:
+    """Status and done events decode to their value."""
+    assert codec.decode_event(kind, codec.encode_event(kind, value)) == value
+
+
+def test_integer_times_read_back_as_floats() -> None:
+    """A time given as a whole number reads back as a float of the same value."""
+    trace = rich_trace()
+    decoded = codec.decode_trace(codec.encode_trace(trace).replace(b"1700000000.125", b"17"))
+    assert isinstance(decoded.created_at, float)
+    assert decoded.created_at == 17.0
+
+
+def test_unknown_format_is_refused() -> None:
+    """A document of another format number is refused, not guessed at."""
+    data = codec.encode_trace(rich_trace()).replace(b'"f":1', b'"f":99')
+    with pytest.raises(codec.UnknownFormat):
+        codec.decode_trace(data)
+
+
+def test_event_kind_must_match_its_value() -> None:
+    """A hop event cannot carry a status."""
+    with pytest.raises(ValueError, match="cannot carry"):
+        codec.encode_event("hop", TraceStatus.RUNNING)
