@@ -34,27 +34,73 @@ group itself when it starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Awaitable, Callable
 
+import attrs
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from mtrd.tracing.model import Trace
-from mtrd.tracing.redis.queue import RedisWorkQueue
-from mtrd.tracing.redis.replicas import LEASE, RedisReplicas
+from mtrd.tracing.model import Trace, TraceError, TraceStatus
+from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
+from mtrd.tracing.redis.replicas import LEASE, RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.writebehind import Flushed, TraceWriter
 from mtrd.tracing.tracer import Tracer
 
 BEAT_INTERVAL = 1.0
+REAP_INTERVAL = 1.0
 CLAIM_INTERVAL = 0.1
 FLUSH_INTERVAL = 0.05
-# How long a running trace's updates are held while Redis does not answer; past it the
+# A running trace with nothing to save is asked about a cancel at least this often.
+CANCEL_CHECK = 0.5
+# How long a running trace's updates are held while Redis does not take them; past it the
 # trace ends failed (``store_unavailable``), written once Redis is back.
 STORE_BACKLOG = 30.0
 
 
+class RunnerState(enum.Enum):
+    """Where the runner is in its lifecycle."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class _Ending(enum.Enum):
+    """Why this replica stops a running trace itself."""
+
+    CANCELLED = "cancelled"  # asked for (DELETE), or the shutdown grace ran out
+    STORE_UNAVAILABLE = "store_unavailable"  # held past the bound, or fenced
+    ABANDONED = "abandoned"  # ended, taken or deleted elsewhere: write nothing more
+
+
+@attrs.define(eq=False)
+class _Job:
+    """One trace this replica runs."""
+
+    writer: TraceWriter
+    running: Deferred[Trace] | None = None
+    ending: _Ending | None = None
+    why: str = ""
+    finished: bool = False  # the tracer is done; what is held still has to be written
+    flushing: bool = False
+    flush_again: bool = False
+    done: Deferred[None] = attrs.field(factory=Deferred)
+
+    @property
+    def trace_id(self) -> str:
+        return self.writer.trace.id
+
+
 class RedisRunner(Service):
     """Runs the traces queued for this replica's vantage; see the module docstring."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -88,3 +134,329 @@ class RedisRunner(Service):
         self.shutdown_grace = shutdown_grace
         self.store_backlog = store_backlog
         self._on_finished = on_finished
+        self.state = RunnerState.STOPPED
+        self._jobs: dict[str, _Job] = {}
+        self._claimed: dict[str, Claim] = {}  # by entry: claimed, not started yet
+        self._group_ready = False
+        self._last_beat = 0.0
+        self._beat_failing = False
+        self._loops: list[LoopingCall] = []
+        self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
+
+    @property
+    def running_traces(self) -> int:
+        """Traces this replica runs now (until their last write)."""
+        return len(self._jobs)
+
+    @property
+    def room(self) -> int:
+        """How many more traces this replica may start."""
+        return self.max_running - len(self._jobs) - len(self._claimed)
+
+    def startService(self) -> None:
+        """Beat, claim, write behind and reap, each on its own loop."""
+        super().startService()  # type: ignore[no-untyped-call]
+        self.state = RunnerState.RUNNING
+        self._last_beat = self._clock.seconds()
+        self._loops = [
+            self._loop("beat", self._beat, BEAT_INTERVAL),
+            self._loop("claim", self._claim, CLAIM_INTERVAL),
+            self._loop("flush", self._flush_all, FLUSH_INTERVAL),
+            self._loop("reap", self._reap, REAP_INTERVAL),
+        ]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop claiming, give back what is claimed, drain, and leave; see the module."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+    # -- the loops -------------------------------------------------------------------------
+
+    def _loop(self, name: str, step: Callable[[], Awaitable[None]], interval: float) -> LoopingCall:
+        async def guarded() -> None:
+            try:
+                await step()
+            except Exception:
+                self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
+
+        def run() -> Deferred[None] | None:
+            if name in self._busy:  # the last pass still waits on Redis
+                return None
+            passing = Deferred.fromCoroutine(guarded())
+            self._busy[name] = passing
+            passing.addBoth(lambda _: self._busy.pop(name, None))
+            return None
+
+        loop = LoopingCall(run)
+        loop.clock = self._clock
+        loop.start(interval, now=True).addErrback(
+            lambda f: self.log.failure("the {loop} loop stopped", f, loop=name)
+        )
+        return loop
+
+    async def _beat(self) -> None:
+        beat = ReplicaBeat(
+            self.replica, self.vantage, self.max_running, len(self._jobs), self._ready()
+        )
+        try:
+            await self._replicas.beat(beat, self._clock.seconds())
+        except Exception as e:
+            if not self._beat_failing:
+                self.log.warn("heartbeat did not reach Redis: {error}", error=e)
+            self._beat_failing = True
+            return
+        if self._beat_failing:
+            self.log.info("heartbeat reaches Redis again")
+        self._beat_failing = False
+        self._last_beat = self._clock.seconds()
+
+    async def _claim(self) -> None:
+        if self.state is not RunnerState.RUNNING or not self._ready():
+            return
+        if not self._group_ready:
+            await self._queue.create()
+            self._group_ready = True
+        if self.room < 1:
+            return
+        claims = await self._queue.claim(self.room)
+        await self._start_claims(claims)
+
+    async def _reap(self) -> None:
+        if self.state is not RunnerState.RUNNING:
+            return
+        now = self._clock.seconds()
+        for lost in await self._replicas.lost(self.vantage, now):
+            if lost == self.replica:
+                continue
+            for trace_id in await self._replicas.running(lost):
+                if await self._store.fail_lost(trace_id, lost, now):
+                    self.log.warn(
+                        "trace {id} failed: replica {replica} was lost", id=trace_id, replica=lost
+                    )
+            await self._replicas.forget(self.vantage, lost)
+        if self._group_ready and self.room > 0 and self._ready():
+            claims = await self._queue.take_over(self.room, self.lease)
+            await self._start_claims(claims)
+
+    async def _flush_all(self) -> None:
+        now = self._clock.seconds()
+        fenced = now - self._last_beat >= self.lease
+        for job in list(self._jobs.values()):
+            if job.finished:
+                continue
+            if fenced:
+                self._end(
+                    job,
+                    _Ending.STORE_UNAVAILABLE,
+                    f"this replica could not reach Redis for {self.lease:g} s",
+                )
+            elif job.writer.held_since is not None and now - job.writer.held_since > (
+                self.store_backlog
+            ):
+                self._end(
+                    job,
+                    _Ending.STORE_UNAVAILABLE,
+                    f"Redis did not take the trace's updates for {self.store_backlog:g} s",
+                )
+        for job in list(self._jobs.values()):
+            if job.writer.pending or (
+                not job.finished and now - (job.writer.last_saved or now) >= CANCEL_CHECK
+            ):
+                self._flush(job)
+
+    # -- one trace -------------------------------------------------------------------------
+
+    async def _start_claims(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            self._claimed[claim.entry] = claim
+        for claim in claims:
+            if self.state is not RunnerState.RUNNING:
+                return  # stopping: what is still claimed goes back to the queue
+            try:
+                await self._start(claim)
+            except Exception:
+                self.log.failure("could not start trace {id}", id=claim.trace_id)
+                # Left claimed in Redis: after a lease it is taken over (here or elsewhere).
+            self._claimed.pop(claim.entry, None)
+
+    async def _start(self, claim: Claim) -> None:
+        # In the running set before the take: a replica that dies in between leaves a
+        # trace that the reaper fails, never one that stays queued and taken.
+        await self._replicas.started(self.replica, claim.trace_id)
+        stored = None
+        if await self._store.take(claim.trace_id, self.replica):
+            stored = await self._store.get(claim.trace_id)
+        await self._queue.started(claim)
+        if stored is None:
+            await self._replicas.finished(self.replica, claim.trace_id)
+            return
+        self._run(stored.trace)
+
+    def _run(self, queued: Trace) -> None:
+        writer = TraceWriter(queued, self._store, self.replica)
+        job = _Job(writer)
+        self._jobs[queued.id] = job
+
+        def updated(trace: Trace) -> None:
+            if writer.update(trace):
+                self._flush(job)
+
+        job.running = self._tracer.trace(
+            queued.request, queued=queued, on_update=updated, on_live_hop=writer.hop
+        )
+        job.running.addErrback(self._crashed, job)
+        job.running.addCallback(self._ended, job)
+
+    def _crashed(self, failure: Failure, job: _Job) -> Trace:
+        self.log.failure("trace {id} crashed", failure, id=job.trace_id)
+        return self._tracer.crashed(job.writer.trace, str(failure.value))
+
+    def _ended(self, trace: Trace, job: _Job) -> None:
+        job.finished = True
+        if job.ending is _Ending.ABANDONED:
+            self._forget(job)
+            return
+        if job.ending is _Ending.STORE_UNAVAILABLE:
+            trace = attrs.evolve(
+                trace,
+                status=TraceStatus.FAILED,
+                error=TraceError("store_unavailable", job.why),
+            )
+        final = attrs.evolve(trace, expires_at=self._store.expires_at())
+        job.writer.finish(final)
+        self._on_finished(final)
+        self._flush(job)
+
+    def _end(self, job: _Job, ending: _Ending, why: str = "") -> None:
+        """Stop a running trace for ``ending`` (the first reason given wins)."""
+        if job.ending is None:
+            job.ending, job.why = ending, why
+        if job.running is not None and not job.finished:
+            job.running.cancel()
+
+    def _flush(self, job: _Job) -> None:
+        if job.flushing:
+            job.flush_again = True
+            return
+        job.flushing = True
+        Deferred.fromCoroutine(self._write(job))
+
+    async def _write(self, job: _Job) -> None:
+        try:
+            while True:
+                job.flush_again = False
+                outcome = await self._flush_once(job)
+                if outcome is None or not job.flush_again:
+                    break
+        finally:
+            job.flushing = False
+        if job.finished and job.trace_id in self._jobs and not job.writer.pending:
+            self._forget(job)
+
+    async def _flush_once(self, job: _Job) -> Flushed | None:
+        writer = job.writer
+        now = self._clock.seconds()
+        try:
+            if writer.pending or job.finished:
+                outcome = await writer.flush(now)
+            else:
+                outcome = await self._check_cancel(job, now)
+        except Exception as e:
+            if writer.held_since is None:
+                writer.held_since = now
+                self.log.warn(
+                    "trace {id}: Redis did not take its updates ({error}); holding them",
+                    id=job.trace_id,
+                    error=e,
+                )
+            return None
+        writer.held_since = None
+        if outcome is Flushed.CANCEL:
+            self._end(job, _Ending.CANCELLED)
+        elif outcome in (Flushed.NOT_RUNNING, Flushed.GONE):
+            self._abandon(job)
+        return outcome
+
+    async def _check_cancel(self, job: _Job, now: float) -> Flushed:
+        # Nothing to save for a while (resolving, a slow round): ask about a cancel alone.
+        job.writer.last_saved = now
+        if await self._store.cancel_requested(job.trace_id):
+            return Flushed.CANCEL
+        return Flushed.WRITTEN
+
+    def _abandon(self, job: _Job) -> None:
+        job.ending = _Ending.ABANDONED
+        if job.finished:
+            self._forget(job)
+        else:
+            self._end(job, _Ending.ABANDONED)
+
+    def _forget(self, job: _Job) -> None:
+        if self._jobs.pop(job.trace_id, None) is None:
+            return
+        Deferred.fromCoroutine(self._finished_in_redis(job.trace_id))
+        if not job.done.called:
+            job.done.callback(None)
+
+    async def _finished_in_redis(self, trace_id: str) -> None:
+        try:
+            await self._replicas.finished(self.replica, trace_id)
+        except Exception as e:
+            # The reaper of another replica deals with it once this one is gone.
+            self.log.warn(
+                "trace {id}: could not leave the running set: {error}", id=trace_id, error=e
+            )
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def _stop(self) -> None:
+        self.state = RunnerState.STOPPING
+        claiming = [self._busy[name] for name in ("claim", "reap") if name in self._busy]
+        for loop in self._loops[1::2]:  # claim and reap
+            loop.stop()
+        if claiming:
+            await DeferredList(claiming)
+        await self._release()
+        await self._drain()
+        for loop in (self._loops[0], self._loops[2]):  # beat and flush
+            loop.stop()
+        self._loops = []
+        clean = not self._jobs
+        if clean:
+            try:
+                await self._replicas.forget(self.vantage, self.replica)
+            except Exception as e:
+                self.log.warn("could not remove this replica from Redis: {error}", error=e)
+        self.state = RunnerState.STOPPED
+
+    async def _release(self) -> None:
+        claims = list(self._claimed.values())
+        self._claimed.clear()
+        if not claims:
+            return
+        try:
+            await self._queue.release(claims)
+        except Exception as e:
+            # Taken over by another replica once idle for a lease.
+            self.log.warn("could not give {n} claimed traces back: {error}", n=len(claims), error=e)
+
+    async def _drain(self) -> None:
+        if not self._jobs:
+            return
+        timer: IDelayedCall = self._clock.callLater(self.shutdown_grace, self._cancel_all)
+        # The final writes get a lease more; what is still held after that is given up (the
+        # replica is not forgotten then, so the others' reapers end those traces).
+        give_up = self._clock.callLater(self.shutdown_grace + self.lease, self._give_up)
+        await DeferredList([job.done for job in list(self._jobs.values())])
+        for call in (timer, give_up):
+            if call.active():
+                call.cancel()
+
+    def _cancel_all(self) -> None:
+        for job in list(self._jobs.values()):
+            self._end(job, _Ending.CANCELLED)
+
+    def _give_up(self) -> None:
+        for job in list(self._jobs.values()):
+            if not job.done.called:
+                job.done.callback(None)

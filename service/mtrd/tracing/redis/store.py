@@ -64,6 +64,14 @@ class StoredTrace:
 
 
 @attrs.frozen
+class Saved:
+    """A snapshot written: its version, and whether a cancel of the trace was asked for."""
+
+    version: int
+    cancel: bool
+
+
+@attrs.frozen
 class EventPage:
     """Events after an id, oldest first; ``gap`` when some after that id were trimmed away,
     so the reader must start from the current snapshot instead."""
@@ -82,8 +90,9 @@ return 1
 """)
 
 # KEYS: trace, events. ARGV: value, status, expiry_ms, runner ('' for anyone). The new
-# version, nil if the trace is gone, or 0 if a runner was named and the trace is not
-# running there any more (taken over, or already ended by a reaper or a cancel).
+# version and whether a cancel was asked for (field `cancel`, 1 or 0), nil if the trace
+# is gone, or 0 if a runner was named and the trace is not running there any more (taken
+# over, or already ended by a reaper or a cancel).
 _SAVE = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if ARGV[4] ~= '' then
@@ -97,7 +106,9 @@ redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return version
+local cancel = redis.call('HGET', KEYS[1], 'cancel')
+if cancel and cancel ~= '0' then return {version, 1} end
+return {version, 0}
 """)
 
 # KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
@@ -209,17 +220,32 @@ class RedisTraceStore:
         is still unfinished and run by that replica, so a replica that lost its lease can
         overwrite nothing.
         """
-        version = await _SAVE.run(
+        saved = await self._save(trace, runner)
+        return None if saved is None else saved.version
+
+    async def save_running(self, trace: Trace, runner: str) -> Saved | None:
+        """A fenced save (as :meth:`save` with ``runner``) that also says whether a cancel
+        of the trace was asked for; None if the trace is gone."""
+        return await self._save(trace, runner)
+
+    async def cancel_requested(self, trace_id: str) -> bool:
+        """Whether a cancel of the trace was asked for (the runner checks between saves)."""
+        cancel = await self._redis.execute("HGET", self.trace_key(trace_id), "cancel")
+        return cancel is not None and as_text(cancel) != "0"
+
+    async def _save(self, trace: Trace, runner: str | None) -> Saved | None:
+        reply = await _SAVE.run(
             self._redis,
             self._keys(trace.id),
             [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
              runner or ""],
         )  # fmt: skip
-        if version is None:
+        if reply is None:
             return None
-        if int(version) == 0:
+        if not isinstance(reply, list):
             raise NotRunning(trace.id)
-        return int(version)
+        version, cancel = reply
+        return Saved(int(version), cancel=bool(int(cancel)))
 
     async def fail_lost(self, trace_id: str, replica: str, now: float) -> bool:
         """End a trace that ``replica`` ran as ``failed`` / ``replica_lost``, if it still
