@@ -2,19 +2,32 @@
 
 :class:`RedisRunner` is one ``IService``. While it runs it
 
-- beats every second (:meth:`RedisReplicas.beat`: capacity ``max_running``, the traces it
-  runs, ``ready()``), and fences itself: after a whole lease without a beat that reached
-  Redis it cancels its own running traces (the other replicas are failing them);
-- claims queued traces of its vantage only while it has room, takes each
-  (:meth:`RedisTraceStore.take`; a lost race or a cancelled trace is skipped), and runs it
-  with the :class:`Tracer`, writing its snapshots and events behind
-  (:mod:`mtrd.tracing.redis.writebehind`);
+- beats five times a lease, every second by default (:meth:`RedisReplicas.beat`:
+  capacity ``max_running``, the traces it runs, ``ready()``), and fences itself: after a
+  whole lease without a beat that reached Redis, the other replicas take it for lost and
+  fail its traces, so it ends them itself (failed, ``store_unavailable``; the fenced save
+  of that end is refused if a reaper got there first);
+- claims queued traces of its vantage only while it has room and its pool is ready
+  (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections),
+  takes each (:meth:`RedisTraceStore.take`; a lost race or a cancelled trace is skipped
+  and its entry acknowledged), and runs it with the :class:`Tracer`, writing its
+  snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, at
+  once on a status change and at the end;
+- stops a trace within a second of a cancel asked for in Redis (field ``cancel``, read
+  on every save, and on its own when a trace has had nothing to save for half a second);
 - reaps: lost replicas of its vantage get their running traces failed ``replica_lost``,
-  their idle claims are taken over and started here, and they are forgotten.
+  their claims idle for a lease are taken over and started here, and they are forgotten.
+
+While Redis does not take a trace's updates they are held (one snapshot, one change per
+hop, the status changes); past ``store_backlog`` seconds the trace ends failed
+(``store_unavailable``), written when Redis is back. With the default lease (5 s) and
+backlog (30 s) self-fencing comes first when Redis is away altogether; the backlog bounds
+a trace whose writes fail while heartbeats get through.
 
 Stopping it (SIGTERM) stops claiming, gives claimed-but-not-started traces back to the
 queue at once, lets running traces finish within ``shutdown_grace`` (then cancels them),
-flushes what is held, and removes this replica from Redis.
+writes what is held (for at most a lease more), and removes this replica from Redis. If
+some end could not be written, the replica is left for the others' reapers instead.
 
 How ``app.py`` builds it in Redis mode (after ``RedisConnection``, so that it is stopped
 before the connection and its last writes get through)::
@@ -46,14 +59,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtrd.tracing.model import Trace, TraceError, TraceStatus
+from mtrd.tracing.redis.connection import RedisUnavailable
 from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
 from mtrd.tracing.redis.replicas import LEASE, RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore
 from mtrd.tracing.redis.writebehind import Flushed, TraceWriter
 from mtrd.tracing.tracer import Tracer
 
-BEAT_INTERVAL = 1.0
-REAP_INTERVAL = 1.0
+# Beats and reaping run five times a lease (every second with the 5 s lease): a replica is
+# lost after five missed beats, and reaped within a beat of that.
+BEATS_PER_LEASE = 5
 CLAIM_INTERVAL = 0.1
 FLUSH_INTERVAL = 0.05
 # A running trace with nothing to save is asked about a cancel at least this often.
@@ -142,6 +157,7 @@ class RedisRunner(Service):
         self._beat_failing = False
         self._loops: list[LoopingCall] = []
         self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
+        self._failing: set[str] = set()  # loops whose last pass met Redis away
 
     @property
     def running_traces(self) -> int:
@@ -159,10 +175,10 @@ class RedisRunner(Service):
         self.state = RunnerState.RUNNING
         self._last_beat = self._clock.seconds()
         self._loops = [
-            self._loop("beat", self._beat, BEAT_INTERVAL),
+            self._loop("beat", self._beat, self.lease / BEATS_PER_LEASE),
             self._loop("claim", self._claim, CLAIM_INTERVAL),
             self._loop("flush", self._flush_all, FLUSH_INTERVAL),
-            self._loop("reap", self._reap, REAP_INTERVAL),
+            self._loop("reap", self._reap, self.lease / BEATS_PER_LEASE),
         ]
 
     def stopService(self) -> Deferred[None]:
@@ -176,15 +192,22 @@ class RedisRunner(Service):
         async def guarded() -> None:
             try:
                 await step()
+            except RedisUnavailable as e:
+                # Redis away: said once, not on every pass until it is back.
+                if name not in self._failing:
+                    self.log.warn("Redis runner, {loop} loop: {error}", loop=name, error=e)
+                self._failing.add(name)
             except Exception:
                 self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
+            else:
+                self._failing.discard(name)
 
         def run() -> Deferred[None] | None:
             if name in self._busy:  # the last pass still waits on Redis
                 return None
             passing = Deferred.fromCoroutine(guarded())
             self._busy[name] = passing
-            passing.addBoth(lambda _: self._busy.pop(name, None))
+            passing.addBoth(self._passed, name)
             return None
 
         loop = LoopingCall(run)
@@ -193,6 +216,9 @@ class RedisRunner(Service):
             lambda f: self.log.failure("the {loop} loop stopped", f, loop=name)
         )
         return loop
+
+    def _passed(self, _: object, name: str) -> None:
+        self._busy.pop(name, None)
 
     async def _beat(self) -> None:
         beat = ReplicaBeat(

@@ -109,15 +109,17 @@ class TraceWriter:
             try:
                 saved = await self._store.save_running(self.snapshot(), self._runner)
             except NotRunning:
-                return Flushed.NOT_RUNNING
+                if not await self._landed_before():
+                    return Flushed.NOT_RUNNING
             except Exception:
                 self._dirty = True
                 raise
-            if saved is None:
-                return Flushed.GONE
+            else:
+                if saved is None:
+                    return Flushed.GONE
+                if saved.cancel:
+                    outcome = Flushed.CANCEL
             self.last_saved = now
-            if saved.cancel:
-                outcome = Flushed.CANCEL
         for event_id, (kind, value) in sorted(self._events.items()):
             event = value if isinstance(value, TraceStatus | Trace) else value.snapshot()
             try:
@@ -132,6 +134,20 @@ class TraceWriter:
                 return Flushed.GONE
             self._events.pop(event_id, None)
         return outcome
+
+    async def _landed_before(self) -> bool:
+        """Whether the final snapshot refused now is there already: a save that timed out
+        while Redis was paused is carried out when it resumes, and the retry then finds
+        the trace ended. Anything else that ended it (a reaper) is not this snapshot."""
+        if not self.trace.status.is_final:
+            return False
+        stored = await self._store.get(self.trace.id)
+        return (
+            stored is not None
+            and stored.replica == self._runner
+            and stored.trace.status is self.trace.status
+            and stored.trace.error == self.trace.error
+        )
 
     def _take_id(self) -> int:
         taken = self._next_id
