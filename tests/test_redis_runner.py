@@ -293,3 +293,31 @@ async def test_stopping_gives_claimed_traces_back_at_once(redis: RedisConnection
     assert int(pending[0]) == 0
     assert sorted(c.trace_id for c in await queue.claim(5)) == sorted(ids[1:])
     assert await RedisReplicas(redis).live("fra", reactor.seconds()) == []  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_runner_whose_loops_stop_has_its_trace_failed_by_the_other(
+    redis: RedisConnection,
+) -> None:
+    """Two runners: the one running a trace stops beating (its loops halt, its trace goes
+    on); the other fails the trace replica_lost within lease + a beat, and the halted
+    runner's own later writes are refused."""
+    r1, r2 = runner(redis, "r1", max_running=1), runner(redis, "r2", max_running=1)
+    r1.startService()
+    trace_id = await submit(redis, LONG)
+    await wait_for(redis, trace_id, TraceStatus.RUNNING, 5)
+    r2.startService()
+    for loop in r1._loops:
+        loop.stop()
+    halted_at = reactor.seconds()  # type: ignore[attr-defined]
+    failed = await wait_for(redis, trace_id, TraceStatus.FAILED, LEASE + 2)
+    assert reactor.seconds() - halted_at < LEASE + 2 * LEASE / 5 + 0.3  # type: ignore[attr-defined]
+    assert failed.error is not None
+    assert failed.error.type == "replica_lost"
+    r1._jobs[trace_id].running.cancel()  # type: ignore[union-attr]
+    await wait_until(lambda: r1.running_traces == 0)
+    stored = await RedisTraceStore(redis, reactor).get(trace_id)  # type: ignore[arg-type]
+    assert stored is not None
+    assert stored.trace.error == failed.error
+    assert r2._tracer.ran == []  # type: ignore[attr-defined]
+    await r2.stopService()

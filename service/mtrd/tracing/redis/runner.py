@@ -169,6 +169,12 @@ class RedisRunner(Service):
         """How many more traces this replica may start."""
         return self.max_running - len(self._jobs) - len(self._claimed)
 
+    @property
+    def fenced(self) -> bool:
+        """Whether no heartbeat has reached Redis for a whole lease (the others take this
+        replica for lost): it runs nothing then."""
+        return self._clock.seconds() - self._last_beat >= self.lease
+
     def startService(self) -> None:
         """Beat, claim, write behind and reap, each on its own loop."""
         super().startService()  # type: ignore[no-untyped-call]
@@ -224,8 +230,9 @@ class RedisRunner(Service):
         beat = ReplicaBeat(
             self.replica, self.vantage, self.max_running, len(self._jobs), self._ready()
         )
+        sent = self._clock.seconds()
         try:
-            await self._replicas.beat(beat, self._clock.seconds())
+            await self._replicas.beat(beat, sent)
         except Exception as e:
             if not self._beat_failing:
                 self.log.warn("heartbeat did not reach Redis: {error}", error=e)
@@ -234,10 +241,10 @@ class RedisRunner(Service):
         if self._beat_failing:
             self.log.info("heartbeat reaches Redis again")
         self._beat_failing = False
-        self._last_beat = self._clock.seconds()
+        self._last_beat = sent  # the lease runs from when the beat was sent
 
     async def _claim(self) -> None:
-        if self.state is not RunnerState.RUNNING or not self._ready():
+        if self.state is not RunnerState.RUNNING or self.fenced or not self._ready():
             return
         if not self._group_ready:
             await self._queue.create()
@@ -260,13 +267,13 @@ class RedisRunner(Service):
                         "trace {id} failed: replica {replica} was lost", id=trace_id, replica=lost
                     )
             await self._replicas.forget(self.vantage, lost)
-        if self._group_ready and self.room > 0 and self._ready():
+        if self._group_ready and self.room > 0 and self._ready() and not self.fenced:
             claims = await self._queue.take_over(self.room, self.lease)
             await self._start_claims(claims)
 
     async def _flush_all(self) -> None:
         now = self._clock.seconds()
-        fenced = now - self._last_beat >= self.lease
+        fenced = self.fenced
         for job in list(self._jobs.values()):
             if job.finished:
                 continue
