@@ -348,3 +348,20 @@ async def test_store_works_again_after_a_restart(
     stored = await store.get("a")
     assert stored is not None
     assert stored.version == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_save_says_whether_a_cancel_was_asked_for(redis: RedisConnection) -> None:
+    """save_running reports field ``cancel``; cancel_requested reads it alone."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", TraceStatus.QUEUED), never, vantage="fra", replica="")
+    assert await store.take("a", "r1")
+    first = await store.save_running(rich_trace("a", RUNNING), "r1")
+    assert first is not None
+    assert (first.version, first.cancel) == (2, False)
+    assert not await store.cancel_requested("a")
+    await redis.execute("HSET", store.trace_key("a"), "cancel", 1)
+    second = await store.save_running(rich_trace("a", RUNNING), "r1")
+    assert second is not None
+    assert (second.version, second.cancel) == (3, True)
+    assert await store.cancel_requested("a")

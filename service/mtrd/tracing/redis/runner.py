@@ -292,9 +292,9 @@ class RedisRunner(Service):
                     f"Redis did not take the trace's updates for {self.store_backlog:g} s",
                 )
         for job in list(self._jobs.values()):
-            if job.writer.pending or (
-                not job.finished and now - (job.writer.last_saved or now) >= CANCEL_CHECK
-            ):
+            saved = job.writer.last_saved
+            quiet = saved is not None and now - saved >= CANCEL_CHECK
+            if job.writer.pending or (quiet and not job.finished):
                 self._flush(job)
 
     # -- one trace -------------------------------------------------------------------------
