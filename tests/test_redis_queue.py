@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from mtrd.tracing.model import TraceStatus
 from mtrd.tracing.redis.connection import RedisConnection
-from mtrd.tracing.redis.queue import RedisWorkQueue
+from mtrd.tracing.redis.queue import GROUP, RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, ReplicaBeat, VantagePoint
 from mtrd.tracing.redis.store import NotRunning, RedisTraceStore
 from twisted.internet import reactor
@@ -94,6 +94,21 @@ async def test_idle_claims_of_a_lost_replica_are_taken_over(redis: RedisConnecti
     await sleep(1.1)
     assert [c.trace_id for c in await alive.take_over(room=5, idle_seconds=1.0)] == ["t0"]
     assert await alive.take_over(room=5, idle_seconds=1.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_consumers_without_claims_leave_the_group(redis: RedisConnection) -> None:
+    """A consumer that holds a claim stays; one that holds none and is idle goes."""
+    holder, gone = await queues(redis, "holder", "gone")
+    for n in range(2):
+        await holder.enqueue(f"t{n}", max_queued=10)
+    await holder.claim(1)
+    (started,) = await gone.claim(1)
+    await gone.started(started)
+    await sleep(0.4)
+    assert await holder.forget_idle_consumers(0.3) == 1
+    consumers = await redis.execute("XINFO", "CONSUMERS", holder.key, GROUP)
+    assert [dict(zip(c[::2], c[1::2], strict=True))[b"name"] for c in consumers] == [b"holder"]
 
 
 @pytest_twisted.ensureDeferred

@@ -94,6 +94,9 @@ class FakeQueue:
     async def take_over(self, room: int, idle_seconds: float) -> list[Claim]:
         return []
 
+    async def forget_idle_consumers(self, idle_seconds: float) -> int:
+        return 0
+
 
 class FakeReplicas:
     """Heartbeats received; ``away`` refuses them; ``lost`` can be made to fail."""

@@ -56,6 +56,23 @@ end
 return released
 """)
 
+# KEYS: queue. ARGV: idle ms. Consumers with nothing pending that have not read for that
+# long are deleted (replica ids are new with every process: without this the group would
+# keep one consumer per replica that ever ran). Atomic, so no claim slips in between; a
+# live replica deleted by mistake is created again by its next read.
+_FORGET_IDLE = Script("""
+local forgotten = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], 'runners')) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[1]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'runners', f['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+""")
+
 
 class RedisWorkQueue:
     """The queue of one vantage, as seen by one replica; see the module docstring."""
@@ -116,6 +133,14 @@ class RedisWorkQueue:
             "0-0", "COUNT", room,
         )  # fmt: skip
         return _claims(reply[1])
+
+    async def forget_idle_consumers(self, idle_seconds: float) -> int:
+        """Delete the group's consumers that hold no claim and have not read for
+        ``idle_seconds`` (replicas gone); how many went."""
+        forgotten = await _FORGET_IDLE.run(
+            self._redis, [self.key], [max(1, round(idle_seconds * 1000))]
+        )
+        return int(forgotten)
 
     async def waiting(self) -> int:
         """Traces queued or claimed in the whole deployment for this vantage."""

@@ -267,9 +267,13 @@ class RedisRunner(Service):
                         "trace {id} failed: replica {replica} was lost", id=trace_id, replica=lost
                     )
             await self._replicas.forget(self.vantage, lost)
-        if self._group_ready and self.room > 0 and self._ready() and not self.fenced:
+        if not self._group_ready:
+            return
+        if self.room > 0 and self._ready() and not self.fenced:
             claims = await self._queue.take_over(self.room, self.lease)
             await self._start_claims(claims)
+        # Gone replicas leave the group; a live one reads every 100 ms, never idle this long.
+        await self._queue.forget_idle_consumers(2 * self.lease)
 
     async def _flush_all(self) -> None:
         now = self._clock.seconds()
