@@ -261,3 +261,17 @@ def test_stopping_gives_running_traces_the_grace_then_cancels_them() -> None:
     assert s.store.traces[trace_id].status is TraceStatus.CANCELLED
     assert s.replicas.forgotten == ["r1"]
     assert s.runner.state is RunnerState.STOPPED
+
+
+def test_a_stopped_runner_starts_again() -> None:
+    """Start, stop and start again: the second run claims and runs traces as the first."""
+    s = setup()
+    s.runner.startService()
+    s.pump(0.5)
+    stopped = s.runner.stopService()
+    assert stopped.called
+    trace_id = s.submit()
+    s.runner.startService()
+    s.pump(0.5)
+    assert s.store.traces[trace_id].status is TraceStatus.RUNNING
+    assert s.runner.state is RunnerState.RUNNING

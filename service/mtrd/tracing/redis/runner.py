@@ -323,11 +323,16 @@ class RedisRunner(Service):
         stored = None
         if await self._store.take(claim.trace_id, self.replica):
             stored = await self._store.get(claim.trace_id)
-        await self._queue.started(claim)
         if stored is None:
             await self._replicas.finished(self.replica, claim.trace_id)
-            return
-        self._run(stored.trace)
+        else:
+            self._run(stored.trace)
+        try:
+            await self._queue.started(claim)
+        except RedisUnavailable as e:
+            # Taken is what counts: the entry left behind is taken over after a lease, its
+            # take then fails and it is acknowledged.
+            self.log.warn("trace {id}: claim not acknowledged: {error}", id=claim.trace_id, error=e)
 
     def _run(self, queued: Trace) -> None:
         writer = TraceWriter(queued, self._store, self.replica)
@@ -447,6 +452,8 @@ class RedisRunner(Service):
     # -- stopping --------------------------------------------------------------------------
 
     async def _stop(self) -> None:
+        if self.state is not RunnerState.RUNNING:
+            return
         self.state = RunnerState.STOPPING
         claiming = [self._busy[name] for name in ("claim", "reap") if name in self._busy]
         for loop in self._loops[1::2]:  # claim and reap
