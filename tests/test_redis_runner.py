@@ -307,7 +307,7 @@ async def test_a_runner_whose_loops_stop_has_its_trace_failed_by_the_other(
     trace_id = await submit(redis, LONG)
     await wait_for(redis, trace_id, TraceStatus.RUNNING, 5)
     r2.startService()
-    for loop in r1._loops:
+    for loop in r1._loops.values():
         loop.stop()
     halted_at = reactor.seconds()  # type: ignore[attr-defined]
     failed = await wait_for(redis, trace_id, TraceStatus.FAILED, LEASE + 2)

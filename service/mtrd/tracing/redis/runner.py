@@ -155,7 +155,7 @@ class RedisRunner(Service):
         self._group_ready = False
         self._last_beat = 0.0
         self._beat_failing = False
-        self._loops: list[LoopingCall] = []
+        self._loops: dict[str, LoopingCall] = {}
         self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
         self._failing: set[str] = set()  # loops whose last pass met Redis away
 
@@ -180,12 +180,13 @@ class RedisRunner(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self.state = RunnerState.RUNNING
         self._last_beat = self._clock.seconds()
-        self._loops = [
-            self._loop("beat", self._beat, self.lease / BEATS_PER_LEASE),
-            self._loop("claim", self._claim, CLAIM_INTERVAL),
-            self._loop("flush", self._flush_all, FLUSH_INTERVAL),
-            self._loop("reap", self._reap, self.lease / BEATS_PER_LEASE),
-        ]
+        beat = self.lease / BEATS_PER_LEASE
+        self._loops = {
+            "beat": self._loop("beat", self._beat, beat),
+            "claim": self._loop("claim", self._claim, CLAIM_INTERVAL),
+            "flush": self._loop("flush", self._flush_all, FLUSH_INTERVAL),
+            "reap": self._loop("reap", self._reap, beat),
+        }
 
     def stopService(self) -> Deferred[None]:
         """Stop claiming, give back what is claimed, drain, and leave; see the module."""
@@ -456,15 +457,15 @@ class RedisRunner(Service):
             return
         self.state = RunnerState.STOPPING
         claiming = [self._busy[name] for name in ("claim", "reap") if name in self._busy]
-        for loop in self._loops[1::2]:  # claim and reap
-            loop.stop()
+        for name in ("claim", "reap"):
+            self._loops.pop(name).stop()
         if claiming:
             await DeferredList(claiming)
         await self._release()
         await self._drain()
-        for loop in (self._loops[0], self._loops[2]):  # beat and flush
+        for loop in self._loops.values():  # beat and flush: until the last write
             loop.stop()
-        self._loops = []
+        self._loops = {}
         clean = not self._jobs
         if clean:
             try:
