@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
+import secrets
+import socket
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -184,6 +187,12 @@ _LISTEN_ERRORS = {
 }
 
 
+def replica_id() -> str:
+    """This process's name among the replicas, made once at start: host, pid, 4 hex digits
+    (a restarted container may reuse its pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     """Every service of ``mtrd serve``, wired and not started: the listener comes first,
     so mtrd binds its port before it starts any mtr-packet."""
@@ -197,6 +206,8 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,
+        vantage=config.vantage,
+        replica=replica_id(),
     )
     jobs = TraceJobs(
         tracer,
@@ -215,6 +226,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         metrics=metrics,
         limits=config.limits,
         policy=config.policy,
+        vantage=config.vantage,
     )
     metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)

@@ -29,7 +29,7 @@ from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import literal
 from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
 from mtrd.web.bodies import BodyCache
-from mtrd.web.intake import InvalidFields, nesting_depth, parse_trace_request
+from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
@@ -77,8 +77,10 @@ class Api:
         metrics: Metrics | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         policy: TargetPolicy = OPEN_POLICY,
+        vantage: str = "default",
     ) -> None:
         self._limits = limits
+        self._vantage = vantage
         self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
         self._policy = policy
         self._pool = pool
@@ -120,7 +122,10 @@ class Api:
             raise Problem(
                 400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
             ) from None
-        trace_request = parse_trace_request(body)
+        submission = parse_submission(body)
+        trace_request = submission.request
+        if submission.vantage not in (None, self._vantage):
+            raise no_live_vantage(submission.vantage, [self._vantage])
         if self.draining:
             raise Problem(
                 503,
@@ -273,6 +278,18 @@ class Api:
 
     # -- service ------------------------------------------------------------------------
 
+    @app.route("/vantage-points", methods=["GET"])
+    def vantage_points(self, request: IRequest) -> bytes:
+        """Where traces can be probed from: this process alone, with the in-memory store."""
+        point = {
+            "name": self._vantage,
+            "replicas": 1,
+            "capacity": self._jobs.max_running,
+            "running": self._jobs.running_traces,
+            "ready": self._pool.ready_workers > 0,
+        }
+        return _json(request, 200, {"vantage_points": [point]})
+
     @app.route("/openapi.yaml", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         """This API, described in OpenAPI 3.1."""
@@ -393,6 +410,14 @@ def problem_of(error: Exception) -> Problem:
             headers=(("Retry-After", str(error.retry_after)),),
         )
     raise TypeError(f"no problem answer for {error!r}")
+
+
+def no_live_vantage(vantage: str, live: list[str]) -> Problem:
+    """422 for a trace asked of a vantage no live replica serves."""
+    names = ", ".join(live) if live else "none"
+    return invalid_fields(
+        [("vantage", f"no live replica probes from {vantage}; live vantage points: {names}")]
+    )
 
 
 def _json(
