@@ -195,6 +195,11 @@ class SharedTraces(Service):
 
     # -- events -------------------------------------------------------------------------
 
+    @property
+    def followed(self) -> int:
+        """Traces followed on this replica now: one poller each."""
+        return len(self._pollers)
+
     def subscribers(self, trace_id: str) -> int:
         """How many subscribers follow ``trace_id`` on this replica."""
         poller = self._pollers.get(trace_id)
