@@ -396,3 +396,77 @@ async def test_paused_redis_is_503_with_retry_after_then_200_again(pair: Pair) -
     ready = await pair.b.request("GET", "/readyz")
     assert ready.code == 200
     assert ready.json()["store"]["ready"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_of_an_unknown_trace_are_404(pair: Pair) -> None:
+    """An event stream of a trace Redis does not hold is a 404 problem."""
+    answer = await pair.b.request("GET", "/traces/nosuchtrace/events")
+    assert answer.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_trimmed_events_restart_a_subscriber_from_the_snapshot(pair: Pair) -> None:
+    """When events after Last-Event-ID are gone, the snapshot comes first, then the log."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    await _started(pair.a, trace_id)
+    for ttl in (1, 2, 3):
+        await pair.a.store.append_event(trace_id, "hop", _hop(ttl))
+    await pair.a.connection.execute("XDEL", pair.a.store.events_key(trace_id), "0-1", "0-2")
+    stream = await open_stream(pair.b, trace_id, last=0)
+    await until(pair.b, lambda: len(stream.events()) >= 2)
+    events = stream.events()
+    assert (events[0]["id"], events[0]["event"], events[0]["data"]["status"]) == (
+        2,
+        "status",
+        "running",
+    )
+    assert (events[-1]["id"], events[-1]["event"], events[-1]["data"]["ttl"]) == (3, "hop", 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_of_a_trace_deleted_meanwhile_ends(pair: Pair) -> None:
+    """A followed trace that disappears from Redis without a done event ends its streams."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(pair.b, trace_id)
+    await until(pair.b, stream.events)
+    assert await pair.a.store.delete(trace_id)
+    await until(pair.b, lambda: stream.ended)
+    assert pair.b.shared.followed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_queued_trace_ends_its_streams_on_every_replica(pair: Pair) -> None:
+    """DELETE of a queued trace on A sends done to a subscriber on B."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(pair.b, trace_id)
+    await until(pair.b, stream.events)
+    assert (await pair.a.request("DELETE", f"/traces/{trace_id}")).code == 200
+    await until(pair.b, lambda: stream.ended)
+    assert stream.events()[-1]["event"] == "done"
+    assert stream.events()[-1]["data"]["status"] == "cancelled"
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_while_redis_is_paused_are_503(pair: Pair) -> None:
+    """Opening an event stream while Redis does not answer is 503 with Retry-After."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    pair.server.pause()
+    try:
+        answer = await pair.b.request("GET", f"/traces/{trace_id}/events")
+        assert answer.code == 503
+        assert answer.header("retry-after") == "1"
+    finally:
+        pair.server.resume()
+
+
+@pytest_twisted.ensureDeferred
+async def test_vantage_points_while_redis_is_paused_are_503(pair: Pair) -> None:
+    """GET /vantage-points while Redis does not answer is 503 with Retry-After."""
+    pair.server.pause()
+    try:
+        answer = await pair.a.request("GET", "/vantage-points")
+        assert answer.code == 503
+        assert answer.header("retry-after") == "1"
+    finally:
+        pair.server.resume()
