@@ -121,7 +121,7 @@ def test_memory_mode_loads_no_redis_client() -> None:
         "('mtrd.tracing.redis.connection', 'mtrd.tracing.redis.store', "
         "'mtrd.tracing.redis.front')))"
     )
-    out = subprocess.run(  # noqa: S603 - a fixed command line
+    out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"

@@ -434,21 +434,23 @@ class Api:
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
-        """Ready once a mtr-packet worker answered its version check; not while draining."""
+        """Ready once a mtr-packet worker answered its version check and, with Redis, while
+        Redis answers; not while draining."""
         ready = self._pool.ready_workers
-        body: dict[str, Any] = {"workers": {"ready": ready, "size": self._pool.size}}
-        store_ready = True
-        if self._store_health is not None:
-            health = self._store_health()
-            store_ready = health.ready
+        health = None if self._store_health is None else self._store_health()
+        store_ready = health is None or health.ready
+        status = "draining" if self.draining else "ready" if ready and store_ready else "not ready"
+        body: dict[str, Any] = {
+            "status": status,
+            "workers": {"ready": ready, "size": self._pool.size},
+        }
+        if health is not None:
             body["store"] = {
                 "name": "redis",
                 "ready": health.ready,
                 "state": health.state.value,
                 "error": health.last_error,
             }
-        status = "draining" if self.draining else "ready" if ready and store_ready else "not ready"
-        body["status"] = status
         return _json(request, 200 if status == "ready" else 503, body)
 
     @app.route("/metrics", methods=["GET"])
