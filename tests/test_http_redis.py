@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -23,6 +24,7 @@ from mtrd.tracing.redis.replicas import RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore
 from mtrd.tracing.store import StoreLimits, TraceStore
 from mtrd.tracing.tracer import Tracer, new_trace_id
+from mtrd.web.limits import EdgeLimits
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -52,9 +54,21 @@ def _new_trace(request: TraceRequest) -> Trace:
 class Front:
     """One replica's HTTP side on the shared Redis."""
 
-    def __init__(self, connection: RedisConnection, name: str, *, max_queued: int = 100) -> None:
+    def __init__(
+        self,
+        connection: RedisConnection,
+        name: str,
+        *,
+        max_queued: int = 100,
+        max_traces: int = 100,
+        limits: EdgeLimits | None = None,
+    ) -> None:
         self.connection = connection
-        self.store = RedisTraceStore(connection, reactor, StoreLimits(ttl=600))  # type: ignore[arg-type]
+        self.store = RedisTraceStore(
+            connection,
+            reactor,  # type: ignore[arg-type]
+            StoreLimits(ttl=600, max_traces=max_traces),
+        )
         self.replicas = RedisReplicas(connection)
         self.shared = SharedTraces(
             redis=connection,
@@ -75,6 +89,7 @@ class Front:
             store=memory,
             clock=reactor,  # type: ignore[arg-type]
             vantage=VANTAGE,
+            limits=limits or EdgeLimits(),
             shared=self.shared,
             store_health=connection.health,
         )
@@ -257,25 +272,57 @@ async def test_vantage_points_list_the_live_vantages(pair: Pair) -> None:
     }
 
 
+@asynccontextmanager
+async def _alone(redis_server: RedisServer, **options: Any) -> AsyncIterator[Front]:
+    """One front on its own connection, a runner beating for its vantage."""
+    connection = await connected(redis_server)
+    front = Front(connection, "front-a", **options)
+    await front.replicas.beat(
+        ReplicaBeat(RUNNER, VANTAGE, 4, running=0, ready=True),
+        reactor.seconds(),  # type: ignore[attr-defined]
+    )
+    try:
+        yield front
+    finally:
+        front.shared.stopService()
+        front.stub.flush()
+        await connection.stopService()
+
+
 @pytest_twisted.ensureDeferred
 async def test_full_queue_is_429_and_stores_nothing(redis_server: RedisServer) -> None:
     """Past --max-queued for the deployment, POST is 429 with Retry-After, nothing kept."""
-    connection = await connected(redis_server)
-    front = Front(connection, "front-a", max_queued=1)
-    try:
-        await front.replicas.beat(
-            ReplicaBeat(RUNNER, VANTAGE, 4, running=0, ready=True),
-            reactor.seconds(),  # type: ignore[attr-defined]
-        )
+    async with _alone(redis_server, max_queued=1) as front:
         assert (await front.post_trace(QUICK)).code == 202
         refused = await front.post_trace(QUICK)
         assert refused.code == 429
+        assert refused.json()["type"].endswith("queue-full")
         assert refused.header("retry-after") is not None
         listed = await front.request("GET", "/traces")
         assert len(listed.json()["traces"]) == 1
-    finally:
-        front.shared.stopService()
-        await connection.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_full_of_active_traces_is_429(redis_server: RedisServer) -> None:
+    """At the store cap with only active traces, POST is 429 store-full with Retry-After."""
+    async with _alone(redis_server, max_traces=1) as front:
+        assert (await front.post_trace(QUICK)).code == 202
+        refused = await front.post_trace(QUICK)
+        assert refused.code == 429
+        assert refused.json()["type"].endswith("store-full")
+        assert refused.header("retry-after") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_subscribers_of_a_trace_is_429(redis_server: RedisServer) -> None:
+    """Past the per-trace stream limit on a replica, another stream is 429."""
+    async with _alone(redis_server, limits=EdgeLimits(max_subscribers_per_trace=1)) as front:
+        trace_id = (await front.post_trace(QUICK)).json()["id"]
+        stream = await open_stream(front, trace_id)
+        await until(front, stream.events)
+        refused = await front.request("GET", f"/traces/{trace_id}/events")
+        assert refused.code == 429
+        assert refused.header("retry-after") == "5"
 
 
 class Stream:
