@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from tests.openapi import validate_response
 from tests.redis_server import RedisServer
 from tests.redis_support import FAST, connected, sleep, wait_until
-from tests.test_http import BASE, Answer, FakePool, parse_events
+from tests.test_http import BASE, Answer, FakePool, _disconnect, parse_events
 
 VANTAGE = "fra"
 RUNNER = "runner-1"
@@ -517,3 +517,33 @@ async def test_vantage_points_while_redis_is_paused_are_503(pair: Pair) -> None:
         assert answer.header("retry-after") == "1"
     finally:
         pair.server.resume()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_stops_the_poller(pair: Pair) -> None:
+    """When the only subscriber of a trace goes away, its poller stops at once."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    response = await pair.b.pumped(pair.b.stub.get(f"{BASE}/traces/{trace_id}/events"))
+    await until(pair.b, lambda: pair.b.shared.followed == 1)
+    await _disconnect(response)
+    await until(pair.b, lambda: pair.b.shared.followed == 0)
+    assert pair.b.api.sse_subscribers == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_outlives_a_redis_pause(pair: Pair) -> None:
+    """An open stream keeps its poller while Redis is paused and gets what follows after."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(pair.b, trace_id)
+    await until(pair.b, stream.events)
+    pair.server.pause()
+    try:
+        await wait_until(lambda: not pair.b.connection.health().ready)
+    finally:
+        pair.server.resume()
+    await wait_until(lambda: pair.a.connection.health().ready)
+    await _started(pair.a, trace_id)
+    await pair.a.store.append_event(trace_id, "status", TraceStatus.RUNNING)
+    await until(pair.b, lambda: len(stream.events()) == 2)
+    assert stream.events()[-1]["data"]["status"] == "running"
+    assert not stream.ended

@@ -143,10 +143,23 @@ class SharedTraces(Service):
         stored = await self._store.add(
             trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
         )
-        if not await self._queue(where).enqueue(trace.id, self._max_queued):
-            await self._store.delete(trace.id)
+        try:
+            queued = await self._queue(where).enqueue(trace.id, self._max_queued)
+        except RedisUnavailable:
+            await self._forget(trace.id)
+            raise
+        if not queued:
+            await self._forget(trace.id)
             raise QueueFull(QUEUE_RETRY_AFTER)
         return attrs.evolve(stored, trace=trace)
+
+    async def _forget(self, trace_id: str) -> None:
+        # A trace stored but not queued would stay queued until it goes stale: the client
+        # was told no, so it goes now (if Redis lets us; else it goes stale).
+        try:
+            await self._store.delete(trace_id)
+        except RedisUnavailable as e:
+            log.warn("cannot remove trace {id} that was not queued: {error}", id=trace_id, error=e)
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace with its version, or None if unknown, deleted or expired."""
@@ -270,25 +283,30 @@ class SharedTraces(Service):
         return seen
 
     async def _poll(self, poller: _Poller) -> None:
-        if not poller.followers:
-            return
-        start = min(f.seen for f in poller.followers)
+        # A background loop: it logs its own failures, or LoopingCall would stop for good.
         try:
-            page = await self._store.events_after(poller.trace_id, start)
-            if not page.events:
-                poller.idle_polls += 1
-                if poller.idle_polls >= IDLE_CHECK_POLLS:
-                    poller.idle_polls = 0
-                    if await self._store.get(poller.trace_id) is None:
-                        self._end(poller)
-                poller.failing = False
-                return
+            await self._poll_once(poller)
         except RedisUnavailable as e:
             if not poller.failing:
                 log.warn("cannot read events of {id}: {error}", id=poller.trace_id, error=e)
             poller.failing = True
+        except Exception:
+            log.failure("reading events of {id} failed", id=poller.trace_id)
+        else:
+            poller.failing = False
+
+    async def _poll_once(self, poller: _Poller) -> None:
+        if not poller.followers:
             return
-        poller.failing = False
+        start = min(f.seen for f in poller.followers)
+        page = await self._store.events_after(poller.trace_id, start)
+        if not page.events:
+            poller.idle_polls += 1
+            if poller.idle_polls >= IDLE_CHECK_POLLS:
+                poller.idle_polls = 0
+                if await self._store.get(poller.trace_id) is None:
+                    self._end(poller)
+            return
         poller.idle_polls = 0
         for follower in list(poller.followers):
             if page.gap:
