@@ -385,7 +385,14 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
             host=config.host,
         )
     _freeze_start_up()
-    log.info("mtrd listening on {host}:{port}", host=config.host, port=config.port)
+    # The store as RedisStore.display shows it: the password is masked.
+    log.info(
+        "mtrd listening on {host}:{port}, store {store}, vantage {vantage}",
+        host=config.host,
+        port=config.port,
+        store=str(config.backend),
+        vantage=config.vantage,
+    )
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:
