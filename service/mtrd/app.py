@@ -71,9 +71,14 @@ def _state_metrics(
     yield from _process_metrics(pool, api)
 
 
-def _shared_metrics(pool: ProbePool, runner: Drains, api: Api) -> Iterable[Metric]:
+def _shared_metrics(pool: ProbePool, runner: Drains, front: Any, api: Api) -> Iterable[Metric]:
     # Queued and stored traces are the deployment's, in Redis: not one replica's to report.
     yield gauge("mtrd_traces_running", "Traces probing now", runner.running_traces)
+    yield gauge(
+        "mtrd_sse_followed_traces",
+        "Traces whose events this replica polls from Redis for its streams",
+        front.followed,
+    )
     yield from _process_metrics(pool, api)
 
 
@@ -293,7 +298,8 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         parts: tuple[Any, ...] = (listener, pool, store, jobs)
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
-        metrics.watch(lambda: _shared_metrics(pool, drain, api))
+        front = shared.front
+        metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
         services = MtrdService(api, drain, access_log)
         # Stopped in reverse: the runner (its last writes) and the front's pollers go
         # before the connection, the connection before the pool.

@@ -164,11 +164,6 @@ class Submission:
     vantage: str | None = None
 
 
-def parse_trace_request(body: object) -> TraceRequest:
-    """Build a normalised :class:`TraceRequest` from a decoded JSON body, or raise."""
-    return parse_submission(body).request
-
-
 def parse_submission(body: object) -> Submission:
     """Read a POSTed trace: the request and the vantage it names, or raise."""
     if not isinstance(body, dict):
