@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import errno
+import os
+import re
+import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from mtrd.app import Listener, MtrdService, cannot_listen
+from mtrd.app import Listener, MtrdService, build, cannot_listen, replica_id
+from mtrd.config import ServeConfig
+from mtrd.tracing.redis.settings import parse_store
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
 
 class Step(Service):
@@ -104,3 +111,36 @@ def test_a_refused_bind_raises_from_start_and_stops_what_comes_after() -> None:
     with pytest.raises(CannotListenError):
         parent.startService()
     assert journal == []
+
+
+def test_memory_mode_loads_no_redis_client() -> None:
+    """Importing the composition root loads neither txredisapi nor the Redis store modules."""
+    code = (
+        "import sys, mtrd.app; "
+        "print(sorted(m for m in sys.modules if 'txredisapi' in m or m in "
+        "('mtrd.tracing.redis.connection', 'mtrd.tracing.redis.store', "
+        "'mtrd.tracing.redis.front')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_replica_ids_are_host_pid_and_four_hex_digits() -> None:
+    """A replica id is {hostname}-{pid}-{4 hex}, different on each call."""
+    first, second = replica_id(), replica_id()
+    assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-")
+    assert re.fullmatch(r"[0-9a-f]{4}", first.rsplit("-", 1)[1])
+    assert first != second or len({replica_id() for _ in range(20)}) > 1
+
+
+def test_redis_mode_builds_the_shared_services_in_stopping_order() -> None:
+    """With --store redis:// the tree is listener, pool, connection, front, runner; the
+    password is in none of their reprs."""
+    pytest.importorskip("mtrd.tracing.redis.runner")
+    config = ServeConfig(backend=parse_store("redis://:hunter2-secret@127.0.0.1:6399/0"))
+    services, _pool = build(MemoryReactorClock(), config)
+    kinds = [type(service).__name__ for service in services]
+    assert kinds == ["Listener", "ProbePool", "RedisConnection", "SharedTraces", "RedisRunner"]
+    assert not any("hunter2" in repr(service) for service in services)

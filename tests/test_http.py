@@ -31,6 +31,7 @@ from tests.openapi import validate_response, validate_schema
 from tests.test_jobs import ROUTERS, StaticResolver
 
 BASE = "http://mtrd.test"
+REPLICA = "mtrd-test-4242-beef"
 
 
 @attrs.define
@@ -83,6 +84,8 @@ class Client:
             MeteredProber(self.network, self.metrics),
             resolver or StaticResolver(),  # type: ignore[arg-type]
             policy=policy or TargetPolicy(),
+            vantage="default",
+            replica=REPLICA,
         )
         self.jobs = TraceJobs(
             tracer,
@@ -630,3 +633,58 @@ async def test_sse_subscribers_are_counted() -> None:
     assert client.api.sse_subscribers == 1
     client.run_for(3)
     assert client.api.sse_subscribers == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_trace_says_its_vantage_and_replica() -> None:
+    """In memory mode a trace names this process's vantage and replica id."""
+    client = Client()
+    body = (await client.post_trace(QUICK)).json()
+    assert (body["vantage"], body["replica"]) == ("default", REPLICA)
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_to_this_vantage_by_name_is_accepted() -> None:
+    """A POST naming this process's vantage is taken like one naming none."""
+    answer = await Client().post_trace({**QUICK, "vantage": "default"})
+    assert answer.code == 202
+    assert answer.json()["vantage"] == "default"
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_to_another_vantage_is_422_listing_the_live_ones() -> None:
+    """A vantage no live process serves is 422 naming vantage and listing the live ones."""
+    answer = await Client().post_trace({**QUICK, "vantage": "elsewhere"})
+    assert answer.code == 422
+    assert problem_fields(answer) == ["vantage"]
+    assert "live vantage points: default" in answer.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("vantage", [None, 7, "", "-x", "a b"])
+@pytest_twisted.ensureDeferred
+async def test_malformed_vantage_is_422(vantage: object) -> None:
+    """A vantage that is not a vantage name is 422 naming vantage."""
+    answer = await Client().post_trace({**QUICK, "vantage": vantage})
+    assert answer.code == 422
+    assert problem_fields(answer) == ["vantage"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_vantage_points_in_memory_mode_list_this_process() -> None:
+    """GET /vantage-points lists this one process: capacity, running, ready."""
+    client = Client(max_running=3)
+    await client.post_trace(QUICK)
+    answer = await client.request("GET", "/vantage-points")
+    assert answer.code == 200
+    assert answer.json() == {
+        "vantage_points": [
+            {"name": "default", "replicas": 1, "capacity": 3, "running": 1, "ready": True}
+        ]
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_vantage_points_say_not_ready_without_workers() -> None:
+    """With no ready worker the one vantage point is listed as not ready."""
+    answer = await Client(ready=0).request("GET", "/vantage-points")
+    assert answer.json()["vantage_points"][0]["ready"] is False

@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 from mtrd.tracing.jobs import QueueFull
 from mtrd.tracing.policy import TargetRefused
+from mtrd.tracing.redis.errors import NoLiveVantage, RedisTimeout, RedisUnavailable
 from mtrd.tracing.store import BadCursor, StoreFull
 from mtrd.web.auth import UNAUTHORIZED, AuthGuard, BearerAuth
 from mtrd.web.framing import MAX_REQUEST_LINE, ProblemChannel
@@ -76,6 +77,9 @@ def test_framing_limits_write_their_body_with_the_same_renderer() -> None:
         (TargetRefused("203.0.113.7", "deny 203.0.113.0/28"), 403, "forbidden-target", ()),
         (QueueFull(7), 429, "queue-full", (("Retry-After", "7"),)),
         (StoreFull(9), 429, "store-full", (("Retry-After", "9"),)),
+        (NoLiveVantage("nrt", ["fra"]), 422, "invalid-fields", ()),
+        (RedisUnavailable("not connected"), 503, "store-unavailable", (("Retry-After", "1"),)),
+        (RedisTimeout("no answer in 2 s"), 503, "store-unavailable", (("Retry-After", "1"),)),
     ],
 )
 def test_each_domain_error_has_its_problem(
@@ -90,3 +94,16 @@ def test_an_error_without_a_mapping_is_not_given_a_made_up_answer() -> None:
     """problem_of refuses an error it does not know (the catch-all 500 answers it)."""
     with pytest.raises(TypeError):
         problem_of(RuntimeError("boom"))
+
+
+def test_no_live_vantage_names_the_field_and_the_live_ones() -> None:
+    """The 422 for a vantage without live replicas names vantage and lists the live ones."""
+    problem = problem_of(NoLiveVantage("nrt", ["ams", "fra"]))
+    assert [field for field, _ in problem.errors] == ["vantage"]
+    assert problem.errors[0][1].endswith("live vantage points: ams, fra")
+
+
+def test_no_live_vantage_at_all_says_none() -> None:
+    """With no live vantage anywhere the 422 says so."""
+    problem = problem_of(NoLiveVantage("fra", []))
+    assert problem.errors[0][1].endswith("live vantage points: none")

@@ -14,7 +14,7 @@ from mtrd.tracing.redis.connection import (
     RedisTimeout,
     RedisUnavailable,
 )
-from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 from twisted.internet import reactor
 
@@ -365,3 +365,53 @@ async def test_a_running_save_says_whether_a_cancel_was_asked_for(redis: RedisCo
     assert second is not None
     assert (second.version, second.cancel) == (3, True)
     assert await store.cancel_requested("a")
+
+
+QUEUED = TraceStatus.QUEUED
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_of_a_queued_trace_ends_it_at_once(redis: RedisConnection) -> None:
+    """A queued trace nobody took becomes cancelled: new version, status and done events."""
+    store = store_on(redis, ttl=60)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="front")
+    assert await store.request_cancel("a", now=100.0) is CancelOutcome.CANCELLED
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace.status, stored.trace.finished_at, stored.version) == (
+        TraceStatus.CANCELLED,
+        100.0,
+        2,
+    )
+    page = await store.events_after("a", 0)
+    assert [(e.kind, e.value if e.kind == "status" else None) for e in page.events] == [
+        ("status", TraceStatus.CANCELLED),
+        ("done", None),
+    ]
+    assert 0 < int(await redis.execute("PTTL", store.trace_key("a"))) <= 60_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_of_a_taken_trace_asks_its_runner(redis: RedisConnection) -> None:
+    """A trace a replica took (still queued or running) gets the cancel field, unchanged."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="front")
+    assert await store.take("a", "runner")
+    assert await store.request_cancel("a", now=100.0) is CancelOutcome.CANCELLING
+    assert await redis.execute("HGET", store.trace_key("a"), "cancel") == b"1"
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace.status, stored.version) == (QUEUED, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_of_a_finished_or_unknown_trace_changes_nothing(
+    redis: RedisConnection,
+) -> None:
+    """A finished trace is final, an unknown one gone; neither is written."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", DONE), never, vantage="v", replica="r")
+    assert await store.request_cancel("a", now=100.0) is CancelOutcome.FINAL
+    assert await store.request_cancel("ghost", now=100.0) is CancelOutcome.GONE
+    assert await redis.execute("HEXISTS", store.trace_key("a"), "cancel") == 0
+    assert await redis.execute("EXISTS", store.trace_key("ghost")) == 0

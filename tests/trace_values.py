@@ -73,6 +73,8 @@ traces = st.builds(
     destination_reached=st.booleans(),
     hops=st.lists(hops, max_size=4).map(tuple),
     error=st.none() | st.builds(TraceError, type=_text, message=_text),
+    vantage=_text,
+    replica=st.none() | _text,
 )  # fmt: skip
 
 
@@ -101,4 +103,6 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
                 rtt_ms=RttStats(9.0, 8.0, 8.5, 9.5, 0.5), end=HopEnd.DESTINATION),
         ),
         error=TraceError("résumé", "ünïcode — ok"),
+        vantage="fra",
+        replica="host-a-41-9f3c",
     )  # fmt: skip

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
+import secrets
+import socket
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints, task
@@ -26,6 +30,7 @@ from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
 from mtrd.tracing.jobs import TraceJobs
+from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
 from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
@@ -63,6 +68,21 @@ def _state_metrics(
     yield counter(
         "mtrd_trace_evictions", "Finished traces evicted at the store cap", store.evictions
     )
+    yield from _process_metrics(pool, api)
+
+
+def _shared_metrics(pool: ProbePool, runner: Drains, front: Any, api: Api) -> Iterable[Metric]:
+    # Queued and stored traces are the deployment's, in Redis: not one replica's to report.
+    yield gauge("mtrd_traces_running", "Traces probing now", runner.running_traces)
+    yield gauge(
+        "mtrd_sse_followed_traces",
+        "Traces whose events this replica polls from Redis for its streams",
+        front.followed,
+    )
+    yield from _process_metrics(pool, api)
+
+
+def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
     yield gauge("mtrd_sse_subscribers", "Open event streams", api.sse_subscribers)
     yield gauge(
         "mtrd_workers_ready",
@@ -90,6 +110,33 @@ def _freeze_start_up() -> None:
     gc.freeze()
 
 
+class Drains(Protocol):
+    """What shutting down reads of whatever runs the traces."""
+
+    @property
+    def running_traces(self) -> int:
+        """Traces running now."""
+        ...
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds running traces get to finish on shutdown."""
+        ...
+
+
+@attrs.frozen
+class _RunnerDrain:
+    """The runner of Redis mode, as shutting down reads it."""
+
+    runner: Any
+    stop_grace: float
+
+    @property
+    def running_traces(self) -> int:
+        """Traces this replica runs now."""
+        return int(self.runner.running_traces)
+
+
 class MtrdService(MultiService):
     """Every long-lived part of one mtrd process, started in the order they were added.
 
@@ -98,7 +145,7 @@ class MtrdService(MultiService):
     their grace, and only then do the pool and the listener stop.
     """
 
-    def __init__(self, api: Api, jobs: TraceJobs, access_log: AccessLog) -> None:
+    def __init__(self, api: Api, jobs: Drains, access_log: AccessLog) -> None:
         super().__init__()
         self._api = api
         self._jobs = jobs
@@ -184,12 +231,18 @@ _LISTEN_ERRORS = {
 }
 
 
+def replica_id() -> str:
+    """This process's name among the replicas, made once at start: host, pid, 4 hex digits
+    (a restarted container may reuse its pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     """Every service of ``mtrd serve``, wired and not started: the listener comes first,
     so mtrd binds its port before it starts any mtr-packet."""
     pool = ProbePool(reactor, config.pool)
     metrics = Metrics()
-    store = TraceStore(reactor, config.store)
+    replica = replica_id()
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
@@ -197,7 +250,12 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,
+        vantage=config.vantage,
+        replica=replica,
     )
+    # The in-memory store and jobs; with Redis they stay empty and are never started
+    # (the routes read Redis through SharedTraces, and RedisRunner runs the traces).
+    store = TraceStore(reactor, config.store)
     jobs = TraceJobs(
         tracer,
         store,
@@ -207,6 +265,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         clock=reactor,
         stop_grace=config.shutdown_grace,
     )
+    shared = None
+    if isinstance(config.backend, RedisStore):
+        shared = _shared_parts(
+            reactor, config, tracer=tracer, pool=pool, metrics=metrics, replica=replica
+        )
     api = Api(
         pool=pool,
         jobs=jobs,
@@ -215,22 +278,92 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         metrics=metrics,
         limits=config.limits,
         policy=config.policy,
+        vantage=config.vantage,
+        shared=None if shared is None else shared.front,
+        store_health=None if shared is None else shared.connection.health,
     )
-    metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
     access_log = AccessLog(sys.stdout, config.log_format, reactor)
     site = QuietSite(Edge(resource, reactor, metrics, access_log))
-    services = MtrdService(api, jobs, access_log)
     endpoint_type = (
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )
     listener = Listener(endpoint_type(reactor, config.port, interface=config.host), site)
-    for service in (listener, pool, store, jobs):
+    if shared is None:
+        metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
+        services = MtrdService(api, jobs, access_log)
+        parts: tuple[Any, ...] = (listener, pool, store, jobs)
+    else:
+        drain = _RunnerDrain(shared.runner, config.shutdown_grace)
+        front = shared.front
+        metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
+        services = MtrdService(api, drain, access_log)
+        # Stopped in reverse: the runner (its last writes) and the front's pollers go
+        # before the connection, the connection before the pool.
+        parts = (listener, pool, shared.connection, shared.front, shared.runner)
+    for service in parts:
         service.setServiceParent(services)
     return services, pool
+
+
+@attrs.frozen
+class _SharedParts:
+    """What Redis mode adds: the connection, the front the routes use, the runner."""
+
+    connection: Any
+    front: Any
+    runner: Any
+
+
+def _shared_parts(
+    reactor: Any,
+    config: ServeConfig,
+    *,
+    tracer: Tracer,
+    pool: ProbePool,
+    metrics: Metrics,
+    replica: str,
+) -> _SharedParts:
+    """The Redis services of one replica. Imported here: memory mode loads none of it."""
+    from mtrd.tracing.redis.connection import RedisConnection  # noqa: PLC0415
+    from mtrd.tracing.redis.front import SharedTraces  # noqa: PLC0415
+    from mtrd.tracing.redis.queue import RedisWorkQueue  # noqa: PLC0415
+    from mtrd.tracing.redis.replicas import RedisReplicas  # noqa: PLC0415
+    from mtrd.tracing.redis.runner import RedisRunner  # noqa: PLC0415
+    from mtrd.tracing.redis.store import RedisTraceStore  # noqa: PLC0415
+
+    backend = config.backend
+    assert isinstance(backend, RedisStore)
+    connection = RedisConnection(backend, reactor, reactor)
+    trace_store = RedisTraceStore(connection, reactor, config.store)
+    replicas = RedisReplicas(connection)
+    front = SharedTraces(
+        redis=connection,
+        store=trace_store,
+        replicas=replicas,
+        new_trace=tracer.new,
+        clock=reactor,
+        vantage=config.vantage,
+        replica=replica,
+        max_queued=config.max_queued,
+    )
+    runner = RedisRunner(
+        reactor,
+        tracer,
+        trace_store,
+        RedisWorkQueue(connection, config.vantage, replica),
+        replicas,
+        replica=replica,
+        vantage=config.vantage,
+        max_running=config.max_running,
+        ready=lambda: pool.ready_workers > 0,
+        shutdown_grace=config.shutdown_grace,
+        on_finished=metrics.trace_finished,
+    )
+    return _SharedParts(connection, front, runner)
 
 
 async def serve(reactor: Any, config: ServeConfig) -> None:
@@ -253,7 +386,14 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
             host=config.host,
         )
     _freeze_start_up()
-    log.info("mtrd listening on {host}:{port}", host=config.host, port=config.port)
+    # The store as RedisStore.display shows it: the password is masked.
+    log.info(
+        "mtrd listening on {host}:{port}, store {store}, vantage {vantage}",
+        host=config.host,
+        port=config.port,
+        store=str(config.backend),
+        vantage=config.vantage,
+    )
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:

@@ -158,3 +158,5 @@ class Trace:
     destination_reached: bool = False
     hops: tuple[Hop, ...] = ()
     error: TraceError | None = None
+    vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
+    replica: str | None = None  # the process that runs it; None while nobody has taken it

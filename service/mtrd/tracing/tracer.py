@@ -70,8 +70,12 @@ class Tracer:
         source_ipv4: str | None = None,
         source_ipv6: str | None = None,
         policy: TargetPolicy = OPEN_POLICY,
+        vantage: str = "",
+        replica: str | None = None,
     ) -> None:
         self._clock = clock
+        self.vantage = vantage
+        self.replica = replica
         self._prober = prober
         self._resolver = resolver
         self._settings = settings
@@ -86,6 +90,8 @@ class Tracer:
             request=request,
             target=TraceTarget(input=request.target),
             created_at=self._clock.seconds(),
+            vantage=self.vantage,
+            replica=self.replica,
         )
 
     def trace(

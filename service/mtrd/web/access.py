@@ -48,7 +48,9 @@ def log_access(record: AccessRecord) -> None:
 
 
 _URL_NOT_UTF8 = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
-_KNOWN_ROUTES = frozenset({"/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"})
+_KNOWN_ROUTES = frozenset(
+    {"/vantage-points", "/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+)
 
 
 def route_of(path: str) -> str:

@@ -8,7 +8,9 @@ version: any change of the trace (a hop, a status, a resolved address) makes a n
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
+from mtrd.tracing.model import Trace
 from mtrd.tracing.store import TraceRecord
 from mtrd.web.render import trace_bytes
 
@@ -29,13 +31,16 @@ class BodyCache:
 
     def body(self, record: TraceRecord) -> bytes:
         """The trace resource of ``record`` as JSON, rendered at most once per version."""
-        trace_id = record.trace.id
-        version = record.version
+        return self.rendered(record.trace.id, record.version, record.full_trace)
+
+    def rendered(self, trace_id: str, version: int, trace: Callable[[], Trace]) -> bytes:
+        """The JSON of version ``version`` of a trace; ``trace`` gives the value when this
+        version was not rendered yet."""
         cached = self._bodies.get(trace_id)
         if cached is not None and cached[0] == version:
             self._bodies.move_to_end(trace_id)
             return cached[1]
-        body = trace_bytes(record.full_trace())
+        body = trace_bytes(trace())
         self._bodies[trace_id] = (version, body)
         self._bodies.move_to_end(trace_id)
         if len(self._bodies) > self._size:

@@ -12,10 +12,11 @@ import attrs
 
 from mtrd.engine.probe import Protocol, address_of
 from mtrd.tracing.model import DEFAULT_PORTS, TraceRequest
+from mtrd.tracing.redis.settings import parse_vantage
 
 MAX_TTL = 255
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_FIELDS = {f.name for f in attrs.fields(TraceRequest)}
+_FIELDS = {f.name for f in attrs.fields(TraceRequest)} | {"vantage"}
 
 
 class InvalidFields(ValueError):
@@ -127,6 +128,21 @@ class _Reader:
                 self.errors.append(("ip_version", f"{target} is not an IPv{ip_version} address"))
         return target, ip_version
 
+    def vantage(self) -> str | None:
+        value = self.body.get("vantage")
+        if value is None:
+            if "vantage" in self.body:
+                self.errors.append(("vantage", "must not be null"))
+            return None
+        if not isinstance(value, str):
+            self.errors.append(("vantage", "must be a string"))
+            return None
+        try:
+            return parse_vantage(value)
+        except ValueError as e:
+            self.errors.append(("vantage", str(e)))
+            return None
+
     def protocol(self) -> tuple[Protocol, int | None]:
         try:
             protocol = Protocol(self.body.get("protocol", "icmp"))
@@ -140,12 +156,21 @@ class _Reader:
         return protocol, self.integer("port", 1, 65535, DEFAULT_PORTS[protocol])
 
 
-def parse_trace_request(body: object) -> TraceRequest:
-    """Build a normalised :class:`TraceRequest` from a decoded JSON body, or raise."""
+@attrs.frozen
+class Submission:
+    """A POSTed trace: the normalised request, and the vantage asked for (None: this one's)."""
+
+    request: TraceRequest
+    vantage: str | None = None
+
+
+def parse_submission(body: object) -> Submission:
+    """Read a POSTed trace: the request and the vantage it names, or raise."""
     if not isinstance(body, dict):
         raise InvalidFields([("", "the body must be a JSON object")])
     reader = _Reader(body)
     reader.errors += [(name, "unknown field") for name in body if name not in _FIELDS]
+    vantage = reader.vantage()
     target, ip_version = reader.target()
     protocol, port = reader.protocol()
     first_ttl = reader.integer("first_ttl", 1, MAX_TTL, 1)
@@ -168,4 +193,4 @@ def parse_trace_request(body: object) -> TraceRequest:
     )
     if reader.errors:
         raise InvalidFields(reader.errors)
-    return request
+    return Submission(request, vantage)

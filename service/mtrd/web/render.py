@@ -132,6 +132,8 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         "request": request_json(trace.request),
         "target": _target_json(trace),
         "source": trace.source,
+        "vantage": trace.vantage,
+        "replica": trace.replica,
         "created_at": rfc3339(trace.created_at),
         "started_at": rfc3339(trace.started_at),
         "finished_at": rfc3339(trace.finished_at),
@@ -228,4 +230,7 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         destination_reached=data["destination_reached"],
         hops=tuple(hop_from_json(h) for h in data["hops"]),
         error=None if error is None else TraceError(error["type"], error["message"]),
+        # A server older than these fields leaves them out.
+        vantage=data.get("vantage", ""),
+        replica=data.get("replica"),
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
@@ -24,12 +25,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
-from mtrd.tracing.model import TraceStatus
+from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
+from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
 from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
 from mtrd.web.bodies import BodyCache
-from mtrd.web.intake import InvalidFields, nesting_depth, parse_trace_request
+from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
@@ -37,8 +39,14 @@ from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, render_report
 from mtrd.web.sse import EventStream
 
+if TYPE_CHECKING:
+    from mtrd.tracing.redis.connection import RedisHealth
+    from mtrd.tracing.redis.front import SharedTraces
+    from mtrd.tracing.redis.store import StoredTrace
+
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
 OPEN_POLICY = TargetPolicy()
+STORE_RETRY_AFTER = 1  # seconds: Redis reconnects with back-off from 0.2 s
 
 
 class Readiness(Protocol):
@@ -61,7 +69,12 @@ class Readiness(Protocol):
 
 
 class Api:
-    """The Klein application of one mtrd process."""
+    """The Klein application of one mtrd process.
+
+    With the in-memory store the routes answer at once from ``jobs`` and ``store``. With
+    Redis (``shared``), the trace routes read and write the shared store and answer
+    with Deferreds; ``store_health`` then says whether Redis answers.
+    """
 
     app = Klein()
     log = Logger()
@@ -77,8 +90,14 @@ class Api:
         metrics: Metrics | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         policy: TargetPolicy = OPEN_POLICY,
+        vantage: str = "default",
+        shared: SharedTraces | None = None,
+        store_health: Callable[[], RedisHealth] | None = None,
     ) -> None:
         self._limits = limits
+        self._vantage = vantage
+        self._shared = shared
+        self._store_health = store_health
         self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
         self._policy = policy
         self._pool = pool
@@ -94,7 +113,7 @@ class Api:
     # -- traces -------------------------------------------------------------------------
 
     @app.route("/traces", methods=["POST"])
-    def create(self, request: IRequest) -> bytes:
+    def create(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Start a trace: 202 with its resource and Location."""
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
@@ -120,7 +139,10 @@ class Api:
             raise Problem(
                 400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
             ) from None
-        trace_request = parse_trace_request(body)
+        submission = parse_submission(body)
+        trace_request = submission.request
+        if self._shared is None and submission.vantage not in (None, self._vantage):
+            raise no_live_vantage(submission.vantage, [self._vantage])
         if self.draining:
             raise Problem(
                 503,
@@ -128,6 +150,14 @@ class Api:
                 "Shutting down",
                 "mtrd is shutting down and takes no new traces",
                 headers=(("Retry-After", "5"),),
+            )
+        if self._shared is not None:
+            # Some replica of the vantage runs it: this one's workers do not matter here.
+            address = literal(trace_request.target)
+            if address is not None:
+                self._policy.check(address.address)
+            return Deferred.fromCoroutine(
+                self._create_shared(request, self._shared, submission.request, submission.vantage)
             )
         if self._pool.ready_workers == 0:
             raise Problem(
@@ -152,8 +182,22 @@ class Api:
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
 
+    async def _create_shared(
+        self,
+        request: IRequest,
+        shared: SharedTraces,
+        trace_request: TraceRequest,
+        vantage: str | None,
+    ) -> bytes:
+        stored = await shared.submit(trace_request, vantage)
+        request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
+        return _body(request, 202, self._stored_body(stored))
+
+    def _stored_body(self, stored: StoredTrace) -> bytes:
+        return self._bodies.rendered(stored.trace.id, stored.version, lambda: stored.trace)
+
     @app.route("/traces", methods=["GET"])
-    def listing(self, request: IRequest) -> bytes:
+    def listing(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Traces, newest first, filtered by status, a page at a time."""
         args = {
             k.decode(): [v.decode("utf-8", "replace") for v in vs]
@@ -182,31 +226,53 @@ class Api:
         cursor = args["cursor"][-1] if args.get("cursor", [""])[-1] else None
         if errors:
             raise invalid_fields(errors)
+        if self._shared is not None:
+            return Deferred.fromCoroutine(
+                self._listing_shared(request, self._shared, status, limit, cursor)
+            )
         page, next_cursor = self._store.newest_first(status, limit, cursor)
-        return _json(
-            request, 200, {"traces": [summary_json(t) for t in page], "next_cursor": next_cursor}
-        )
+        return _listing(request, page, next_cursor)
+
+    async def _listing_shared(
+        self,
+        request: IRequest,
+        shared: SharedTraces,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> bytes:
+        page, next_cursor = await shared.newest_first(status, limit, cursor)
+        return _listing(request, page, next_cursor)
 
     @app.route("/traces/<trace_id>", methods=["GET"])
-    def show(self, request: IRequest, trace_id: str) -> bytes:
+    def show(self, request: IRequest, trace_id: str) -> bytes | Deferred[bytes]:
         """One trace as JSON (with an ETag), or as a text report."""
+        if self._shared is not None:
+            return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id))
         record = self._store.get(trace_id)
         if record is None:
             raise not_found(f"trace {trace_id}")
-        etag = f'"{trace_id}.{record.version}"'
-        request.setHeader(b"ETag", etag.encode())
-        request.setHeader(b"Vary", b"Accept")
-        if etag in _tags(request.getHeader("if-none-match")):
-            request.setResponseCode(304)
+        if _not_modified(request, trace_id, record.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return render_report(record.full_trace(), LOCAL_HOST).encode()
+            return _report(request, record.full_trace())
         return _body(request, 200, self._bodies.body(record))
 
+    async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+        stored = await shared.get(trace_id)
+        if stored is None:
+            raise not_found(f"trace {trace_id}")
+        if _not_modified(request, trace_id, stored.version):
+            return b""
+        if _prefers_text(request.getHeader("accept")):
+            return _report(request, stored.trace)
+        return _body(request, 200, self._stored_body(stored))
+
     @app.route("/traces/<trace_id>", methods=["DELETE"])
-    def delete(self, request: IRequest, trace_id: str) -> bytes:
+    def delete(self, request: IRequest, trace_id: str) -> bytes | Deferred[bytes]:
         """Cancel a queued or running trace (200), or remove a finished one (204)."""
+        if self._shared is not None:
+            return Deferred.fromCoroutine(self._delete_shared(request, self._shared, trace_id))
         outcome = self._jobs.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -218,30 +284,31 @@ class Api:
         assert record is not None
         return _body(request, 200, self._bodies.body(record))
 
+    async def _delete_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+        outcome = await shared.delete(trace_id)
+        if outcome is None:
+            raise not_found(f"trace {trace_id}")
+        if outcome is Deletion.REMOVED:
+            self._bodies.forget(trace_id)
+            request.setResponseCode(204)
+            return b""
+        # Cancelled if it was queued; a running one shows its status until its runner
+        # has stopped it (within a second).
+        stored = await shared.get(trace_id)
+        if stored is None:
+            raise not_found(f"trace {trace_id}")
+        return _body(request, 200, self._stored_body(stored))
+
     @app.route("/traces/<trace_id>/events", methods=["GET"])
     def events(self, request: IRequest, trace_id: str) -> Deferred[None] | bytes:
         """Server-sent events of one trace; Last-Event-ID resumes after that id."""
+        if self._shared is not None:
+            return Deferred.fromCoroutine(self._events_shared(request, self._shared, trace_id))
         record = self._store.get(trace_id)
         if record is None:
             raise not_found(f"trace {trace_id}")
-        limits = self._limits
-        if (
-            self.sse_subscribers >= limits.max_subscribers
-            or record.channel.subscribers >= limits.max_subscribers_per_trace
-        ):
-            raise Problem(
-                429,
-                "too-many-subscribers",
-                "Too many subscribers",
-                f"at most {limits.max_subscribers_per_trace} streams per trace and "
-                f"{limits.max_subscribers} in all",
-                headers=(("Retry-After", "5"),),
-            )
-        last = request.getHeader("last-event-id")
-        after = int(last) if last is not None and last.strip().isdigit() else None
-        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        request.setHeader(b"X-Accel-Buffering", b"no")
+        self._check_subscribers(record.channel.subscribers)
+        after = _start_events(request)
         subscription: list[Callable[[], None]] = []
 
         def closed() -> None:
@@ -255,7 +322,7 @@ class Api:
             trace_id=trace_id,
             clock=self._clock,
             heartbeat=self._heartbeat,
-            max_backlog=limits.max_sse_backlog,
+            max_backlog=self._limits.max_sse_backlog,
             on_close=closed,
         )
         finished: Deferred[None] = Deferred(lambda _: stream.close())
@@ -271,7 +338,88 @@ class Api:
             finished.callback(None)  # a slow client was dropped while catching up
         return finished
 
+    async def _events_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> None:
+        if await shared.get(trace_id) is None:
+            raise not_found(f"trace {trace_id}")
+        self._check_subscribers(shared.subscribers(trace_id))
+        after = _start_events(request)
+        subscription: list[Callable[[], None]] = []
+
+        def closed() -> None:
+            self.sse_subscribers -= 1
+            for unsubscribe in subscription:
+                unsubscribe()
+
+        self.sse_subscribers += 1
+        stream = EventStream(
+            request,
+            trace_id=trace_id,
+            clock=self._clock,
+            heartbeat=self._heartbeat,
+            max_backlog=self._limits.max_sse_backlog,
+            on_close=closed,
+        )
+        finished: Deferred[None] = Deferred(lambda _: stream.close())
+
+        def end() -> None:
+            if not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        def deliver(event: Event) -> None:
+            stream.send(event)
+            if event.kind == "done":
+                end()
+
+        try:
+            unsubscribe = await shared.follow(trace_id, after, deliver, end)
+        except BaseException:
+            stream.close()
+            raise
+        if unsubscribe is None:
+            end()
+        elif stream.closed:
+            unsubscribe()  # the client left, or was too slow, while catching up
+            end()
+        else:
+            subscription.append(unsubscribe)
+        await finished
+
+    def _check_subscribers(self, on_trace: int) -> None:
+        limits = self._limits
+        if (
+            self.sse_subscribers >= limits.max_subscribers
+            or on_trace >= limits.max_subscribers_per_trace
+        ):
+            raise Problem(
+                429,
+                "too-many-subscribers",
+                "Too many subscribers",
+                f"at most {limits.max_subscribers_per_trace} streams per trace and "
+                f"{limits.max_subscribers} in all",
+                headers=(("Retry-After", "5"),),
+            )
+
     # -- service ------------------------------------------------------------------------
+
+    @app.route("/vantage-points", methods=["GET"])
+    def vantage_points(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """Where traces can be probed from: the live vantages, or this process alone with
+        the in-memory store."""
+        if self._shared is not None:
+            return Deferred.fromCoroutine(self._vantage_points_shared(request, self._shared))
+        point = {
+            "name": self._vantage,
+            "replicas": 1,
+            "capacity": self._jobs.max_running,
+            "running": self._jobs.running_traces,
+            "ready": self._pool.ready_workers > 0,
+        }
+        return _json(request, 200, {"vantage_points": [point]})
+
+    async def _vantage_points_shared(self, request: IRequest, shared: SharedTraces) -> bytes:
+        points = [attrs.asdict(point) for point in await shared.vantage_points()]
+        return _json(request, 200, {"vantage_points": points})
 
     @app.route("/openapi.yaml", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
@@ -286,10 +434,23 @@ class Api:
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
-        """Ready once a mtr-packet worker answered its version check; not while draining."""
+        """Ready once a mtr-packet worker answered its version check and, with Redis, while
+        Redis answers; not while draining."""
         ready = self._pool.ready_workers
-        status = "draining" if self.draining else "ready" if ready else "not ready"
-        body = {"status": status, "workers": {"ready": ready, "size": self._pool.size}}
+        health = None if self._store_health is None else self._store_health()
+        store_ready = health is None or health.ready
+        status = "draining" if self.draining else "ready" if ready and store_ready else "not ready"
+        body: dict[str, Any] = {
+            "status": status,
+            "workers": {"ready": ready, "size": self._pool.size},
+        }
+        if health is not None:
+            body["store"] = {
+                "name": "redis",
+                "ready": health.ready,
+                "state": health.state.value,
+                "error": health.last_error,
+            }
         return _json(request, 200 if status == "ready" else 503, body)
 
     @app.route("/metrics", methods=["GET"])
@@ -310,7 +471,15 @@ class Api:
         assert isinstance(problem, Problem)
         return self._render(request, problem)
 
-    @app.handle_errors(InvalidFields, BadCursor, TargetRefused, QueueFull, StoreFull)
+    @app.handle_errors(
+        InvalidFields,
+        BadCursor,
+        TargetRefused,
+        QueueFull,
+        StoreFull,
+        NoLiveVantage,
+        RedisUnavailable,
+    )
     def domain_error(self, request: IRequest, failure: Failure) -> bytes:
         """An error of the trace domain, answered as :func:`problem_of` maps it."""
         error = failure.value
@@ -392,7 +561,25 @@ def problem_of(error: Exception) -> Problem:
             str(error),
             headers=(("Retry-After", str(error.retry_after)),),
         )
+    if isinstance(error, NoLiveVantage):
+        return no_live_vantage(error.vantage, list(error.live))
+    if isinstance(error, RedisUnavailable):
+        return Problem(
+            503,
+            "store-unavailable",
+            "Trace store unavailable",
+            f"the shared trace store does not answer: {error}",
+            headers=(("Retry-After", str(STORE_RETRY_AFTER)),),
+        )
     raise TypeError(f"no problem answer for {error!r}")
+
+
+def no_live_vantage(vantage: str, live: list[str]) -> Problem:
+    """422 for a trace asked of a vantage no live replica serves."""
+    names = ", ".join(live) if live else "none"
+    return invalid_fields(
+        [("vantage", f"no live replica probes from {vantage}; live vantage points: {names}")]
+    )
 
 
 def _json(
@@ -401,6 +588,37 @@ def _json(
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _listing(request: IRequest, page: list[Trace], next_cursor: str | None) -> bytes:
+    return _json(
+        request, 200, {"traces": [summary_json(t) for t in page], "next_cursor": next_cursor}
+    )
+
+
+def _not_modified(request: IRequest, trace_id: str, version: int) -> bool:
+    """Set the ETag; True (and 304) when the client has this version already."""
+    etag = f'"{trace_id}.{version}"'
+    request.setHeader(b"ETag", etag.encode())
+    request.setHeader(b"Vary", b"Accept")
+    if etag in _tags(request.getHeader("if-none-match")):
+        request.setResponseCode(304)
+        return True
+    return False
+
+
+def _report(request: IRequest, trace: Trace) -> bytes:
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return render_report(trace, LOCAL_HOST).encode()
+
+
+def _start_events(request: IRequest) -> int | None:
+    """Headers of an event stream; the Last-Event-ID to resume after, if any."""
+    last = request.getHeader("last-event-id")
+    request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-cache")
+    request.setHeader(b"X-Accel-Buffering", b"no")
+    return int(last) if last is not None and last.strip().isdigit() else None
 
 
 def _body(request: IRequest, status: int, body: bytes) -> bytes:

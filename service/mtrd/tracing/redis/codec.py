@@ -26,7 +26,9 @@ from mtrd.tracing.model import (
     TraceTarget,
 )
 
-FORMAT: Final = 1
+FORMAT: Final = 2
+# Format 1 had no vantage and replica in the value (they were fields of the hash only).
+READABLE: Final = (1, 2)
 EVENT_KINDS: Final = ("status", "hop", "done")
 
 
@@ -74,7 +76,7 @@ def _dump(document: dict[str, Any]) -> bytes:
 
 def _load(data: bytes) -> dict[str, Any]:
     document = json.loads(data)
-    if not isinstance(document, dict) or document.get("f") != FORMAT:
+    if not isinstance(document, dict) or document.get("f") not in READABLE:
         raise UnknownFormat("a stored trace document of an unknown format")
     return document
 
@@ -95,6 +97,7 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "reached": trace.destination_reached,
         "hops": [_hop(hop) for hop in trace.hops],
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
+        "at": [trace.vantage, trace.replica],
     }  # fmt: skip
 
 
@@ -103,6 +106,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
      tos) = d["request"]  # fmt: skip
     created_at, started_at, finished_at, expires_at = d["times"]
     error = d["error"]
+    vantage, replica = d.get("at", ("", None))
     return Trace(
         id=d["id"],
         status=TraceStatus(d["status"]),
@@ -128,6 +132,8 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         destination_reached=d["reached"],
         hops=tuple(_hop_from(hop) for hop in d["hops"]),
         error=None if error is None else TraceError(*error),
+        vantage=vantage,
+        replica=replica,
     )
 
 

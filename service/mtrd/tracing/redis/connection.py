@@ -35,24 +35,23 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mtrd.tracing.redis.errors import RedisCommandError, RedisTimeout, RedisUnavailable
 from mtrd.tracing.redis.settings import RedisStore
+
+__all__ = [
+    "ConnectionState",
+    "RedisCommandError",
+    "RedisConnection",
+    "RedisHealth",
+    "RedisTimeout",
+    "RedisTimeouts",
+    "RedisUnavailable",
+]
 
 log = Logger()
 
 Argument = bytes | str | int | float
 Command = Sequence[Argument]
-
-
-class RedisUnavailable(Exception):
-    """Redis cannot be used now (not connected, connection lost, or no answer in time)."""
-
-
-class RedisTimeout(RedisUnavailable):
-    """Redis took longer than the call timeout to answer."""
-
-
-class RedisCommandError(Exception):
-    """Redis answered a command with an error (a bug here, or a server that refuses)."""
 
 
 class ConnectionState(enum.Enum):

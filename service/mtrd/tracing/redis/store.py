@@ -24,6 +24,7 @@ once; the next add brings it back.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Final
 
@@ -51,6 +52,15 @@ class NotRunning(Exception):
     def __init__(self, trace_id: str) -> None:
         super().__init__(f"trace {trace_id} is not running on this replica any more")
         self.trace_id = trace_id
+
+
+class CancelOutcome(enum.Enum):
+    """What :meth:`RedisTraceStore.request_cancel` did."""
+
+    GONE = "gone"  # no such trace (deleted, expired)
+    FINAL = "final"  # it had ended already: nothing to cancel
+    CANCELLED = "cancelled"  # it was queued and nobody had taken it: it is cancelled now
+    CANCELLING = "cancelling"  # a replica runs (or is starting) it: it stops within a second
 
 
 @attrs.frozen
@@ -151,6 +161,28 @@ if f['entries-added'] > f['length'] then
   if after < next_kept - 1 then gap = 1 end
 end
 return {gap, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+""")
+
+
+# KEYS: trace, events. ARGV: cancelled value, expiry_ms, status event value, done event
+# value, kept. A trace still queued and not taken becomes final at once (status and done
+# events, expiry). One a replica took or runs gets field ``cancel`` = 1: its runner reads
+# it back from its next save and stops the trace. The answer is a CancelOutcome value.
+_REQUEST_CANCEL = Script("""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'gone' end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'final' end
+if status == 'queued' and redis.call('HEXISTS', KEYS[1], 'runner') == 0 then
+  redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', 'cancelled')
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-*', 'k', 'status', 'v', ARGV[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-*', 'k', 'done', 'v', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 'cancelled'
+end
+redis.call('HSET', KEYS[1], 'cancel', 1)
+return 'cancelling'
 """)
 
 
@@ -269,6 +301,30 @@ class RedisTraceStore:
             return False
         await self.append_event(trace_id, "done", failed)
         return True
+
+    async def request_cancel(self, trace_id: str, now: float) -> CancelOutcome:
+        """Cancel a trace: at once if it is queued and nobody took it, else ask its runner.
+
+        Safe to race with a runner taking the trace: the script decides on what Redis
+        holds, and a trace taken meanwhile gets the ``cancel`` field instead.
+        """
+        stored = await self.get(trace_id)
+        if stored is None:
+            return CancelOutcome.GONE
+        cancelled = attrs.evolve(
+            stored.trace,
+            status=TraceStatus.CANCELLED,
+            finished_at=now,
+            expires_at=now + self.limits.ttl,
+        )
+        outcome = await _REQUEST_CANCEL.run(
+            self._redis,
+            self._keys(trace_id),
+            [codec.encode_trace(cancelled), self._expiry_ms(cancelled),
+             codec.encode_event("status", TraceStatus.CANCELLED),
+             codec.encode_event("done", cancelled), self._events_kept],
+        )  # fmt: skip
+        return CancelOutcome(as_text(outcome))
 
     async def take(self, trace_id: str, replica: str) -> bool:
         """Make ``replica`` the one that runs a queued trace; False if it is not queued any

@@ -1,0 +1,354 @@
+"""The front half of a replica on Redis: what the HTTP routes do with traces shared by replicas.
+
+:class:`SharedTraces` never runs a trace. A new trace is stored ``queued`` for a vantage
+with a live replica and put on that vantage's work queue; some replica's runner
+(``mtrd.tracing.redis.runner``) takes it and writes its snapshots and events back. Reads
+(one trace with its version, the listing) go to Redis; a delete cancels a trace through
+:meth:`RedisTraceStore.request_cancel` or removes a finished one.
+
+Events reach subscribers on this replica through one poller per trace followed here, not
+one per subscriber: it reads ``events_after`` every ``poll_interval`` seconds, from the
+oldest position any of its subscribers has seen, while the trace has subscribers here.
+A subscriber first gets what it missed, coalesced as the in-memory channel replays it
+(the latest status, the latest figures of each hop, the end), so ``Last-Event-ID``
+resumes on any replica; when events it missed were trimmed away (a gap) it starts from
+the snapshot instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from mtrd.tracing.events import Event, Subscriber
+from mtrd.tracing.jobs import Deletion, QueueFull
+from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
+from mtrd.tracing.redis.commands import RedisCommands
+from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
+from mtrd.tracing.redis.queue import RedisWorkQueue
+from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint
+from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
+
+log = Logger()
+
+POLL_INTERVAL: Final = 0.1
+# Without events for this many polls, the poller checks that the trace still exists, so
+# subscribers of a deleted or expired trace are let go.
+IDLE_CHECK_POLLS: Final = 10
+# Seconds a client is asked to wait when the deployment's queue is full.
+QUEUE_RETRY_AFTER: Final = 2
+
+
+def _coalesced(events: Sequence[Event]) -> list[Event]:
+    """What a subscriber needs of ``events``: the latest status, each hop's latest
+    figures, and the end; in id order (the in-memory channel's replay)."""
+    status: Event | None = None
+    hops: dict[int, Event] = {}
+    done: Event | None = None
+    for event in events:
+        if event.kind == "status":
+            status = event
+        elif event.kind == "hop" and isinstance(event.value, Hop):
+            hops[event.value.ttl] = event
+        elif event.kind == "done":
+            done = event
+    if done is not None:
+        return [done]
+    kept = [*([status] if status is not None else []), *hops.values()]
+    return sorted(kept, key=lambda e: e.id)
+
+
+def _from_snapshot(trace: Trace, event_id: int) -> list[Event]:
+    """Events that bring a subscriber to ``trace``, all numbered ``event_id``."""
+    if trace.status.is_final:
+        return [Event(event_id, "done", trace)]
+    return [Event(event_id, "status", trace.status)] + [
+        Event(event_id, "hop", hop) for hop in trace.hops
+    ]
+
+
+@attrs.define(eq=False)
+class _Follower:
+    """One subscriber on this replica: where it is in the trace's events."""
+
+    deliver: Subscriber
+    ended: Callable[[], None]
+    seen: int
+
+
+@attrs.define(eq=False)
+class _Poller:
+    """The one poller of a trace followed on this replica."""
+
+    trace_id: str
+    followers: list[_Follower] = attrs.field(factory=list)
+    loop: LoopingCall | None = None
+    idle_polls: int = 0
+    failing: bool = False
+
+
+class SharedTraces(Service):
+    """Traces in Redis as the HTTP routes use them; see the module docstring.
+
+    An ``IService``: stopping it stops every poller and lets their subscribers go.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: RedisCommands,
+        store: RedisTraceStore,
+        replicas: RedisReplicas,
+        new_trace: Callable[[TraceRequest], Trace],
+        clock: IReactorTime,
+        vantage: str,
+        replica: str,
+        max_queued: int,
+        prefix: str = "mtrd",
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._replicas = replicas
+        self._new_trace = new_trace
+        self._clock = clock
+        self.vantage = vantage
+        self.replica = replica
+        self._max_queued = max_queued
+        self._prefix = prefix
+        self._poll_interval = poll_interval
+        self._queues: dict[str, RedisWorkQueue] = {}
+        self._pollers: dict[str, _Poller] = {}
+
+    # -- traces -------------------------------------------------------------------------
+
+    async def submit(self, request: TraceRequest, vantage: str | None) -> StoredTrace:
+        """Store a new trace ``queued`` and queue it for its vantage.
+
+        Raises :class:`NoLiveVantage`, ``StoreFull`` or ``QueueFull``.
+        """
+        where = vantage or self.vantage
+        now = self._clock.seconds()
+        if not await self._replicas.live(where, now):
+            points = await self._replicas.vantage_points(now)
+            raise NoLiveVantage(where, [p.name for p in points])
+        trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
+        stored = await self._store.add(
+            trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
+        )
+        try:
+            queued = await self._queue(where).enqueue(trace.id, self._max_queued)
+        except RedisUnavailable:
+            await self._forget(trace.id)
+            raise
+        if not queued:
+            await self._forget(trace.id)
+            raise QueueFull(QUEUE_RETRY_AFTER)
+        return attrs.evolve(stored, trace=trace)
+
+    async def _forget(self, trace_id: str) -> None:
+        # A trace stored but not queued would stay queued until it goes stale: the client
+        # was told no, so it goes now (if Redis lets us; else it goes stale).
+        try:
+            await self._store.delete(trace_id)
+        except RedisUnavailable as e:
+            log.warn("cannot remove trace {id} that was not queued: {error}", id=trace_id, error=e)
+
+    async def get(self, trace_id: str) -> StoredTrace | None:
+        """The trace with its version, or None if unknown, deleted or expired."""
+        stored = await self._store.get(trace_id)
+        if stored is None:
+            return None
+        return attrs.evolve(stored, trace=self._who(stored))
+
+    async def newest_first(
+        self, status: TraceStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[Trace], str | None]:
+        """A page of traces of every replica, newest first, and the next page's cursor."""
+        return await self._store.newest_first(status, limit, cursor)
+
+    async def delete(self, trace_id: str) -> Deletion | None:
+        """Cancel a queued or running trace, or remove a finished one; None if unknown."""
+        outcome = await self._store.request_cancel(trace_id, self._clock.seconds())
+        if outcome is CancelOutcome.GONE:
+            return None
+        if outcome is CancelOutcome.FINAL:
+            return Deletion.REMOVED if await self._store.delete(trace_id) else None
+        return Deletion.CANCELLED
+
+    async def vantage_points(self) -> list[VantagePoint]:
+        """Every vantage with a live replica."""
+        return await self._replicas.vantage_points(self._clock.seconds())
+
+    def _queue(self, vantage: str) -> RedisWorkQueue:
+        queue = self._queues.get(vantage)
+        if queue is None:
+            queue = RedisWorkQueue(self._redis, vantage, self.replica, prefix=self._prefix)
+            self._queues[vantage] = queue
+        return queue
+
+    @staticmethod
+    def _who(stored: StoredTrace) -> Trace:
+        # Format-1 values carry no vantage, and a runner may save its snapshots without
+        # naming itself: the hash knows both (its replica field names the runner once a
+        # replica took the trace).
+        trace = stored.trace
+        if not trace.vantage:
+            trace = attrs.evolve(trace, vantage=stored.vantage)
+        if trace.replica is None and trace.status is not TraceStatus.QUEUED and stored.replica:
+            trace = attrs.evolve(trace, replica=stored.replica)
+        return trace
+
+    # -- events -------------------------------------------------------------------------
+
+    @property
+    def followed(self) -> int:
+        """Traces followed on this replica now: one poller each."""
+        return len(self._pollers)
+
+    def subscribers(self, trace_id: str) -> int:
+        """How many subscribers follow ``trace_id`` on this replica."""
+        poller = self._pollers.get(trace_id)
+        return 0 if poller is None else len(poller.followers)
+
+    async def follow(
+        self,
+        trace_id: str,
+        after: int | None,
+        deliver: Subscriber,
+        ended: Callable[[], None],
+    ) -> Callable[[], None] | None:
+        """Send ``deliver`` what it missed after ``after``, then follow the trace; the
+        unsubscribe call, or None if there is no such trace.
+
+        After the end the subscriber gets the ``done`` event and is not kept. If the trace
+        goes away without one (deleted, expired), ``ended`` is called instead.
+        """
+        stored = await self._store.get(trace_id)
+        if stored is None:
+            return None
+        seen = await self._catch_up(trace_id, after or 0, deliver, snapshot=stored)
+        if seen is None:
+            return lambda: None
+        follower = _Follower(deliver, ended, seen)
+        poller = self._pollers.get(trace_id)
+        if poller is None:
+            poller = self._pollers[trace_id] = _Poller(trace_id)
+            poller.loop = LoopingCall(lambda: Deferred.fromCoroutine(self._poll(poller)))
+            poller.loop.clock = self._clock
+            poller.loop.start(self._poll_interval, now=False).addErrback(
+                lambda failure: log.failure(
+                    "the event poller of {id} stopped", failure, id=trace_id
+                )
+            )
+        poller.followers.append(follower)
+
+        def unsubscribe() -> None:
+            if follower in poller.followers:
+                poller.followers.remove(follower)
+            if not poller.followers:
+                self._stop_poller(poller)
+
+        return unsubscribe
+
+    async def _catch_up(
+        self, trace_id: str, after: int, deliver: Subscriber, snapshot: StoredTrace | None = None
+    ) -> int | None:
+        """Deliver what a subscriber that saw ``after`` missed; the id it has now seen, or
+        None once it got the end."""
+        page = await self._store.events_after(trace_id, after)
+        if page.gap or (after == 0 and not page.events):
+            # Some of it was trimmed away, or nothing is logged yet: the snapshot first,
+            # numbered just before what the log still holds, then the log.
+            stored = await self._store.get(trace_id) if page.gap or snapshot is None else snapshot
+            if stored is None:
+                return after
+            base = page.events[0].id - 1 if page.events else after
+            events = _from_snapshot(self._who(stored), base) + _coalesced(page.events)
+        else:
+            events = _coalesced(page.events)
+        seen = after
+        for event in events:
+            deliver(event)
+            seen = max(seen, event.id)
+            if event.kind == "done":
+                return None
+        return seen
+
+    async def _poll(self, poller: _Poller) -> None:
+        # A background loop: it logs its own failures, or LoopingCall would stop for good.
+        try:
+            await self._poll_once(poller)
+        except RedisUnavailable as e:
+            if not poller.failing:
+                log.warn("cannot read events of {id}: {error}", id=poller.trace_id, error=e)
+            poller.failing = True
+        except Exception:
+            log.failure("reading events of {id} failed", id=poller.trace_id)
+        else:
+            poller.failing = False
+
+    async def _poll_once(self, poller: _Poller) -> None:
+        if not poller.followers:
+            return
+        start = min(f.seen for f in poller.followers)
+        page = await self._store.events_after(poller.trace_id, start)
+        if not page.events:
+            poller.idle_polls += 1
+            if poller.idle_polls >= IDLE_CHECK_POLLS:
+                poller.idle_polls = 0
+                if await self._store.get(poller.trace_id) is None:
+                    self._end(poller)
+            return
+        poller.idle_polls = 0
+        for follower in list(poller.followers):
+            if page.gap:
+                # Some of what a subscriber missed was trimmed: start it over.
+                seen = await self._catch_up(poller.trace_id, follower.seen, follower.deliver)
+            else:
+                seen = self._send(follower, page.events)
+            if seen is None:
+                if follower in poller.followers:
+                    poller.followers.remove(follower)
+            else:
+                follower.seen = seen
+        if not poller.followers:
+            self._stop_poller(poller)
+
+    @staticmethod
+    def _send(follower: _Follower, events: Sequence[Event]) -> int | None:
+        seen = follower.seen
+        for event in events:
+            if event.id <= follower.seen:
+                continue
+            follower.deliver(event)
+            seen = event.id
+            if event.kind == "done":
+                return None
+        return seen
+
+    def _end(self, poller: _Poller) -> None:
+        """The trace is gone, or this replica stops: let its subscribers go."""
+        followers, poller.followers = poller.followers, []
+        self._stop_poller(poller)
+        for follower in followers:
+            follower.ended()
+
+    def _stop_poller(self, poller: _Poller) -> None:
+        if self._pollers.get(poller.trace_id) is poller:
+            del self._pollers[poller.trace_id]
+        if poller.loop is not None and poller.loop.running:
+            poller.loop.stop()
+
+    def stopService(self) -> None:
+        """Stop every poller."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        for poller in list(self._pollers.values()):
+            self._end(poller)
