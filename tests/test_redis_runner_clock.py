@@ -275,3 +275,19 @@ def test_a_stopped_runner_starts_again() -> None:
     s.pump(0.5)
     assert s.store.traces[trace_id].status is TraceStatus.RUNNING
     assert s.runner.state is RunnerState.RUNNING
+
+
+def test_a_replica_is_registered_only_once_a_heartbeat_reached_redis() -> None:
+    """Readiness waits for the first heartbeat that Redis took: before it, the others do
+    not see this replica's vantage as live; a lease without one unregisters it again."""
+    s = setup(lease=5.0)
+    s.replicas.away = True
+    s.runner.startService()
+    s.pump(2.0)
+    assert not s.runner.registered
+    s.replicas.away = False
+    s.pump(1.5)
+    assert s.runner.registered
+    s.replicas.away = True
+    s.pump(5.5)
+    assert not s.runner.registered

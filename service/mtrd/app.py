@@ -280,7 +280,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         policy=config.policy,
         vantage=config.vantage,
         shared=None if shared is None else shared.front,
-        store_health=None if shared is None else shared.connection.health,
+        store_health=None if shared is None else lambda: _replica_health(shared),
     )
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
     resource: Any = api.app.resource()
@@ -316,6 +316,17 @@ class _SharedParts:
     connection: Any
     front: Any
     runner: Any
+
+
+def _replica_health(shared: _SharedParts) -> Any:
+    """Redis's health as readiness sees it: until this replica's heartbeat has reached
+    Redis, no replica takes it for live, so a load balancer must not send it traffic yet."""
+    health = shared.connection.health()
+    if not health.ready or shared.runner.registered:
+        return health
+    return attrs.evolve(
+        health, answering=False, last_error="this replica's heartbeat has not reached Redis yet"
+    )
 
 
 def _shared_parts(

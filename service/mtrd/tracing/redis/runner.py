@@ -155,6 +155,7 @@ class RedisRunner(Service):
         self._group_ready = False
         self._last_beat = 0.0
         self._beat_failing = False
+        self._registered = False
         self._loops: dict[str, LoopingCall] = {}
         self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
         self._failing: set[str] = set()  # loops whose last pass met Redis away
@@ -170,6 +171,12 @@ class RedisRunner(Service):
         return self.max_running - len(self._jobs) - len(self._claimed)
 
     @property
+    def registered(self) -> bool:
+        """Whether a heartbeat has reached Redis since start and its lease holds: only then
+        do the other replicas see this one's vantage as live (and accept traces for it)."""
+        return self._registered and not self.fenced
+
+    @property
     def fenced(self) -> bool:
         """Whether no heartbeat has reached Redis for a whole lease (the others take this
         replica for lost): it runs nothing then."""
@@ -179,6 +186,7 @@ class RedisRunner(Service):
         """Beat, claim, write behind and reap, each on its own loop."""
         super().startService()  # type: ignore[no-untyped-call]
         self.state = RunnerState.RUNNING
+        self._registered = False
         self._last_beat = self._clock.seconds()
         beat = self.lease / BEATS_PER_LEASE
         self._loops = {
@@ -242,6 +250,7 @@ class RedisRunner(Service):
         if self._beat_failing:
             self.log.info("heartbeat reaches Redis again")
         self._beat_failing = False
+        self._registered = True
         self._last_beat = sent  # the lease runs from when the beat was sent
 
     async def _claim(self) -> None:
