@@ -527,7 +527,7 @@ async def test_redis_stopped_and_restarted_under_load(
 
             async def not_ready(replica: Replica = replica) -> bool:
                 code, _, body = await call(replica.url, "GET", "/readyz")
-                return code == 503 and b"store" in body.lower()
+                return code == 503 and json.loads(body).get("store", {}).get("ready") is False
 
             await wait_for(not_ready, 5, "/readyz 503 naming the store")
         code, headers, body = await call(
