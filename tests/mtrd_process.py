@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -144,12 +145,33 @@ class Replica:
             process.wait()
 
 
+def wait_registered(url: str, expected: dict[str, int], limit: float = 10.0) -> None:
+    """Block until ``url``'s GET /vantage-points lists at least ``expected`` live replicas per
+    vantage (heartbeats reach Redis a moment after /readyz may say ready)."""
+    deadline = time.monotonic() + limit
+    listed: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ["curl", "-s", f"{url}/vantage-points"], capture_output=True, text=True, check=False
+        )
+        try:
+            points = json.loads(result.stdout)["vantage_points"]
+            listed = {p["name"]: p["replicas"] for p in points}
+        except (ValueError, KeyError, TypeError):
+            listed = {}
+        if all(listed.get(name, 0) >= count for name, count in expected.items()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"vantage points {listed}, expected {expected}")
+
+
 @contextmanager
 def replicas(
     lab: Lab, store: str, log_dir: Path, places: list[tuple[str, str]], *flags: str
 ) -> Iterator[list[Replica]]:
     """Replicas on ``store``, one per ``(vantage, lab node)`` in ``places``, each on its own
-    port and ready; every one is stopped afterwards whatever happens (SIGTERM, then SIGKILL).
+    port, ready and listed by GET /vantage-points; every one is stopped afterwards whatever
+    happens (SIGTERM, then SIGKILL).
     """
     started = [
         Replica(lab, store, vantage, node, log_dir / f"replica-{i}.log", *flags)
@@ -161,6 +183,10 @@ def replicas(
         for replica in started:
             assert replica.process is not None
             wait_ready(replica.url, replica.process, limit=20.0)
+        expected: dict[str, int] = {}
+        for vantage, _ in places:
+            expected[vantage] = expected.get(vantage, 0) + 1
+        wait_registered(started[0].url, expected)
         yield started
     finally:
         for replica in started:

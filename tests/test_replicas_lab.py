@@ -288,6 +288,23 @@ async def test_vantage_without_a_live_replica_is_refused(lab: Lab, places: list[
     assert V in body.decode()
 
 
+@pytest_twisted.ensureDeferred
+async def test_replica_takes_traces_as_soon_as_it_is_ready(
+    lab: Lab, redis: RedisServer, tmp_path: Path
+) -> None:
+    """Once /readyz says 200, a POST for the replica's own vantage is accepted (a load
+    balancer sends traffic then: the vantage must already be live)."""
+    replica = Replica(lab, redis.url, C, "c", tmp_path / "replica.log")
+    try:
+        replica.start()
+        code, _, body = await call(
+            replica.url, "POST", "/traces", json={"target": lab.targets(4)[3], **QUICK}
+        )
+    finally:
+        replica.stop()
+    assert code == 202, body
+
+
 # -- any replica answers every route ----------------------------------------------------------
 
 
