@@ -96,6 +96,8 @@ class Replica:
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.starts = 0
+        self.last_pid: int | None = None
+        """The process id of the latest start, also once it was stopped or killed."""
 
     @property
     def pid(self) -> int:
@@ -118,12 +120,14 @@ class Replica:
             self.process = subprocess.Popen(
                 self.argv, stdout=log_file, stderr=subprocess.STDOUT, text=True
             )
+        self.last_pid = self.process.pid
         if ready:
             wait_ready(self.url, self.process, limit=20.0)
 
     def owns(self, replica_id: str | None) -> bool:
-        """True when ``replica_id`` (``{hostname}-{pid}-{hex}``) names the running process."""
-        return replica_id is not None and f"-{self.pid}-" in replica_id
+        """True when ``replica_id`` (``{hostname}-{pid}-{hex}``) names the latest process,
+        running or not."""
+        return replica_id is not None and f"-{self.last_pid}-" in replica_id
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; nothing when it is not running."""
