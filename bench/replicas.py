@@ -34,10 +34,12 @@ from bench.common import (
     all_traces,
     cpu_seconds,
     mtrd,
+    one_request,
     rfc3339_seconds,
 )
 from bench.e2e import REQUEST, server_flags
 
+VANTAGE = "bench"
 SPREAD_RUNNING = 64
 """--max-running for 7b: a replica claims at most its free slots, so the work spreads."""
 
@@ -95,6 +97,20 @@ async def wait_idle(port: int, limit: float) -> None:
         connection.close()
 
 
+def wait_registered(server: Server, replicas: int, limit: float = 15) -> None:
+    """Poll until GET /vantage-points lists ``replicas`` live replicas of vantage ``bench``
+    (a replica's first heartbeat may land after its /readyz says 200)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        status, _, body = asyncio.run(one_request(server.port, "GET", "/vantage-points"))
+        if status == 200:
+            live = {p["name"]: p["replicas"] for p in json.loads(body)["vantage_points"]}
+            if live.get(VANTAGE, 0) >= replicas:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{replicas} replicas of {VANTAGE} not live within {limit} s")
+
+
 def batch(
     servers: Sequence[Server], targets: list[str], count: int, connections: int
 ) -> dict[str, Any]:
@@ -138,8 +154,9 @@ def run(lab: Any, count: int, connections: int = 8, rounds: int = 3) -> dict[str
     with (
         redis_server() as store,
         mtrd(netns, "e2e-memory", *flags) as memory,
-        mtrd(netns, "e2e-redis", *flags, "--store", store, "--vantage", "bench") as redis,
+        mtrd(netns, "e2e-redis", *flags, "--store", store, "--vantage", VANTAGE) as redis,
     ):
+        wait_registered(redis, 1)
         for server in (memory, redis):  # unmeasured: cold caches, first connections
             batch([server], targets, warm_up, connections)
         for _ in range(rounds):
@@ -149,14 +166,16 @@ def run(lab: Any, count: int, connections: int = 8, rounds: int = 3) -> dict[str
     one_batches: list[dict[str, Any]] = []
     two_batches: list[dict[str, Any]] = []
     with redis_server() as store:
-        replica = ("--store", store, "--vantage", "bench")
+        replica = ("--store", store, "--vantage", VANTAGE)
         with mtrd(netns, "replica-1", *spread, *replica) as first:
+            wait_registered(first, 1)
             batch([first], targets, warm_up, connections)
             for _ in range(rounds):
                 # Alternating, as in 7a: the second replica lives only for its batches (an
                 # idle second replica would claim work too).
                 one_batches.append(batch([first], targets, count, connections))
                 with mtrd(netns, "replica-2", *spread, *replica) as second:
+                    wait_registered(second, 2)
                     two_batches.append(batch([first, second], targets, count, connections))
     memory_median = median_batch(memory_batches)
     redis_median = median_batch(redis_batches)
