@@ -288,9 +288,12 @@ BOUNDS = {
     "encoded once for all subscribers (was 1000 encodes per event)",
     "memory": "finished traces are kept as their rendered JSON plus a slim snapshot (was "
     "26.8 KB as frozen values: Hop, RttStats, JitterStats, Responders, boxed floats)",
-    "redis": "not profiled yet: on top of the memory store's work, each trace's POST, take, "
-    "coalesced saves and events are Redis round trips (txredisapi), and the listing the "
-    "bench polls reads Redis; redis-server shares the machine's two cores",
+    "redis": "one Python core per replica, spent on Redis round trips: a py-spy profile of "
+    "1000 traces on a Redis replica (scratch merge of the first wiring, 5-9 ms CPU per trace "
+    "against 1.1-1.5 in memory) had socket writes (untilConcludes) 12% self and Deferred "
+    "callbacks 10%; inclusive, RedisConnection calls 19%, filtered listings 10% (the bench's "
+    "idle polls, hence 0.2 s between them), write-behind flushes 8%, claims 6%, event "
+    "appends 5%: a command per write, each its own syscall and Deferred chain",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
     "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
