@@ -509,6 +509,37 @@ async def test_replica_killed_mid_trace(lab: Lab, redis: RedisServer, tmp_path: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_replica_stopped_with_sigterm_hands_its_work_on(
+    lab: Lab, redis: RedisServer, tmp_path: Path
+) -> None:
+    """SIGTERM: the replica's running traces get the grace and end cancelled, none ends
+    replica_lost, and everything still queued runs on the other replica."""
+    flags = ("--max-running", "2", "--shutdown-grace", "1")
+    with replicas(lab, redis.url, tmp_path, [(C, "c"), (C, "c")], *flags) as (leaving, other):
+        ids = [await post(other.url, target=lab.targets(4)[100 + i], **SLOW) for i in range(8)]
+        mine: list[str] = []
+
+        async def leaving_runs() -> bool:
+            mine.clear()
+            for trace_id in ids:
+                trace = await get(other.url, trace_id)
+                if trace and trace["status"] == "running" and leaving.owns(trace["replica"]):
+                    mine.append(trace_id)
+            return bool(mine)
+
+        await wait_for(leaving_runs, 15, "the leaving replica running a trace")
+        leaving.stop()
+        traces = {t: await final(other.url, t, limit=90) for t in ids}
+    for trace_id in mine:
+        assert traces[trace_id]["status"] == "cancelled", traces[trace_id]
+    errors = [t["error"]["type"] for t in traces.values() if t["error"]]
+    assert "replica_lost" not in errors, errors
+    rest = [t for t in ids if t not in mine]
+    assert all(traces[t]["status"] == "completed" for t in rest), [traces[t] for t in rest]
+    assert any(other.owns(traces[t]["replica"]) for t in rest)
+
+
+@pytest_twisted.ensureDeferred
 async def test_redis_stopped_and_restarted_under_load(
     lab: Lab, redis: RedisServer, tmp_path: Path
 ) -> None:
