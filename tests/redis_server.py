@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -64,11 +64,18 @@ def _answers(port: int, password: str | None) -> bool:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1 with no persistence, in its own temp dir."""
+    """One redis-server process on 127.0.0.1 in its own temp dir, with no persistence unless
+    ``options`` turn it on (a restart then reloads what was written)."""
 
-    def __init__(self, binary: str = "redis-server", password: str | None = None) -> None:
+    def __init__(
+        self,
+        binary: str = "redis-server",
+        password: str | None = None,
+        options: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.password = password
+        self.options = tuple(options)
         self.port = _free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="mtrd-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -95,6 +102,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             command += ["--requirepass", self.password]
+        command += self.options  # later settings win: e.g. "--appendonly", "yes"
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self._dir
         )

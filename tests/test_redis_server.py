@@ -32,6 +32,19 @@ def test_restart_keeps_the_port_and_empties_the_server() -> None:
             assert s.recv(16) == b":0\r\n"
 
 
+def test_restart_with_an_append_only_file_keeps_what_was_written() -> None:
+    """With appendonly and appendfsync always, a killed and restarted server still holds it."""
+    options = ("--appendonly", "yes", "--appendfsync", "always")
+    with RedisServer(require_redis_server(), options=options) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
+            s.sendall(b"SET k v\r\n")
+            assert s.recv(16) == b"+OK\r\n"
+        server.restart()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
+            s.sendall(b"EXISTS k\r\n")
+            assert s.recv(16) == b":1\r\n"
+
+
 def test_paused_server_does_not_answer_until_resumed() -> None:
     """Paused, the server accepts connections but sends nothing; resumed, it answers."""
     with RedisServer(require_redis_server()) as server:
