@@ -29,7 +29,6 @@ from mtrd.tracing.model import (
 FORMAT: Final = 2
 # Format 1 had no vantage and replica in the value (they were fields of the hash only).
 READABLE: Final = (1, 2)
-EVENT_KINDS: Final = ("status", "hop", "done")
 
 
 class UnknownFormat(ValueError):

@@ -90,7 +90,6 @@ class RedisHealth:
     state: ConnectionState
     answering: bool
     last_error: str | None
-    since: float  # clock seconds of the last change of state or answering
 
     @property
     def ready(self) -> bool:
@@ -118,7 +117,6 @@ class RedisConnection(Service):
         self._state = ConnectionState.STOPPED
         self._answering = False
         self._last_error: str | None = None
-        self._since = clock.seconds()
         self._pinger: LoopingCall | None = None
 
     def __repr__(self) -> str:
@@ -126,7 +124,7 @@ class RedisConnection(Service):
 
     def health(self) -> RedisHealth:
         """The state now, and the last error without secrets."""
-        return RedisHealth(self._state, self._answering, self._last_error, self._since)
+        return RedisHealth(self._state, self._answering, self._last_error)
 
     def startService(self) -> None:
         """Start connecting; calls fail with :class:`RedisUnavailable` until connected."""
@@ -261,8 +259,6 @@ class RedisConnection(Service):
         self._set(self._state, answering=answering)
 
     def _set(self, state: ConnectionState, answering: bool) -> None:
-        if (state, answering) != (self._state, self._answering):
-            self._since = self._clock.seconds()
         self._state, self._answering = state, answering
 
     def _describe(self, error: BaseException) -> str:
