@@ -55,10 +55,10 @@ class FakeStore:
         self.traces[trace.id] = trace
         return Saved(1, cancel=trace.id in self.cancel)
 
-    async def append_event(self, trace_id: str, kind: str, value: Any, event_id: int) -> int:
+    async def append_events(self, trace_id: str, events: list[tuple[int, str, Any]]) -> int:
         self._check()
-        self.events.append((trace_id, kind, event_id))
-        return event_id
+        self.events += [(trace_id, kind, event_id) for event_id, kind, _ in events]
+        return len(events)
 
     async def cancel_requested(self, trace_id: str) -> bool:
         self._check()

@@ -415,3 +415,20 @@ async def test_cancel_of_a_finished_or_unknown_trace_changes_nothing(
     assert await store.request_cancel("ghost", now=100.0) is CancelOutcome.GONE
     assert await redis.execute("HEXISTS", store.trace_key("a"), "cancel") == 0
     assert await redis.execute("EXISTS", store.trace_key("ghost")) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_runners_events_go_in_one_call_and_a_repeat_is_skipped(
+    redis: RedisConnection,
+) -> None:
+    """append_events logs several events at once with the runner's ids; sent again (a
+    call that timed out after it got through), the ids already there are skipped."""
+    store = store_on(redis)
+    trace = rich_trace("a", RUNNING)
+    await store.add(trace, never, vantage="v", replica="r")
+    batch = [(2, "status", RUNNING), (3, "hop", Hop(ttl=1)), (4, "hop", Hop(ttl=2))]
+    assert await store.append_events("a", batch) == 3
+    assert await store.append_events("a", [*batch, (5, "done", trace)]) == 1
+    page = await store.events_after("a", 0)
+    assert [e.id for e in page.events] == [2, 3, 4, 5]
+    assert await store.append_events("gone", batch) is None

@@ -35,11 +35,11 @@ class FakeStore:
         self.writes.append(("save", trace.status, len(trace.hops)))
         return Saved(len(self.writes), cancel=self.cancel)
 
-    async def append_event(self, trace_id: str, kind: str, value: Any, event_id: int) -> int:
+    async def append_events(self, trace_id: str, events: list[tuple[int, str, Any]]) -> int:
         if self.away:
             raise RedisTimeout("Redis did not answer within 2 s")
-        self.writes.append((kind, event_id, value))
-        return event_id
+        self.writes += [(kind, event_id, value) for event_id, kind, value in events]
+        return len(events)
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         return self.stored

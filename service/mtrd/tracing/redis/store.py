@@ -25,8 +25,8 @@ once; the next add brings it back.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -139,6 +139,26 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[4], 'k', ARG
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return id
+""")
+
+# KEYS: trace, events. ARGV: events kept, then (id, kind, value) per event, ids growing.
+# One call for what a runner holds: an id at or below the stream's last one was written
+# by an earlier call that timed out after it got through, and is skipped, not refused.
+_APPEND_MANY = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local written = 0
+for i = 2, #ARGV, 3 do
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], ARGV[i], 'k', ARGV[i + 1],
+                         'v', ARGV[i + 2])
+  if type(ok) == 'table' and ok.err then
+    if not string.find(ok.err, 'equal or smaller') then return redis.error_reply(ok.err) end
+  else
+    written = written + 1
+  end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return written
 """)
 
 # KEYS: events. ARGV: exclusive start id, count, the id itself. Whether events after
@@ -403,6 +423,17 @@ class RedisTraceStore:
              "0-*" if event_id is None else f"0-{event_id}"],
         )  # fmt: skip
         return None if stream_id is None else _event_id(stream_id)
+
+    async def append_events(
+        self, trace_id: str, events: Sequence[tuple[int, str, TraceStatus | Hop | Trace]]
+    ) -> int | None:
+        """Log a runner's events of one trace in one call, ids growing; how many were new
+        (ids already in the log are skipped), or None if the trace is gone."""
+        args: list[Any] = [self._events_kept]
+        for event_id, kind, value in events:
+            args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
+        written = await _APPEND_MANY.run(self._redis, self._keys(trace_id), args)
+        return None if written is None else int(written)
 
     async def events_after(self, trace_id: str, after: int, count: int = 500) -> EventPage:
         """Up to ``count`` events with ids above ``after``, oldest first."""

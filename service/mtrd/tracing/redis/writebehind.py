@@ -22,7 +22,6 @@ import enum
 import attrs
 
 from mtrd.tracing.model import LiveHop, Trace, TraceStatus
-from mtrd.tracing.redis.connection import RedisCommandError
 from mtrd.tracing.redis.store import NotRunning, RedisTraceStore
 
 # The id of the ``queued`` status event: the trace was stored with it.
@@ -120,19 +119,20 @@ class TraceWriter:
                 if saved.cancel:
                     outcome = Flushed.CANCEL
             self.last_saved = now
-        for event_id, (kind, value) in sorted(self._events.items()):
-            event = value if isinstance(value, TraceStatus | Trace) else value.snapshot()
-            try:
-                appended = await self._store.append_event(self.trace.id, kind, event, event_id)
-            except RedisCommandError as e:
-                # A write that timed out may have got through before: its id is then not
-                # above the stream's last one, and there is nothing left to write.
-                if "equal or smaller" not in str(e):
-                    raise
-                appended = event_id
-            if appended is None:
+        if self._events:
+            held = sorted(self._events.items())
+            batch = [
+                (
+                    event_id,
+                    kind,
+                    value if isinstance(value, TraceStatus | Trace) else value.snapshot(),
+                )
+                for event_id, (kind, value) in held
+            ]
+            if await self._store.append_events(self.trace.id, batch) is None:
                 return Flushed.GONE
-            self._events.pop(event_id, None)
+            for event_id, _ in held:
+                self._events.pop(event_id, None)
         return outcome
 
     async def _landed_before(self) -> bool:
