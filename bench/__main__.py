@@ -286,10 +286,14 @@ BOUNDS = {
     "latency": "lab network ~0.2 ms; the rest is HTTP POST + SSE connect + reactor turns",
     "sse": "one socket write per subscriber (untilConcludes ~36% self); each event is "
     "encoded once for all subscribers (was 1000 encodes per event)",
-    "memory": "finished traces are kept as their rendered JSON plus a slim snapshot (was "
-    "26.8 KB as frozen values: Hop, RttStats, JitterStats, Responders, boxed floats)",
+    "memory": "the store keeps finished traces as frozen values (Hop, RttStats, JitterStats, "
+    "Responders, boxed floats: ~590 bytes a hop), no longer as their rendered JSON (12.0 KB); "
+    "responder addresses are interned and hop values have no weakref slot (26.9 KB before "
+    "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
+    "would save about 2.3 KB; a packed form of finished hops more",
     "redis": "one Python core per replica, spent on Redis round trips: a py-spy profile of "
-    "1000 traces on a Redis replica (scratch merge of the first wiring, 5-9 ms CPU per trace "
+    "1000 traces on a Redis replica (first wiring, before a trace's events went in one "
+    "call; 5-9 ms CPU per trace "
     "against 1.1-1.5 in memory) had socket writes (untilConcludes) 12% self and Deferred "
     "callbacks 10%; inclusive, RedisConnection calls 19%, filtered listings 10% (the bench's "
     "idle polls, hence 0.2 s between them), write-behind flushes 8%, claims 6%, event "
