@@ -309,23 +309,7 @@ class Api:
             raise not_found(f"trace {trace_id}")
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
-        subscription: list[Callable[[], None]] = []
-
-        def closed() -> None:
-            self.sse_subscribers -= 1
-            for unsubscribe in subscription:
-                unsubscribe()
-
-        self.sse_subscribers += 1
-        stream = EventStream(
-            request,
-            trace_id=trace_id,
-            clock=self._clock,
-            heartbeat=self._heartbeat,
-            max_backlog=self._limits.max_sse_backlog,
-            on_close=closed,
-        )
-        finished: Deferred[None] = Deferred(lambda _: stream.close())
+        stream, finished, subscription = self._open_stream(request, trace_id)
 
         def deliver(event: Event) -> None:
             stream.send(event)
@@ -343,23 +327,7 @@ class Api:
             raise not_found(f"trace {trace_id}")
         self._check_subscribers(shared.subscribers(trace_id))
         after = _start_events(request)
-        subscription: list[Callable[[], None]] = []
-
-        def closed() -> None:
-            self.sse_subscribers -= 1
-            for unsubscribe in subscription:
-                unsubscribe()
-
-        self.sse_subscribers += 1
-        stream = EventStream(
-            request,
-            trace_id=trace_id,
-            clock=self._clock,
-            heartbeat=self._heartbeat,
-            max_backlog=self._limits.max_sse_backlog,
-            on_close=closed,
-        )
-        finished: Deferred[None] = Deferred(lambda _: stream.close())
+        stream, finished, subscription = self._open_stream(request, trace_id)
 
         def end() -> None:
             if not finished.called:
@@ -384,6 +352,30 @@ class Api:
         else:
             subscription.append(unsubscribe)
         await finished
+
+    def _open_stream(
+        self, request: IRequest, trace_id: str
+    ) -> tuple[EventStream, Deferred[None], list[Callable[[], None]]]:
+        """A new subscriber's stream, the Deferred that ends its response (cancelled when
+        the client goes away), and the unsubscribe calls to make when the stream closes."""
+        subscription: list[Callable[[], None]] = []
+
+        def closed() -> None:
+            self.sse_subscribers -= 1
+            for unsubscribe in subscription:
+                unsubscribe()
+
+        self.sse_subscribers += 1
+        stream = EventStream(
+            request,
+            trace_id=trace_id,
+            clock=self._clock,
+            heartbeat=self._heartbeat,
+            max_backlog=self._limits.max_sse_backlog,
+            on_close=closed,
+        )
+        finished: Deferred[None] = Deferred(lambda _: stream.close())
+        return stream, finished, subscription
 
     def _check_subscribers(self, on_trace: int) -> None:
         limits = self._limits
