@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -m "not lab"
+	$(BIN)/pytest -m "not lab and not redis"
 
 lab: os-deps-test $(STAMP)
 	$(BIN)/pytest -m lab

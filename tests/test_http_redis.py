@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import pytest_twisted
 import treq
 from mtrd.tracing.jobs import TraceJobs
@@ -35,6 +36,8 @@ from tests.openapi import validate_response
 from tests.redis_server import RedisServer
 from tests.redis_support import FAST, connected, sleep, wait_until
 from tests.test_http import BASE, Answer, FakePool, _disconnect, parse_events
+
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
 
 VANTAGE = "fra"
 RUNNER = "runner-1"

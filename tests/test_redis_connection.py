@@ -25,6 +25,8 @@ from zope.interface import provider
 from tests.redis_server import RedisServer
 from tests.redis_support import FAST, connected, sleep, wait_until
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
+
 
 @pytest_twisted.async_yield_fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[RedisConnection]:

@@ -17,6 +17,8 @@ from tests.redis_server import RedisServer
 from tests.redis_support import connected, sleep
 from tests.trace_values import rich_trace
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
+
 QUEUED = TraceStatus.QUEUED
 
 

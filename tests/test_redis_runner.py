@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.redis.connection import RedisConnection, RedisUnavailable
@@ -21,6 +22,8 @@ from tests.fakes import FakeNetwork
 from tests.redis_server import RedisServer
 from tests.redis_support import connected, sleep, wait_until
 from tests.test_jobs import ROUTERS, StaticResolver
+
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
 
 LEASE = 1.0
 SHORT = TraceRequest("203.0.113.7", probes=2, interval=0.05, max_ttl=8)

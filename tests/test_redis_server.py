@@ -11,6 +11,8 @@ import pytest
 from tests import redis_server as helper
 from tests.redis_server import RedisServer, require_redis_server
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
+
 
 def _ping(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:

@@ -22,6 +22,8 @@ from tests.redis_server import RedisServer
 from tests.redis_support import connected, sleep, wait_until
 from tests.trace_values import rich_trace
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the test
+
 RUNNING = TraceStatus.RUNNING
 DONE = TraceStatus.COMPLETED
 
