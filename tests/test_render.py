@@ -59,7 +59,7 @@ FINAL = Trace(
 
 
 def test_stored_json_reads_back_into_the_same_trace() -> None:
-    """A finished trace kept as JSON is the same trace when read back."""
+    """A trace rendered as JSON reads back into the same trace (as the client reads it)."""
     assert trace_from_json(trace_bytes(FINAL)) == FINAL
 
 
