@@ -49,7 +49,7 @@ def log_access(record: AccessRecord) -> None:
 
 _URL_NOT_UTF8 = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
 _KNOWN_ROUTES = frozenset(
-    {"/vantage-points", "/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    {"/", "/vantage-points", "/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
 )
 
 
@@ -64,6 +64,8 @@ def route_of(path: str) -> str:
             if parts[3:] == ["events"]
             else ("/traces/{id}" if len(parts) == 3 else "other")
         )
+    if len(parts) >= 3 and parts[1] in ("ui", "static"):
+        return "/ui/traces/{id}" if parts[1] == "ui" else "/static/{asset}"
     joined = "/".join(parts) or "/"
     return joined if joined in _KNOWN_ROUTES else "other"
 

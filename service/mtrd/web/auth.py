@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
+from mtrd.web.page import is_page_request
 from mtrd.web.problems import Problem, write_problem
 
 OPEN_BY_DEFAULT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -69,7 +70,11 @@ class BearerAuth:
 
 
 class AuthGuard(Resource):
-    """Answers 401 problem+json to requests without a valid token; passes the rest on."""
+    """Answers 401 problem+json to requests without a valid token; passes the rest on.
+
+    The web page and its files pass without one: they hold no data, and the page's
+    scripts send the token its user enters.
+    """
 
     isLeaf = True
 
@@ -81,6 +86,8 @@ class AuthGuard(Resource):
     def render(self, request: Any) -> Any:
         """Check the token, then let the inner resource answer."""
         path = request.path.decode("utf-8", "replace")
-        if self._auth.allows(path, request.getHeader(b"authorization")):
+        if is_page_request(path, request.getHeader(b"accept")) or self._auth.allows(
+            path, request.getHeader(b"authorization")
+        ):
             return self._inner.render(request)
         return write_problem(request, UNAUTHORIZED, path)

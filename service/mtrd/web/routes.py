@@ -34,6 +34,7 @@ from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
+from mtrd.web.page import Page, wants_html, write_asset, write_shell
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, render_report
@@ -93,7 +94,9 @@ class Api:
         vantage: str = "default",
         shared: SharedTraces | None = None,
         store_health: Callable[[], RedisHealth] | None = None,
+        page: Page | None = None,
     ) -> None:
+        self._page = Page.load() if page is None else page
         self._limits = limits
         self._vantage = vantage
         self._shared = shared
@@ -391,6 +394,28 @@ class Api:
                 f"{limits.max_subscribers} in all",
                 headers=(("Retry-After", "5"),),
             )
+
+    # -- the web page ---------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """The page for a browser; any other client gets the 404 it always got here."""
+        if wants_html(request.getHeader("accept")):
+            return write_shell(request, self._page)
+        raise no_route("/")
+
+    @app.route("/ui/traces/<trace_id>", methods=["GET"])
+    def trace_page(self, request: IRequest, trace_id: str) -> bytes:  # noqa: ARG002
+        """The shareable address of one trace: the page, which then reads the trace."""
+        return write_shell(request, self._page)
+
+    @app.route("/static/<digest>/<name>", methods=["GET"])
+    def static(self, request: IRequest, digest: str, name: str) -> bytes:
+        """A file of the page, by the digest of its release."""
+        asset = self._page.asset(digest, name)
+        if asset is None:
+            raise no_route(request.path.decode("utf-8", "replace"))
+        return write_asset(request, asset)
 
     # -- service ------------------------------------------------------------------------
 
