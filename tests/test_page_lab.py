@@ -100,16 +100,30 @@ def guarded_server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield Server(url, TOKEN)
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    """A fresh headless chromium (its own profile: no storage shared with other tests)."""
+def _chromium() -> WebDriver:
     _require_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1200,1000"):  # fmt: skip
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    """A fresh headless chromium (its own profile: no storage shared with other tests)."""
+    driver = _chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def script_browser() -> Iterator[WebDriver]:
+    """One chromium for the tests of the scripts' pure parts (they leave no state)."""
+    driver = _chromium()
     try:
         yield driver
     finally:
@@ -248,9 +262,12 @@ def test_with_auth_the_page_asks_for_a_token_and_then_traces(
     browser.find_element(By.CSS_SELECTOR, "#auth-form button").click()
     wait(browser, lambda b: b.find_element(By.ID, "start").is_displayed())
     browser.find_element(By.NAME, "target").send_keys(target)
+    probes = browser.find_element(By.NAME, "probes")
+    probes.clear()
+    probes.send_keys("2")
     browser.find_element(By.ID, "submit").click()
     wait(browser, lambda b: "/ui/traces/" in b.current_url)
-    wait(browser, lambda b: status(b) == "completed", limit=60)
+    wait(browser, lambda b: status(b) == "completed")
     assert_rows_match_topology(lab, browser, target)
 
 
@@ -267,3 +284,147 @@ def test_with_auth_a_wrong_token_shows_no_trace(
     wait(browser, lambda b: b.find_element(By.ID, "auth").is_displayed())
     assert not browser.find_element(By.ID, "trace").is_displayed()
     assert browser.find_elements(By.CSS_SELECTOR, "#hops tbody tr") == []
+
+
+# -- the scripts' pure parts, run in the browser -----------------------------------------------
+
+_IMPORT = """
+const done = arguments[arguments.length - 1];
+const base = document.querySelector('script[type="module"]').src.replace(/app\\.js$/, "");
+import(base + "%s").then((m) => {
+  try { done({ value: (%s)(m) }); } catch (error) { done({ error: String(error) }); }
+}, (error) => done({ error: String(error) }));
+"""
+
+
+def in_module(browser: WebDriver, server: Server, module: str, function: str) -> Any:
+    """What ``function`` (JavaScript, given the module) returns, run in the served page."""
+    if not browser.current_url.startswith(server.url):
+        browser.get(server.url + "/")
+    answer = browser.execute_async_script(_IMPORT % (module, function))
+    assert "error" not in answer, answer["error"]
+    return answer["value"]
+
+
+def test_js_formats_times(server: Server, script_browser: WebDriver) -> None:
+    """Times: one decimal, two below 1 ms, none from 1 s; a dash when there is none."""
+    cases = "[12.345, 0.0456, 1234.5, null, undefined, NaN]"
+    values = in_module(script_browser, server, "format.js", f"(f) => {cases}.map(f.ms)")
+    assert values == ["12.3", "0.05", "1235", "\u2013", "\u2013", "\u2013"]
+
+
+def test_js_formats_loss_and_duration(server: Server, script_browser: WebDriver) -> None:
+    """Loss as a percentage with one decimal; durations in seconds, then minutes."""
+    values = in_module(
+        script_browser,
+        server,
+        "format.js",
+        """(f) => [
+        f.pct(12.5), f.pct(0), f.pct(null),
+        f.took("2026-12-01T00:00:00.000Z", "2026-12-01T00:00:04.200Z"),
+        f.took("2026-12-01T00:00:00.000Z", "2026-12-01T00:02:05.000Z"),
+        f.took("2026-12-01T00:00:00.000Z", null)]""",
+    )
+    assert values == ["12.5%", "0.0%", "\u2013", "4.2 s", "2 min 5 s", "\u2013"]
+
+
+def test_js_labels_names_and_as_numbers(server: Server, script_browser: WebDriver) -> None:
+    """A responder shows its name when it has one, and its AS when known (fields optional)."""
+    values = in_module(
+        script_browser,
+        server,
+        "format.js",
+        """(f) => [
+        f.hostLabel({address: "198.51.100.1", hostname: "r1.example"}),
+        f.hostLabel({address: "198.51.100.1", hostname: null}),
+        f.hostLabel({address: "198.51.100.1"}),
+        f.asLabel({asn: 64500, as_name: "EXAMPLE-NET"}),
+        f.asLabel({asn: 64500, as_name: null}),
+        f.asLabel({asn: null}), f.asLabel({})]""",
+    )
+    assert values == [
+        {"name": "r1.example", "address": "198.51.100.1"},
+        {"name": "", "address": "198.51.100.1"},
+        {"name": "", "address": "198.51.100.1"},
+        "AS64500 EXAMPLE-NET",
+        "AS64500",
+        "",
+        "",
+    ]
+
+
+def test_js_hop_figures_follow_the_table_columns(server: Server, script_browser: WebDriver) -> None:
+    """A hop's figures in column order; forward loss is added when the trace has it."""
+    values = in_module(
+        script_browser,
+        server,
+        "format.js",
+        """(f) => {
+        const rtt = {last: 1.25, avg: 2, best: 0.5, worst: 4, stdev: null};
+        return [f.hopFigures({loss_pct: 20, sent: 5, rtt_ms: rtt}),
+                f.hopFigures({loss_pct: 20, forward_loss_pct: 0, sent: 5, rtt_ms: rtt})[0]];
+    }""",
+    )
+    assert values == [
+        ["20.0%", "5", "1.3", "2.0", "0.50", "4.0", "\u2013"],
+        "20.0% (fwd 0.0%)",
+    ]
+
+
+def test_js_sse_parser_joins_events_split_across_chunks(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """An event cut anywhere by the network comes out whole, once, when its blank line arrives."""
+    values = in_module(
+        script_browser,
+        server,
+        "sse.js",
+        """(m) => {
+        const p = new m.SseParser();
+        return [p.feed("id: 1\\nevent: hop\\nda"), p.feed('ta: {"ttl":1}\\n'), p.feed("\\n")];
+    }""",
+    )
+    assert values == [[], [], [{"id": "1", "event": "hop", "data": '{"ttl":1}'}]]
+
+
+def test_js_sse_parser_reads_crlf_comments_and_multiline_data(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """CRLF and CR end lines, comments (heartbeats) are skipped, data lines join with LF."""
+    values = in_module(
+        script_browser,
+        server,
+        "sse.js",
+        """(m) => {
+        const p = new m.SseParser();
+        return p.feed(": keep-alive\\r\\n\\r\\nid: 7\\r\\nevent: status\\r\\ndata: a\\r" +
+                      "data:b\\r\\n\\r\\ndata: c\\n\\n");
+    }""",
+    )
+    assert values == [
+        {"id": "7", "event": "status", "data": "a\nb"},
+        {"id": "7", "event": "message", "data": "c"},
+    ]
+
+
+def test_js_sse_parser_keeps_a_crlf_split_between_chunks_as_one_line_end(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """A CR at a chunk's end followed by LF in the next is one line end, not a blank line."""
+    values = in_module(
+        script_browser,
+        server,
+        "sse.js",
+        """(m) => {
+        const p = new m.SseParser();
+        return [p.feed("data: x\\r"), p.feed("\\ndata: y\\r\\n\\r\\n")];
+    }""",
+    )
+    assert values == [[], [{"id": None, "event": "message", "data": "x\ny"}]]
+
+
+def test_js_chart_axis_ends_on_a_round_number(server: Server, script_browser: WebDriver) -> None:
+    """The chart's axis ends at 1, 2 or 5 times a power of ten above the worst time."""
+    values = in_module(script_browser, server, "chart.js",
+                       "(c) => [0, 0.3, 1, 1.01, 7, 38, 120].map(c.niceCeiling)")  # fmt: skip
+    assert values == [1, 0.5, 1, 2, 10, 50, 200]
