@@ -186,6 +186,32 @@ def test_page_starts_a_trace_and_shows_rows_before_it_ends(
     print(f"screenshot of the finished trace view: {shot}")
 
 
+def test_trace_view_fits_a_phone(lab: Lab, server: Server, browser: WebDriver) -> None:
+    """On a phone-sized window the page does not scroll sideways (the table scrolls alone)."""
+    trace_id = server.start(target=lab.targets(4)[46], **QUICK)
+    server.finished(trace_id)
+    browser.set_window_size(390, 844)
+    browser.get(f"{server.url}/ui/traces/{trace_id}")
+    wait(browser, lambda b: status(b) == "completed")
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "finished-trace-phone.png"))
+
+
+def test_refused_request_shows_the_fields_at_fault(server: Server, browser: WebDriver) -> None:
+    """A target the API refuses leaves the form in place and says why, as text."""
+    browser.get(server.url + "/")
+    wait(browser, lambda b: b.find_element(By.ID, "start").is_displayed())
+    browser.find_element(By.NAME, "target").send_keys("not a host!")
+    browser.find_element(By.ID, "submit").click()
+    notice = wait(browser, lambda b: b.find_element(By.ID, "notice").text)
+    assert notice == "target: must be an IPv4 or IPv6 address or a hostname"
+    assert browser.current_url == server.url + "/"
+
+
 def test_shared_address_shows_the_finished_trace_in_a_fresh_browser(
     lab: Lab, server: Server, browser: WebDriver
 ) -> None:
