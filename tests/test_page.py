@@ -71,10 +71,11 @@ async def test_the_shells_are_never_cached() -> None:
         assert header(answer, "cache-control") == "no-cache"
 
 
+@pytest.mark.parametrize("path", ["/ui/traces/no-such-trace", "/ui/monitors/no-such-monitor"])
 @pytest_twisted.ensureDeferred
-async def test_trace_address_serves_the_page_whatever_the_id() -> None:
-    """/ui/traces/{id} is the page; its scripts read the trace and report a missing one."""
-    answer = await Client().request("GET", "/ui/traces/no-such-trace")
+async def test_shareable_addresses_serve_the_page_whatever_the_id(path: str) -> None:
+    """/ui/traces/{id} and /ui/monitors/{id} are the page; its scripts read what they name."""
+    answer = await Client().request("GET", path)
     assert answer.code == 200
     assert header(answer, "content-type") == "text/html; charset=utf-8"
 
@@ -108,6 +109,14 @@ async def test_other_files_are_404(path: str) -> None:
     answer = await Client().request("GET", path)
     assert answer.code == 404
     assert answer.json()["type"] == "urn:mtrd:problem:not-found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_ui_addresses_are_404() -> None:
+    """Only traces and monitors have page addresses."""
+    response = await Client().stub.get(f"{BASE}/ui/other/abc", headers=HTML)
+    assert response.code == 404
+    assert (await response.json())["type"] == "urn:mtrd:problem:not-found"
 
 
 def test_digest_changes_with_any_file(tmp_path: Path) -> None:
@@ -228,6 +237,8 @@ async def test_with_auth_root_is_401_for_an_api_client_as_before() -> None:
     [
         ("/", "/"),
         ("/ui/traces/abc", "/ui/traces/{id}"),
+        ("/ui/monitors/abc", "/ui/monitors/{id}"),
+        ("/ui/other/abc", "other"),
         ("/static/0123/app.js", "/static/{asset}"),
     ],
 )

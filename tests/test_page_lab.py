@@ -397,6 +397,19 @@ def test_js_hop_figures_follow_the_table_columns(server: Server, script_browser:
     ]
 
 
+def test_js_says_the_stop_reason_in_words(server: Server, script_browser: WebDriver) -> None:
+    """A stop reason shows as its word, or an object's words (the ICMP kind); a dash without."""
+    values = in_module(
+        script_browser,
+        server,
+        "format.js",
+        """(f) => [
+        f.stopReason("destination"), f.stopReason({reason: "unreachable", icmp: "net"}),
+        f.stopReason(null), f.stopReason(undefined)]""",
+    )
+    assert values == ["destination", "unreachable net", "\u2013", "\u2013"]
+
+
 def test_js_sse_parser_joins_events_split_across_chunks(
     server: Server, script_browser: WebDriver
 ) -> None:
@@ -454,3 +467,107 @@ def test_js_chart_axis_ends_on_a_round_number(server: Server, script_browser: We
     values = in_module(script_browser, server, "chart.js",
                        "(c) => [0, 0.3, 1, 1.01, 7, 38, 120].map(c.niceCeiling)")  # fmt: skip
     assert values == [1, 0.5, 1, 2, 10, 50, 200]
+
+
+# -- monitors: until the monitors API is merged, the page reads canned answers ----------------
+
+
+def _monitor(runs: int) -> dict[str, Any]:
+    """A monitor resource as the monitors API renders it, with ``runs`` runs (newest first)."""
+    run = {
+        "result": "reached", "scheduled_at": "2026-12-01T00:00:00.000Z",
+        "started_at": "2026-12-01T00:00:00.000Z", "path_id": "p2",
+    }  # fmt: skip
+    return {
+        "id": "m1", "name": HOSTILE, "request": {"target": "203.0.113.50"}, "every": 60,
+        "paused": False, "next_run_at": "2026-12-01T00:10:00.000Z",
+        "path": {"path_id": "p2", "reached": True, "hops": [
+            {"ttl": 1, "responders": ["198.51.100.1"]},
+            {"ttl": 2, "responders": None},
+            {"ttl": 3, "responders": ["198.51.100.17"]},
+        ]},
+        "alerts_open": [{"alert": "path_change", "since": "2026-12-01T00:05:00.000Z"}],
+        "path_changes": [{"at": "2026-12-01T00:05:00.000Z", "change": {
+            "from_path_id": "p1", "to_path_id": "p2",
+            "diff": [{"ttl": 2, "left": ["198.51.100.6"], "came": ["198.51.100.10"]}],
+        }}],
+        "runs": [
+            {**run, "trace_id": f"t{i}", "finished_at": f"2026-12-01T00:0{i}:01.000Z",
+             "loss_pct": 25.0 if i == 1 else 0.0, "rtt_ms": 1.5 + i,
+             "links": {"trace": f"/traces/t{i}"}}
+            for i in reversed(range(runs))
+        ],
+    }  # fmt: skip
+
+
+# The page's fetch answered from canned documents: /monitors and /monitors/m1 (the second
+# read after the first event), and an event stream that sends one run event when asked to.
+_CANNED_MONITORS = """
+const canned = %s;
+const eventAfter = %s;
+let reads = 0;
+window.fetch = async (url) => {
+  const json = (body) => new Response(JSON.stringify(body),
+    {status: 200, headers: {"Content-Type": "application/json"}});
+  if (url === "/vantage-points") return json({vantage_points: [{name: "default"}]});
+  if (url === "/monitors") return json({monitors: [canned.first]});
+  if (url === "/monitors/m1") return json(reads++ === 0 ? canned.first : canned.later);
+  if (url === "/monitors/m1/events") {
+    const body = new ReadableStream({start(controller) {
+      if (eventAfter === null) return;
+      setTimeout(() => controller.enqueue(new TextEncoder().encode(
+        'id: 1\\nevent: run\\ndata: {"monitor_id":"m1"}\\n\\n')), eventAfter);
+    }});
+    return new Response(body, {status: 200, headers: {"Content-Type": "text/event-stream"}});
+  }
+  return new Response("{}", {status: 404});
+};
+"""
+
+
+def _canned_monitors(browser: WebDriver, event_after: float | None = None) -> None:
+    """Canned monitors for the next page load; a run event ``event_after`` seconds in."""
+    canned = {"first": _monitor(3), "later": _monitor(4)}
+    after = "null" if event_after is None else str(int(event_after * 1000))
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": _CANNED_MONITORS % (json.dumps(canned), after)},
+    )
+
+
+def test_monitor_list_links_each_monitor_by_its_name_as_text(
+    server: Server, browser: WebDriver
+) -> None:
+    """The start page lists the monitors, each name (hostile here) as text linking to its view."""
+    _canned_monitors(browser)
+    browser.get(server.url + "/")
+    links = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#monitor-list a"))
+    assert [a.text for a in links] == [HOSTILE]
+    assert links[0].get_attribute("href") == server.url + "/ui/monitors/m1"
+    assert browser.find_elements(By.CSS_SELECTOR, "#monitor-list img, #monitor-list script") == []
+    assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_monitor_view_shows_path_changes_and_runs(server: Server, browser: WebDriver) -> None:
+    """A monitor's view shows its current path, each change by TTL, the runs and their chart."""
+    _canned_monitors(browser)
+    browser.get(server.url + "/ui/monitors/m1")
+    wait(browser, lambda b: b.find_element(By.ID, "monitor").is_displayed())
+    assert browser.find_element(By.ID, "monitor-name").text == HOSTILE
+    path = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#monitor-path tbody tr")]
+    assert path == ["1 198.51.100.1", "2 ? (not heard)", "3 198.51.100.17"]
+    diff = browser.find_element(By.CSS_SELECTOR, "#monitor-changes .diff").text
+    assert diff == "TTL 2: left 198.51.100.6; came 198.51.100.10"
+    assert "path_change" in browser.find_element(By.ID, "monitor-alerts").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#runs-chart .loss text")[0].text == "25%"
+    trace_links = browser.find_elements(By.CSS_SELECTOR, "#monitor-runs a")
+    assert trace_links[0].get_attribute("href") == server.url + "/ui/traces/t2"
+
+
+def test_monitor_view_updates_on_its_events(server: Server, browser: WebDriver) -> None:
+    """A run event makes the view read the monitor again and show the new run."""
+    _canned_monitors(browser, event_after=1.0)
+    browser.get(server.url + "/ui/monitors/m1")
+    wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#monitor-runs tbody tr")) == 3)
+    wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#monitor-runs tbody tr")) == 4)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#runs-chart circle")) == 4

@@ -64,8 +64,10 @@ def route_of(path: str) -> str:
             if parts[3:] == ["events"]
             else ("/traces/{id}" if len(parts) == 3 else "other")
         )
-    if len(parts) >= 3 and parts[1] in ("ui", "static"):
-        return "/ui/traces/{id}" if parts[1] == "ui" else "/static/{asset}"
+    if len(parts) >= 3 and parts[1] == "static":
+        return "/static/{asset}"
+    if len(parts) == 4 and parts[1] == "ui" and parts[2] in ("traces", "monitors"):
+        return f"/ui/{parts[2]}/{{id}}"
     joined = "/".join(parts) or "/"
     return joined if joined in _KNOWN_ROUTES else "other"
 

@@ -404,9 +404,11 @@ class Api:
             return write_shell(request, self._page)
         raise no_route("/")
 
-    @app.route("/ui/traces/<trace_id>", methods=["GET"])
-    def trace_page(self, request: IRequest, trace_id: str) -> bytes:  # noqa: ARG002
-        """The shareable address of one trace: the page, which then reads the trace."""
+    @app.route("/ui/<view>/<name>", methods=["GET"])
+    def shared_page(self, request: IRequest, view: str, name: str) -> bytes:
+        """The shareable address of a trace or a monitor: the page, which then reads it."""
+        if view not in ("traces", "monitors") or not name:
+            raise no_route(request.path.decode("utf-8", "replace"))
         return write_shell(request, self._page)
 
     @app.route("/static/<digest>/<name>", methods=["GET"])

@@ -3,27 +3,17 @@
 
 import { ApiError, NeedsToken, call, follow, setToken, text } from "./api.js";
 import { drawChart } from "./chart.js";
+import { $, element, link, show } from "./dom.js";
+import { MonitorView } from "./monitors.js";
 import {
-  asLabel, hopFigures, hostLabel, isFinal, statusText, took, when,
+  asLabel, hopFigures, hostLabel, isFinal, statusText, stopReason, took, when,
 } from "./format.js";
 
-const $ = (id) => document.getElementById(id);
 const DEFAULT_PORTS = { udp: 33434, tcp: 80 };
-
-function show(section) {
-  for (const id of ["auth", "start", "trace"]) $(id).hidden = id !== section;
-}
 
 function notice(message) {
   $("notice").textContent = message;
   $("notice").hidden = !message;
-}
-
-function element(name, text, className) {
-  const made = document.createElement(name);
-  if (text !== undefined) made.textContent = text;
-  if (className) made.className = className;
-  return made;
 }
 
 /** Run a view; on a 401 ask for a token and run it again once there is one. */
@@ -93,10 +83,9 @@ async function listMonitors() {
   $("monitors").hidden = monitors.length === 0;
   $("monitor-list").replaceChildren(...monitors.map((monitor) => {
     const item = element("li");
-    item.append(element("strong", String(monitor.target && monitor.target.input
-      ? monitor.target.input : monitor.target || monitor.id)));
-    if (monitor.id) item.append(" ", element("code", String(monitor.id)));
-    if (monitor.status) item.append(" ", element("span", String(monitor.status)));
+    item.append(link(`/ui/monitors/${encodeURIComponent(monitor.id)}`, monitor.name),
+      ` ${monitor.request.target}, every ${monitor.every} s`);
+    if (monitor.paused) item.append(" (paused)");
     return item;
   }));
 }
@@ -179,7 +168,7 @@ class TraceView {
     $("trace-target").textContent = trace.target.input;
     $("trace-status").textContent = statusText(trace.status);
     $("trace-status").dataset.status = trace.status;
-    $("trace-stop").textContent = trace.stop_reason || "\u2013";
+    $("trace-stop").textContent = stopReason(trace.stop_reason);
     $("trace-reached").textContent = !isFinal(trace.status) ? "\u2013"
       : trace.destination_reached ? "reached" : "not reached";
     $("trace-address").textContent = trace.target.address || "\u2013";
@@ -234,5 +223,8 @@ class TraceView {
   }
 }
 
-const match = window.location.pathname.match(/^\/ui\/traces\/([^/]+)$/);
-guarded(match ? () => new TraceView(decodeURIComponent(match[1])).open() : startView);
+const traceMatch = window.location.pathname.match(/^\/ui\/traces\/([^/]+)$/);
+const monitorMatch = window.location.pathname.match(/^\/ui\/monitors\/([^/]+)$/);
+if (traceMatch) guarded(() => new TraceView(decodeURIComponent(traceMatch[1])).open());
+else if (monitorMatch) guarded(() => new MonitorView(decodeURIComponent(monitorMatch[1])).open());
+else guarded(startView);

@@ -62,3 +62,49 @@ export function drawChart(svg, hops) {
     }
   });
 }
+
+/** Draw a monitor's `runs` (oldest first): the destination's RTT as a line with dots, and a
+ *  cross with its percentage where a run lost probes at the destination. */
+export function drawRuns(svg, runs) {
+  svg.replaceChildren();
+  svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
+  const plotWidth = WIDTH - PAD.left - PAD.right;
+  const plotHeight = HEIGHT - PAD.top - PAD.bottom;
+  const top = niceCeiling(Math.max(0, ...runs.map((r) => r.rtt_ms || 0)));
+  const y = (v) => PAD.top + plotHeight * (1 - v / top);
+  const step = plotWidth / Math.max(runs.length, 1);
+  const x = (i) => PAD.left + step * (i + 0.5);
+
+  const axes = node(svg, "g", { class: "axes" });
+  node(axes, "line", { x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: y(0) });
+  node(axes, "line", { x1: PAD.left, y1: y(0), x2: WIDTH - PAD.right, y2: y(0) });
+  for (const tick of [0, top / 2, top]) {
+    node(axes, "text", { x: PAD.left - 6, y: y(tick) + 4, "text-anchor": "end" }, `${tick}`);
+  }
+  node(axes, "text", { x: 4, y: 14 }, "ms");
+  node(axes, "text", { x: WIDTH - PAD.right, y: HEIGHT - 4, "text-anchor": "end" },
+    "runs, oldest to newest");
+
+  // A run without an RTT (nothing came back) breaks the line.
+  let points = [];
+  const lines = [points];
+  runs.forEach((run, i) => {
+    if (typeof run.rtt_ms === "number") points.push(`${x(i)},${y(run.rtt_ms)}`);
+    else lines.push((points = []));
+  });
+  for (const line of lines.filter((l) => l.length > 1)) {
+    node(svg, "polyline", { class: "rtt", points: line.join(" ") });
+  }
+  runs.forEach((run, i) => {
+    const group = node(svg, "g", { class: "run" });
+    if (typeof run.rtt_ms === "number") {
+      node(group, "circle", { class: "avg", cx: x(i), cy: y(run.rtt_ms), r: 3 });
+    }
+    if (run.loss_pct > 0) {
+      const mark = node(group, "g", { class: "loss" });
+      const cy = PAD.top - 12;
+      node(mark, "path", { d: `M${x(i) - 4} ${cy - 4}l8 8m0 -8l-8 8` });
+      node(mark, "text", { x: x(i) + 6, y: cy + 4 }, `${Math.round(run.loss_pct)}%`);
+    }
+  });
+}

@@ -67,3 +67,19 @@ export function when(time) {
   const date = new Date(time);
   return Number.isNaN(date.getTime()) ? DASH : date.toLocaleString();
 }
+
+/** A trace's stop reason as text: a word, or an object's words (e.g. the ICMP kind). */
+export function stopReason(value) {
+  if (value === null || value === undefined || value === "") return DASH;
+  if (typeof value !== "object") return String(value);
+  const words = Object.values(value).filter((v) => typeof v === "string" || typeof v === "number");
+  return words.length ? words.join(" ") : DASH;
+}
+
+/** One TTL of a path change, e.g. "TTL 3: left 198.51.100.6; came 198.51.100.10". */
+export function diffLine(change) {
+  const parts = [];
+  if (change.left && change.left.length) parts.push(`left ${change.left.join(", ")}`);
+  if (change.came && change.came.length) parts.push(`came ${change.came.join(", ")}`);
+  return `TTL ${change.ttl}: ${parts.join("; ") || "no change"}`;
+}
