@@ -283,6 +283,7 @@ def test_with_auth_the_page_asks_for_a_token_and_then_traces(
     target = lab.targets(4)[44]
     browser.get(guarded_server.url + "/")
     wait(browser, lambda b: b.find_element(By.ID, "auth").is_displayed())
+    assert browser.find_element(By.ID, "notice").text == "This mtrd needs a token."
     assert not browser.find_element(By.ID, "start").is_displayed()
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "#auth-form button").click()
@@ -306,8 +307,8 @@ def test_with_auth_a_wrong_token_shows_no_trace(
     wait(browser, lambda b: b.find_element(By.ID, "auth").is_displayed())
     browser.find_element(By.ID, "token").send_keys("not-the-token-0123456789")
     browser.find_element(By.CSS_SELECTOR, "#auth-form button").click()
-    time.sleep(0.5)
-    wait(browser, lambda b: b.find_element(By.ID, "auth").is_displayed())
+    wait(browser, lambda b: "refused" in b.find_element(By.ID, "notice").text)
+    assert browser.find_element(By.ID, "auth").is_displayed()
     assert not browser.find_element(By.ID, "trace").is_displayed()
     assert browser.find_elements(By.CSS_SELECTOR, "#hops tbody tr") == []
 

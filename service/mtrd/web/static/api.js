@@ -20,6 +20,11 @@ export function setToken(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
 }
 
+/** True once the user entered a token in this tab. */
+export function hasToken() {
+  return Boolean(sessionStorage.getItem(TOKEN_KEY));
+}
+
 function headers(extra) {
   const all = { ...extra };
   const token = sessionStorage.getItem(TOKEN_KEY);

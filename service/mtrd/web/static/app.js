@@ -1,7 +1,7 @@
 // The page: a form that starts a trace, and the trace view at /ui/traces/{id} that follows
 // the trace live. Every text from the network goes in with textContent, never as HTML.
 
-import { ApiError, NeedsToken, call, follow, setToken, text } from "./api.js";
+import { ApiError, NeedsToken, call, follow, hasToken, setToken, text } from "./api.js";
 import { drawChart } from "./chart.js";
 import { $, element, link, show } from "./dom.js";
 import { MonitorView } from "./monitors.js";
@@ -23,7 +23,7 @@ async function guarded(view) {
   } catch (error) {
     if (error instanceof NeedsToken) {
       show("auth");
-      notice("This mtrd needs a token.");
+      notice(hasToken() ? "That token was refused: enter another." : "This mtrd needs a token.");
       $("auth-form").onsubmit = (event) => {
         event.preventDefault();
         setToken($("token").value.trim());
