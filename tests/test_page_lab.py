@@ -381,7 +381,7 @@ def test_js_labels_names_and_as_numbers(server: Server, script_browser: WebDrive
 
 
 def test_js_hop_figures_follow_the_table_columns(server: Server, script_browser: WebDriver) -> None:
-    """A hop's figures in column order; forward loss is added when the trace has it."""
+    """A hop's figures in column order; forward loss is added where loss does not carry on."""
     values = in_module(
         script_browser,
         server,
@@ -389,26 +389,30 @@ def test_js_hop_figures_follow_the_table_columns(server: Server, script_browser:
         """(f) => {
         const rtt = {last: 1.25, avg: 2, best: 0.5, worst: 4, stdev: null};
         return [f.hopFigures({loss_pct: 20, sent: 5, rtt_ms: rtt}),
-                f.hopFigures({loss_pct: 20, forward_loss_pct: 0, sent: 5, rtt_ms: rtt})[0]];
+                f.hopFigures({loss_pct: 20, forward_loss_pct: 0, sent: 5, rtt_ms: rtt})[0],
+                f.hopFigures({loss_pct: 20, forward_loss_pct: 20, sent: 5, rtt_ms: rtt})[0],
+                f.hopFigures({loss_pct: 0, forward_loss_pct: null, sent: 5, rtt_ms: rtt})[0]];
     }""",
     )
     assert values == [
         ["20.0%", "5", "1.3", "2.0", "0.50", "4.0", "\u2013"],
         "20.0% (fwd 0.0%)",
+        "20.0%",
+        "0.0%",
     ]
 
 
 def test_js_says_the_stop_reason_in_words(server: Server, script_browser: WebDriver) -> None:
-    """A stop reason shows as its word, or an object's words (the ICMP kind); a dash without."""
+    """A stop reason shows as its word, with the ICMP kind when unreachable; a dash without."""
     values = in_module(
         script_browser,
         server,
         "format.js",
         """(f) => [
-        f.stopReason("destination"), f.stopReason({reason: "unreachable", icmp: "net"}),
-        f.stopReason(null), f.stopReason(undefined)]""",
+        f.stopReason("destination", null), f.stopReason("unreachable", "net"),
+        f.stopReason(null, null), f.stopReason(undefined)]""",
     )
-    assert values == ["destination", "unreachable net", "\u2013", "\u2013"]
+    assert values == ["destination", "unreachable (net)", "\u2013", "\u2013"]
 
 
 def test_js_sse_parser_joins_events_split_across_chunks(

@@ -168,7 +168,7 @@ class TraceView {
     $("trace-target").textContent = trace.target.input;
     $("trace-status").textContent = statusText(trace.status);
     $("trace-status").dataset.status = trace.status;
-    $("trace-stop").textContent = stopReason(trace.stop_reason);
+    $("trace-stop").textContent = stopReason(trace.stop_reason, trace.unreachable_kind);
     $("trace-reached").textContent = !isFinal(trace.status) ? "\u2013"
       : trace.destination_reached ? "reached" : "not reached";
     $("trace-address").textContent = trace.target.address || "\u2013";

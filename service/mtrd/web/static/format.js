@@ -41,7 +41,9 @@ export function hostLabel(responder) {
 export function hopFigures(hop) {
   const rtt = hop.rtt_ms || {};
   let loss = pct(hop.loss_pct);
-  if (typeof hop.forward_loss_pct === "number") loss += ` (fwd ${pct(hop.forward_loss_pct)})`;
+  // Loss that does not carry on to the later hops is the router's own (rate-limited ICMP).
+  const forward = hop.forward_loss_pct;
+  if (typeof forward === "number" && forward < hop.loss_pct) loss += ` (fwd ${pct(forward)})`;
   return [loss, String(hop.sent), ms(rtt.last), ms(rtt.avg), ms(rtt.best), ms(rtt.worst),
     ms(rtt.stdev)];
 }
@@ -68,12 +70,10 @@ export function when(time) {
   return Number.isNaN(date.getTime()) ? DASH : date.toLocaleString();
 }
 
-/** A trace's stop reason as text: a word, or an object's words (e.g. the ICMP kind). */
-export function stopReason(value) {
-  if (value === null || value === undefined || value === "") return DASH;
-  if (typeof value !== "object") return String(value);
-  const words = Object.values(value).filter((v) => typeof v === "string" || typeof v === "number");
-  return words.length ? words.join(" ") : DASH;
+/** Why a trace stopped, e.g. "destination" or "unreachable (net)"; a dash before it has. */
+export function stopReason(reason, unreachableKind) {
+  if (!reason) return DASH;
+  return unreachableKind ? `${reason} (${unreachableKind})` : String(reason);
 }
 
 /** One TTL of a path change, e.g. "TTL 3: left 198.51.100.6; came 198.51.100.10". */
