@@ -63,7 +63,7 @@ export class MonitorView {
       item.append(lines);
       return item;
     }));
-    if (!changes.length) $("monitor-changes").append(element("li", "No change seen yet."));
+    if (!changes.length) $("monitor-changes").append(element("li", "No change seen yet.", "none"));
 
     const runs = monitor.runs || [];  // newest first
     drawRuns($("runs-chart"), [...runs].reverse());
