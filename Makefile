@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.runtime-stamp
 
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
-TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl redis-server:redis-server \
-	chromedriver:chromium-driver chromium:chromium
+TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl redis-server:redis-server
+# The web page's tests drive Debian's chromium through its chromedriver.
+TEST_OS_PACKAGES += chromedriver:chromium-driver chromium:chromium
 
 .PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small os-deps-bench
 
