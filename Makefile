@@ -11,8 +11,6 @@ RUN_STAMP := $(VENV)/.runtime-stamp
 
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
 TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl redis-server:redis-server
-# The web page's tests drive Debian's chromium through its chromedriver.
-TEST_OS_PACKAGES += chromedriver:chromium-driver chromium:chromium
 
 .PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small os-deps-bench
 
@@ -78,6 +76,9 @@ $(RUN_STAMP): pyproject.toml
 
 os-deps-run:
 	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(RUN_OS_PACKAGES))"
+
+# The web page's tests drive Debian's chromium through its chromedriver.
+TEST_OS_PACKAGES += chromedriver:chromium-driver chromium:chromium
 
 os-deps-test:
 	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(TEST_OS_PACKAGES))"
