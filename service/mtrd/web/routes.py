@@ -88,20 +88,20 @@ class Api:
         store: TraceStore,
         clock: IReactorTime,
         heartbeat: float = 15.0,
+        page: Page | None = None,
         metrics: Metrics | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         policy: TargetPolicy = OPEN_POLICY,
         vantage: str = "default",
         shared: SharedTraces | None = None,
         store_health: Callable[[], RedisHealth] | None = None,
-        page: Page | None = None,
     ) -> None:
-        self._page = Page.load() if page is None else page
         self._limits = limits
         self._vantage = vantage
         self._shared = shared
         self._store_health = store_health
         self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
+        self._page = Page.load() if page is None else page
         self._policy = policy
         self._pool = pool
         self._jobs = jobs
@@ -395,30 +395,6 @@ class Api:
                 headers=(("Retry-After", "5"),),
             )
 
-    # -- the web page ---------------------------------------------------------------------
-
-    @app.route("/", methods=["GET"])
-    def home(self, request: IRequest) -> bytes:
-        """The page for a browser; any other client gets the 404 it always got here."""
-        if wants_html(request.getHeader("accept")):
-            return write_shell(request, self._page)
-        raise no_route("/")
-
-    @app.route("/ui/<view>/<name>", methods=["GET"])
-    def shared_page(self, request: IRequest, view: str, name: str) -> bytes:
-        """The shareable address of a trace or a monitor: the page, which then reads it."""
-        if view not in ("traces", "monitors") or not name:
-            raise no_route(request.path.decode("utf-8", "replace"))
-        return write_shell(request, self._page)
-
-    @app.route("/static/<digest>/<name>", methods=["GET"])
-    def static(self, request: IRequest, digest: str, name: str) -> bytes:
-        """A file of the page, by the digest of its release."""
-        asset = self._page.asset(digest, name)
-        if asset is None:
-            raise no_route(request.path.decode("utf-8", "replace"))
-        return write_asset(request, asset)
-
     # -- service ------------------------------------------------------------------------
 
     @app.route("/vantage-points", methods=["GET"])
@@ -479,6 +455,30 @@ class Api:
             raise no_route("/metrics")
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self._metrics.exposition()
+
+    # -- the web page ---------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """The page for a browser; any other client gets the 404 it always got here."""
+        if wants_html(request.getHeader("accept")):
+            return write_shell(request, self._page)
+        raise no_route("/")
+
+    @app.route("/ui/<view>/<name>", methods=["GET"])
+    def shared_page(self, request: IRequest, view: str, name: str) -> bytes:
+        """The shareable address of a trace or a monitor: the page, which then reads it."""
+        if view not in ("traces", "monitors") or not name:
+            raise no_route(request.path.decode("utf-8", "replace"))
+        return write_shell(request, self._page)
+
+    @app.route("/static/<digest>/<name>", methods=["GET"])
+    def static(self, request: IRequest, digest: str, name: str) -> bytes:
+        """A file of the page, by the digest of its release."""
+        asset = self._page.asset(digest, name)
+        if asset is None:
+            raise no_route(request.path.decode("utf-8", "replace"))
+        return write_asset(request, asset)
 
     # -- errors: the one place they become HTTP answers ----------------------------------
     # Klein tries the handlers in the order they are declared: the catch-all comes last.
