@@ -226,6 +226,23 @@ def test_shared_address_shows_the_finished_trace_in_a_fresh_browser(
     assert not browser.find_element(By.ID, "cancel").is_displayed()
 
 
+def test_text_report_link_shows_the_report_in_the_page(
+    lab: Lab, guarded_server: Server, browser: WebDriver
+) -> None:
+    """The text report, asked for with the token, is shown in the page as text."""
+    trace_id = guarded_server.start(target=lab.targets(4)[47], **QUICK)
+    guarded_server.finished(trace_id)
+    browser.get(f"{guarded_server.url}/ui/traces/{trace_id}")
+    wait(browser, lambda b: b.find_element(By.ID, "auth").is_displayed())
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#auth-form button").click()
+    wait(browser, lambda b: status(b) == "completed")
+    browser.find_element(By.ID, "report-link").click()
+    report = wait(browser, lambda b: b.find_element(By.ID, "raw").text)
+    assert "HOST:" in report
+    assert lab.targets(4)[47] in report
+
+
 def test_cancel_button_cancels_a_running_trace(
     lab: Lab, server: Server, browser: WebDriver
 ) -> None:
