@@ -107,6 +107,7 @@ def _chromium() -> WebDriver:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1200,1000"):  # fmt: skip
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
@@ -153,6 +154,16 @@ def rows(browser: WebDriver) -> dict[int, list[str]]:
     return table
 
 
+def console_errors(browser: WebDriver) -> list[str]:
+    """What the browser logged as errors (a script or style the CSP blocked would be one),
+    but for answers that were not 2xx (the page asks for /monitors, which may be absent)."""
+    return [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
+
+
 def assert_rows_match_topology(lab: Lab, browser: WebDriver, target: str) -> None:
     table = rows(browser)
     assert sorted(table) == [1, 2, 3, 4]
@@ -180,6 +191,7 @@ def test_page_starts_a_trace_and_shows_rows_before_it_ends(
     wait(browser, lambda b: status(b) == "completed")
     assert_rows_match_topology(lab, browser, target)
     assert browser.find_elements(By.CSS_SELECTOR, "#chart g.hop")
+    assert console_errors(browser) == []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "finished-trace.png"
     browser.save_screenshot(str(shot))
@@ -224,6 +236,7 @@ def test_shared_address_shows_the_finished_trace_in_a_fresh_browser(
     assert_rows_match_topology(lab, browser, target)
     assert browser.find_element(By.ID, "trace-reached").text == "reached"
     assert not browser.find_element(By.ID, "cancel").is_displayed()
+    assert console_errors(browser) == []
 
 
 def test_text_report_link_shows_the_report_in_the_page(
@@ -584,6 +597,7 @@ def test_monitor_view_shows_path_changes_and_runs(server: Server, browser: WebDr
     assert browser.find_elements(By.CSS_SELECTOR, "#runs-chart .loss text")[0].text == "25%"
     trace_links = browser.find_elements(By.CSS_SELECTOR, "#monitor-runs a")
     assert trace_links[0].get_attribute("href") == server.url + "/ui/traces/t2"
+    assert console_errors(browser) == []
 
 
 def test_monitor_view_updates_on_its_events(server: Server, browser: WebDriver) -> None:
