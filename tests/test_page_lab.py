@@ -386,7 +386,7 @@ def test_js_formats_loss_and_duration(server: Server, script_browser: WebDriver)
 
 
 def test_js_labels_names_and_as_numbers(server: Server, script_browser: WebDriver) -> None:
-    """A responder shows its name when it has one, and its AS when known (fields optional)."""
+    """A responder shows its name when it has one, its AS and country when known (optional)."""
     values = in_module(
         script_browser,
         server,
@@ -397,7 +397,9 @@ def test_js_labels_names_and_as_numbers(server: Server, script_browser: WebDrive
         f.hostLabel({address: "198.51.100.1"}),
         f.asLabel({asn: 64500, as_name: "EXAMPLE-NET"}),
         f.asLabel({asn: 64500, as_name: null}),
-        f.asLabel({asn: null}), f.asLabel({})]""",
+        f.asLabel({asn: null}), f.asLabel({}),
+        f.networkLabel({asn: 64500, as_name: "EXAMPLE-NET", country: "NL"}),
+        f.networkLabel({asn: null, country: "NL"}), f.networkLabel({})]""",
     )
     assert values == [
         {"name": "r1.example", "address": "198.51.100.1"},
@@ -406,6 +408,9 @@ def test_js_labels_names_and_as_numbers(server: Server, script_browser: WebDrive
         "AS64500 EXAMPLE-NET",
         "AS64500",
         "",
+        "",
+        "AS64500 EXAMPLE-NET, NL",
+        "NL",
         "",
     ]
 

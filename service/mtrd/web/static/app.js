@@ -6,7 +6,7 @@ import { drawChart } from "./chart.js";
 import { $, element, link, show } from "./dom.js";
 import { MonitorView } from "./monitors.js";
 import {
-  asLabel, hopFigures, hostLabel, isFinal, statusText, stopReason, took, when,
+  hopFigures, hostLabel, isFinal, networkLabel, statusText, stopReason, took, when,
 } from "./format.js";
 
 const DEFAULT_PORTS = { udp: 33434, tcp: 80 };
@@ -195,7 +195,9 @@ class TraceView {
       if (label.name) line.append(element("span", label.name, "name"), " ");
       line.append(element("span", label.address, "address"));
       host.append(line);
-      as.append(element("div", asLabel(responder) || "\u2013"));
+      const network = element("div", networkLabel(responder) || "\u2013");
+      if (responder.prefix) network.title = responder.prefix;
+      as.append(network);
     }
     if (hop.end) host.append(element("div", hop.end, "end"));
     if (hop.late) host.append(element("div", `${hop.late} late`, "late"));

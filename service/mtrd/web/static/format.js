@@ -30,6 +30,11 @@ export function asLabel(responder) {
   return responder.as_name ? `AS${responder.asn} ${responder.as_name}` : `AS${responder.asn}`;
 }
 
+/** A responder's network: its AS and country, e.g. "AS64500 EXAMPLE-NET, NL"; empty if unknown. */
+export function networkLabel(responder) {
+  return [asLabel(responder), responder.country || ""].filter(Boolean).join(", ");
+}
+
 /** A responder's name and address for the host column: its name when it has one. */
 export function hostLabel(responder) {
   const name = responder.hostname || "";
