@@ -55,6 +55,14 @@ class FakeStore:
         self.traces[trace.id] = trace
         return Saved(1, cancel=trace.id in self.cancel)
 
+    async def write_running(
+        self, trace: Trace, runner: str, events: list[tuple[int, str, Any]]
+    ) -> Saved | None:
+        saved = await self.save_running(trace, runner)
+        if saved is not None and events:
+            await self.append_events(trace.id, events)
+        return saved
+
     async def append_events(self, trace_id: str, events: list[tuple[int, str, Any]]) -> int:
         self._check()
         self.events += [(trace_id, kind, event_id) for event_id, kind, _ in events]

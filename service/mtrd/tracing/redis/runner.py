@@ -11,8 +11,8 @@
   (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections),
   takes each (:meth:`RedisTraceStore.take`; a lost race or a cancelled trace is skipped
   and its entry acknowledged), and runs it with the :class:`Tracer`, writing its
-  snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, at
-  once on a status change and at the end;
+  snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, and
+  at once at the end (a snapshot and its events in one call);
 - stops a trace within a second of a cancel asked for in Redis (field ``cancel``, read
   on every save, and on its own when a trace has had nothing to save for half a second);
 - reaps: lost replicas of its vantage get their running traces failed ``replica_lost``,
@@ -350,8 +350,9 @@ class RedisRunner(Service):
         self._jobs[queued.id] = job
 
         def updated(trace: Trace) -> None:
-            if writer.update(trace):
-                self._flush(job)
+            # Held until the next flush (every FLUSH_INTERVAL), the start included: a short
+            # trace then often reaches Redis in one write, its end (written at once).
+            writer.update(trace)
 
         job.running = self._tracer.trace(
             queued.request, queued=queued, on_update=updated, on_live_hop=writer.hop

@@ -121,6 +121,37 @@ if cancel and cancel ~= '0' then return {version, 1} end
 return {version, 0}
 """)
 
+# KEYS: trace, events. ARGV: value, status, expiry_ms, runner, events kept, then (id, kind,
+# value) per event, ids growing. A runner's flush in one call: the fenced save of _SAVE, then
+# the events as _APPEND_MANY writes them, both keys given the snapshot's expiry. nil if the
+# trace is gone, 0 if it is not running on that runner any more (nothing written), else the
+# new version, whether a cancel was asked for (1 or 0), and how many events were new.
+_WRITE_RUNNING = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[4] or status == 'completed'
+   or status == 'failed' or status == 'cancelled' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local written = 0
+for i = 6, #ARGV, 3 do
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], ARGV[i], 'k', ARGV[i + 1],
+                         'v', ARGV[i + 2])
+  if type(ok) == 'table' and ok.err then
+    if not string.find(ok.err, 'equal or smaller') then return redis.error_reply(ok.err) end
+  else
+    written = written + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local cancel = redis.call('HGET', KEYS[1], 'cancel')
+if cancel and cancel ~= '0' then return {version, 1, written} end
+return {version, 0, written}
+""")
+
 # KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
 _TAKE = Script("""
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
@@ -279,6 +310,27 @@ class RedisTraceStore:
         """A fenced save (as :meth:`save` with ``runner``) that also says whether a cancel
         of the trace was asked for; None if the trace is gone."""
         return await self._save(trace, runner)
+
+    async def write_running(
+        self,
+        trace: Trace,
+        runner: str,
+        events: Sequence[tuple[int, str, TraceStatus | Hop | Trace]],
+    ) -> Saved | None:
+        """A fenced save (as :meth:`save_running`) and the runner's events of the trace
+        (as :meth:`append_events`) in one call; None if the trace is gone. Raises
+        :class:`NotRunning`, having written nothing, when the trace does not run there."""
+        args: list[Any] = [codec.encode_trace(trace), trace.status.value,
+                           self._expiry_ms(trace), runner, self._events_kept]  # fmt: skip
+        for event_id, kind, value in events:
+            args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
+        reply = await _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args)
+        if reply is None:
+            return None
+        if not isinstance(reply, list):
+            raise NotRunning(trace.id)
+        version, cancel, _written = reply
+        return Saved(int(version), cancel=bool(int(cancel)))
 
     async def cancel_requested(self, trace_id: str) -> bool:
         """Whether a cancel of the trace was asked for (the runner checks between saves)."""
