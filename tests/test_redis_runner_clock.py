@@ -36,12 +36,12 @@ class FakeStore:
         if self.away:
             raise RedisUnavailable("Redis is not connected")
 
-    async def take(self, trace_id: str, replica: str) -> bool:
+    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
         self._check()
         if self.traces[trace_id].status is not TraceStatus.QUEUED or trace_id in self.runners:
-            return False
+            return None
         self.runners[trace_id] = replica
-        return True
+        return await self.get(trace_id)
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         self._check()
@@ -92,7 +92,7 @@ class FakeQueue:
         taken, self.entries = self.entries[:room], self.entries[room:]
         return taken
 
-    async def started(self, claim: Claim) -> None:
+    async def started(self, *claims: Claim) -> None:
         pass
 
     async def release(self, claims: list[Claim]) -> int:
@@ -127,10 +127,10 @@ class FakeReplicas:
             raise ValueError("a bug in the reaper")
         return []
 
-    async def started(self, replica: str, trace_id: str) -> None:
+    async def started(self, replica: str, *trace_ids: str) -> None:
         pass
 
-    async def finished(self, replica: str, trace_id: str) -> None:
+    async def finished(self, replica: str, *trace_ids: str) -> None:
         pass
 
     async def running(self, replica: str) -> list[str]:

@@ -110,10 +110,11 @@ class RedisWorkQueue:
         _stream, entries = reply[0]
         return _claims(entries)
 
-    async def started(self, claim: Claim) -> None:
-        """The claimed trace started (or was dropped): the entry leaves the queue."""
+    async def started(self, *claims: Claim) -> None:
+        """The claimed traces started (or were dropped): their entries leave the queue."""
+        entries = [claim.entry for claim in claims]
         await self._redis.pipeline(
-            [("XACK", self.key, GROUP, claim.entry), ("XDEL", self.key, claim.entry)]
+            [("XACK", self.key, GROUP, *entries), ("XDEL", self.key, *entries)]
         )
 
     async def release(self, claims: Sequence[Claim]) -> int:

@@ -115,13 +115,13 @@ class RedisReplicas:
         members = await self._redis.execute("ZRANGEBYSCORE", self._members_key(vantage), "-inf", at)
         return [as_text(m) for m in members]
 
-    async def started(self, replica: str, trace_id: str) -> None:
-        """``replica`` started the trace: the reaper fails it if the replica is lost."""
-        await self._redis.execute("SADD", self._running_key(replica), trace_id)
+    async def started(self, replica: str, *trace_ids: str) -> None:
+        """``replica`` started the traces: the reaper fails them if the replica is lost."""
+        await self._redis.execute("SADD", self._running_key(replica), *trace_ids)
 
-    async def finished(self, replica: str, trace_id: str) -> None:
+    async def finished(self, replica: str, *trace_ids: str) -> None:
         """The trace no longer runs on ``replica``."""
-        await self._redis.execute("SREM", self._running_key(replica), trace_id)
+        await self._redis.execute("SREM", self._running_key(replica), *trace_ids)
 
     async def running(self, replica: str) -> list[str]:
         """The traces ``replica`` started and has not finished, by id."""

@@ -34,7 +34,8 @@ from twisted.internet.interfaces import IReactorTime
 from mtrd.tracing.events import Event
 from mtrd.tracing.model import Hop, Trace, TraceError, TraceStatus
 from mtrd.tracing.redis import codec
-from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text, together
+from mtrd.tracing.redis.connection import Command
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 
 EVICTION_SCAN: Final = 100
@@ -152,12 +153,14 @@ if cancel and cancel ~= '0' then return {version, 1, written} end
 return {version, 0, written}
 """)
 
-# KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
+# KEYS: trace. ARGV: replica. The trace (value, version, vantage, replica) if this replica
+# may now run the queued trace, else nil. The trace comes with the take: a read after it
+# could fail and leave a trace taken that nobody runs.
 _TAKE = Script("""
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'replica', ARGV[1])
-return 1
+return redis.call('HMGET', KEYS[1], 'value', 'version', 'vantage', 'replica')
 """)
 
 # KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
@@ -270,6 +273,10 @@ class RedisTraceStore:
     def _index(self) -> str:
         return f"{self._prefix}:traces"
 
+    @property
+    def _active(self) -> str:
+        return f"{self._prefix}:active"
+
     def expires_at(self) -> float:
         """When a trace that finishes now will expire."""
         return self._clock.seconds() + self.limits.ttl
@@ -278,12 +285,15 @@ class RedisTraceStore:
         self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
     ) -> StoredTrace:
         """Store a new trace (version 1), evicting the oldest finished one at the cap."""
-        await self._make_room(retry_after)
-        seq = int(await self._redis.execute("INCR", f"{self._prefix}:seq"))
+        count, seq = await self._redis.pipeline(
+            [("ZCARD", self._index), ("INCR", f"{self._prefix}:seq")]
+        )
+        if int(count) >= self.limits.max_traces:
+            await self._make_room(retry_after)
         created = await _ADD.run(
             self._redis,
             self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, seq, vantage, replica,
+            [codec.encode_trace(trace), trace.status.value, int(seq), vantage, replica,
              self._expiry_ms(trace)],
         )  # fmt: skip
         if not created:
@@ -291,7 +301,10 @@ class RedisTraceStore:
         # The trace goes first: readers drop index ids without a trace, so an id indexed
         # before its trace was written could be dropped by a listing in between. A
         # replica dying here leaves a trace missing from listings only, which expires.
-        await self._redis.execute("ZADD", self._index, "NX", seq, trace.id)
+        indexes = [("ZADD", self._index, "NX", seq, trace.id)]
+        if not trace.status.is_final:
+            indexes.append(("ZADD", self._active, "NX", seq, trace.id))
+        await self._redis.pipeline(indexes)
         return StoredTrace(trace, 1, vantage, replica)
 
     async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
@@ -324,7 +337,9 @@ class RedisTraceStore:
                            self._expiry_ms(trace), runner, self._events_kept]  # fmt: skip
         for event_id, kind, value in events:
             args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
-        reply = await _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args)
+        reply, _ = await together(
+            _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args), self._ended(trace)
+        )
         if reply is None:
             return None
         if not isinstance(reply, list):
@@ -338,11 +353,14 @@ class RedisTraceStore:
         return cancel is not None and as_text(cancel) != "0"
 
     async def _save(self, trace: Trace, runner: str | None) -> Saved | None:
-        reply = await _SAVE.run(
-            self._redis,
-            self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
-             runner or ""],
+        reply, _ = await together(
+            _SAVE.run(
+                self._redis,
+                self._keys(trace.id),
+                [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
+                 runner or ""],
+            ),
+            self._ended(trace),
         )  # fmt: skip
         if reply is None:
             return None
@@ -396,12 +414,20 @@ class RedisTraceStore:
              codec.encode_event("status", TraceStatus.CANCELLED),
              codec.encode_event("done", cancelled), self._events_kept],
         )  # fmt: skip
-        return CancelOutcome(as_text(outcome))
+        cancel = CancelOutcome(as_text(outcome))
+        if cancel is CancelOutcome.CANCELLED:
+            await self._redis.execute("ZREM", self._active, trace_id)
+        return cancel
 
-    async def take(self, trace_id: str, replica: str) -> bool:
-        """Make ``replica`` the one that runs a queued trace; False if it is not queued any
-        more (cancelled, deleted, expired) or another replica took it first."""
-        return bool(await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica]))
+    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
+        """Make ``replica`` the one that runs a queued trace, and read it; None if it is not
+        queued any more (cancelled, deleted, expired) or another replica took it first."""
+        reply = await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica])
+        if reply is None:
+            return None
+        value, version, vantage, taker = reply
+        return StoredTrace(codec.decode_trace(value), int(version), as_text(vantage),
+                           as_text(taker))  # fmt: skip
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace and its version, or None if unknown, deleted or expired."""
@@ -419,40 +445,64 @@ class RedisTraceStore:
         removed = await self._redis.execute(
             "DEL", self.trace_key(trace_id), self.events_key(trace_id)
         )
-        await self._redis.execute("ZREM", self._index, trace_id)
+        await self._redis.pipeline(
+            [("ZREM", self._index, trace_id), ("ZREM", self._active, trace_id)]
+        )
         return int(removed) > 0
 
     async def newest_first(
         self, status: TraceStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces, newest first across replicas, and the next page's cursor."""
+        """A page of traces, newest first across replicas, and the next page's cursor.
+
+        Queued and running traces are listed from the index of active traces, so listing
+        them costs what is active, not what is stored. With a status, the statuses are read
+        first and only the documents of the page after.
+        """
         below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
+        active = status is not None and not status.is_final
+        index = self._active if active else self._index
         page: list[Trace] = []
         last_seq = 0
         while True:
             batch = await self._redis.execute(
-                "ZREVRANGEBYSCORE", self._index, below, "-inf",
-                "WITHSCORES", "LIMIT", 0, LIST_BATCH,
+                "ZREVRANGEBYSCORE", index, below, "-inf", "WITHSCORES", "LIMIT", 0, LIST_BATCH,
             )  # fmt: skip
             if not batch:
                 return page, None
             entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
+            # Without a status every entry is wanted: the documents are read straight away.
+            field = "status" if status is not None else "value"
             replies = await self._redis.pipeline(
-                [("HMGET", self.trace_key(trace_id), "value", "status") for trace_id, _ in entries]
+                [("HGET", self.trace_key(trace_id), field) for trace_id, _ in entries]
             )
-            gone = []
-            for (trace_id, seq), (value, stored_status) in zip(entries, replies, strict=True):
-                if value is None:
+            gone, ended, wanted = [], [], []
+            for (trace_id, seq), stored in zip(entries, replies, strict=True):
+                if stored is None:
                     gone.append(trace_id)
+                elif active and TraceStatus(as_text(stored)).is_final:
+                    ended.append(trace_id)
+                elif status is None or as_text(stored) == status.value:
+                    wanted.append((trace_id, seq))
+            more = len(wanted) > limit - len(page)
+            wanted = wanted[: limit - len(page)]
+            if status is None:
+                documents = dict(zip((trace_id for trace_id, _ in entries), replies, strict=True))
+                values = [documents[trace_id] for trace_id, _ in wanted]
+            elif wanted:
+                values = await self._redis.pipeline(
+                    [("HGET", self.trace_key(trace_id), "value") for trace_id, _ in wanted]
+                )
+            else:
+                values = []
+            for (_, seq), value in zip(wanted, values, strict=True):
+                if value is None:  # gone since its status was read
                     continue
-                if status is not None and as_text(stored_status) != status.value:
-                    continue
-                if len(page) == limit:
-                    await self._forget(gone)
-                    return page, str(last_seq)
                 page.append(codec.decode_trace(value))
                 last_seq = seq
-            await self._forget(gone)
+            await self._forget(gone, ended)
+            if more and page:
+                return page, str(last_seq)
             below = f"({entries[-1][1]}"
 
     async def append_event(
@@ -524,10 +574,22 @@ class RedisTraceStore:
         if count >= self.limits.max_traces:
             raise StoreFull(retry_after())
 
-    async def _forget(self, trace_ids: list[str]) -> None:
-        # Heals the index: ids whose trace expired or was never written.
-        if trace_ids:
-            await self._redis.execute("ZREM", self._index, *trace_ids)
+    async def _forget(self, gone: list[str], ended: Sequence[str] = ()) -> None:
+        # Heals the indexes: ids whose trace expired or was never written, and active ids
+        # of traces that have ended (a replica that died before it could say so).
+        commands: list[Command] = []
+        if gone:
+            commands += [("ZREM", self._index, *gone), ("ZREM", self._active, *gone)]
+        if ended:
+            commands.append(("ZREM", self._active, *ended))
+        if commands:
+            await self._redis.pipeline(commands)
+
+    async def _ended(self, trace: Trace) -> None:
+        # A final snapshot takes the trace off the index of active traces (sent with the
+        # snapshot's write, not waiting for it: refused or not, the trace has ended).
+        if trace.status.is_final:
+            await self._redis.execute("ZREM", self._active, trace.id)
 
     def _keys(self, trace_id: str) -> list[str]:
         return [self.trace_key(trace_id), self.events_key(trace_id)]
