@@ -45,6 +45,11 @@ class Script:
                 raise
             return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
 
+    def source_command(self, keys: Sequence[str], args: Sequence[Argument]) -> Command:
+        """The script as one command of a pipeline, sent whole (``EVAL``): it runs where it
+        stands among the pipeline's commands even on a Redis that forgot its scripts."""
+        return ("EVAL", self.source, len(keys), *keys, *args)
+
 
 def as_text(value: bytes | str | None) -> str:
     """A reply as text ('' for nil)."""

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from mtrd.tracing.events import Event, Subscriber
 from mtrd.tracing.jobs import Deletion, QueueFull
 from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
-from mtrd.tracing.redis.commands import RedisCommands
+from mtrd.tracing.redis.commands import RedisCommands, together
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.redis.queue import RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint
@@ -136,18 +136,34 @@ class SharedTraces(Service):
         """
         where = vantage or self.vantage
         now = self._clock.seconds()
-        if not await self._replicas.live(where, now):
+        # Two calls to Redis, each a single write: the live check with the seq and the cap
+        # check, then the trace with its index entries and its queue entry. The queue
+        # entry may run ahead of the trace (separate keys): a runner that claims it first
+        # finds no queued trace and drops the entry, so nothing runs that was not stored.
+        live, seq = await together(
+            self._replicas.live(where, now), self._store.reserve(lambda: QUEUE_RETRY_AFTER)
+        )
+        if not live:
             points = await self._replicas.vantage_points(now)
             raise NoLiveVantage(where, [p.name for p in points])
         trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
-        stored = await self._store.add(
-            trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
+
+        async def enqueue() -> bool | RedisUnavailable:
+            try:
+                return await self._queue(where).enqueue(trace.id, self._max_queued)
+            except RedisUnavailable as e:
+                return e
+
+        stored: StoredTrace
+        stored, queued = await together(
+            self._store.add(
+                trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica, seq=seq
+            ),
+            enqueue(),
         )
-        try:
-            queued = await self._queue(where).enqueue(trace.id, self._max_queued)
-        except RedisUnavailable:
+        if isinstance(queued, RedisUnavailable):
             await self._forget(trace.id)
-            raise
+            raise queued
         if not queued:
             await self._forget(trace.id)
             raise QueueFull(QUEUE_RETRY_AFTER)

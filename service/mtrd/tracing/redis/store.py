@@ -281,30 +281,47 @@ class RedisTraceStore:
         """When a trace that finishes now will expire."""
         return self._clock.seconds() + self.limits.ttl
 
-    async def add(
-        self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
-    ) -> StoredTrace:
-        """Store a new trace (version 1), evicting the oldest finished one at the cap."""
+    async def reserve(self, retry_after: Callable[[], int]) -> int:
+        """The ``seq`` of a trace about to be added, with room for it under the cap: at the
+        cap the oldest finished trace is evicted, or :class:`StoreFull` raised. One call
+        (the count and the counter together) while there is room."""
         count, seq = await self._redis.pipeline(
             [("ZCARD", self._index), ("INCR", f"{self._prefix}:seq")]
         )
         if int(count) >= self.limits.max_traces:
             await self._make_room(retry_after)
-        created = await _ADD.run(
-            self._redis,
-            self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, int(seq), vantage, replica,
-             self._expiry_ms(trace)],
-        )  # fmt: skip
+        return int(seq)
+
+    async def add(
+        self,
+        trace: Trace,
+        retry_after: Callable[[], int],
+        vantage: str,
+        replica: str,
+        *,
+        seq: int | None = None,
+    ) -> StoredTrace:
+        """Store a new trace (version 1), evicting the oldest finished one at the cap.
+
+        With ``seq`` from :meth:`reserve`, the trace and its index entries are one call.
+        """
+        if seq is None:
+            seq = await self.reserve(retry_after)
+        # The trace goes first: readers drop index ids without a trace, so an id indexed
+        # before its trace was written could be dropped by a listing in between. The
+        # commands of one pipeline run in order, and the script is sent whole (EVAL, not
+        # EVALSHA): a Redis that forgot its scripts cannot reorder them. A replica dying
+        # halfway leaves a trace missing from listings only, which expires.
+        fields = [codec.encode_trace(trace), trace.status.value, seq, vantage, replica]
+        commands: list[Command] = [
+            _ADD.source_command(self._keys(trace.id), [*fields, self._expiry_ms(trace)]),
+            ("ZADD", self._index, "NX", seq, trace.id),
+        ]
+        if not trace.status.is_final:
+            commands.append(("ZADD", self._active, "NX", seq, trace.id))
+        created, *_ = await self._redis.pipeline(commands)
         if not created:
             raise ValueError(f"a trace with id {trace.id!r} is already stored")
-        # The trace goes first: readers drop index ids without a trace, so an id indexed
-        # before its trace was written could be dropped by a listing in between. A
-        # replica dying here leaves a trace missing from listings only, which expires.
-        indexes = [("ZADD", self._index, "NX", seq, trace.id)]
-        if not trace.status.is_final:
-            indexes.append(("ZADD", self._active, "NX", seq, trace.id))
-        await self._redis.pipeline(indexes)
         return StoredTrace(trace, 1, vantage, replica)
 
     async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
