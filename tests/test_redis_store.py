@@ -161,7 +161,7 @@ async def test_cap_counts_expired_traces_out(redis: RedisConnection) -> None:
     await sleep(0.3)
     await store.add(rich_trace("b", RUNNING), never, vantage="v", replica="r")
     assert store.evictions == 0
-    assert await redis.execute("ZRANGE", "mtrd:traces", 0, -1) == [b"b"]
+    assert await redis.execute("ZRANGE", "mtrd:{index}:traces", 0, -1) == [b"b"]
 
 
 @pytest_twisted.ensureDeferred
@@ -204,7 +204,7 @@ async def test_listing_skips_and_forgets_deleted_traces(redis: RedisConnection) 
     await redis.execute("DEL", store.trace_key("t1"))
     page, _ = await store.newest_first(None, 10, None)
     assert [t.id for t in page] == ["t2", "t0"]
-    assert await redis.execute("ZSCORE", "mtrd:traces", "t1") is None
+    assert await redis.execute("ZSCORE", "mtrd:{index}:traces", "t1") is None
 
 
 @pytest_twisted.ensureDeferred

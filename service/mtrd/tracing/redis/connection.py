@@ -344,6 +344,11 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 
     def addConnection(self, conn: Any) -> None:
         """A connection logged in and selected its database."""
+        # Commands of different reactor turns follow each other before the replies come:
+        # with Nagle's algorithm the second would wait for the first one's reply.
+        transport = getattr(conn, "transport", None)
+        if transport is not None and hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
         super().addConnection(conn)
         if conn in self.pool:
             self._owner._connection_added()

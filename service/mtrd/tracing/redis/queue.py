@@ -20,7 +20,7 @@ from typing import Any, Final
 import attrs
 
 from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
-from mtrd.tracing.redis.connection import RedisCommandError
+from mtrd.tracing.redis.connection import Command, RedisCommandError
 
 GROUP: Final = "runners"
 
@@ -97,6 +97,15 @@ class RedisWorkQueue:
         """Queue a trace; False when ``max_queued`` traces are queued or claimed already."""
         entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued])
         return entry is not None
+
+    def enqueue_command(self, trace_id: str, max_queued: int) -> Command:
+        """:meth:`enqueue` as one command of a pipeline; its reply is the entry's id, or nil
+        when the queue is full. This script alone holds the queue caps."""
+        return _ENQUEUE.source_command([self.key], [trace_id, max_queued])
+
+    async def drop(self, entry: bytes | str) -> None:
+        """Remove an entry nobody should run (its trace was refused after all)."""
+        await self._redis.pipeline([("XACK", self.key, GROUP, entry), ("XDEL", self.key, entry)])
 
     async def claim(self, room: int) -> list[Claim]:
         """Up to ``room`` traces to start, oldest first; none without room."""

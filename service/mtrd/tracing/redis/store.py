@@ -2,24 +2,25 @@
 
 Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole layout)::
 
-    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica, runner
-    P:{ID}:events   stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
-    P:traces        sorted set: trace id by seq (newest first listing; may lag, heals)
-    P:seq           counter handing out seq numbers
+    P:{ID}:trace          hash: value (codec bytes), status, version, vantage, replica, runner
+    P:{ID}:events         stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
+    P:{index}:traces      sorted set: trace id by seq (newest first listing; may lag, heals)
+    P:{index}:active      sorted set: the queued and running ones among them (lags, heals)
+    P:{index}:seq         counter handing out seq numbers
 
-Every key of one trace shares the hash tag ``{ID}``, and every script touches one trace's
-keys only, so the layout works on Redis Cluster. The index and the counter are separate
-single-key commands: the index may name a trace that has expired or been deleted (listing
-and the cap check drop such ids as they meet them), and a trace is indexed only once it
-is written.
+Every key of one trace shares the hash tag ``{ID}``, every script touches one trace's
+keys only or the index keys only (which share the hash tag ``{index}``), so the layout
+works on Redis Cluster. The indexes may name a trace that has expired or been deleted,
+and the index of active traces one that has ended (listing and the cap check drop such
+ids as they meet them); a trace is indexed only once it is written.
 
 Finished traces expire by Redis key expiry (``PEXPIRE`` with the store TTL) on both keys.
 An active trace expires too, ``stale_after`` (a day) after its last save: what a replica
 that died halfway through a POST leaves behind does not stay forever.
-The stored-trace cap counts the index: at the cap, adding evicts the oldest finished
-trace, or raises :class:`StoreFull` when the oldest ``EVICTION_SCAN`` are all active.
-Replicas adding at the same instant may overshoot the cap by as many traces as add at
-once; the next add brings it back.
+The stored-trace cap counts the index: an add that takes it past the cap evicts the
+oldest finished trace, or removes the new one again and raises :class:`StoreFull` when
+the oldest ``EVICTION_SCAN`` are all active. Replicas adding at the same instant may
+overshoot the cap by as many traces as add at once; the next add brings it back.
 """
 
 from __future__ import annotations
@@ -91,13 +92,22 @@ class EventPage:
     gap: bool
 
 
-# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, expiry_ms
+# KEYS: trace, events. ARGV: value, status, vantage, replica, expiry_ms
 _ADD = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
-           'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+           'vantage', ARGV[3], 'replica', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
+""")
+
+# KEYS: seq, index, active (one hash tag). ARGV: trace id, active (1 or 0). A new trace's
+# seq from the counter, its index entries, and how many traces the index holds now.
+_INDEX = Script("""
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], 'NX', seq, ARGV[1])
+if ARGV[2] == '1' then redis.call('ZADD', KEYS[3], 'NX', seq, ARGV[1]) end
+return {seq, redis.call('ZCARD', KEYS[2])}
 """)
 
 # KEYS: trace, events. ARGV: value, status, expiry_ms, runner ('' for anyone). The new
@@ -271,57 +281,61 @@ class RedisTraceStore:
 
     @property
     def _index(self) -> str:
-        return f"{self._prefix}:traces"
+        return f"{self._prefix}:{{index}}:traces"
 
     @property
     def _active(self) -> str:
-        return f"{self._prefix}:active"
+        return f"{self._prefix}:{{index}}:active"
+
+    @property
+    def _seq(self) -> str:
+        return f"{self._prefix}:{{index}}:seq"
 
     def expires_at(self) -> float:
         """When a trace that finishes now will expire."""
         return self._clock.seconds() + self.limits.ttl
 
-    async def reserve(self, retry_after: Callable[[], int]) -> int:
-        """The ``seq`` of a trace about to be added, with room for it under the cap: at the
-        cap the oldest finished trace is evicted, or :class:`StoreFull` raised. One call
-        (the count and the counter together) while there is room."""
-        count, seq = await self._redis.pipeline(
-            [("ZCARD", self._index), ("INCR", f"{self._prefix}:seq")]
-        )
-        if int(count) >= self.limits.max_traces:
-            await self._make_room(retry_after)
-        return int(seq)
+    def add_commands(self, trace: Trace, vantage: str, replica: str) -> list[Command]:
+        """The commands that store a new trace, to send in a pipeline (possibly with
+        others); :meth:`added` reads their replies.
 
-    async def add(
-        self,
-        trace: Trace,
-        retry_after: Callable[[], int],
-        vantage: str,
-        replica: str,
-        *,
-        seq: int | None = None,
-    ) -> StoredTrace:
-        """Store a new trace (version 1), evicting the oldest finished one at the cap.
-
-        With ``seq`` from :meth:`reserve`, the trace and its index entries are one call.
+        The trace goes first: readers drop index ids without a trace, so an id indexed
+        before its trace was written could be dropped by a listing in between. The
+        commands of a pipeline run in order, and the scripts are sent whole (``EVAL``, not
+        ``EVALSHA``): a Redis that forgot its scripts cannot make one fail and the next
+        run. A replica dying halfway leaves a trace missing from listings only, which
+        expires.
         """
-        if seq is None:
-            seq = await self.reserve(retry_after)
-        # The trace goes first: readers drop index ids without a trace, so an id indexed
-        # before its trace was written could be dropped by a listing in between. The
-        # commands of one pipeline run in order, and the script is sent whole (EVAL, not
-        # EVALSHA): a Redis that forgot its scripts cannot reorder them. A replica dying
-        # halfway leaves a trace missing from listings only, which expires.
-        fields = [codec.encode_trace(trace), trace.status.value, seq, vantage, replica]
-        commands: list[Command] = [
+        fields = [codec.encode_trace(trace), trace.status.value, vantage, replica]
+        return [
             _ADD.source_command(self._keys(trace.id), [*fields, self._expiry_ms(trace)]),
-            ("ZADD", self._index, "NX", seq, trace.id),
+            _INDEX.source_command(
+                [self._seq, self._index, self._active],
+                [trace.id, 0 if trace.status.is_final else 1],
+            ),
         ]
-        if not trace.status.is_final:
-            commands.append(("ZADD", self._active, "NX", seq, trace.id))
-        created, *_ = await self._redis.pipeline(commands)
+
+    async def added(
+        self, trace: Trace, replies: Sequence[Any], retry_after: Callable[[], int]
+    ) -> None:
+        """Check what :meth:`add_commands` did: past the cap, the oldest finished traces
+        are evicted, or the new trace is removed again and :class:`StoreFull` raised."""
+        created, (_, count) = replies
         if not created:
             raise ValueError(f"a trace with id {trace.id!r} is already stored")
+        if int(count) > self.limits.max_traces:
+            try:
+                await self._make_room(retry_after)
+            except StoreFull:
+                await self.delete(trace.id)
+                raise
+
+    async def add(
+        self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
+    ) -> StoredTrace:
+        """Store a new trace (version 1), evicting the oldest finished one past the cap."""
+        replies = await self._redis.pipeline(self.add_commands(trace, vantage, replica))
+        await self.added(trace, replies, retry_after)
         return StoredTrace(trace, 1, vantage, replica)
 
     async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
@@ -567,8 +581,10 @@ class RedisTraceStore:
         return EventPage(tuple(events), gap=bool(gap))
 
     async def _make_room(self, retry_after: Callable[[], int]) -> None:
+        # Evicts finished traces, oldest first, until the index holds at most the cap.
+        most = self.limits.max_traces
         count = int(await self._redis.execute("ZCARD", self._index))
-        if count < self.limits.max_traces:
+        if count <= most:
             return
         oldest = await self._redis.execute("ZRANGE", self._index, 0, EVICTION_SCAN - 1)
         ids = [as_text(trace_id) for trace_id in oldest]
@@ -577,7 +593,7 @@ class RedisTraceStore:
         )
         gone = []
         for trace_id, stored in zip(ids, statuses, strict=True):
-            if count < self.limits.max_traces:
+            if count <= most:
                 break
             if stored is None:
                 gone.append(trace_id)
@@ -588,7 +604,7 @@ class RedisTraceStore:
                 continue
             count -= 1
         await self._forget(gone)
-        if count >= self.limits.max_traces:
+        if count > most:
             raise StoreFull(retry_after())
 
     async def _forget(self, gone: list[str], ended: Sequence[str] = ()) -> None:
