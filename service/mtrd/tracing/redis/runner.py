@@ -101,6 +101,7 @@ class _Job:
     """One trace this replica runs."""
 
     writer: TraceWriter
+    started_at: float
     running: Deferred[Trace] | None = None
     ending: _Ending | None = None
     why: str = ""
@@ -308,6 +309,10 @@ class RedisRunner(Service):
                     f"Redis did not take the trace's updates for {self.store_backlog:g} s",
                 )
         for job in list(self._jobs.values()):
+            if not job.finished and now - job.started_at < FLUSH_INTERVAL:
+                # Younger than a flush interval: a short trace is then written once, at
+                # its end, and a longer one from its second flush tick on.
+                continue
             saved = job.writer.last_saved
             quiet = saved is not None and now - saved >= CANCEL_CHECK
             if job.writer.pending or (quiet and not job.finished):
@@ -369,7 +374,7 @@ class RedisRunner(Service):
 
     def _run(self, queued: Trace) -> None:
         writer = TraceWriter(queued, self._store, self.replica)
-        job = _Job(writer)
+        job = _Job(writer, self._clock.seconds())
         self._jobs[queued.id] = job
 
         def updated(trace: Trace) -> None:
