@@ -125,6 +125,9 @@ class TraceWriter:
                     outcome = Flushed.CANCEL
                 for event_id, _ in held:
                     self._events.pop(event_id, None)
+                # What changed while the write was under way waits for the next flush.
+                self.last_saved = now
+                return outcome
             self.last_saved = now
         if self._events:
             held = sorted(self._events.items())
