@@ -264,6 +264,19 @@ async def test_post_to_a_vantage_without_live_replicas_is_422(pair: Pair) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_post_refused_for_its_vantage_leaves_no_trace_and_no_queue_entry(
+    pair: Pair,
+) -> None:
+    """A 422 for a vantage with no live replica takes back the trace and its queue entry
+    that went to Redis in the same call."""
+    assert (await pair.a.post_trace({**QUICK, "vantage": "nrt"})).code == 422
+    redis = pair.a.connection
+    assert await redis.execute("XLEN", "mtrd:vantage:{nrt}:queue") == 0
+    assert await redis.execute("ZCARD", "mtrd:{index}:traces") == 0
+    assert await redis.execute("ZCARD", "mtrd:{index}:active") == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_vantage_points_list_the_live_vantages(pair: Pair) -> None:
     """GET /vantage-points on either replica lists each live vantage with its replicas."""
     await pair.beat("runner-2", capacity=8)
@@ -314,6 +327,19 @@ async def test_store_full_of_active_traces_is_429(redis_server: RedisServer) -> 
         assert refused.code == 429
         assert refused.json()["type"].endswith("store-full")
         assert refused.header("retry-after") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_full_takes_back_the_refused_trace_and_its_queue_entry(
+    redis_server: RedisServer,
+) -> None:
+    """A POST refused at the store cap leaves the queue and the index as they were."""
+    async with _alone(redis_server, max_traces=1) as front:
+        assert (await front.post_trace(QUICK)).code == 202
+        assert (await front.post_trace(QUICK)).code == 429
+        redis = front.connection
+        assert await redis.execute("XLEN", f"mtrd:vantage:{{{VANTAGE}}}:queue") == 1
+        assert await redis.execute("ZCARD", "mtrd:{index}:traces") == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -190,6 +190,21 @@ def test_claims_only_as_many_as_there_is_room_for() -> None:
     assert s.replicas.beats[-1].running == 2
 
 
+def test_a_trace_younger_than_a_flush_interval_is_not_written_yet() -> None:
+    """The start waits for the flush ticks: nothing of a trace 40 ms old is in Redis, and
+    it is written once it is older than an interval."""
+    s = setup()
+    trace_id = s.submit()
+    s.runner.startService()
+    s.clock.advance(0)
+    s.clock.advance(0.04)
+    assert s.store.traces[trace_id].status is TraceStatus.QUEUED
+    assert s.store.events == []
+    s.pump(0.1, step=0.05)
+    assert s.store.traces[trace_id].status is TraceStatus.RUNNING
+    assert s.store.events[0][1:] == ("status", 2)
+
+
 def test_without_a_heartbeat_for_a_lease_its_traces_end_and_it_claims_nothing() -> None:
     """Self-fencing: a lease without a beat fails the running traces (store_unavailable)
     and stops claiming."""
