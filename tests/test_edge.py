@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mtrd.tracing.events import Event
+from mtrd.tracing.model import TraceStatus
+from mtrd.web import sse
 from mtrd.web.access import AccessRecord, Edge, route_of
 from mtrd.web.bodies import BodyCache
 from mtrd.web.connections import EdgeSite, descriptors_needed, fit_descriptors
@@ -485,3 +488,10 @@ def test_a_5000_digit_number_in_the_body_is_400_without_internals() -> None:
     answer, _ = Edgeway().exchange(post_head(len(body)) + body)
     assert status_of(answer) == 400
     assert "sys.set_int_max_str_digits" not in body_of(answer)["detail"]
+
+
+def test_the_encoded_event_cache_is_bounded() -> None:
+    """However many events are encoded, the shared cache of encoded events stays capped."""
+    for n in range(sse._ENCODED_MAX + 500):
+        sse.encode("t" * 22, Event(n, "status", TraceStatus.RUNNING))
+    assert len(sse._ENCODED) <= sse._ENCODED_MAX

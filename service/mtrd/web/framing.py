@@ -254,7 +254,7 @@ class ProblemChannel(http.HTTPChannel):
     def _body_expired(self) -> None:
         self._deadline = None
         request = self.requests[-1]
-        if request.refusal is None:
+        if getattr(request, "refusal", None) is None:
             request.refusal = _timed_out("request's body", self._limits.body_timeout)
         self._end_body_early()
 
@@ -316,7 +316,7 @@ class ProblemChannel(http.HTTPChannel):
     def rawDataReceived(self, data: bytes) -> None:
         """Body bytes; a request refused while its body streams in is answered at once."""
         super().rawDataReceived(data)
-        if self.phase is Phase.BODY and self.requests[-1].refusal is not None:
+        if self.phase is Phase.BODY and getattr(self.requests[-1], "refusal", None) is not None:
             self._end_body_early()
 
     def _end_body_early(self) -> None:
