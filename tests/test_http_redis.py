@@ -576,3 +576,15 @@ async def test_a_stream_outlives_a_redis_pause(pair: Pair) -> None:
     await until(pair.b, lambda: len(stream.events()) == 2)
     assert stream.events()[-1]["data"]["status"] == "running"
     assert not stream.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_traces_and_vantages_leave_no_state_behind(pair: Pair) -> None:
+    """Streams of unknown traces start no poller; traces asked of an unknown vantage make
+    no work queue: ids and names a client makes up are never kept."""
+    queues = set(pair.b.shared._queues)
+    for n in range(50):
+        assert (await pair.b.request("GET", f"/traces/unknown{n:09d}/events")).code == 404
+        assert (await pair.b.post_trace({**QUICK, "vantage": f"nowhere{n}"})).code == 422
+    assert pair.b.shared.followed == 0
+    assert set(pair.b.shared._queues) == queues
