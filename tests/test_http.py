@@ -158,6 +158,7 @@ async def test_post_starts_a_trace_with_location_and_defaults() -> None:
         "timeout": 2,
         "size": None,
         "tos": None,
+        "wait": {"here": 3.0, "near": 10.0},
     }
     assert body["status"] == "running"
     assert body["links"] == {

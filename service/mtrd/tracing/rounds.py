@@ -16,8 +16,13 @@ the trace learns:
   each lost a probe and answered none, nothing beyond them is probed again
   (mtr's max-unknown idea).
 
-A probe counts as lost only once its wait is over: when mtr-packet says
-``no-reply``, or when the worker holding it died. The run ends ``completed``
+A probe counts as lost once its wait is over: when mtr-packet says ``no-reply``,
+when the worker holding it died, or when the request's :class:`WaitRule` gives it
+up early because the trace already knows how long answers take (traceroute's
+adaptive wait, see :mod:`mtrd.tracing.wait`). A given-up probe stays with the pool,
+which keeps its sequence until mtr-packet is done with it; should its answer still
+come, it is a *late* reply: counted per hop, its responder shown, loss and RTT
+left as they were. The run ends ``completed``
 once every round was sent and every probe settled, or ``failed`` when a probe
 cannot be sent at all (a local error such as no route, no source address for
 the family, permission denied), or when its deadline passes.
@@ -25,7 +30,8 @@ the family, permission denied), or when its deadline passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterable
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -36,10 +42,20 @@ from twisted.python.failure import Failure
 
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
-from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, LiveHop, TraceError, TraceRequest
+from mtrd.tracing.model import (
+    DEFAULT_PORTS,
+    Hop,
+    HopEnd,
+    LiveHop,
+    Stop,
+    StopReason,
+    TraceError,
+    TraceRequest,
+)
 from mtrd.tracing.stats import HopAccumulator
 
 DEFAULT_MAX_UNKNOWN = 5
+_EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error before t
 
 
 class Prober(TypingProtocol):
@@ -75,6 +91,15 @@ class RunOutcome:
     destination_reached: bool
     error: TraceError | None = None
     cancelled: bool = False
+    stop: Stop = Stop(StopReason.MAX_TTL)
+
+
+@attrs.define(eq=False)
+class _InFlight:
+    """A probe whose wait is not over: its TTL and when the run sent it."""
+
+    ttl: int
+    sent_at: float
 
 
 _ENDS = {
@@ -123,11 +148,19 @@ class TraceRun:
         self._local_port = local_port
         self._hops: dict[int, HopAccumulator] = {}
         self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
-        self._in_flight: set[Deferred[ProbeReply]] = set()
+        self._in_flight: dict[Deferred[ProbeReply], _InFlight] = {}
+        self._given_up: set[Deferred[ProbeReply]] = set()  # answers to them are late
+        self._rtt: dict[int, float] = {}  # the last round-trip time (s) at each TTL
+        # When the latest answered probe was sent, and when it went on the wire (its
+        # answer's arrival less its round-trip time): probes sent with or before it were
+        # on the wire by then, however long the pool held them.
+        self._wire_mark: tuple[float, float] | None = None
+        self._give_up: IDelayedCall | None = None
         self._calls: set[IDelayedCall] = set()
         self._rounds_left = request.probes
         self._destination_ttl: int | None = None
         self._unreachable_ttl: int | None = None
+        self._unreachable_kind: str | None = None
         self._known_limit: int | None = None  # _limit() until the next answer or loss
         self._last_answered = request.first_ttl - 1  # the highest TTL that answered
         self._silent_losses = False  # whether a TTL that never answered lost a probe
@@ -189,8 +222,10 @@ class TraceRun:
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return
-        self._in_flight.add(result)
+        sent = self._in_flight[result] = _InFlight(ttl, self._clock.seconds())
         result.addBoth(self._settled, ttl, result)
+        if self._rtt and result in self._in_flight and self._request.wait.adaptive:
+            self._schedule_give_up([sent])
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
         request = self._request
@@ -211,14 +246,112 @@ class TraceRun:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _settled(self, outcome: ProbeReply | Failure, ttl: int, result: object) -> None:
-        self._in_flight.discard(result)
+    def _settled(
+        self, outcome: ProbeReply | Failure, ttl: int, result: Deferred[ProbeReply]
+    ) -> None:
+        if result in self._given_up:
+            self._given_up.discard(result)
+            if not self._finished and isinstance(outcome, ProbeReply):
+                self._answered_late(outcome, ttl)
+            return
+        sent = self._in_flight.pop(result, None)
         if not self._finished:
             if isinstance(outcome, Failure):
                 self._failed(outcome, ttl)
             else:
                 self._answered(outcome, ttl)
+                if sent is not None and outcome.rtt_us is not None:
+                    self._learn_rtt(sent, outcome.rtt_us / 1e6)
         self._check_done()
+
+    def _answered_late(self, reply: ProbeReply, ttl: int) -> None:
+        if reply.address is None or reply.rtt_us is None:
+            return  # mtr-packet's own no-reply for a probe given up already
+        end = _ENDS.get(reply.kind)
+        if reply.kind not in (ReplyKind.REPLY, ReplyKind.TTL_EXPIRED) and end is None:
+            return
+        hop = self._hops[ttl]
+        hop.record_late(reply.address, reply.mpls, end)
+        if end is not None:
+            self._note_end(ttl, end, reply.kind)
+            self._known_limit = None
+        if ttl <= self._limit():
+            self._on_hop(hop)
+
+    # -- adaptive wait ---------------------------------------------------------------------
+
+    def _learn_rtt(self, sent: _InFlight, rtt: float) -> None:
+        """An answer taught how long answers take: probes still out may be given up sooner."""
+        self._rtt[sent.ttl] = rtt
+        now = self._clock.seconds()
+        if self._wire_mark is None or sent.sent_at >= self._wire_mark[0]:
+            self._wire_mark = (sent.sent_at, max(sent.sent_at, now - rtt))
+        if self._request.wait.adaptive and self._in_flight:
+            self._schedule_give_up(self._in_flight.values())
+
+    def _give_up_at(self, probe: _InFlight, answered: list[int]) -> float:
+        """When to give ``probe`` up; ``answered`` is the sorted TTLs with a known RTT."""
+        ttl = probe.ttl
+        index = bisect.bisect_right(answered, ttl)
+        near = self._rtt[answered[index]] if index < len(answered) else None
+        wait = self._request.wait.wait(
+            self._request.timeout, here_rtt=self._rtt.get(ttl), near_rtt=near
+        )
+        start = probe.sent_at
+        if self._wire_mark is not None and self._wire_mark[0] >= probe.sent_at:
+            start = max(start, self._wire_mark[1])
+        return start + wait
+
+    def _schedule_give_up(self, probes: Iterable[_InFlight]) -> None:
+        """Keep one timer at or before the earliest give-up of ``probes`` that comes
+        before mtr-packet's own timeout (the timer re-checks every probe when it fires)."""
+        timeout = self._request.timeout
+        earliest: float | None = None
+        answered = sorted(self._rtt)
+        for probe in probes:
+            at = self._give_up_at(probe, answered)
+            if at < probe.sent_at + timeout and (earliest is None or at < earliest):
+                earliest = at
+        if earliest is None:
+            return
+        timer = self._give_up
+        if timer is not None and timer.active():
+            if timer.getTime() <= earliest:
+                return
+            timer.cancel()
+        self._give_up = self._clock.callLater(
+            max(0.0, earliest - self._clock.seconds()), self._give_up_due
+        )
+
+    def _give_up_due(self) -> None:
+        self._give_up = None
+        if self._finished:
+            return
+        now = self._clock.seconds()
+        timeout = self._request.timeout
+        answered = sorted(self._rtt)
+        due = [
+            (result, probe)
+            for result, probe in self._in_flight.items()
+            if (at := self._give_up_at(probe, answered)) <= now + _EPSILON
+            and at < probe.sent_at + timeout
+        ]
+        for result, probe in due:
+            del self._in_flight[result]
+            self._given_up.add(result)
+            self._lost(probe.ttl)
+        if self._in_flight:
+            self._schedule_give_up(self._in_flight.values())
+        self._check_done()
+
+    def _lost(self, ttl: int) -> None:
+        """Count a probe at ``ttl`` lost (its wait is over) and tell who listens."""
+        hop = self._hops[ttl]
+        hop.record_lost()
+        self._known_limit = None
+        self._silent_losses = self._silent_losses or not hop.received
+        if ttl <= self._limit():
+            self._on_hop(hop)
 
     def _answered(self, reply: ProbeReply, ttl: int) -> None:
         hop = self._hops[ttl]
@@ -230,7 +363,7 @@ class TraceRun:
                 hop.record_lost()
             else:
                 hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
-                self._note_end(ttl, end)
+                self._note_end(ttl, end, reply.kind)
         elif reply.kind in _LOST or reply.kind is ReplyKind.UNKNOWN:
             hop.record_lost()
         else:
@@ -248,11 +381,12 @@ class TraceRun:
         if ttl <= self._limit():
             self._on_hop(hop)
 
-    def _note_end(self, ttl: int, end: HopEnd | None) -> None:
+    def _note_end(self, ttl: int, end: HopEnd | None, kind: ReplyKind) -> None:
         if end is HopEnd.DESTINATION:
             self._destination_ttl = min(ttl, self._destination_ttl or ttl)
-        elif end is not None:
-            self._unreachable_ttl = min(ttl, self._unreachable_ttl or ttl)
+        elif end is not None and (self._unreachable_ttl is None or ttl < self._unreachable_ttl):
+            self._unreachable_ttl = ttl
+            self._unreachable_kind = kind.value
 
     def _failed(self, failure: Failure, ttl: int) -> None:
         if isinstance(failure.value, CancelledError):
@@ -260,10 +394,7 @@ class TraceRun:
         if isinstance(failure.value, WorkerDied | WorkerUnresponsive):
             # The probe was sent and its answer is lost with the worker: count it lost.
             self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
-            self._hops[ttl].record_lost()
-            self._known_limit = None
-            self._silent_losses = self._silent_losses or not self._hops[ttl].received
-            self._on_hop(self._hops[ttl])
+            self._lost(ttl)
             return
         if isinstance(failure.value, ProbeFailed):
             self._finish(error=TraceError("engine-unavailable", failure.getErrorMessage()))
@@ -281,16 +412,39 @@ class TraceRun:
         for bound in (self._destination_ttl, self._unreachable_ttl):
             if bound is not None:
                 limit = min(limit, bound)
-        if self._silent_losses:
-            hops, last = self._hops, self._last_answered
-            silent, ttl = 0, last + 1
-            while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
-                silent += 1
-                ttl += 1
-            if silent >= self._settings.max_unknown:
-                limit = min(limit, last + self._settings.max_unknown)
+        gap = self._gap_bound()
+        if gap is not None:
+            limit = min(limit, gap)
         self._known_limit = limit
         return limit
+
+    def _gap_bound(self) -> int | None:
+        """The last TTL worth probing before a run of ``max_unknown`` silent TTLs, if any."""
+        if not self._silent_losses:
+            return None
+        hops, last = self._hops, self._last_answered
+        silent, ttl = 0, last + 1
+        while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
+            silent += 1
+            ttl += 1
+        if silent >= self._settings.max_unknown:
+            return last + self._settings.max_unknown
+        return None
+
+    def _stop(self, error: TraceError | None, *, cancelled: bool) -> Stop:
+        """Why the run ends, given how it ends."""
+        if cancelled:
+            return Stop(StopReason.CANCELLED)
+        if error is not None:
+            return Stop(StopReason.DEADLINE if error.type == "deadline" else StopReason.ERROR)
+        limit = self._limit()
+        if self._destination_ttl == limit:
+            return Stop(StopReason.DESTINATION)
+        if self._unreachable_ttl == limit:
+            return Stop(StopReason.UNREACHABLE, self._unreachable_kind)
+        if self._gap_bound() == limit:
+            return Stop(StopReason.GAP_LIMIT)
+        return Stop(StopReason.MAX_TTL)
 
     @property
     def _finished(self) -> bool:
@@ -316,11 +470,12 @@ class TraceRun:
             return
         assert self._done is not None
         self._over = True
-        for call in [*self._calls, self._deadline]:
+        for call in [*self._calls, self._deadline, self._give_up]:
             if call is not None and call.active():
                 call.cancel()
         self._calls.clear()
-        for result in list(self._in_flight):
+        # The pool keeps each sent probe's sequence until mtr-packet is done with it.
+        for result in [*self._in_flight, *self._given_up]:
             result.cancel()
         limit = self._limit()
         hops = tuple(self._hops[ttl].snapshot() for ttl in sorted(self._hops) if ttl <= limit)
@@ -330,6 +485,7 @@ class TraceRun:
                 destination_reached=self._destination_ttl is not None,
                 error=error,
                 cancelled=cancelled,
+                stop=self._stop(error, cancelled=cancelled),
             )
         )
 

@@ -167,7 +167,10 @@ class Tracer:
         )
         outcome = await run.start()
         trace = attrs.evolve(
-            trace, hops=outcome.hops, destination_reached=outcome.destination_reached
+            trace,
+            hops=outcome.hops,
+            destination_reached=outcome.destination_reached,
+            stop=outcome.stop,
         )
         if outcome.cancelled:
             return self._end(trace, status=TraceStatus.CANCELLED)

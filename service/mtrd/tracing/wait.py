@@ -1,0 +1,61 @@
+"""How long to wait for a probe's answer: traceroute's adaptive wait (``-w MAX,HERE,NEAR``).
+
+mtr-packet waits a whole ``timeout`` for every probe. A trace need not: once it knows
+how long answers take on this path, a probe still unanswered after several times that
+is given up (counted lost) so the round can move on. mtr-packet still owns the probe's
+sequence until its own timeout, and an answer that arrives after the give-up is a
+*late* reply: counted apart, not in loss or round-trip figures.
+
+The rule, as traceroute's (the wait runs from when the probe was sent):
+
+* ``here``: this TTL answered before with round-trip time r: wait ``here x r``;
+* ``near``: otherwise, a probe at a higher TTL of this trace (sent with this one or
+  earlier) answered with round-trip time r: wait ``near x r``;
+* never longer than ``timeout``, never shorter than :data:`WAIT_FLOOR`;
+* 0 turns a factor off; with both off every probe waits its whole ``timeout``.
+
+The rule is a value and a pure function, so any round-based prober (multipath too)
+can use it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+# The shortest wait: a reply that has already arrived must still be read from
+# mtr-packet's pipe (which can lag behind by a reactor turn or a batch of lines)
+# before its probe is given up.
+WAIT_FLOOR = 0.005
+DEFAULT_HERE = 3.0
+DEFAULT_NEAR = 10.0
+MAX_FACTOR = 100.0
+
+
+@attrs.frozen
+class WaitRule:
+    """traceroute's HERE and NEAR factors; 0 turns one off."""
+
+    here: float = DEFAULT_HERE
+    near: float = DEFAULT_NEAR
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the rule ever waits less than the timeout."""
+        return self.here > 0 or self.near > 0
+
+    def wait(self, timeout: float, *, here_rtt: float | None, near_rtt: float | None) -> float:
+        """Seconds to wait for a probe from its send time.
+
+        ``here_rtt`` is the last round-trip time (seconds) at the probe's own TTL,
+        ``near_rtt`` that of the nearest higher TTL that answered; None when unknown.
+        """
+        if self.here > 0 and here_rtt is not None:
+            seconds = self.here * here_rtt
+        elif self.near > 0 and near_rtt is not None:
+            seconds = self.near * near_rtt
+        else:
+            return float(timeout)
+        return min(float(timeout), max(WAIT_FLOOR, seconds))
+
+
+OFF = WaitRule(here=0.0, near=0.0)
