@@ -6,14 +6,15 @@ from typing import Any
 
 import attrs
 from mtrd.engine.errors import NoWorkerAvailable, WorkerDied
+from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import Protocol
 from mtrd.tracing.model import HopEnd, Stop, StopReason, TraceRequest
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
 from mtrd.tracing.wait import OFF
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
-from tests.fakes import FakeNetwork
+from tests.fakes import FakeNetwork, FakeProcessReactor
 
 ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]
 TARGET = "203.0.113.7"
@@ -449,3 +450,23 @@ def test_stop_reason_error() -> None:
     _, d = run(network, clock, TraceRequest(TARGET, probes=1))
     step(clock, 0.01)
     assert outcome_of(d).stop == Stop(StopReason.ERROR)
+
+
+def test_the_pool_keeps_a_given_up_probes_sequence_until_mtr_packet_is_done() -> None:
+    """A probe given up by the trace (and cancelled at its end) still holds its sequence in
+    the pool's ledger until mtr-packet answers it: no new probe can reuse it before then."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, PoolConfig(size=1, command=("true",)))
+    started = ensureDeferred(pool.start())
+    (transport,) = reactor.spawned
+    transport.answer_version("0.95")
+    assert started.called
+    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=2)
+    _, d = run(pool, reactor, request)
+    assert [line.split()[5] for line in transport.probe_lines()] == ["1", "2"]
+    transport.feed(f"{transport.token_of(1)} reply ip-4 {TARGET} round-trip-time 100\n")
+    step(reactor, 0.006, tick=0.001)
+    assert outcome_of(d).hops[0].lost == 1  # TTL 1 given up at the 5 ms floor
+    assert pool.outstanding == 1
+    transport.feed(f"{transport.token_of(0)} no-reply\n")
+    assert pool.outstanding == 0
