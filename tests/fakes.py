@@ -109,7 +109,9 @@ class FakeNetwork:
     ``rtt`` seconds; from ``destination_ttl`` on the target replies. TTLs in
     ``silent`` and every TTL when ``blackhole`` is set answer no-reply once the
     probe's timeout is over. TTLs in ``slow`` answer after the seconds given there
-    instead of ``rtt`` (a router that answers late). ``unreachable_ttl`` answers
+    instead of ``rtt`` (a router that answers late). Probes at TTLs in ``queued`` wait
+    that long before they go out (a busy pool), which their round trip does not count.
+    ``unreachable_ttl`` answers
     no-route from its router.
     """
 
@@ -124,8 +126,10 @@ class FakeNetwork:
         blackhole_after: int | None = None,
         local_error: str | None = None,
         slow: dict[int, float] | None = None,
+        queued: dict[int, float] | None = None,
     ) -> None:
         self.slow = slow or {}
+        self.queued = queued or {}
         self.clock = clock
         self.routers = routers
         self.rtt = rtt
@@ -163,5 +167,5 @@ class FakeNetwork:
             if not result.called:
                 result.callback(parse_reply(line)[1])
 
-        self.clock.callLater(delay, answer)
+        self.clock.callLater(delay + self.queued.get(ttl, 0.0), answer)
         return result

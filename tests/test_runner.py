@@ -8,7 +8,7 @@ import attrs
 from mtrd.engine.errors import NoWorkerAvailable, WorkerDied
 from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import Protocol
-from mtrd.tracing.model import HopEnd, Stop, StopReason, TraceRequest
+from mtrd.tracing.model import HopEnd, Responder, Stop, StopReason, TraceRequest
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
 from mtrd.tracing.wait import OFF
 from twisted.internet.defer import Deferred, ensureDeferred, fail
@@ -312,7 +312,8 @@ def test_a_silent_ttl_is_given_up_after_near_times_a_higher_ttls_round_trip() ->
 
 
 def test_a_ttl_that_answered_before_is_given_up_after_here_times_its_round_trip() -> None:
-    """TTL 2 answered in 10 ms in round 1; its silent probe of round 2 is given up 30 ms on."""
+    """TTL 2 answered in 10 ms in round 1; its silent probe of round 2 is given up 30 ms
+    after the next probe sent (TTL 3's, at 1.5 s) answered, so surely on the wire by then."""
     clock = Clock()
     network = FakeNetwork(clock, ROUTERS)
     hops: list[Any] = []
@@ -322,10 +323,22 @@ def test_a_ttl_that_answered_before_is_given_up_after_here_times_its_round_trip(
     network.silent = frozenset({2})
     step(clock, 0.36)  # round 2's probe at TTL 2 went out at 1.25
     assert [p.ttl for p in network.sent].count(2) == 2
-    step(clock, 0.018)
+    step(clock, 0.268)
     assert [h.snapshot().lost for h in hops if h.ttl == 2][-1:] == [0]
     step(clock, 0.004)
     assert [h.snapshot().lost for h in hops if h.ttl == 2][-1:] == [1]
+
+
+def test_a_probe_held_back_by_a_busy_pool_is_not_given_up() -> None:
+    """Probes the pool sends late (TTL n after n x 100 ms) answer in 10 ms: none is given
+    up, though an earlier TTL's answer came long before theirs."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, queued={1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    request = TraceRequest(TARGET, probes=3, interval=0, timeout=2, max_ttl=4)
+    _, d = run(network, clock, request)
+    step(clock, 2.0, tick=0.001)
+    outcome = outcome_of(d)
+    assert [(h.received, h.lost, h.late) for h in outcome.hops] == [(3, 0, 0)] * 4
 
 
 def test_the_floor_bounds_the_wait_on_a_very_fast_path() -> None:
@@ -363,17 +376,30 @@ def test_with_interval_zero_the_next_round_starts_once_the_silent_probe_is_given
 
 
 def test_an_answer_after_the_give_up_counts_late_not_received() -> None:
-    """TTL 2 answers after 150 ms: each such answer is late, loss and RTT stay as given up."""
+    """TTL 2 answers after 150 ms, given up at 100 ms in round 1: late, its responder shown,
+    loss and RTT as if it was lost (round 2's answer is received: the floor rose)."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, slow={2: 0.15})
+    request = TraceRequest(TARGET, probes=2, interval=0, timeout=2, max_ttl=4)
+    _, d = run(network, clock, request)
+    step(clock, 2.0, tick=0.001)
+    hop = outcome_of(d).hops[1]
+    assert (hop.sent, hop.received, hop.lost, hop.late) == (2, 1, 1, 1)
+    assert hop.responders == (Responder(ROUTERS[1], 1),)
+    assert hop.rtt_ms.avg == 150.0
+    assert hop.loss_pct == 50.0
+
+
+def test_a_late_answer_raises_the_floor_for_the_next_probes() -> None:
+    """After TTL 2's answer came late (150 ms), waits are at least 300 ms: rounds 2 and 3
+    get their answers."""
     clock = Clock()
     network = FakeNetwork(clock, ROUTERS, slow={2: 0.15})
     request = TraceRequest(TARGET, probes=3, interval=0, timeout=2, max_ttl=4)
     _, d = run(network, clock, request)
-    clock.pump([0.01] * 100)
+    step(clock, 2.0, tick=0.001)
     hop = outcome_of(d).hops[1]
-    assert (hop.sent, hop.received, hop.lost, hop.late) == (3, 0, 3, 2)
-    assert [r.address for r in hop.responders] == [ROUTERS[1]]
-    assert hop.rtt_ms.avg is None
-    assert hop.loss_pct == 100.0
+    assert (hop.sent, hop.received, hop.lost, hop.late) == (3, 2, 1, 1)
 
 
 def test_a_given_up_probe_is_left_to_the_pool_until_the_trace_ends() -> None:

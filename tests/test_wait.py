@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from mtrd.tracing.wait import OFF, WAIT_FLOOR, WaitRule
+from mtrd.tracing.wait import OFF, WAIT_FLOOR, WaitFloor, WaitRule
 
 
 def test_here_waits_its_factor_times_this_ttls_round_trip() -> None:
@@ -56,3 +56,28 @@ def test_every_wait_lies_between_the_floor_and_the_timeout(
     """Whatever is known, the wait is within [floor, timeout]."""
     wait = WaitRule(here, near).wait(timeout, here_rtt=here_rtt, near_rtt=near_rtt)
     assert WAIT_FLOOR <= wait <= timeout
+
+
+def test_the_floor_starts_at_its_base() -> None:
+    """With no late answer the floor is the base floor."""
+    assert WaitFloor().seconds(100.0) == WAIT_FLOOR
+
+
+def test_a_late_answer_raises_the_floor_to_twice_its_wait() -> None:
+    """An answer 40 ms after its wait started makes the floor 80 ms."""
+    floor = WaitFloor()
+    floor.late(0.04, now=10.0)
+    assert floor.seconds(10.0) == 0.08
+
+
+def test_the_raised_floor_halves_every_half_life() -> None:
+    """Ten seconds without a late answer halve the raised floor, down to the base."""
+    floor = WaitFloor(half_life=10.0)
+    floor.late(0.04, now=0.0)
+    assert floor.seconds(10.0) == 0.04
+    assert floor.seconds(1000.0) == WAIT_FLOOR
+
+
+def test_the_rule_keeps_to_a_raised_floor() -> None:
+    """A floor passed in bounds the wait from below."""
+    assert WaitRule().wait(2, here_rtt=None, near_rtt=0.0001, floor=0.3) == 0.3

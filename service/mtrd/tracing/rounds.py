@@ -53,6 +53,7 @@ from mtrd.tracing.model import (
     TraceRequest,
 )
 from mtrd.tracing.stats import HopAccumulator
+from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_MAX_UNKNOWN = 5
 _EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error before t
@@ -96,10 +97,12 @@ class RunOutcome:
 
 @attrs.define(eq=False)
 class _InFlight:
-    """A probe whose wait is not over: its TTL and when the run sent it."""
+    """A probe whose wait is not over: its TTL, when the run sent it, and how many probes
+    the run sent before it."""
 
     ttl: int
     sent_at: float
+    order: int
 
 
 _ENDS = {
@@ -137,6 +140,7 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        wait_floor: WaitFloor | None = None,
     ) -> None:
         self._clock = clock
         self._prober = prober
@@ -146,15 +150,20 @@ class TraceRun:
         self._settings = settings
         self._source = source
         self._local_port = local_port
+        self._wait_floor = wait_floor or WaitFloor()
         self._hops: dict[int, HopAccumulator] = {}
         self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
         self._in_flight: dict[Deferred[ProbeReply], _InFlight] = {}
-        self._given_up: set[Deferred[ProbeReply]] = set()  # answers to them are late
+        # Answers to these are late; each with when its wait started.
+        self._given_up: dict[Deferred[ProbeReply], float] = {}
         self._rtt: dict[int, float] = {}  # the last round-trip time (s) at each TTL
-        # When the latest answered probe was sent, and when it went on the wire (its
-        # answer's arrival less its round-trip time): probes sent with or before it were
-        # on the wire by then, however long the pool held them.
-        self._wire_mark: tuple[float, float] | None = None
+        self._sends = 0
+        # Answered probes by send order, and when each went on the wire (its answer's
+        # arrival less its round-trip time). The pool sends a run's probes in the order it
+        # was given them, so a probe sent before an answered one was on the wire by then,
+        # however long the pool held both back: that is when its wait starts.
+        self._answered_orders: list[int] = []
+        self._answered_wire: list[float] = []
         self._give_up: IDelayedCall | None = None
         self._calls: set[IDelayedCall] = set()
         self._rounds_left = request.probes
@@ -222,10 +231,9 @@ class TraceRun:
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return
-        sent = self._in_flight[result] = _InFlight(ttl, self._clock.seconds())
+        self._in_flight[result] = _InFlight(ttl, self._clock.seconds(), self._sends)
+        self._sends += 1
         result.addBoth(self._settled, ttl, result)
-        if self._rtt and result in self._in_flight and self._request.wait.adaptive:
-            self._schedule_give_up([sent])
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
         request = self._request
@@ -250,9 +258,9 @@ class TraceRun:
         self, outcome: ProbeReply | Failure, ttl: int, result: Deferred[ProbeReply]
     ) -> None:
         if result in self._given_up:
-            self._given_up.discard(result)
+            started = self._given_up.pop(result)
             if not self._finished and isinstance(outcome, ProbeReply):
-                self._answered_late(outcome, ttl)
+                self._answered_late(outcome, ttl, started)
             return
         sent = self._in_flight.pop(result, None)
         if not self._finished:
@@ -264,12 +272,14 @@ class TraceRun:
                     self._learn_rtt(sent, outcome.rtt_us / 1e6)
         self._check_done()
 
-    def _answered_late(self, reply: ProbeReply, ttl: int) -> None:
+    def _answered_late(self, reply: ProbeReply, ttl: int, started: float) -> None:
         if reply.address is None or reply.rtt_us is None:
             return  # mtr-packet's own no-reply for a probe given up already
         end = _ENDS.get(reply.kind)
         if reply.kind not in (ReplyKind.REPLY, ReplyKind.TTL_EXPIRED) and end is None:
             return
+        now = self._clock.seconds()
+        self._wait_floor.late(now - started, now)
         hop = self._hops[ttl]
         hop.record_late(reply.address, reply.mpls, end)
         if end is not None:
@@ -282,35 +292,53 @@ class TraceRun:
 
     def _learn_rtt(self, sent: _InFlight, rtt: float) -> None:
         """An answer taught how long answers take: probes still out may be given up sooner."""
+        if not self._request.wait.adaptive:
+            return
         self._rtt[sent.ttl] = rtt
-        now = self._clock.seconds()
-        if self._wire_mark is None or sent.sent_at >= self._wire_mark[0]:
-            self._wire_mark = (sent.sent_at, max(sent.sent_at, now - rtt))
-        if self._request.wait.adaptive and self._in_flight:
+        index = bisect.bisect_left(self._answered_orders, sent.order)
+        self._answered_orders.insert(index, sent.order)
+        self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
+        if self._in_flight:
             self._schedule_give_up(self._in_flight.values())
 
-    def _give_up_at(self, probe: _InFlight, answered: list[int]) -> float:
-        """When to give ``probe`` up; ``answered`` is the sorted TTLs with a known RTT."""
+    def _wait_start(self, probe: _InFlight) -> float | None:
+        """When ``probe`` surely was on the wire: when the first probe sent after it and
+        answered was. None until one has: nothing shows this probe has left the pool."""
+        later = bisect.bisect_right(self._answered_orders, probe.order)
+        if later == len(self._answered_orders):
+            return None
+        return max(probe.sent_at, self._answered_wire[later])
+
+    def _give_up_at(self, probe: _InFlight, answered: list[int]) -> float | None:
+        """When to give ``probe`` up (None: not before mtr-packet's own timeout);
+        ``answered`` is the sorted TTLs with a known round-trip time.
+
+        The wait runs from when the first probe sent after this one and answered went
+        on the wire: until one has, nothing shows this probe has left the pool.
+        """
+        start = self._wait_start(probe)
+        if start is None:
+            return None
         ttl = probe.ttl
         index = bisect.bisect_right(answered, ttl)
         near = self._rtt[answered[index]] if index < len(answered) else None
+        timeout = self._request.timeout
+        floor = self._wait_floor.seconds(self._clock.seconds())
         wait = self._request.wait.wait(
-            self._request.timeout, here_rtt=self._rtt.get(ttl), near_rtt=near
+            timeout, here_rtt=self._rtt.get(ttl), near_rtt=near, floor=floor
         )
-        start = probe.sent_at
-        if self._wire_mark is not None and self._wire_mark[0] >= probe.sent_at:
-            start = max(start, self._wire_mark[1])
+        if wait >= timeout:
+            return None
         return start + wait
 
     def _schedule_give_up(self, probes: Iterable[_InFlight]) -> None:
-        """Keep one timer at or before the earliest give-up of ``probes`` that comes
-        before mtr-packet's own timeout (the timer re-checks every probe when it fires)."""
-        timeout = self._request.timeout
+        """Keep one timer at or before the earliest give-up of ``probes`` (the timer
+        re-checks every probe when it fires)."""
         earliest: float | None = None
         answered = sorted(self._rtt)
         for probe in probes:
             at = self._give_up_at(probe, answered)
-            if at < probe.sent_at + timeout and (earliest is None or at < earliest):
+            if at is not None and (earliest is None or at < earliest):
                 earliest = at
         if earliest is None:
             return
@@ -328,17 +356,16 @@ class TraceRun:
         if self._finished:
             return
         now = self._clock.seconds()
-        timeout = self._request.timeout
         answered = sorted(self._rtt)
         due = [
             (result, probe)
             for result, probe in self._in_flight.items()
-            if (at := self._give_up_at(probe, answered)) <= now + _EPSILON
-            and at < probe.sent_at + timeout
+            if (at := self._give_up_at(probe, answered)) is not None and at <= now + _EPSILON
         ]
         for result, probe in due:
             del self._in_flight[result]
-            self._given_up.add(result)
+            start = self._wait_start(probe)
+            self._given_up[result] = probe.sent_at if start is None else start
             self._lost(probe.ttl)
         if self._in_flight:
             self._schedule_give_up(self._in_flight.values())

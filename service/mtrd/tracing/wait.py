@@ -11,7 +11,8 @@ The rule, as traceroute's (the wait runs from when the probe was sent):
 * ``here``: this TTL answered before with round-trip time r: wait ``here x r``;
 * ``near``: otherwise, a probe at a higher TTL of this trace (sent with this one or
   earlier) answered with round-trip time r: wait ``near x r``;
-* never longer than ``timeout``, never shorter than :data:`WAIT_FLOOR`;
+* never longer than ``timeout``, never shorter than a floor: :data:`WAIT_FLOOR`, raised
+  by :class:`WaitFloor` while answers come late (a busy host reads them late);
 * 0 turns a factor off; with both off every probe waits its whole ``timeout``.
 
 The rule is a value and a pure function, so any round-based prober (multipath too)
@@ -43,7 +44,14 @@ class WaitRule:
         """Whether the rule ever waits less than the timeout."""
         return self.here > 0 or self.near > 0
 
-    def wait(self, timeout: float, *, here_rtt: float | None, near_rtt: float | None) -> float:
+    def wait(
+        self,
+        timeout: float,
+        *,
+        here_rtt: float | None,
+        near_rtt: float | None,
+        floor: float = WAIT_FLOOR,
+    ) -> float:
         """Seconds to wait for a probe from its send time.
 
         ``here_rtt`` is the last round-trip time (seconds) at the probe's own TTL,
@@ -55,7 +63,37 @@ class WaitRule:
             seconds = self.near * near_rtt
         else:
             return float(timeout)
-        return min(float(timeout), max(WAIT_FLOOR, seconds))
+        return min(float(timeout), max(floor, seconds))
 
 
 OFF = WaitRule(here=0.0, near=0.0)
+
+
+@attrs.define
+class WaitFloor:
+    """The shortest wait now, shared by the traces of one process.
+
+    Round-trip times are measured by mtr-packet, but its answers reach mtrd only when
+    both processes get the CPU: on a busy host an answer can sit in a pipe for tens of
+    milliseconds, longer than a few times a lab's round trip. Each late answer shows
+    that: the floor rises to twice the time that answer took, then halves every
+    ``half_life`` seconds without another, back to ``base`` (as TCP backs its
+    retransmission timer off after a spurious retransmission).
+    """
+
+    base: float = WAIT_FLOOR
+    half_life: float = 10.0
+    _raised: float = attrs.field(default=0.0, init=False)
+    _at: float = attrs.field(default=0.0, init=False)
+
+    def seconds(self, now: float) -> float:
+        """The floor at ``now``."""
+        if self._raised <= self.base:
+            return self.base
+        decay: float = 0.5 ** ((now - self._at) / self.half_life)
+        return max(self.base, self._raised * decay)
+
+    def late(self, waited: float, now: float) -> None:
+        """An answer came ``waited`` seconds after its probe's wait started."""
+        self._raised = max(self.seconds(now), 2 * waited)
+        self._at = now
