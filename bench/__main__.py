@@ -104,7 +104,9 @@ def subprocess_json(module: str, arg: str, timeout: float) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def run_parts(
+    lab: Any, p: dict[str, Any], only: set[str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -137,6 +139,8 @@ def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         ("peers_e2e", lambda: peers.against_scamper(lab, p["peers_traces"])),
     ]
     for name, part in parts:
+        if only is not None and name not in only:
+            continue
         started = time.monotonic()
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         try:
@@ -371,10 +375,18 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="small")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy in full mode")
     parser.add_argument(
+        "--parts",
+        help="run only these parts (comma-separated, e.g. peers_silent,peers_e2e); the "
+        "report is then bench/results/<mode>-parts.json and .md",
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rewrite the .md from the mode's JSON; no run"
     )
     args = parser.parse_args()
     name = "latest" if args.mode == "full" else "small"
+    only = None if args.parts is None else set(args.parts.split(","))
+    if only is not None:
+        name = f"{args.mode}-parts"
     if args.render_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         saved["figures"] = figures(saved["results"])
@@ -394,7 +406,7 @@ def main() -> int:
     lab = Lab()
     try:
         lab.build()
-        results, errors = run_parts(lab, params)
+        results, errors = run_parts(lab, params, only)
     finally:
         lab.teardown()
     rows = figures(results)

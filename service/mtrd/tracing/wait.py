@@ -6,7 +6,8 @@ is given up (counted lost) so the round can move on. mtr-packet still owns the p
 sequence until its own timeout, and an answer that arrives after the give-up is a
 *late* reply: counted apart, not in loss or round-trip figures.
 
-The rule, as traceroute's (the wait runs from when the probe was sent):
+The rule, as traceroute's (the caller says when the wait starts: a round-based prober
+whose probes may be held in a queue starts it once the probe surely went out):
 
 * ``here``: this TTL answered before with round-trip time r: wait ``here x r``;
 * ``near``: otherwise, a probe at a higher TTL of this trace (sent with this one or

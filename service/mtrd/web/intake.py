@@ -156,6 +156,7 @@ class _Reader:
             return WaitRule()
         inner = _Reader(value)
         inner.errors += [(f"wait.{name}", "unknown field") for name in value if name not in _WAIT]
+        inner.errors += [(f"wait.{name}", "is required") for name in _WAIT if name not in value]
         default = WaitRule()
         here = inner.number("here", 0, MAX_FACTOR, default.here)
         near = inner.number("near", 0, MAX_FACTOR, default.near)
