@@ -245,3 +245,13 @@ async def test_with_auth_root_is_401_for_an_api_client_as_before() -> None:
 def test_page_routes_have_bounded_labels(path: str, route: str) -> None:
     """Trace ids and file names never become metric labels."""
     assert route_of(path) == route
+
+
+def test_admission_reads_on_for_the_pages_paths_without_a_token() -> None:
+    """Before the body, page paths pass (the guard then checks Accept); the API still needs one."""
+    auth = BearerAuth([TOKEN])
+    assert auth.admits("/", None)
+    assert auth.admits("/ui/traces/abc", None)
+    assert auth.admits("/static/x/app.js", None)
+    assert not auth.admits("/traces", None)
+    assert auth.admits("/traces", b"Bearer " + TOKEN)

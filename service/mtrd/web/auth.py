@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
-from mtrd.web.page import is_page_request
+from mtrd.web.page import is_page_path, is_page_request
 from mtrd.web.problems import Problem, write_problem
 
 OPEN_BY_DEFAULT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -67,6 +67,12 @@ class BearerAuth:
         for token in self._tokens:
             matched |= hmac.compare_digest(token, presented.strip())
         return matched
+
+    def admits(self, path: str, authorization: bytes | None) -> bool:
+        """True when a request may be read on, before its body: the page's paths pass here
+        (:class:`AuthGuard` decides on them, with their Accept header), the rest as
+        :meth:`allows` says."""
+        return is_page_path(path) or self.allows(path, authorization)
 
 
 class AuthGuard(Resource):

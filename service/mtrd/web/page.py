@@ -83,6 +83,11 @@ def wants_html(accept: str | bytes | None) -> bool:
     return "text/html" in (part.split(";")[0].strip().lower() for part in text.split(","))
 
 
+def is_page_path(path: str) -> bool:
+    """True for a path the page may be served at (``/`` only to browsers, see below)."""
+    return path == "/" or path.startswith(("/ui/", "/static/"))
+
+
 def is_page_request(path: str, accept: str | bytes | None) -> bool:
     """True for what the page itself needs (served without a token): the shell and its files.
 
@@ -90,7 +95,7 @@ def is_page_request(path: str, accept: str | bytes | None) -> bool:
     """
     if path == "/":
         return wants_html(accept)
-    return path.startswith(("/ui/", "/static/"))
+    return is_page_path(path)
 
 
 def secure(request: IRequest) -> None:
