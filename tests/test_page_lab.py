@@ -235,8 +235,24 @@ def test_shared_address_shows_the_finished_trace_in_a_fresh_browser(
     wait(browser, lambda b: status(b) == "completed")
     assert_rows_match_topology(lab, browser, target)
     assert browser.find_element(By.ID, "trace-reached").text == "reached"
+    assert browser.find_element(By.ID, "trace-stop").text == "destination"
     assert not browser.find_element(By.ID, "cancel").is_displayed()
     assert console_errors(browser) == []
+
+
+def test_unreachable_trace_says_why_it_stopped(
+    lab: Lab, server: Server, browser: WebDriver
+) -> None:
+    """A trace r3 answers unreachable shows that stop reason, with its kind, and where."""
+    trace_id = server.start(target=lab.unreachable_target(4), **QUICK)
+    trace = server.finished(trace_id)
+    browser.get(f"{server.url}/ui/traces/{trace_id}")
+    wait(browser, lambda b: status(b) == "completed")
+    stop = browser.find_element(By.ID, "trace-stop").text
+    assert stop == f"unreachable ({trace['unreachable_kind']})"
+    assert browser.find_element(By.ID, "trace-reached").text == "not reached"
+    last = browser.find_elements(By.CSS_SELECTOR, "#hops tbody tr")[-1]
+    assert last.find_element(By.CSS_SELECTOR, ".end").text == "unreachable"
 
 
 def test_text_report_link_shows_the_report_in_the_page(
