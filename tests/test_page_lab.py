@@ -213,6 +213,45 @@ def test_trace_view_fits_a_phone(lab: Lab, server: Server, browser: WebDriver) -
     browser.save_screenshot(str(ARTIFACTS / "finished-trace-phone.png"))
 
 
+# Two vantage points (as with Redis), and the POST kept in sessionStorage, which outlives the
+# page's move to the new trace's address.
+_TWO_VANTAGES = """
+const original = window.fetch;
+window.fetch = async (url, init) => {
+  const json = (status, body) => new Response(JSON.stringify(body),
+    {status, headers: {"Content-Type": "application/json"}});
+  if (url === "/vantage-points") {
+    return json(200, {vantage_points: [{name: "ams"}, {name: "fra"}]});
+  }
+  if (url === "/traces" && init && init.method === "POST") {
+    sessionStorage.setItem("posted", init.body);
+    return json(202, {id: "posted-trace"});
+  }
+  return original(url, init);
+};
+"""
+
+
+def test_form_offers_the_vantage_points_when_there_are_several(
+    server: Server, browser: WebDriver
+) -> None:
+    """With several vantage points the form has a labelled choice, and the POST names it."""
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _TWO_VANTAGES})
+    browser.get(server.url + "/")
+    vantage = wait(browser, lambda b: b.find_element(By.NAME, "vantage").is_displayed()
+                   and b.find_element(By.NAME, "vantage"))  # fmt: skip
+    assert [o.text for o in Select(vantage).options] == ["ams", "fra"]
+    Select(vantage).select_by_value("fra")
+    browser.find_element(By.NAME, "target").send_keys("203.0.113.9")
+    Select(browser.find_element(By.NAME, "protocol")).select_by_value("tcp")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda b: b.current_url.endswith("/ui/traces/posted-trace"))
+    posted = json.loads(browser.execute_script("return sessionStorage.getItem('posted')"))
+    assert posted == {
+        "target": "203.0.113.9", "protocol": "tcp", "port": 80, "probes": 10, "vantage": "fra",
+    }  # fmt: skip
+
+
 def test_refused_request_shows_the_fields_at_fault(server: Server, browser: WebDriver) -> None:
     """A target the API refuses leaves the form in place and says why, as text."""
     browser.get(server.url + "/")
