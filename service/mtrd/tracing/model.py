@@ -12,6 +12,7 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 
+from mtrd.annotations.model import Annotation, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 
 DEFAULT_PORTS = {Protocol.UDP: 33434, Protocol.TCP: 80}
@@ -59,11 +60,13 @@ class TraceRequest:
 
 @attrs.frozen(weakref_slot=False)
 class Responder:
-    """An address that answered at one TTL, how often, and the MPLS labels it quoted."""
+    """An address that answered at one TTL, how often, the MPLS labels it quoted, and
+    its name and network once known (None: nothing known, or annotations are off)."""
 
     address: str
     replies: int
     mpls: tuple[MplsLabel, ...] = ()
+    annotation: Annotation | None = None
 
 
 @attrs.frozen(weakref_slot=False)
@@ -160,3 +163,4 @@ class Trace:
     error: TraceError | None = None
     vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
     replica: str | None = None  # the process that runs it; None while nobody has taken it
+    annotations: Sources = Sources()  # the databases the responders' AS data came from
