@@ -339,3 +339,14 @@ def test_an_as_name_with_control_characters_is_cleaned(tmp_path: Path) -> None:
     annotator = Annotator(asn_db=NetworkDatabase(read_database(str(path)), Clock()))
     annotation, _ = annotator.annotate(ROUTER)
     assert annotation.as_name == "Evil[2J Corp"
+
+
+def test_a_reload_is_seen_by_the_annotator_at_once(tmp_path: Path) -> None:
+    """Networks the annotator remembered are forgotten when the database is reloaded."""
+    path = write_asn_db(tmp_path / "asn.mmdb")
+    database = NetworkDatabase(read_database(str(path)), Clock())
+    annotator = Annotator(asn_db=database)
+    assert annotator.annotate(ROUTER)[0].asn == 64500
+    write_asn_db(path, {"198.51.100.0/24": (64777, "New")})
+    result_of(database.reload())
+    assert annotator.annotate(ROUTER)[0].asn == 64777

@@ -9,6 +9,11 @@ from mtrd.annotations.model import NOTHING, Annotation, Sources
 from mtrd.annotations.networks import NetworkDatabase
 from mtrd.annotations.reverse import Name, ReverseNames
 
+# Addresses whose networks are remembered; past it the memory starts over. The same routers
+# answer trace after trace, and two database lookups per new address of every trace cost
+# several percent of end-to-end throughput without it (bench/results, figure 8).
+NETWORKS_KEPT = 65_536
+
 
 class Annotator:
     """Names (reverse DNS, when on) and networks (the AS and geo databases, when loaded)
@@ -23,6 +28,8 @@ class Annotator:
         self.names = names
         self.asn_db = asn_db
         self.geo_db = geo_db
+        self._networks_of: dict[str, Annotation] = {}
+        self._loaded: tuple[object, object] = (None, None)  # the data _networks_of is from
 
     def sources(self) -> Sources:
         """The databases in use now."""
@@ -46,6 +53,20 @@ class Annotator:
         return known, later.addCallback(lambda found: _named(known, found))
 
     def _networks(self, address: str) -> Annotation:
+        loaded = (
+            None if self.asn_db is None else self.asn_db.loaded,
+            None if self.geo_db is None else self.geo_db.loaded,
+        )
+        if loaded[0] is not self._loaded[0] or loaded[1] is not self._loaded[1]:
+            self._networks_of, self._loaded = {}, loaded  # reloaded: forget the old answers
+        known = self._networks_of.get(address)
+        if known is None:
+            if len(self._networks_of) >= NETWORKS_KEPT:
+                self._networks_of.clear()
+            known = self._networks_of[address] = self._look_up(address)
+        return known
+
+    def _look_up(self, address: str) -> Annotation:
         asn = as_name = prefix = country = None
         if self.asn_db is not None:
             network = self.asn_db.network(address)
