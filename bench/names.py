@@ -70,8 +70,8 @@ def run(lab: Any, count: int, connections: int = 8, rounds: int = 3) -> dict[str
             off: list[dict[str, Any]] = []
             on: list[dict[str, Any]] = []
             for _ in range(rounds):
-                off.append(e2e._batch(bare, targets, count, connections))  # noqa: SLF001
-                on.append(e2e._batch(named, targets, count, connections))  # noqa: SLF001
+                off.append(e2e._batch(bare, targets, count, connections))
+                on.append(e2e._batch(named, targets, count, connections))
     without, with_names = _median(off), _median(on)
     return {
         "request": e2e.REQUEST,
