@@ -5,8 +5,10 @@ DB files built for the lab's documentation addresses."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,6 +36,7 @@ SILENT_TIMEOUT = 3.0
 class Server:
     url: str
     process: subprocess.Popen[str]
+    asn_db: Path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     ]  # fmt: skip
     try:
         with lab_mtrd(lab, folder / "mtrd.log", *flags) as (url, process):
-            yield Server(url, process)
+            yield Server(url, process, folder / "asn.mmdb")
     finally:
         dns_port.stopListening()
 
@@ -179,3 +182,24 @@ def final_seconds(trace: dict[str, Any]) -> float:
     assert started is not None
     assert finished is not None
     return finished - started
+
+
+async def first_hop_asn(server: Server, target: str) -> int:
+    stream = await events(server, await start(server, target))
+    return int(stream[-1][1]["hops"][0]["responders"][0]["asn"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_reloads_the_asn_database_and_a_bad_file_keeps_the_old_data(
+    lab: Lab, server: Server
+) -> None:
+    """A corrupt file on SIGHUP changes nothing; a good one is used from the next trace on."""
+    server.asn_db.write_bytes(b"corrupt")
+    server.process.send_signal(signal.SIGHUP)
+    await deferLater(reactor, 0.5, lambda: None)
+    assert server.process.poll() is None
+    assert await first_hop_asn(server, lab.targets(4)[103]) == 64500
+    write_asn_db(server.asn_db, {"198.51.100.0/24": (64999, "Renumbered")})
+    server.process.send_signal(signal.SIGHUP)
+    await deferLater(reactor, 0.5, lambda: None)
+    assert await first_hop_asn(server, lab.targets(4)[104]) == 64999
