@@ -99,6 +99,7 @@ def _annotation_metrics(annotator: Annotator) -> Iterable[Metric]:
             counts.skipped,
         )
         yield gauge("mtrd_reverse_dns_cached", "Names (and their absence) cached", len(names))
+        yield gauge("mtrd_reverse_dns_in_flight", "PTR lookups out now", names.in_flight)
     for kind, database in (("asn", annotator.asn_db), ("geo", annotator.geo_db)):
         if database is not None:
             yield counter(
