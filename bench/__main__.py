@@ -266,12 +266,13 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
         x = r["names"]
         row(
             f"8. annotations on / off, end to end, warm name cache ({x['traces']} traces)",
-            f"{x['on_traces_per_s']:,.0f} vs {x['off_traces_per_s']:,.0f} traces/s "
-            f"= {x['ratio']:.2f} (CPU per trace {x['on_cpu_s_per_trace'] * 1000:.2f} vs "
-            f"{x['off_cpu_s_per_trace'] * 1000:.2f} ms; batches on {x['rounds_on']}, "
-            f"off {x['rounds_off']})",
+            f"CPU per trace {x['off_cpu_s_per_trace'] * 1000:.2f} off / "
+            f"{x['on_cpu_s_per_trace'] * 1000:.2f} ms on = {x['cpu_ratio']:.2f} of the "
+            f"throughput; median rates {x['on_traces_per_s']:,.0f} on vs "
+            f"{x['off_traces_per_s']:,.0f} off = {x['rate_ratio']:.2f} (batches on "
+            f"{x['rounds_on']}, off {x['rounds_off']})",
             ">= 0.90",
-            x["ratio"] >= 0.9,
+            x["cpu_ratio"] >= 0.9,
             BOUNDS["names"],
         )
     return rows
