@@ -350,3 +350,16 @@ def test_a_reload_is_seen_by_the_annotator_at_once(tmp_path: Path) -> None:
     write_asn_db(path, {"198.51.100.0/24": (64777, "New")})
     result_of(database.reload())
     assert annotator.annotate(ROUTER)[0].asn == 64777
+
+
+def test_a_lookup_that_breaks_unexpectedly_gives_no_name() -> None:
+    """A resolver that raises something unforeseen: no name, counted, the waiters released."""
+
+    class Broken(FakeResolver):
+        def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+            raise RuntimeError("resolver bug")
+
+    cache = ReverseNames(Broken({}), Clock(), ReverseSettings())  # type: ignore[arg-type]
+    assert result_of(cache.lookup(ROUTER)) == NO_NAME
+    assert cache.counts.failures == 1
+    assert cache.in_flight == 0

@@ -173,3 +173,13 @@ def test_a_late_name_updates_the_stored_final_trace_and_its_version() -> None:
     jobs._hop_changed(record, named)
     assert record.trace.hops[0] == named
     assert record.version > version
+
+
+def test_a_failing_annotation_does_not_hold_the_end() -> None:
+    """A lookup Deferred that fails is logged and no longer waited for."""
+    clock, annotator, hops = Clock(), FakeAnnotator(), []
+    _, done = start(clock, annotator, hops, grace=5.0)
+    clock.pump([0.05] * 40)
+    for address in [*ROUTERS, TARGET]:
+        annotator.pending.pop(address).errback(RuntimeError("annotator bug"))
+    assert done.called
