@@ -363,3 +363,12 @@ def test_a_lookup_that_breaks_unexpectedly_gives_no_name() -> None:
     assert result_of(cache.lookup(ROUTER)) == NO_NAME
     assert cache.counts.failures == 1
     assert cache.in_flight == 0
+
+
+def test_an_address_that_is_not_one_gives_no_name() -> None:
+    """A malformed address fails before DNS: logged, counted, no name, nothing left out."""
+    cache, resolver, _ = names({})
+    assert result_of(cache.lookup("not-an-address")) == NO_NAME
+    assert resolver.asked == []
+    assert cache.counts.failures == 1
+    assert cache.in_flight == 0
