@@ -14,14 +14,6 @@ from pathlib import Path
 from tests.lab import Lab
 
 
-def offline(flags: tuple[str, ...]) -> tuple[str, ...]:
-    """``flags``, with reverse DNS off unless a DNS server of the test's is given: the tests'
-    traffic stays on loopback and in the lab, never the host's resolver."""
-    if "--dns-servers" in flags or "--reverse-dns" in flags:
-        return flags
-    return (*flags, "--reverse-dns", "off")
-
-
 def free_port() -> int:
     """A loopback TCP port nobody listens on now."""
     with socket.socket() as s:
@@ -59,7 +51,7 @@ def lab_mtrd(lab: Lab, log: Path, *flags: str) -> Iterator[tuple[str, subprocess
                 sys.executable, "-m", "mtrd", "serve",
                 "--listen", f"127.0.0.1:{port}",
                 "--mtr-packet", " ".join([*lab.netns_exec("c"), "mtr-packet"]),
-                *offline(flags),
+                *flags,
             ],
             stdout=log_file, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -100,7 +92,7 @@ class Replica:
             "--mtr-packet", " ".join([*lab.netns_exec(node), "mtr-packet"]),
             "--store", store,
             "--vantage", vantage,
-            *offline(flags),
+            *flags,
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.starts = 0

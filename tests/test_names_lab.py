@@ -49,7 +49,7 @@ def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     dns_port, dns_number = listen(reactor, zone)
     folder = tmp_path_factory.mktemp("names")
     flags = [
-        "--dns-servers", f"127.0.0.1:{dns_number}",
+        "--reverse-dns", "on", "--dns-servers", f"127.0.0.1:{dns_number}",
         "--reverse-dns-timeout", str(SILENT_TIMEOUT),
         "--names-grace", str(GRACE),
         "--asn-db", str(write_asn_db(folder / "asn.mmdb")),
