@@ -20,16 +20,21 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.wait import WaitRule
 
 FORMAT: Final = 3
 # Format 1 had no vantage and replica in the value (they were fields of the hash only);
-# format 2 had no annotations (a responder's name and network, the databases').
+# format 2 had no annotations (a responder's name and network, the databases'). Keys added
+# within format 2 ("w" the wait rule, "stop", a hop's "l" late count) are optional: a
+# document without them reads as the default (older writers).
 READABLE: Final = (1, 2, 3)
 
 
@@ -100,6 +105,8 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
         "at": [trace.vantage, trace.replica],
         "ann": [_database(trace.annotations.asn_db), _database(trace.annotations.geo_db)],
+        "w": [request.wait.here, request.wait.near],
+        "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
     }  # fmt: skip
 
 
@@ -132,6 +139,8 @@ def _trace_from(d: dict[str, Any]) -> Trace:
     error = d["error"]
     vantage, replica = d.get("at", ("", None))
     asn_db, geo_db = d.get("ann", (None, None))
+    here, near = d.get("w", (WaitRule().here, WaitRule().near))
+    stop = d.get("stop")
     return Trace(
         id=d["id"],
         status=TraceStatus(d["status"]),
@@ -147,6 +156,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
             timeout=timeout,
             size=size,
             tos=tos,
+            wait=WaitRule(float(here), float(near)),
         ),
         target=TraceTarget(*d["target"]),
         created_at=float(created_at),
@@ -160,6 +170,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         vantage=vantage,
         replica=replica,
         annotations=Sources(_database_from(asn_db), _database_from(geo_db)),
+        stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
     )
 
 
@@ -172,6 +183,7 @@ def _hop(hop: Hop) -> dict[str, Any]:
         "rtt": [rtt.last, rtt.best, rtt.avg, rtt.worst, rtt.stdev],
         "jit": [jitter.last, jitter.avg, jitter.max],
         "end": None if hop.end is None else hop.end.value,
+        "l": hop.late,
     }  # fmt: skip
 
 
@@ -186,6 +198,7 @@ def _hop_from(d: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(*(_float(v) for v in d["rtt"])),
         jitter_ms=JitterStats(*(_float(v) for v in d["jit"])),
         end=None if d["end"] is None else HopEnd(d["end"]),
+        late=d.get("l", 0),
     )
 
 
