@@ -18,15 +18,20 @@ from typing import Any, TypeVar
 
 import attrs
 import pytest
+import pytest_twisted
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from twisted.internet import reactor as global_reactor
+from twisted.internet.threads import deferToThread
 
+from tests.dns_server import Zone, listen
 from tests.lab import Lab
 from tests.lab.fixtures import _in_ci
+from tests.mmdb import write_asn_db, write_country_db
 from tests.mtrd_process import lab_mtrd
 
 pytestmark = pytest.mark.lab
@@ -88,6 +93,26 @@ def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     log = tmp_path_factory.mktemp("mtrd") / "mtrd.log"
     with lab_mtrd(lab, log) as (url, _):
         yield Server(url)
+
+
+@pytest.fixture(scope="module")
+def named_server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """mtrd naming responders through the tests' DNS server (a hostile PTR name for r3) and
+    numbering their networks from MaxMind DB files built for the lab."""
+    pointers = {"198.51.100.1": "r1.lab.example.", lab.r3_address(4): HOSTILE_PTR}
+    dns_port, dns_number = listen(global_reactor, Zone({}, pointers=pointers))
+    folder = tmp_path_factory.mktemp("page-names")
+    flags = [
+        "--reverse-dns", "on", "--dns-servers", f"127.0.0.1:{dns_number}",
+        "--names-grace", "0.5",
+        "--asn-db", str(write_asn_db(folder / "asn.mmdb")),
+        "--geo-db", str(write_country_db(folder / "geo.mmdb")),
+    ]  # fmt: skip
+    try:
+        with lab_mtrd(lab, folder / "mtrd.log", *flags) as (url, _):
+            yield Server(url)
+    finally:
+        dns_port.stopListening()
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +350,9 @@ def test_cancel_button_cancels_a_running_trace(
 
 
 HOSTILE = '<img src=x onerror="window.pwned=1">"><script>window.pwned=2</script>'
-# Until PTR names reach the trace JSON (the names issue), the page is handed a hostile name
-# the way it would arrive: in the JSON answers, here rewritten before the page reads them.
+# mtrd drops a PTR answer that is not a valid hostname (above), so the page is also handed a
+# hostile name the way it would arrive if one got through: in the JSON answers, here
+# rewritten before the page reads them.
 _INJECT_HOSTILE = """
 const hostile = %s;
 const original = window.fetch;
@@ -341,6 +367,35 @@ window.fetch = async (...args) => {
   return new Response(JSON.stringify(trace), {status: response.status, headers: response.headers});
 };
 """
+
+
+HOSTILE_PTR = '<img src=x onerror="window.pwned=1">.lab.example'
+
+
+@pytest_twisted.ensureDeferred
+async def test_ptr_names_and_as_numbers_show_and_a_hostile_ptr_runs_nothing(
+    lab: Lab, named_server: Server, browser: WebDriver
+) -> None:
+    """r1 shows its PTR name and every router its AS; r3's hostile PTR becomes no markup."""
+    # The DNS server answers on this process's reactor: the blocking part runs in a thread.
+    await deferToThread(_check_names, lab, named_server, browser)
+
+
+def _check_names(lab: Lab, server: Server, browser: WebDriver) -> None:
+    trace_id = server.start(target=lab.targets(4)[70], **QUICK)
+    trace = server.finished(trace_id)
+    browser.get(f"{server.url}/ui/traces/{trace_id}")
+    wait(browser, lambda b: status(b) == "completed")
+    first = browser.find_element(By.CSS_SELECTOR, '#hops tr[data-ttl="1"]')
+    assert first.find_element(By.CSS_SELECTOR, ".name").text == "r1.lab.example"
+    assert first.find_element(By.CSS_SELECTOR, ".as").text == "AS64500 Example Transit, NL"
+    third = browser.find_element(By.CSS_SELECTOR, '#hops tr[data-ttl="3"]')
+    r3 = trace["hops"][2]["responders"][0]
+    assert third.find_element(By.CSS_SELECTOR, ".address").text == r3["address"]
+    names = [n.text for n in third.find_elements(By.CSS_SELECTOR, ".name")]
+    assert names == ([r3["hostname"]] if r3["hostname"] else [])
+    assert browser.find_elements(By.CSS_SELECTOR, "#hops img, #hops script") == []
+    assert browser.execute_script("return window.pwned === undefined")
 
 
 def test_hostile_name_renders_as_text_and_runs_nothing(
