@@ -298,7 +298,10 @@ class TraceRun:
         index = bisect.bisect_left(self._answered_orders, sent.order)
         self._answered_orders.insert(index, sent.order)
         self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
-        if self._in_flight:
+        # Only probes sent before this one can be given up on its evidence; the oldest
+        # probe in flight comes first (dicts keep insertion order, and sends go in order).
+        oldest = next(iter(self._in_flight.values()), None)
+        if oldest is not None and oldest.order < sent.order:
             self._schedule_give_up(self._in_flight.values())
 
     def _wait_start(self, probe: _InFlight) -> float | None:
