@@ -295,14 +295,19 @@ class TraceRun:
         if not self._request.wait.adaptive:
             return
         self._rtt[sent.ttl] = rtt
-        index = bisect.bisect_left(self._answered_orders, sent.order)
-        self._answered_orders.insert(index, sent.order)
-        self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
         # Only probes sent before this one can be given up on its evidence; the oldest
         # probe in flight comes first (dicts keep insertion order, and sends go in order).
         oldest = next(iter(self._in_flight.values()), None)
-        if oldest is not None and oldest.order < sent.order:
-            self._schedule_give_up(self._in_flight.values())
+        orders, wire = self._answered_orders, self._answered_wire
+        # Answers older than every probe in flight are evidence for none: drop them.
+        stale = len(orders) if oldest is None else bisect.bisect_left(orders, oldest.order)
+        del orders[:stale], wire[:stale]
+        if oldest is None or oldest.order > sent.order:
+            return
+        index = bisect.bisect_left(orders, sent.order)
+        orders.insert(index, sent.order)
+        wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
+        self._schedule_give_up(self._in_flight.values())
 
     def _wait_start(self, probe: _InFlight) -> float | None:
         """When ``probe`` surely was on the wire: when the first probe sent after it and
