@@ -19,7 +19,9 @@ the trace learns:
 A probe counts as lost once its wait is over: when mtr-packet says ``no-reply``,
 when the worker holding it died, or when the request's :class:`WaitRule` gives it
 up early because the trace already knows how long answers take (traceroute's
-adaptive wait, see :mod:`mtrd.tracing.wait`). A given-up probe stays with the pool,
+adaptive wait, see :mod:`mtrd.tracing.wait`). Its wait starts once a probe the run
+sent after it has answered: the pool sends a run's probes in order but may hold them back
+under load, so until then nothing shows this one went out. A given-up probe stays with the pool,
 which keeps its sequence until mtr-packet is done with it; should its answer still
 come, it is a *late* reply: counted per hop, its responder shown, loss and RTT
 left as they were. The run ends ``completed``
