@@ -138,7 +138,10 @@ class SharedTraces(Service):
         where = vantage or self.vantage
         now = self._clock.seconds()
         trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
-        queue = self._queue(where)
+        # Kept only once the vantage proves live: the name is the client's to choose.
+        queue = self._queues.get(where) or RedisWorkQueue(
+            self._redis, where, self.replica, prefix=self._prefix
+        )
         # One call to Redis, a single write: the live check, the trace with its index
         # entries, and its queue entry. What the replies refuse is undone after. The queue
         # entry may run ahead of the trace (separate keys): a runner that claims it first
@@ -166,8 +169,14 @@ class SharedTraces(Service):
             except StoreFull as e:  # the trace is removed already
                 await self._drop(queue, entry)
                 raise e from None
+            self._queues[where] = queue
             return StoredTrace(trace, 1, where, self.replica)
         await self._drop(queue, entry)
+        if isinstance(refused, NoLiveVantage):
+            try:
+                await queue.forget_if_unused()
+            except RedisUnavailable as e:
+                log.warn("cannot remove the queue of a vantage nobody serves: {error}", error=e)
         await self._forget(trace.id)
         raise refused
 
@@ -214,13 +223,6 @@ class SharedTraces(Service):
     async def vantage_points(self) -> list[VantagePoint]:
         """Every vantage with a live replica."""
         return await self._replicas.vantage_points(self._clock.seconds())
-
-    def _queue(self, vantage: str) -> RedisWorkQueue:
-        queue = self._queues.get(vantage)
-        if queue is None:
-            queue = RedisWorkQueue(self._redis, vantage, self.replica, prefix=self._prefix)
-            self._queues[vantage] = queue
-        return queue
 
     @staticmethod
     def _who(stored: StoredTrace) -> Trace:

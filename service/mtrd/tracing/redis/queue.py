@@ -39,6 +39,14 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return false end
 return redis.call('XADD', KEYS[1], '*', 't', ARGV[1])
 """)
 
+# KEYS: queue. The queue goes if it is empty and no replica made its group: what a POST
+# for a vantage nobody serves left behind (XADD made the stream).
+_FORGET_UNUSED = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+if #redis.call('XINFO', 'GROUPS', KEYS[1]) > 0 then return 0 end
+return redis.call('DEL', KEYS[1])
+""")
+
 # KEYS: queue. ARGV: entry ids. Each entry is queued again as a new entry (at the back),
 # and the old one acknowledged and deleted, in one step: nothing is lost or doubled.
 _RELEASE = Script("""
@@ -106,6 +114,11 @@ class RedisWorkQueue:
     async def drop(self, entry: bytes | str) -> None:
         """Remove an entry nobody should run (its trace was refused after all)."""
         await self._redis.pipeline([("XACK", self.key, GROUP, entry), ("XDEL", self.key, entry)])
+
+    async def forget_if_unused(self) -> None:
+        """Remove this queue if it is empty and no replica serves it (a vantage name a
+        client made up must not leave a key behind)."""
+        await _FORGET_UNUSED.run(self._redis, [self.key], [])
 
     async def claim(self, room: int) -> list[Claim]:
         """Up to ``room`` traces to start, oldest first; none without room."""
