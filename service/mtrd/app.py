@@ -264,6 +264,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         on_finished=metrics.trace_finished,
         clock=reactor,
         stop_grace=config.shutdown_grace,
+        tenant_limits=config.tenant_limits,
     )
     shared = None
     if isinstance(config.backend, RedisStore):
@@ -282,7 +283,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         shared=None if shared is None else shared.front,
         store_health=None if shared is None else lambda: _replica_health(shared),
     )
-    auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
+    auth = BearerAuth(config.auth_tokens, config.auth_open_paths, config.admin_tenants)
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)

@@ -2,7 +2,8 @@
 
 ``await pool.probe(request)`` sends one probe and gives its
 :class:`~mtrd.engine.probe.ProbeReply`. The pool queues probes beyond the
-processes' caps, sends each to the least-loaded ready process, restarts a
+processes' caps (taking turns between flows, see :mod:`mtrd.engine.fairqueue`),
+sends each to the least-loaded ready process, restarts a
 process that dies with exponential back-off on the injected clock, reports
 readiness, and stops cleanly.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import enum
 import os
 import shutil
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger
 
 from mtrd.engine.errors import EngineStartError, NoWorkerAvailable, PoolStopped
+from mtrd.engine.fairqueue import NO_FLOW, FairQueue, Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol
 from mtrd.engine.sequence import (
     Allocation,
@@ -108,6 +109,7 @@ class PoolState(enum.Enum):
 class _Queued:
     request: ProbeRequest
     result: Deferred[ProbeReply]
+    flow: Flow = NO_FLOW
     expiry: IDelayedCall | None = None
 
 
@@ -145,7 +147,7 @@ class ProbePool(Service):
             _Slot(index=i, band=band)
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
-        self._queue: deque[_Queued] = deque()
+        self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
         self.state = PoolState.STOPPED
         self._start_error: EngineStartError | None = None
         self._start_waiters: list[Deferred[None]] = []
@@ -250,8 +252,11 @@ class ProbePool(Service):
         """Stop the service and wait until every process has exited."""
         await self.stopService()
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send one probe; the Deferred fires with its reply or fails with ``ProbeFailed``.
+
+        Probes that wait for a process leave the queue round robin between their
+        ``flow``s (see :mod:`mtrd.engine.fairqueue`); probes without one share a flow.
 
         It never raises: a stopped pool (``PoolStopped``), a request the pool cannot
         send (``InvalidProbeRequest``) and a pool without processes
@@ -265,13 +270,15 @@ class ProbePool(Service):
                 return fail(NoWorkerAvailable(self._no_worker_reason()))
             return fail(PoolStopped("the probe pool is not running"))
         try:
-            return self._probe(request)
+            return self._probe(request, NO_FLOW if flow is None else flow)
         except Exception as e:  # every failure goes through the Deferred
             return fail(e)
 
-    def _probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def _probe(self, request: ProbeRequest, flow: Flow) -> Deferred[ProbeReply]:
         request = self._with_source(request)
-        entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
+        entry = _Queued(
+            request=request, result=Deferred(lambda _: self._cancelled(entry)), flow=flow
+        )
         if not self._queue:
             # The common case: a process has room now, and the probe never waits.
             worker = self._pick(request)
@@ -302,6 +309,10 @@ class ProbePool(Service):
     def queued(self) -> int:
         """Probes waiting for a process."""
         return len(self._queue)
+
+    def queued_in(self, group: str | None) -> int:
+        """Probes of flows in ``group`` waiting for a process."""
+        return self._queue.waiting_in(group)
 
     @property
     def outstanding(self) -> int:
@@ -491,17 +502,17 @@ class ProbePool(Service):
         return request if source is None else attrs.evolve(request, source=source)
 
     def _pump(self) -> None:
-        """Send queued probes, oldest first, while some process has room."""
+        """Send queued probes, a flow at a time, while some process has room."""
         waiting: list[_Queued] = []
         while self._queue:
-            entry = self._queue[0]
+            entry = self._queue.peek()
             worker = self._pick(entry.request)
             if worker is None:
                 break
             self._queue.popleft()
             if not self._dispatch(worker, entry):
                 waiting.append(entry)
-        self._queue.extendleft(reversed(waiting))
+        self._queue.put_back(waiting)
 
     def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
         """The process for the next probe: the first (in slot order) that holds fewer

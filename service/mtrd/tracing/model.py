@@ -160,3 +160,5 @@ class Trace:
     error: TraceError | None = None
     vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
     replica: str | None = None  # the process that runs it; None while nobody has taken it
+    # The tenant that asked for it (an opaque name, never rendered); None without auth.
+    owner: str | None = None

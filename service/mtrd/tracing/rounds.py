@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, LiveHop, TraceError, TraceRequest
 from mtrd.tracing.stats import HopAccumulator
@@ -45,8 +46,8 @@ DEFAULT_MAX_UNKNOWN = 5
 class Prober(TypingProtocol):
     """What the runner needs of a probe pool."""
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
-        """Send one probe; fire with its reply."""
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
+        """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
         ...
 
 
@@ -112,8 +113,11 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        flow: Flow | None = None,
     ) -> None:
+        """``flow`` names this run's probes to the pool, which serves flows in turn."""
         self._clock = clock
+        self._flow = flow
         self._prober = prober
         self._request = request
         self._address = address
@@ -185,7 +189,7 @@ class TraceRun:
             self._hops[ttl] = HopAccumulator(ttl=ttl)
         self._hops[ttl].record_sent()
         try:
-            result = self._prober.probe(probe)
+            result = self._prober.probe(probe, self._flow)
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return

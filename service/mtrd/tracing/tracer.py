@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from mtrd.engine.fairqueue import Flow
 from mtrd.tracing.model import (
     Hop,
     LiveHop,
@@ -82,8 +83,10 @@ class Tracer:
         self._policy = policy
         self._sources = {4: source_ipv4, 6: source_ipv6}
 
-    def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
-        """The queued snapshot of a trace that has not started."""
+    def new(
+        self, request: TraceRequest, trace_id: str | None = None, owner: str | None = None
+    ) -> Trace:
+        """The queued snapshot of a trace that has not started, owned by ``owner``."""
         return Trace(
             id=trace_id or new_trace_id(),
             status=TraceStatus.QUEUED,
@@ -92,6 +95,7 @@ class Tracer:
             created_at=self._clock.seconds(),
             vantage=self.vantage,
             replica=self.replica,
+            owner=owner,
         )
 
     def trace(
@@ -161,6 +165,7 @@ class Tracer:
             on_hop=on_hop,
             settings=self._settings,
             source=source,
+            flow=Flow(trace.id, group=trace.owner),
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
             else None,

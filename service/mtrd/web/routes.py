@@ -29,7 +29,9 @@ from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
-from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
+from mtrd.tracing.store import BadCursor, StoreFull, TraceRecord, TraceStore
+from mtrd.tracing.tenants import Cap, TenantCapReached
+from mtrd.web.auth import tenant_of
 from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
@@ -65,6 +67,10 @@ class Readiness(Protocol):
     @property
     def queued(self) -> int:
         """Probes waiting for a worker."""
+        ...
+
+    def queued_in(self, group: str | None) -> int:
+        """Probes of one tenant's traces waiting for a worker."""
         ...
 
 
@@ -178,9 +184,28 @@ class Api:
                 f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
                 headers=(("Retry-After", "2"),),
             )
-        record = self._jobs.submit(trace_request)
+        owner = tenant_of(request).name
+        self._check_probes_waiting(owner)
+        record = self._jobs.submit(trace_request, owner=owner)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
+
+    def _check_probes_waiting(self, owner: str | None) -> None:
+        if owner is None:
+            return
+        waiting, cap = self._pool.queued_in(owner), self._jobs.tenant_limits.max_probes_waiting
+        if waiting >= cap:
+            raise TenantCapReached(
+                Cap.PROBES_WAITING, cap, 2, f"this tenant has {waiting} probes waiting"
+            )
+
+    def _visible(self, request: IRequest, trace_id: str) -> TraceRecord:
+        """The record of a trace the caller may see; 404 for any other, as for one that
+        does not exist, so ids say nothing about other tenants' traces."""
+        record = self._store.get(trace_id)
+        if record is None or not tenant_of(request).sees(record.trace):
+            raise not_found(f"trace {trace_id}")
+        return record
 
     async def _create_shared(
         self,
@@ -230,7 +255,9 @@ class Api:
             return Deferred.fromCoroutine(
                 self._listing_shared(request, self._shared, status, limit, cursor)
             )
-        page, next_cursor = self._store.newest_first(status, limit, cursor)
+        page, next_cursor = self._store.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     async def _listing_shared(
@@ -249,9 +276,7 @@ class Api:
         """One trace as JSON (with an ETag), or as a text report."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         if _not_modified(request, trace_id, record.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
@@ -273,6 +298,7 @@ class Api:
         """Cancel a queued or running trace (200), or remove a finished one (204)."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._delete_shared(request, self._shared, trace_id))
+        self._visible(request, trace_id)
         outcome = self._jobs.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -304,9 +330,7 @@ class Api:
         """Server-sent events of one trace; Last-Event-ID resumes after that id."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._events_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -469,6 +493,7 @@ class Api:
         TargetRefused,
         QueueFull,
         StoreFull,
+        TenantCapReached,
         NoLiveVantage,
         RedisUnavailable,
     )
@@ -550,6 +575,14 @@ def problem_of(error: Exception) -> Problem:
             429,
             "store-full",
             "Too many active traces",
+            str(error),
+            headers=(("Retry-After", str(error.retry_after)),),
+        )
+    if isinstance(error, TenantCapReached):
+        return Problem(
+            429,
+            error.cap.value,
+            "Tenant limit reached",
             str(error),
             headers=(("Retry-After", str(error.retry_after)),),
         )
