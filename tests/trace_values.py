@@ -75,6 +75,7 @@ traces = st.builds(
     error=st.none() | st.builds(TraceError, type=_text, message=_text),
     vantage=_text,
     replica=st.none() | _text,
+    owner=st.none() | _text,
 )  # fmt: skip
 
 

@@ -346,6 +346,7 @@ def _shared_parts(
     from mtrd.tracing.redis.replicas import RedisReplicas  # noqa: PLC0415
     from mtrd.tracing.redis.runner import RedisRunner  # noqa: PLC0415
     from mtrd.tracing.redis.store import RedisTraceStore  # noqa: PLC0415
+    from mtrd.tracing.redis.tenants import RedisTenants  # noqa: PLC0415
 
     backend = config.backend
     assert isinstance(backend, RedisStore)
@@ -361,6 +362,7 @@ def _shared_parts(
         vantage=config.vantage,
         replica=replica,
         max_queued=config.max_queued,
+        tenants=RedisTenants(connection, trace_store, config.tenant_limits),
     )
     runner = RedisRunner(
         reactor,

@@ -162,8 +162,16 @@ class Api:
             address = literal(trace_request.target)
             if address is not None:
                 self._policy.check(address.address)
+            # Only this replica's probes: each replica's pool serves its own runner.
+            self._check_probes_waiting(tenant_of(request).name)
             return Deferred.fromCoroutine(
-                self._create_shared(request, self._shared, submission.request, submission.vantage)
+                self._create_shared(
+                    request,
+                    self._shared,
+                    submission.request,
+                    submission.vantage,
+                    tenant_of(request).name,
+                )
             )
         if self._pool.ready_workers == 0:
             raise Problem(
@@ -213,8 +221,9 @@ class Api:
         shared: SharedTraces,
         trace_request: TraceRequest,
         vantage: str | None,
+        owner: str | None,
     ) -> bytes:
-        stored = await shared.submit(trace_request, vantage)
+        stored = await shared.submit(trace_request, vantage, owner)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
         return _body(request, 202, self._stored_body(stored))
 
@@ -268,7 +277,9 @@ class Api:
         limit: int,
         cursor: str | None,
     ) -> bytes:
-        page, next_cursor = await shared.newest_first(status, limit, cursor)
+        page, next_cursor = await shared.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     @app.route("/traces/<trace_id>", methods=["GET"])
@@ -284,9 +295,7 @@ class Api:
         return _body(request, 200, self._bodies.body(record))
 
     async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
-        stored = await shared.get(trace_id)
-        if stored is None:
-            raise not_found(f"trace {trace_id}")
+        stored = await _visible_shared(request, shared, trace_id)
         if _not_modified(request, trace_id, stored.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
@@ -311,6 +320,7 @@ class Api:
         return _body(request, 200, self._bodies.body(record))
 
     async def _delete_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+        await _visible_shared(request, shared, trace_id)
         outcome = await shared.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -347,8 +357,7 @@ class Api:
         return finished
 
     async def _events_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> None:
-        if await shared.get(trace_id) is None:
-            raise not_found(f"trace {trace_id}")
+        await _visible_shared(request, shared, trace_id)
         self._check_subscribers(shared.subscribers(trace_id))
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -597,6 +606,14 @@ def problem_of(error: Exception) -> Problem:
             headers=(("Retry-After", str(STORE_RETRY_AFTER)),),
         )
     raise TypeError(f"no problem answer for {error!r}")
+
+
+async def _visible_shared(request: IRequest, shared: SharedTraces, trace_id: str) -> StoredTrace:
+    """A shared trace the caller may see; 404 for any other (see ``Api._visible``)."""
+    stored = await shared.get(trace_id)
+    if stored is None or not tenant_of(request).sees(stored.trace):
+        raise not_found(f"trace {trace_id}")
+    return stored
 
 
 def no_live_vantage(vantage: str, live: list[str]) -> Problem:

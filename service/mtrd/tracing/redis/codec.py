@@ -97,6 +97,10 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "hops": [_hop(hop) for hop in trace.hops],
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
         "at": [trace.vantage, trace.replica],
+        # The owning tenant, only when there is one: replicas that do not know the key
+        # read the value all the same (and a trace without an owner is shown to no tenant
+        # but admins once auth is on).
+        **({} if trace.owner is None else {"own": trace.owner}),
     }  # fmt: skip
 
 
@@ -133,6 +137,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         error=None if error is None else TraceError(*error),
         vantage=vantage,
         replica=replica,
+        owner=d.get("own"),
     )
 
 

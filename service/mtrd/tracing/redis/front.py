@@ -17,6 +17,7 @@ the snapshot instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -35,6 +36,7 @@ from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.redis.queue import RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
+from mtrd.tracing.redis.tenants import RedisTenants
 
 log = Logger()
 
@@ -113,8 +115,11 @@ class SharedTraces(Service):
         max_queued: int,
         prefix: str = "mtrd",
         poll_interval: float = POLL_INTERVAL,
+        tenants: RedisTenants | None = None,
     ) -> None:
+        """``tenants`` counts owners' traces against their caps (none without it)."""
         self._redis = redis
+        self._tenants = tenants
         self._store = store
         self._replicas = replicas
         self._new_trace = new_trace
@@ -129,17 +134,31 @@ class SharedTraces(Service):
 
     # -- traces -------------------------------------------------------------------------
 
-    async def submit(self, request: TraceRequest, vantage: str | None) -> StoredTrace:
-        """Store a new trace ``queued`` and queue it for its vantage.
+    async def submit(
+        self, request: TraceRequest, vantage: str | None, owner: str | None = None
+    ) -> StoredTrace:
+        """Store a new trace of ``owner`` ``queued`` and queue it for its vantage.
 
-        Raises :class:`NoLiveVantage`, ``StoreFull`` or ``QueueFull``.
+        Raises :class:`NoLiveVantage`, ``TenantCapReached``, ``StoreFull`` or ``QueueFull``.
         """
         where = vantage or self.vantage
         now = self._clock.seconds()
         if not await self._replicas.live(where, now):
             points = await self._replicas.vantage_points(now)
             raise NoLiveVantage(where, [p.name for p in points])
-        trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
+        trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None, owner=owner)
+        if owner is None or self._tenants is None:
+            return await self._store_and_queue(trace, where)
+        await self._tenants.admit(owner, trace.id, now)
+        try:
+            return await self._store_and_queue(trace, where)
+        except Exception:
+            # Without Redis, the tenant's sets drop the id once its grace is over.
+            with contextlib.suppress(RedisUnavailable):
+                await self._tenants.withdraw(owner, trace.id)
+            raise
+
+    async def _store_and_queue(self, trace: Trace, where: str) -> StoredTrace:
         stored = await self._store.add(
             trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
         )
@@ -169,10 +188,15 @@ class SharedTraces(Service):
         return attrs.evolve(stored, trace=self._who(stored))
 
     async def newest_first(
-        self, status: TraceStatus | None, limit: int, cursor: str | None
+        self,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+        visible: Callable[[Trace], bool] = lambda _: True,
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces of every replica, newest first, and the next page's cursor."""
-        return await self._store.newest_first(status, limit, cursor)
+        """A page of the ``visible`` traces of every replica, newest first, and the next
+        page's cursor."""
+        return await self._store.newest_first(status, limit, cursor, visible)
 
     async def delete(self, trace_id: str) -> Deletion | None:
         """Cancel a queued or running trace, or remove a finished one; None if unknown."""

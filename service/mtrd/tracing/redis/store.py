@@ -371,9 +371,14 @@ class RedisTraceStore:
         return int(removed) > 0
 
     async def newest_first(
-        self, status: TraceStatus | None, limit: int, cursor: str | None
+        self,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+        visible: Callable[[Trace], bool] = lambda _: True,
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces, newest first across replicas, and the next page's cursor."""
+        """A page of the ``visible`` traces, newest first across replicas, and the next
+        page's cursor."""
         below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
         page: list[Trace] = []
         last_seq = 0
@@ -395,10 +400,13 @@ class RedisTraceStore:
                     continue
                 if status is not None and as_text(stored_status) != status.value:
                     continue
+                trace = codec.decode_trace(value)
+                if not visible(trace):
+                    continue
                 if len(page) == limit:
                     await self._forget(gone)
                     return page, str(last_seq)
-                page.append(codec.decode_trace(value))
+                page.append(trace)
                 last_seq = seq
             await self._forget(gone)
             below = f"({entries[-1][1]}"
