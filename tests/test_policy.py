@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
-from mtrd.tracing.policy import TargetPolicy, TargetRefused, parse_networks
+from hypothesis import given
+from hypothesis import strategies as st
+from mtrd.tracing.policy import TargetPolicy, TargetRefused, embedded_ipv4, parse_networks
 
 
 @pytest.mark.parametrize(
@@ -128,3 +132,22 @@ def test_nat64_local_use_judges_every_possible_position_against_the_deny_list() 
     with pytest.raises(TargetRefused, match=r"198\.51\.100\.0/24 \(may embed 198\.51\.100\.1\)"):
         policy.check("64:ff9b:1:c6:33:6401::")
     policy.check("64:ff9b:1:cb:71:901::")
+
+
+def _embeddings(v4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
+    """The IPv6 forms that carry ``v4``: compatible, SIIT, 6to4, NAT64 and Teredo (client)."""
+    bits = int(v4)
+    return [
+        ipaddress.IPv6Address(bits),
+        ipaddress.IPv6Address((0xFFFF << 32 << 16) | bits),
+        ipaddress.IPv6Address((0x2002 << 112) | (bits << 80) | 1),
+        ipaddress.IPv6Address((0x0064FF9B << 96) | bits),
+        ipaddress.IPv6Address((0x20010000 << 96) | (0xCB007101 << 64) | (bits ^ 0xFFFFFFFF)),
+    ]
+
+
+@given(st.integers(min_value=2, max_value=2**32 - 1).map(ipaddress.IPv4Address))
+def test_every_embedding_of_an_ipv4_address_yields_it(v4: ipaddress.IPv4Address) -> None:
+    """Whatever the IPv4 address, each IPv6 form that carries it gives it back."""
+    for v6 in _embeddings(v4):
+        assert v4 in embedded_ipv4(v6), v6

@@ -91,14 +91,6 @@ class TraceJobs(Service):
         """Traces waiting for a running slot."""
         return len(self._waiting)
 
-    def running_of(self, owner: str | None) -> int:
-        """Traces of ``owner`` probing now."""
-        return self._running_by_owner[owner]
-
-    def queued_of(self, owner: str | None) -> int:
-        """Traces of ``owner`` waiting for a running slot."""
-        return self._waiting_by_owner[owner]
-
     def submit(self, request: TraceRequest, owner: str | None = None) -> TraceRecord:
         """Store a new trace of ``owner`` and start it, or queue it; raises ``StoreFull``,
         ``QueueFull``, ``TenantCapReached``."""

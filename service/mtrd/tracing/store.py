@@ -120,10 +120,6 @@ class TraceStore(Service):
         """The record of ``trace_id``, or None if unknown or expired."""
         return self._records.get(trace_id)
 
-    def owned_by(self, owner: str | None) -> int:
-        """How many stored traces ``owner`` has."""
-        return self._by_owner[owner]
-
     def add(
         self, trace: Trace, retry_after: Callable[[], int], max_owned: int | None = None
     ) -> TraceRecord:

@@ -86,10 +86,6 @@ class RedisTenants:
         await self._forget(owner, "active", [trace_id])
         await self._forget(owner, "stored", [trace_id])
 
-    async def counted(self, owner: str, which: str) -> int:
-        """How many traces the set names (some may have ended since)."""
-        return int(await self._redis.execute("ZCARD", self.key(owner, which)))
-
     async def _admit(self, which: str, owner: str, trace_id: str, now: float, cap: int) -> bool:
         key = self.key(owner, which)
         if await _ADMIT.run(self._redis, [key], [cap, trace_id, now]):
