@@ -50,7 +50,19 @@ def test_waiting_items_are_counted_per_group() -> None:
     assert (queue.waiting_in("g"), bool(queue)) == (0, False)
 
 
-def test_an_empty_queue_has_nothing_to_peek() -> None:
-    """peek on an empty queue raises IndexError, as a deque's [0] would."""
+def test_an_empty_queue_has_nothing_to_take() -> None:
+    """peek on an empty queue gives None; popleft raises IndexError, as a deque's would."""
+    queue: FairQueue[int] = FairQueue(lambda _: NO_FLOW)
+    assert queue.peek() is None
     with pytest.raises(IndexError):
-        FairQueue(lambda _: NO_FLOW).peek()
+        queue.popleft()
+
+
+def test_flows_not_eligible_keep_their_turn() -> None:
+    """Taking among eligible flows skips the others, which stay first in line."""
+    queue = queue_of(("a", 1), ("a", 2), ("b", 1), ("b", 2))
+    only_b = lambda flow: flow.key == "b"  # noqa: E731
+    assert queue.peek(only_b) == ("b", 1)
+    assert queue.popleft(only_b) == ("b", 1)
+    assert queue.peek(lambda _: False) is None
+    assert drained(queue) == [("a", 1), ("b", 2), ("a", 2)]

@@ -585,3 +585,44 @@ def test_queued_probes_are_counted_per_group() -> None:
     cancelled.cancel()
     cancelled.addErrback(lambda _: None)
     assert (pool.queued_in("alice"), pool.queued_in("bob"), pool.queued) == (2, 0, 2)
+
+
+def test_a_group_holds_at_most_its_share_of_the_slots() -> None:
+    """A group at its share of the slots waits, and another group's probe goes at once."""
+    pool, reactor = started_pool(
+        attrs.evolve(CONFIG, size=1, max_outstanding=4, max_group_share=0.5)
+    )
+    (transport,) = reactor.spawned
+    for ttl in range(1, 6):
+        pool.probe(ProbeRequest("203.0.113.7", ttl=ttl), Flow("heavy", group="alice"))
+    assert (len(transport.probe_lines()), pool.queued_in("alice")) == (2, 3)
+    pool.probe(ProbeRequest("203.0.113.9"), Flow("small", group="bob"))
+    assert len(transport.probe_lines()) == 3
+    reply(transport, 0)  # one of alice's ends: her next one takes its slot
+    assert (len(transport.probe_lines()), pool.queued_in("alice")) == (4, 2)
+
+
+def test_probes_without_a_group_may_use_every_slot() -> None:
+    """The share binds groups only: flows without one fill the pool as before."""
+    pool, reactor = started_pool(
+        attrs.evolve(CONFIG, size=1, max_outstanding=4, max_group_share=0.25)
+    )
+    (transport,) = reactor.spawned
+    for ttl in range(1, 6):
+        pool.probe(ProbeRequest("203.0.113.7", ttl=ttl), Flow("trace"))
+    assert (len(transport.probe_lines()), pool.queued) == (4, 1)
+
+
+def test_a_group_gets_its_slots_back_when_its_worker_dies() -> None:
+    """Probes lost with a killed process no longer count against their group's share."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, max_outstanding=1, max_group_share=0.5))
+    first = pool.probe(ProbeRequest("203.0.113.7"), Flow("t", group="alice"))
+    first.addErrback(lambda _: None)
+    waiting = pool.probe(ProbeRequest("203.0.113.7"), Flow("t", group="alice"))
+    assert pool.queued_in("alice") == 1
+    (holder,) = [t for t in reactor.spawned if t.probe_lines()]
+    (other,) = [t for t in reactor.spawned if t is not holder]
+    holder.exit(signal=9)
+    assert pool.queued_in("alice") == 0
+    assert len(other.probe_lines()) == 1
+    assert not waiting.called

@@ -64,16 +64,20 @@ class FairQueue(Generic[T]):
         self._flows.setdefault(flow, deque()).append(item)
         self._counted(flow, 1)
 
-    def peek(self) -> T:
-        """The item whose turn it is (IndexError when empty)."""
-        for items in self._flows.values():
-            return items[0]
-        raise IndexError("the queue is empty")
+    def peek(self, eligible: Callable[[Flow], bool] = lambda _: True) -> T | None:
+        """The item whose turn it is among the ``eligible`` flows, or None."""
+        for flow, items in self._flows.items():
+            if eligible(flow):
+                return items[0]
+        return None
 
-    def popleft(self) -> T:
-        """Take the item whose turn it is; its flow's next item waits for every other
-        flow's turn."""
-        flow, items = next(iter(self._flows.items()))
+    def popleft(self, eligible: Callable[[Flow], bool] = lambda _: True) -> T:
+        """Take the item whose turn it is among the ``eligible`` flows (IndexError if
+        none); its flow's next item waits for every other flow's turn."""
+        found = next(((f, i) for f, i in self._flows.items() if eligible(f)), None)
+        if found is None:
+            raise IndexError("no eligible flow waits")
+        flow, items = found
         item = items.popleft()
         del self._flows[flow]
         if items:

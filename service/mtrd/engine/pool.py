@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +74,11 @@ class PoolConfig:
     spread_above: int = 128
     grace: float = 2.0
     queue_timeout: float = 30.0
+    # The share of the pool's probe slots (size x max_outstanding) the flows of one group
+    # may hold at once. Slots are held for up to a probe's timeout and cannot be taken
+    # back: without a share, one tenant's silent probes could hold every slot for a
+    # minute. Flows without a group are not held to it.
+    max_group_share: float = 0.5
     start_timeout: float = 5.0
     restart_initial: float = 0.1
     restart_max: float = 30.0
@@ -90,6 +96,8 @@ class PoolConfig:
             raise ValueError("max_tcp_outstanding must be at least 1")
         if self.spread_above < 0:
             raise ValueError("spread_above must be at least 0")
+        if not 0 < self.max_group_share <= 1:
+            raise ValueError("max_group_share must be above 0 and at most 1")
 
 
 class PoolState(enum.Enum):
@@ -148,6 +156,11 @@ class ProbePool(Service):
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
         self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
+        self._held_by_group: Counter[str] = Counter()  # probes in processes, per group
+        self._group_of: dict[Deferred[ProbeReply], str] = {}
+        self._group_cap = max(
+            1, int(self.config.max_group_share * self.config.size * self.config.max_outstanding)
+        )
         self.state = PoolState.STOPPED
         self._start_error: EngineStartError | None = None
         self._start_waiters: list[Deferred[None]] = []
@@ -279,7 +292,7 @@ class ProbePool(Service):
         entry = _Queued(
             request=request, result=Deferred(lambda _: self._cancelled(entry)), flow=flow
         )
-        if not self._queue:
+        if not self._queue and self._may_send(flow):
             # The common case: a process has room now, and the probe never waits.
             worker = self._pick(request)
             if worker is not None and self._dispatch(worker, entry):
@@ -366,6 +379,7 @@ class ProbePool(Service):
     def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
         """Free the probe's numbers and send what waits."""
         self._ledger.release(pending.sequence, pending.udp_ports)
+        self._release_group(pending.result)
         self._pump()
 
     def worker_doubtful(self, worker: MtrPacketProcess, why: str) -> None:
@@ -384,6 +398,7 @@ class ProbePool(Service):
         """Release what the process held; restart its slot unless it was retired."""
         for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
+            self._release_group(pending.result)
         slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
@@ -505,11 +520,13 @@ class ProbePool(Service):
         """Send queued probes, a flow at a time, while some process has room."""
         waiting: list[_Queued] = []
         while self._queue:
-            entry = self._queue.peek()
+            entry = self._queue.peek(self._may_send)
+            if entry is None:
+                break  # what waits belongs to groups that hold their share
             worker = self._pick(entry.request)
             if worker is None:
                 break
-            self._queue.popleft()
+            self._queue.popleft(self._may_send)
             if not self._dispatch(worker, entry):
                 waiting.append(entry)
         self._queue.put_back(waiting)
@@ -568,7 +585,21 @@ class ProbePool(Service):
             udp_ports=ports,
             result=entry.result,
         )
+        group = entry.flow.group
+        if group is not None:
+            self._held_by_group[group] += 1
+            self._group_of[entry.result] = group
         return True
+
+    def _may_send(self, flow: Flow) -> bool:
+        return flow.group is None or self._held_by_group[flow.group] < self._group_cap
+
+    def _release_group(self, result: Deferred[ProbeReply]) -> None:
+        group = self._group_of.pop(result, None)
+        if group is not None:
+            self._held_by_group[group] -= 1
+            if not self._held_by_group[group]:
+                del self._held_by_group[group]
 
     def _cancelled(self, entry: _Queued) -> None:
         if entry in self._queue:
