@@ -6,7 +6,7 @@ hold every other trace behind them; round robin lets each flow's next probe out 
 turn, so a small trace beside a huge one waits for one probe per other flow, not for
 the whole backlog. Probes without a flow share one. Flows also carry a ``group`` (the
 trace service puts the tenant there), so the pool can say how many probes a group
-has waiting.
+has waiting, and pass over the flows of a group that holds its share of the slots.
 """
 
 from __future__ import annotations

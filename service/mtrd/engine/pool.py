@@ -2,8 +2,9 @@
 
 ``await pool.probe(request)`` sends one probe and gives its
 :class:`~mtrd.engine.probe.ProbeReply`. The pool queues probes beyond the
-processes' caps (taking turns between flows, see :mod:`mtrd.engine.fairqueue`),
-sends each to the least-loaded ready process, restarts a
+processes' caps (taking turns between flows, see :mod:`mtrd.engine.fairqueue`, and
+holding each group of flows to ``max_group_share`` of the slots), sends each to the
+least-loaded ready process, restarts a
 process that dies with exponential back-off on the injected clock, reports
 readiness, and stops cleanly.
 
