@@ -34,9 +34,11 @@ from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.redis.queue import RedisWorkQueue
-from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint
+from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint, live_replicas
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
 from mtrd.tracing.redis.tenants import RedisTenants
+from mtrd.tracing.store import StoreFull
+from mtrd.tracing.tenants import TenantCapReached
 
 log = Logger()
 
@@ -143,34 +145,75 @@ class SharedTraces(Service):
         """
         where = vantage or self.vantage
         now = self._clock.seconds()
-        if not await self._replicas.live(where, now):
-            points = await self._replicas.vantage_points(now)
-            raise NoLiveVantage(where, [p.name for p in points])
         trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None, owner=owner)
-        if owner is None or self._tenants is None:
-            return await self._store_and_queue(trace, where)
-        await self._tenants.admit(owner, trace.id, now)
-        try:
-            return await self._store_and_queue(trace, where)
-        except Exception:
-            # Without Redis, the tenant's sets drop the id once its grace is over.
-            with contextlib.suppress(RedisUnavailable):
-                await self._tenants.withdraw(owner, trace.id)
-            raise
-
-    async def _store_and_queue(self, trace: Trace, where: str) -> StoredTrace:
-        stored = await self._store.add(
-            trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
+        # Kept among this replica's queues only once the vantage is known to be live: names
+        # a client makes up leave nothing behind.
+        queue = self._queues.get(where) or RedisWorkQueue(
+            self._redis, where, self.replica, prefix=self._prefix
         )
+        tenants = None if owner is None else self._tenants
+        admits = [] if tenants is None else tenants.admit_commands(owner or "", trace.id, now)
+        # One call to Redis, a single write: the live check, the owner's place in its
+        # tenant's caps, the trace with its index entries, and its queue entry. What the
+        # replies refuse is undone after. The queue entry may run ahead of the trace
+        # (separate keys): a runner that claims it first finds no queued trace and drops
+        # the entry, so nothing runs that was not stored.
         try:
-            queued = await self._queue(where).enqueue(trace.id, self._max_queued)
+            live, *replies, entry = await self._redis.pipeline(
+                [
+                    self._replicas.live_command(where, now),
+                    *admits,
+                    *self._store.add_commands(trace, vantage=where, replica=self.replica),
+                    queue.enqueue_command(trace.id, self._max_queued),
+                ]
+            )
         except RedisUnavailable:
             await self._forget(trace.id)
             raise
-        if not queued:
-            await self._forget(trace.id)
-            raise QueueFull(QUEUE_RETRY_AFTER)
-        return attrs.evolve(stored, trace=trace)
+        admitted, added = replies[: len(admits)], replies[len(admits) :]
+        refused: Exception | None = None
+        if not live_replicas(live):
+            points = await self._replicas.vantage_points(now)
+            refused = NoLiveVantage(where, [p.name for p in points])
+        elif entry is None:
+            refused = QueueFull(QUEUE_RETRY_AFTER)
+        elif tenants is not None and owner is not None:
+            try:
+                await tenants.admitted(owner, trace.id, now, admitted)
+            except TenantCapReached as e:
+                refused = e
+        if refused is None:
+            try:
+                await self._store.added(trace, added, lambda: QUEUE_RETRY_AFTER)
+            except StoreFull as e:  # the trace is removed already
+                await self._drop(queue, entry)
+                await self._withdraw(tenants, owner, trace.id)
+                raise e from None
+            self._queues.setdefault(where, queue)
+            return StoredTrace(trace, 1, where, self.replica)
+        await self._drop(queue, entry)
+        await self._forget(trace.id)
+        await self._withdraw(tenants, owner, trace.id)
+        raise refused
+
+    async def _withdraw(
+        self, tenants: RedisTenants | None, owner: str | None, trace_id: str
+    ) -> None:
+        if tenants is None or owner is None:
+            return
+        # Without Redis, the tenant's sets drop the id once its grace is over.
+        with contextlib.suppress(RedisUnavailable):
+            await tenants.withdraw(owner, trace_id)
+
+    async def _drop(self, queue: RedisWorkQueue, entry: bytes | None) -> None:
+        # Else a runner would take it; if Redis does not let us, the trace goes (below) and
+        # the runner that claims the entry finds nothing to run.
+        if entry is None:
+            return
+        try:
+            await queue.drop(entry)
+        except RedisUnavailable as e:
+            log.warn("cannot remove a refused trace's queue entry: {error}", error=e)
 
     async def _forget(self, trace_id: str) -> None:
         # A trace stored but not queued would stay queued until it goes stale: the client

@@ -6,8 +6,9 @@ Keys (``P`` is the prefix; ``T`` the tenant name)::
                           creation time (queued or running, on any replica)
     P:tenant:{T}:stored   sorted set: the tenant's stored traces, by creation time
 
-A trace is added to both when it is admitted (one single-key script each, so the cap
-holds whichever replica admits, and the layout works on Redis Cluster). Nothing removes
+A trace is added to both when it is admitted (one single-key script each, sent in the
+pipeline of the POST, so the cap holds whichever replica admits, and the layout works
+on Redis Cluster). Nothing removes
 it when it ends, is deleted or expires: at the cap, the admitting replica reads the
 status of each trace the set names, drops those that ended or are gone, evicts the
 tenant's own oldest finished trace for ``stored``, and refuses only if the cap still
@@ -17,10 +18,12 @@ be on its way), so two replicas admitting at once cannot both slip past the cap.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 from mtrd.tracing.model import TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.redis.connection import Command
 from mtrd.tracing.redis.store import RedisTraceStore
 from mtrd.tracing.tenants import Cap, TenantCapReached, TenantLimits
 
@@ -55,43 +58,58 @@ class RedisTenants:
         """The set ``which`` (active, stored) of ``owner``."""
         return f"{self._prefix}:tenant:{{{owner}}}:{which}"
 
-    async def admit(self, owner: str, trace_id: str, now: float) -> None:
-        """Count a new trace of ``owner``, or raise :class:`TenantCapReached` naming the cap.
+    def admit_commands(self, owner: str, trace_id: str, now: float) -> list[Command]:
+        """The commands that count a new trace of ``owner`` (active, then stored), to send
+        in a pipeline; :meth:`admitted` reads their replies.
 
         Active traces (queued or running) are held to ``max_running + max_queued``: with
         the shared store the runners of every replica take queued traces in turn, and the
         tenant's queue is what may wait beyond what runs.
         """
-        active_cap = self.limits.max_running + self.limits.max_queued
-        if not await self._admit("active", owner, trace_id, now, active_cap):
-            await self._forget(owner, "active", [trace_id])
-            raise TenantCapReached(
-                Cap.QUEUED,
-                self.limits.max_queued,
-                RETRY_AFTER,
-                f"this tenant has {active_cap} traces queued or running across replicas "
-                f"(with --tenant-max-running {self.limits.max_running})",
-            )
-        if not await self._admit("stored", owner, trace_id, now, self.limits.max_stored):
-            await self._forget(owner, "active", [trace_id])
+        return [
+            _ADMIT.source_command([self.key(owner, which)], [cap, trace_id, now])
+            for which, cap in self._caps()
+        ]
+
+    async def admitted(self, owner: str, trace_id: str, now: float, replies: Sequence[Any]) -> None:
+        """Check what :meth:`admit_commands` did: a set at its cap drops the ids of traces
+        that ended or are gone (evicting the owner's oldest finished trace for ``stored``)
+        and is asked again; :class:`TenantCapReached` names the cap that still holds (the
+        caller then withdraws the trace)."""
+        for (which, cap), reply in zip(self._caps(), replies, strict=True):
+            if reply:
+                continue
+            key = self.key(owner, which)
+            await self._make_room(which, owner, now)
+            if await _ADMIT.run(self._redis, [key], [cap, trace_id, now]):
+                continue
+            limits = self.limits
+            if which == "active":
+                raise TenantCapReached(
+                    Cap.QUEUED,
+                    limits.max_queued,
+                    RETRY_AFTER,
+                    f"this tenant has {cap} traces queued or running across replicas "
+                    f"(with --tenant-max-running {limits.max_running})",
+                )
             raise TenantCapReached(
                 Cap.STORED,
-                self.limits.max_stored,
+                limits.max_stored,
                 RETRY_AFTER,
-                f"this tenant has {self.limits.max_stored} traces stored, none finished",
+                f"this tenant has {cap} traces stored, none finished",
             )
+
+    def _caps(self) -> list[tuple[str, int]]:
+        limits = self.limits
+        return [
+            ("active", limits.max_running + limits.max_queued),
+            ("stored", limits.max_stored),
+        ]
 
     async def withdraw(self, owner: str, trace_id: str) -> None:
         """Uncount a trace that was admitted but not stored after all."""
         await self._forget(owner, "active", [trace_id])
         await self._forget(owner, "stored", [trace_id])
-
-    async def _admit(self, which: str, owner: str, trace_id: str, now: float, cap: int) -> bool:
-        key = self.key(owner, which)
-        if await _ADMIT.run(self._redis, [key], [cap, trace_id, now]):
-            return True
-        await self._make_room(which, owner, now)
-        return bool(await _ADMIT.run(self._redis, [key], [cap, trace_id, now]))
 
     async def _make_room(self, which: str, owner: str, now: float) -> None:
         reply = await self._redis.execute("ZRANGE", self.key(owner, which), 0, -1, "WITHSCORES")
