@@ -24,7 +24,7 @@ from typing import Any, Final
 from mtrd.tracing.model import TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
 from mtrd.tracing.redis.connection import Command
-from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.store import EVICTION_SCAN, RedisTraceStore
 from mtrd.tracing.tenants import Cap, TenantCapReached, TenantLimits
 
 ADMIT_GRACE: Final = 60.0
@@ -112,7 +112,10 @@ class RedisTenants:
         await self._forget(owner, "stored", [trace_id])
 
     async def _make_room(self, which: str, owner: str, now: float) -> None:
-        reply = await self._redis.execute("ZRANGE", self.key(owner, which), 0, -1, "WITHSCORES")
+        # The active set is small (running + queued); of the stored set the oldest are
+        # read, as the store's own eviction reads them.
+        last = -1 if which == "active" else EVICTION_SCAN - 1
+        reply = await self._redis.execute("ZRANGE", self.key(owner, which), 0, last, "WITHSCORES")
         entries = [(as_text(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
         statuses = await self._redis.pipeline(
             [("HGET", self._store.trace_key(trace_id), "status") for trace_id, _ in entries]
