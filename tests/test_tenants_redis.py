@@ -183,3 +183,22 @@ async def test_the_owner_survives_the_store(tenants: Pair) -> None:
     assert stored is not None
     assert stored.trace.owner == "alice"
     assert b"alice" not in posted.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_trace_does_not_count_against_its_tenant(tenants: Pair) -> None:
+    """Traces refused for a vantage nobody serves leave the tenant's caps as they were."""
+    for _ in range(3):
+        code = (
+            await as_tenant(
+                tenants.a,
+                "alice",
+                "POST",
+                "/traces",
+                data=json.dumps({**QUICK, "vantage": "nowhere"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        ).code
+        assert code == 422
+    assert (await post(tenants.a, "alice")).code == 202
+    assert (await post(tenants.b, "alice")).code == 202
