@@ -33,7 +33,7 @@ from mtrd.tracing.jobs import Deletion, QueueFull
 from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
-from mtrd.tracing.redis.queue import RedisWorkQueue
+from mtrd.tracing.redis.queue import RedisWorkQueue, queued
 from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint, live_replicas
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
 from mtrd.tracing.redis.tenants import RedisTenants
@@ -172,6 +172,8 @@ class SharedTraces(Service):
             raise
         admitted, added = replies[: len(admits)], replies[len(admits) :]
         refused: Exception | None = None
+        if not queued(entry):
+            entry = None  # nothing to take back
         if not live_replicas(live):
             points = await self._replicas.vantage_points(now)
             refused = NoLiveVantage(where, [p.name for p in points])
@@ -189,7 +191,7 @@ class SharedTraces(Service):
                 await self._drop(queue, entry)
                 await self._withdraw(tenants, owner, trace.id)
                 raise e from None
-            self._queues.setdefault(where, queue)
+            self._queues[where] = queue  # kept for live vantages only
             return StoredTrace(trace, 1, where, self.replica)
         await self._drop(queue, entry)
         await self._forget(trace.id)
@@ -253,13 +255,6 @@ class SharedTraces(Service):
     async def vantage_points(self) -> list[VantagePoint]:
         """Every vantage with a live replica."""
         return await self._replicas.vantage_points(self._clock.seconds())
-
-    def _queue(self, vantage: str) -> RedisWorkQueue:
-        queue = self._queues.get(vantage)
-        if queue is None:
-            queue = RedisWorkQueue(self._redis, vantage, self.replica, prefix=self._prefix)
-            self._queues[vantage] = queue
-        return queue
 
     @staticmethod
     def _who(stored: StoredTrace) -> Trace:
