@@ -41,6 +41,10 @@ class FakePool:
     ready_workers: int = 2
     size: int = 2
     queued: int = 0
+    queued_by_group: dict[str | None, int] = attrs.Factory(dict)
+
+    def queued_in(self, group: str | None) -> int:
+        return self.queued_by_group.get(group, 0)
 
 
 @attrs.define

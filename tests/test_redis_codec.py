@@ -60,3 +60,10 @@ def test_format_1_documents_still_read() -> None:
     old = old.replace(b',"at":["fra","host-a-41-9f3c"]', b"")
     assert b'"at"' not in old
     assert codec.decode_trace(old) == attrs.evolve(trace, vantage="", replica=None)
+
+
+def test_the_owner_round_trips_and_is_left_out_when_there_is_none() -> None:
+    """A trace's owner is stored with it; a trace without one stores no owner key."""
+    owned = attrs.evolve(rich_trace(), owner="alice")
+    assert codec.decode_trace(codec.encode_trace(owned)).owner == "alice"
+    assert b'"own"' not in codec.encode_trace(attrs.evolve(owned, owner=None))

@@ -198,7 +198,7 @@ def test_probes_lost_with_a_dead_worker_count_as_lost() -> None:
     clock = Clock()
 
     class Dying:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(WorkerDied("mtr-packet worker worker-0 killed by signal 9"))
 
     _, d = run(Dying(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
@@ -212,7 +212,7 @@ def test_no_worker_available_fails_the_trace() -> None:
     clock = Clock()
 
     class Empty:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(NoWorkerAvailable("no mtr-packet worker is running: exited 1"))
 
     _, d = run(Empty(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
@@ -254,7 +254,7 @@ def test_deadline_fails_a_trace_that_never_settles() -> None:
     clock = Clock()
 
     class Hung:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return Deferred()
 
     request = TraceRequest(TARGET, probes=2, interval=1.0, timeout=2)
@@ -461,7 +461,7 @@ def test_stop_reason_deadline() -> None:
     clock = Clock()
 
     class Never:
-        def probe(self, _request: Any) -> Deferred[Any]:
+        def probe(self, _request: Any, _flow: Any = None) -> Deferred[Any]:
             return Deferred()
 
     _, d = run(Never(), clock, TraceRequest(TARGET, probes=1), settings=RunSettings())

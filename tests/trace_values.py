@@ -97,6 +97,7 @@ traces = st.builds(
     ),
     stop=st.none() | st.builds(Stop, reason=st.sampled_from(StopReason),
                                unreachable=st.none() | st.sampled_from(["no-route", "host-down"])),
+    owner=st.none() | _text,
 )  # fmt: skip
 
 

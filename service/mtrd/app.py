@@ -314,6 +314,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         on_finished=metrics.trace_finished,
         clock=reactor,
         stop_grace=config.shutdown_grace,
+        tenant_limits=config.tenant_limits,
     )
     shared = None
     if isinstance(config.backend, RedisStore):
@@ -332,7 +333,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         shared=None if shared is None else shared.front,
         store_health=None if shared is None else lambda: _replica_health(shared),
     )
-    auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
+    auth = BearerAuth(config.auth_tokens, config.auth_open_paths, config.admin_tenants)
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
@@ -435,6 +436,7 @@ def _shared_parts(
     from mtrd.tracing.redis.replicas import RedisReplicas  # noqa: PLC0415
     from mtrd.tracing.redis.runner import RedisRunner  # noqa: PLC0415
     from mtrd.tracing.redis.store import RedisTraceStore  # noqa: PLC0415
+    from mtrd.tracing.redis.tenants import RedisTenants  # noqa: PLC0415
 
     backend = config.backend
     assert isinstance(backend, RedisStore)
@@ -450,6 +452,7 @@ def _shared_parts(
         vantage=config.vantage,
         replica=replica,
         max_queued=config.max_queued,
+        tenants=RedisTenants(connection, trace_store, config.tenant_limits),
     )
     runner = RedisRunner(
         reactor,

@@ -192,6 +192,8 @@ class Trace:
     # Why the run stopped, kept only where the status does not already say it (see
     # :attr:`stop_reason`): one trace has one value, however it was built or read back.
     stop: Stop | None = None
+    # The tenant that asked for it (an opaque name, never rendered); None without auth.
+    owner: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.stop is not None and self.stop == self._stop_from_status():

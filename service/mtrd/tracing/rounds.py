@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 
 from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import (
     DEFAULT_PORTS,
@@ -72,8 +73,8 @@ _EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error be
 class Prober(TypingProtocol):
     """What the runner needs of a probe pool."""
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
-        """Send one probe; fire with its reply."""
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
+        """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
         ...
 
 
@@ -159,10 +160,13 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        flow: Flow | None = None,
         annotator: Annotating | None = None,
         wait_floor: WaitFloor | None = None,
     ) -> None:
+        """``flow`` names this run's probes to the pool, which serves flows in turn."""
         self._clock = clock
+        self._flow = flow
         self._prober = prober
         self._request = request
         self._address = address
@@ -259,7 +263,7 @@ class TraceRun:
             self._hops[ttl] = HopAccumulator(ttl=ttl)
         self._hops[ttl].record_sent()
         try:
-            result = self._prober.probe(probe)
+            result = self._prober.probe(probe, self._flow)
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return

@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from mtrd.annotations.annotator import Annotator
+from mtrd.engine.fairqueue import Flow
 from mtrd.tracing.model import (
     Hop,
     LiveHop,
@@ -89,8 +90,10 @@ class Tracer:
         # One floor for every trace: late answers show the host is slow for all of them.
         self._wait_floor = WaitFloor()
 
-    def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
-        """The queued snapshot of a trace that has not started."""
+    def new(
+        self, request: TraceRequest, trace_id: str | None = None, owner: str | None = None
+    ) -> Trace:
+        """The queued snapshot of a trace that has not started, owned by ``owner``."""
         return Trace(
             id=trace_id or new_trace_id(),
             status=TraceStatus.QUEUED,
@@ -99,6 +102,7 @@ class Tracer:
             created_at=self._clock.seconds(),
             vantage=self.vantage,
             replica=self.replica,
+            owner=owner,
         )
 
     def trace(
@@ -171,6 +175,7 @@ class Tracer:
             settings=self._settings,
             wait_floor=self._wait_floor,
             source=source,
+            flow=Flow(trace.id, group=trace.owner),
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
             else None,

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest
 from mtrd.tracing.model import Trace
 from mtrd.tracing.rounds import Prober
@@ -198,10 +199,10 @@ class MeteredProber:
         self._prober = prober
         self._metrics = metrics
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
         self._metrics.probe_counted(request.protocol.value)
-        result = self._prober.probe(request)
+        result = self._prober.probe(request, flow)
         result.addBoth(self._settled)
         return result
 

@@ -29,7 +29,9 @@ from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
-from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
+from mtrd.tracing.store import BadCursor, StoreFull, TraceRecord, TraceStore
+from mtrd.tracing.tenants import Cap, TenantCapReached
+from mtrd.web.auth import tenant_of
 from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
@@ -65,6 +67,10 @@ class Readiness(Protocol):
     @property
     def queued(self) -> int:
         """Probes waiting for a worker."""
+        ...
+
+    def queued_in(self, group: str | None) -> int:
+        """Probes of one tenant's traces waiting for a worker."""
         ...
 
 
@@ -154,8 +160,16 @@ class Api:
             address = literal(trace_request.target)
             if address is not None:
                 self._policy.check(address.address)
+            # Only this replica's probes: each replica's pool serves its own runner.
+            self._check_probes_waiting(tenant_of(request).name)
             return Deferred.fromCoroutine(
-                self._create_shared(request, self._shared, submission.request, submission.vantage)
+                self._create_shared(
+                    request,
+                    self._shared,
+                    submission.request,
+                    submission.vantage,
+                    tenant_of(request).name,
+                )
             )
         if self._pool.ready_workers == 0:
             raise Problem(
@@ -176,9 +190,28 @@ class Api:
                 f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
                 headers=(("Retry-After", "2"),),
             )
-        record = self._jobs.submit(trace_request)
+        owner = tenant_of(request).name
+        self._check_probes_waiting(owner)
+        record = self._jobs.submit(trace_request, owner=owner)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
+
+    def _check_probes_waiting(self, owner: str | None) -> None:
+        if owner is None:
+            return
+        waiting, cap = self._pool.queued_in(owner), self._jobs.tenant_limits.max_probes_waiting
+        if waiting >= cap:
+            raise TenantCapReached(
+                Cap.PROBES_WAITING, cap, 2, f"this tenant has {waiting} probes waiting"
+            )
+
+    def _visible(self, request: IRequest, trace_id: str) -> TraceRecord:
+        """The record of a trace the caller may see; 404 for any other, as for one that
+        does not exist, so ids say nothing about other tenants' traces."""
+        record = self._store.get(trace_id)
+        if record is None or not tenant_of(request).sees(record.trace):
+            raise not_found(f"trace {trace_id}")
+        return record
 
     async def _create_shared(
         self,
@@ -186,8 +219,9 @@ class Api:
         shared: SharedTraces,
         trace_request: TraceRequest,
         vantage: str | None,
+        owner: str | None,
     ) -> bytes:
-        stored = await shared.submit(trace_request, vantage)
+        stored = await shared.submit(trace_request, vantage, owner)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
         return _body(request, 202, self._stored_body(stored))
 
@@ -228,7 +262,9 @@ class Api:
             return Deferred.fromCoroutine(
                 self._listing_shared(request, self._shared, status, limit, cursor)
             )
-        page, next_cursor = self._store.newest_first(status, limit, cursor)
+        page, next_cursor = self._store.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     async def _listing_shared(
@@ -239,7 +275,9 @@ class Api:
         limit: int,
         cursor: str | None,
     ) -> bytes:
-        page, next_cursor = await shared.newest_first(status, limit, cursor)
+        page, next_cursor = await shared.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     @app.route("/traces/<trace_id>", methods=["GET"])
@@ -247,9 +285,7 @@ class Api:
         """One trace as JSON (with an ETag), or as a text report."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         if _not_modified(request, trace_id, record.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
@@ -257,9 +293,7 @@ class Api:
         return _body(request, 200, self._bodies.body(record))
 
     async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
-        stored = await shared.get(trace_id)
-        if stored is None:
-            raise not_found(f"trace {trace_id}")
+        stored = await _visible_shared(request, shared, trace_id)
         if _not_modified(request, trace_id, stored.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
@@ -271,6 +305,7 @@ class Api:
         """Cancel a queued or running trace (200), or remove a finished one (204)."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._delete_shared(request, self._shared, trace_id))
+        self._visible(request, trace_id)
         outcome = self._jobs.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -283,6 +318,7 @@ class Api:
         return _body(request, 200, self._bodies.body(record))
 
     async def _delete_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+        await _visible_shared(request, shared, trace_id)
         outcome = await shared.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -302,9 +338,7 @@ class Api:
         """Server-sent events of one trace; Last-Event-ID resumes after that id."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._events_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -321,8 +355,7 @@ class Api:
         return finished
 
     async def _events_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> None:
-        if await shared.get(trace_id) is None:
-            raise not_found(f"trace {trace_id}")
+        await _visible_shared(request, shared, trace_id)
         self._check_subscribers(shared.subscribers(trace_id))
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -467,6 +500,7 @@ class Api:
         TargetRefused,
         QueueFull,
         StoreFull,
+        TenantCapReached,
         NoLiveVantage,
         RedisUnavailable,
     )
@@ -551,6 +585,14 @@ def problem_of(error: Exception) -> Problem:
             str(error),
             headers=(("Retry-After", str(error.retry_after)),),
         )
+    if isinstance(error, TenantCapReached):
+        return Problem(
+            429,
+            error.cap.value,
+            "Tenant limit reached",
+            str(error),
+            headers=(("Retry-After", str(error.retry_after)),),
+        )
     if isinstance(error, NoLiveVantage):
         return no_live_vantage(error.vantage, list(error.live))
     if isinstance(error, RedisUnavailable):
@@ -562,6 +604,14 @@ def problem_of(error: Exception) -> Problem:
             headers=(("Retry-After", str(STORE_RETRY_AFTER)),),
         )
     raise TypeError(f"no problem answer for {error!r}")
+
+
+async def _visible_shared(request: IRequest, shared: SharedTraces, trace_id: str) -> StoredTrace:
+    """A shared trace the caller may see; 404 for any other (see ``Api._visible``)."""
+    stored = await shared.get(trace_id)
+    if stored is None or not tenant_of(request).sees(stored.trace):
+        raise not_found(f"trace {trace_id}")
+    return stored
 
 
 def no_live_vantage(vantage: str, live: list[str]) -> Problem:

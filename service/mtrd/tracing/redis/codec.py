@@ -107,6 +107,10 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "ann": [_database(trace.annotations.asn_db), _database(trace.annotations.geo_db)],
         "w": [request.wait.here, request.wait.near],
         "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
+        # The owning tenant, only when there is one: replicas that do not know the key
+        # read the value all the same (and a trace without an owner is shown to no tenant
+        # but admins once auth is on).
+        **({} if trace.owner is None else {"own": trace.owner}),
     }  # fmt: skip
 
 
@@ -171,6 +175,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         replica=replica,
         annotations=Sources(_database_from(asn_db), _database_from(geo_db)),
         stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
+        owner=d.get("own"),
     )
 
 
