@@ -91,6 +91,11 @@ BAD_VALUES = [
     ("--max-probes-waiting", "lots", "expected a whole number >= 1"),
     ("--max-subscribers", "0", "expected a whole number >= 1"),
     ("--max-subscribers-per-trace", "x", "expected a whole number >= 1"),
+    ("--max-connections", "0", "expected a whole number >= 1"),
+    ("--max-connections-per-client", "many", "expected a whole number >= 1"),
+    ("--idle-timeout", "0", "expected seconds"),
+    ("--header-timeout", "never", "expected seconds"),
+    ("--body-timeout", "inf", "expected seconds"),
     ("--allow-targets", "198.51.100.0/33", "not a CIDR"),
     ("--deny-targets", "10.0.0.0/8,bogus", "not a CIDR: 'bogus'"),
     ("--auth-tokens-file", "/nonexistent/tokens", "cannot read '/nonexistent/tokens'"),
@@ -99,6 +104,13 @@ BAD_VALUES = [
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--reverse-dns", "maybe", "expected on or off, got 'maybe'"),
+    ("--reverse-dns-cache", "0", "expected a whole number >= 1"),
+    ("--reverse-dns-timeout", "0", "expected seconds"),
+    ("--reverse-dns-verify", "yes please", "expected on or off"),
+    ("--names-grace", "-1", "expected seconds"),
+    ("--asn-db", "/nonexistent/asn.mmdb", "/nonexistent/asn.mmdb: no such file"),
+    ("--geo-db", "/etc/passwd", "/etc/passwd: not a MaxMind DB file"),
 ]
 
 

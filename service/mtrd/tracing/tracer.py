@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from mtrd.annotations.annotator import Annotator
 from mtrd.tracing.model import (
     Hop,
     LiveHop,
@@ -31,6 +32,7 @@ from mtrd.tracing.model import (
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
 from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
+from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_SETTINGS = RunSettings()
 OPEN_POLICY = TargetPolicy()
@@ -72,8 +74,11 @@ class Tracer:
         policy: TargetPolicy = OPEN_POLICY,
         vantage: str = "",
         replica: str | None = None,
+        annotator: Annotator | None = None,
     ) -> None:
+        """``annotator`` says who the responders are (names, AS); None: nobody asks."""
         self._clock = clock
+        self.annotator = annotator
         self.vantage = vantage
         self.replica = replica
         self._prober = prober
@@ -81,6 +86,8 @@ class Tracer:
         self._settings = settings
         self._policy = policy
         self._sources = {4: source_ipv4, 6: source_ipv6}
+        # One floor for every trace: late answers show the host is slow for all of them.
+        self._wait_floor = WaitFloor()
 
     def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
         """The queued snapshot of a trace that has not started."""
@@ -131,6 +138,8 @@ class Tracer:
         on_hop: Callable[[LiveHop], None],
     ) -> Trace:
         trace = attrs.evolve(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
+        if self.annotator is not None:
+            trace = attrs.evolve(trace, annotations=self.annotator.sources())
         on_update(trace)
         request = trace.request
         try:
@@ -160,14 +169,19 @@ class Tracer:
             address=resolved.address,
             on_hop=on_hop,
             settings=self._settings,
+            wait_floor=self._wait_floor,
             source=source,
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
             else None,
+            annotator=self.annotator,
         )
         outcome = await run.start()
         trace = attrs.evolve(
-            trace, hops=outcome.hops, destination_reached=outcome.destination_reached
+            trace,
+            hops=outcome.hops,
+            destination_reached=outcome.destination_reached,
+            stop=outcome.stop,
         )
         if outcome.cancelled:
             return self._end(trace, status=TraceStatus.CANCELLED)

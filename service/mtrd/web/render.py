@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from mtrd.annotations.model import NOTHING, Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
     Hop,
@@ -15,12 +16,16 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.stats import forward_loss
+from mtrd.tracing.wait import WaitRule
 
 # One encoder for every render: json.dumps builds a new one per call when given options.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -69,6 +74,7 @@ def request_json(request: TraceRequest) -> dict[str, Any]:
         "timeout": request.timeout,
         "size": request.size,
         "tos": request.tos,
+        "wait": {"here": request.wait.here, "near": request.wait.near},
     }
 
 
@@ -76,30 +82,44 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def hop_json(hop: Hop) -> dict[str, Any]:
-    """One hop with its responders and figures."""
+def responder_json(r: Responder) -> dict[str, Any]:
+    """One responder: its address, replies, MPLS labels, name and network (null: unknown)."""
+    a = r.annotation or NOTHING
+    data: dict[str, Any] = {
+        "address": r.address,
+        "replies": r.replies,
+        "mpls": [
+            {
+                "label": m.label,
+                "traffic_class": m.traffic_class,
+                "bottom_of_stack": m.bottom_of_stack,
+                "ttl": m.ttl,
+            }
+            for m in r.mpls
+        ],
+        "hostname": a.hostname,
+        "asn": a.asn,
+        "as_name": a.as_name,
+        "prefix": a.prefix,
+        "country": a.country,
+    }
+    if a.verified is not None:
+        data["verified"] = a.verified
+    return data
+
+
+def hop_json(hop: Hop, forward_loss_pct: float | None = None) -> dict[str, Any]:
+    """One hop with its responders and figures; ``forward_loss_pct`` depends on the
+    hops after it, so only a whole trace knows it (a hop event says null)."""
     return {
         "ttl": hop.ttl,
-        "responders": [
-            {
-                "address": r.address,
-                "replies": r.replies,
-                "mpls": [
-                    {
-                        "label": m.label,
-                        "traffic_class": m.traffic_class,
-                        "bottom_of_stack": m.bottom_of_stack,
-                        "ttl": m.ttl,
-                    }
-                    for m in r.mpls
-                ],
-            }
-            for r in hop.responders
-        ],
+        "responders": [responder_json(r) for r in hop.responders],
         "sent": hop.sent,
         "received": hop.received,
         "lost": hop.lost,
         "loss_pct": round(hop.loss_pct, 1),
+        "forward_loss_pct": None if forward_loss_pct is None else round(forward_loss_pct, 1),
+        "late": hop.late,
         "rtt_ms": {
             "last": _ms(hop.rtt_ms.last),
             "best": _ms(hop.rtt_ms.best),
@@ -139,11 +159,50 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         "finished_at": rfc3339(trace.finished_at),
         "expires_at": rfc3339(trace.expires_at),
         "destination_reached": trace.destination_reached,
-        "hops": [hop_json(hop) for hop in trace.hops],
+        **_stop_json(trace),
+        "hops": [
+            hop_json(hop, forward)
+            for hop, forward in zip(trace.hops, forward_loss(trace.hops), strict=True)
+        ],
         "error": None
         if trace.error is None
         else {"type": trace.error.type, "message": trace.error.message},
+        "annotations": {
+            "asn_db": _database_json(trace.annotations.asn_db),
+            "geo_db": _database_json(trace.annotations.geo_db),
+        },
         "links": links(trace.id),
+    }
+
+
+def _database_json(info: DatabaseInfo | None) -> dict[str, Any] | None:
+    return None if info is None else {"type": info.type, "built_at": rfc3339(info.built_at)}
+
+
+def _database_from(data: dict[str, Any] | None) -> DatabaseInfo | None:
+    if data is None:
+        return None
+    built = from_rfc3339(data["built_at"])
+    return DatabaseInfo(data["type"], 0.0 if built is None else built)
+
+
+def _annotation_from(r: dict[str, Any]) -> Annotation | None:
+    annotation = Annotation(
+        hostname=r.get("hostname"),
+        verified=r.get("verified"),
+        asn=r.get("asn"),
+        as_name=r.get("as_name"),
+        prefix=r.get("prefix"),
+        country=r.get("country"),
+    )
+    return None if annotation.empty else annotation
+
+
+def _stop_json(trace: Trace) -> dict[str, Any]:
+    stop = trace.stop_reason
+    return {
+        "stop_reason": None if stop is None else stop.reason.value,
+        "unreachable_kind": None if stop is None else stop.unreachable,
     }
 
 
@@ -156,6 +215,7 @@ def summary_json(trace: Trace) -> dict[str, Any]:
         "created_at": rfc3339(trace.created_at),
         "finished_at": rfc3339(trace.finished_at),
         "destination_reached": trace.destination_reached,
+        **_stop_json(trace),
         "links": links(trace.id),
     }
 
@@ -187,6 +247,7 @@ def hop_from_json(data: dict[str, Any]) -> Hop:
                     MplsLabel(m["label"], m["traffic_class"], m["bottom_of_stack"], m["ttl"])
                     for m in r["mpls"]
                 ),
+                annotation=_annotation_from(r),
             )
             for r in data["responders"]
         ),
@@ -196,6 +257,7 @@ def hop_from_json(data: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(rtt["last"], rtt["best"], rtt["avg"], rtt["worst"], rtt["stdev"]),
         jitter_ms=JitterStats(jitter["last"], jitter["avg"], jitter["max"]),
         end=_optional(HopEnd, data["end"]),
+        late=data.get("late", 0),
     )
 
 
@@ -220,6 +282,7 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
             timeout=request["timeout"],
             size=request["size"],
             tos=request["tos"],
+            wait=_wait_from_json(request.get("wait")),
         ),
         target=TraceTarget(target["input"], target["address"], target["ip_version"]),
         created_at=created,
@@ -233,4 +296,20 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         # A server older than these fields leaves them out.
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
+        annotations=Sources(
+            _database_from(data.get("annotations", {}).get("asn_db")),
+            _database_from(data.get("annotations", {}).get("geo_db")),
+        ),
+        stop=_stop_from_json(data),
     )
+
+
+def _wait_from_json(data: dict[str, Any] | None) -> WaitRule:
+    return WaitRule() if data is None else WaitRule(data["here"], data["near"])
+
+
+def _stop_from_json(data: dict[str, Any]) -> Stop | None:
+    reason = data.get("stop_reason")
+    if reason is None:
+        return None
+    return Stop(StopReason(reason), data.get("unreachable_kind"))

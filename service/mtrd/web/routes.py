@@ -36,7 +36,7 @@ from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, Edg
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
-from mtrd.web.report import LOCAL_HOST, render_report
+from mtrd.web.report import LOCAL_HOST, HostDisplay, render_report
 from mtrd.web.sse import EventStream
 
 if TYPE_CHECKING:
@@ -136,9 +136,7 @@ class Api:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise Problem(
-                400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
-            ) from None
+            raise Problem(400, "malformed-json", "Malformed JSON", _json_error(e)) from None
         submission = parse_submission(body)
         trace_request = submission.request
         if self._shared is None and submission.vantage not in (None, self._vantage):
@@ -219,7 +217,7 @@ class Api:
         limit = 50
         if "limit" in args:
             text = args["limit"][-1]
-            if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+            if parse_count(text) is None or not 1 <= int(text) <= MAX_LIST:
                 errors.append(("limit", f"must be an integer between 1 and {MAX_LIST}"))
             else:
                 limit = int(text)
@@ -255,7 +253,7 @@ class Api:
         if _not_modified(request, trace_id, record.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, record.full_trace())
+            return _report(request, record.full_trace(), _host_display(request))
         return _body(request, 200, self._bodies.body(record))
 
     async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
@@ -265,7 +263,7 @@ class Api:
         if _not_modified(request, trace_id, stored.version):
             return b""
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, stored.trace)
+            return _report(request, stored.trace, _host_display(request))
         return _body(request, 200, self._stored_body(stored))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
@@ -599,9 +597,22 @@ def _not_modified(request: IRequest, trace_id: str, version: int) -> bool:
     return False
 
 
-def _report(request: IRequest, trace: Trace) -> bytes:
+def _report(request: IRequest, trace: Trace, hosts: HostDisplay) -> bytes:
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return render_report(trace, LOCAL_HOST).encode()
+    return render_report(trace, LOCAL_HOST, hosts).encode()
+
+
+def _host_display(request: IRequest) -> HostDisplay:
+    """The report's ``hosts`` query parameter (both, address or name)."""
+    given = (request.args or {}).get(b"hosts")
+    if not given:
+        return HostDisplay.BOTH
+    try:
+        return HostDisplay(given[-1].decode("utf-8", "replace"))
+    except ValueError:
+        raise invalid_fields(
+            [("hosts", "must be one of " + ", ".join(d.value for d in HostDisplay))]
+        ) from None
 
 
 def _start_events(request: IRequest) -> int | None:
@@ -610,7 +621,28 @@ def _start_events(request: IRequest) -> int | None:
     request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache")
     request.setHeader(b"X-Accel-Buffering", b"no")
-    return int(last) if last is not None and last.strip().isdigit() else None
+    return None if last is None else parse_count(last.strip())
+
+
+MAX_COUNT_DIGITS = 18
+
+
+def parse_count(text: str) -> int | None:
+    """A whole number a client sent (a query parameter, a header), or None: ASCII digits
+    only (``str.isdigit`` also takes ``²``, which ``int`` refuses), and few enough that
+    ``int`` takes them (it refuses over 4300) and the value fits a 64-bit counter."""
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_COUNT_DIGITS:
+        return None
+    return int(text)
+
+
+def _json_error(error: ValueError) -> str:
+    """What was wrong with a body that is not JSON, without the parser's own words."""
+    if isinstance(error, UnicodeDecodeError):
+        return "the body is not UTF-8"
+    if isinstance(error, json.JSONDecodeError):
+        return f"the body is not JSON (line {error.lineno}, column {error.colno})"
+    return "the body is not JSON (a number in it is too long)"
 
 
 def _body(request: IRequest, status: int, body: bytes) -> bytes:
