@@ -341,8 +341,8 @@ BOUNDS = {
     "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
     "would save about 2.3 KB; a packed form of finished hops more",
     "redis": "POST latency in a closed loop of 8 connections: a POST is one Redis call now "
-    "(was 6), a trace about 4 (was about 15), and the replica's CPU per trace halved (2.6 ms "
-    "against 1.3 in memory; was 5-9 against 1.1-1.5), yet each call waits for a reactor "
+    "(was 6), a trace about 4 (was about 15), and the replica's CPU per trace is about twice "
+    "the memory store's (was 4-6 times), yet each call waits for a reactor "
     "turn and a wake-up of redis-server on 2 shared cores: under load a POST took 18 ms "
     "(p50, server side) against none in memory. See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
