@@ -340,13 +340,11 @@ BOUNDS = {
     "responder addresses are interned and hop values have no weakref slot (26.9 KB before "
     "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
     "would save about 2.3 KB; a packed form of finished hops more",
-    "redis": "one Python core per replica, spent on Redis round trips: a py-spy profile of "
-    "1000 traces on a Redis replica (first wiring, before a trace's events went in one "
-    "call; 5-9 ms CPU per trace "
-    "against 1.1-1.5 in memory) had socket writes (untilConcludes) 12% self and Deferred "
-    "callbacks 10%; inclusive, RedisConnection calls 19%, filtered listings 10% (the bench's "
-    "idle polls, hence 0.2 s between them), write-behind flushes 8%, claims 6%, event "
-    "appends 5%: a command per write, each its own syscall and Deferred chain",
+    "redis": "POST latency in a closed loop of 8 connections: a POST is one Redis call now "
+    "(was 6), a trace about 4 (was about 15), and the replica's CPU per trace is about twice "
+    "the memory store's (was 4-6 times), yet each call waits for a reactor "
+    "turn and a wake-up of redis-server on 2 shared cores: under load a POST took 18 ms "
+    "(p50, server side) against none in memory. See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
     "names": "per new address of a trace: a cache lookup and two in-memory MaxMind DB "

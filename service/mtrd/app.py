@@ -454,12 +454,15 @@ def _shared_parts(
         max_queued=config.max_queued,
         tenants=RedisTenants(connection, trace_store, config.tenant_limits),
     )
+    # The runner's writes (a flush tick sends every running trace's at once) go on a
+    # connection of their own: a POST's one call does not wait behind them.
+    runs = connection.lane(1)
     runner = RedisRunner(
         reactor,
         tracer,
-        trace_store,
-        RedisWorkQueue(connection, config.vantage, replica),
-        replicas,
+        RedisTraceStore(runs, reactor, config.store),
+        RedisWorkQueue(runs, config.vantage, replica),
+        RedisReplicas(runs),
         replica=replica,
         vantage=config.vantage,
         max_running=config.max_running,
