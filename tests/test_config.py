@@ -99,6 +99,7 @@ BAD_VALUES = [
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--max-monitors", "-1", "expected a whole number >= 0"),
 ]
 
 

@@ -10,6 +10,7 @@ from mtrd.monitors.events import AlertChange, MonitorEvent
 from mtrd.monitors.model import (
     AlertKind,
     Alerts,
+    Delivery,
     MonitorSource,
     MonitorSpec,
     RunResult,
@@ -64,7 +65,9 @@ class Notes:
     def __init__(self) -> None:
         self.sent: list[tuple[WebhookTarget, MonitorEvent]] = []
 
-    def notify(self, target: WebhookTarget, event: MonitorEvent) -> None:
+    def notify(
+        self, target: WebhookTarget, event: MonitorEvent, on_status: Callable[[Delivery], None]
+    ) -> None:
         self.sent.append((target, event))
 
 

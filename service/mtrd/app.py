@@ -29,6 +29,8 @@ from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
+from mtrd.monitors.runs import JobsStarter
+from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
@@ -37,7 +39,7 @@ from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import AccessLog, Edge
 from mtrd.web.auth import AuthGuard, BearerAuth
 from mtrd.web.framing import ProblemChannel
-from mtrd.web.metrics import MeteredProber, Metrics, counter, gauge
+from mtrd.web.metrics import MeteredProber, Metrics, counter, gauge, monitor_metrics
 from mtrd.web.routes import Api
 
 log = Logger(namespace="mtrd")
@@ -97,6 +99,11 @@ def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
     for worker in pool.workers():
         outstanding.add_metric([str(worker["slot"])], worker["outstanding"])
     yield outstanding
+
+
+def _monitor_state(monitors: MonitorService) -> Iterable[Metric]:
+    yield gauge("mtrd_monitors", "Monitors held", len(monitors))
+    yield from monitor_metrics(monitors.records())
 
 
 def _freeze_start_up() -> None:
@@ -265,6 +272,15 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         clock=reactor,
         stop_grace=config.shutdown_grace,
     )
+    # Monitors run in memory mode (their runs go through the jobs); Redis mode has none yet.
+    monitors = None
+    if not isinstance(config.backend, RedisStore):
+        monitors = MonitorService(
+            reactor,
+            JobsStarter(jobs),
+            max_monitors=config.max_monitors,
+            on_started=metrics.run_started,
+        )
     shared = None
     if isinstance(config.backend, RedisStore):
         shared = _shared_parts(
@@ -281,6 +297,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         vantage=config.vantage,
         shared=None if shared is None else shared.front,
         store_health=None if shared is None else lambda: _replica_health(shared),
+        monitors=monitors,
     )
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
     resource: Any = api.app.resource()
@@ -296,6 +313,9 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
         services = MtrdService(api, jobs, access_log)
         parts: tuple[Any, ...] = (listener, pool, store, jobs)
+        if monitors is not None:
+            metrics.watch(lambda: _monitor_state(monitors))
+            parts += (monitors,)  # stopped first: no run starts while the jobs drain
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front

@@ -45,6 +45,7 @@ class ServeConfig:
     auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
     backend: StoreSetting = attrs.Factory(MemoryStore)
     vantage: str = "default"
+    max_monitors: int = 200
 
 
 class SettingError(ValueError):
@@ -241,6 +242,8 @@ OPTIONS = (
            "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
     Option("--vantage", "default", "name of the place this replica's probes leave from; "
            "replicas with one vantage share its work", _vantage),
+    Option("--max-monitors", "200", "monitors at most (each re-runs a trace on a schedule)",
+           _whole(0)),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -348,4 +351,5 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         auth_open_paths=frozenset() if protect_ops else OPEN_BY_DEFAULT,
         backend=value["store"],
         vantage=value["vantage"],
+        max_monitors=value["max_monitors"],
     )

@@ -64,6 +64,7 @@ class MonitorChannel:
     _next_id: int = 1
     _events: deque[MonitorEvent] = attrs.field(init=False)
     _subscribers: list[MonitorSubscriber] = attrs.field(factory=list)
+    _enders: dict[int, Callable[[], None]] = attrs.field(factory=dict)  # by id of subscriber
 
     def __attrs_post_init__(self) -> None:
         self._events = deque(maxlen=self.keep)
@@ -104,18 +105,30 @@ class MonitorChannel:
         return [e for e in self._events if e.id > floor]
 
     def subscribe(
-        self, subscriber: MonitorSubscriber, after: int | None = None
+        self,
+        subscriber: MonitorSubscriber,
+        after: int | None = None,
+        ended: Callable[[], None] | None = None,
     ) -> Callable[[], None]:
-        """Send the kept events after ``after``, then follow; returns the unsubscribe call."""
+        """Send the kept events after ``after``, then follow; returns the unsubscribe call.
+
+        ``ended`` is called if the channel closes (the monitor was deleted)."""
         for event in self.replay(after):
             subscriber(event)
         self._subscribers.append(subscriber)
+        if ended is not None:
+            self._enders[id(subscriber)] = ended
         return lambda: self._unsubscribe(subscriber)
 
     def close(self) -> None:
-        """Let every subscriber go (the monitor was deleted)."""
+        """Let every subscriber go, telling those who asked (the monitor was deleted)."""
+        enders = list(self._enders.values())
         self._subscribers.clear()
+        self._enders.clear()
+        for ended in enders:
+            ended()
 
     def _unsubscribe(self, subscriber: MonitorSubscriber) -> None:
+        self._enders.pop(id(subscriber), None)
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)

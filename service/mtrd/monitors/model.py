@@ -106,3 +106,25 @@ class Run:
     def lateness(self) -> float:
         """Seconds between when the run was due and when it started."""
         return self.started_at - self.scheduled_at
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where a webhook delivery is."""
+
+    PENDING = "pending"  # queued, or waiting for a retry
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # retries ran out, or the receiver refused it for good
+    DROPPED = "dropped"  # the delivery queue was full
+    REFUSED = "refused"  # the webhook policy refused the address the URL resolved to
+
+
+@attrs.frozen
+class Delivery:
+    """The state of one event's webhook delivery."""
+
+    event_id: str
+    kind: str
+    status: DeliveryStatus
+    attempts: int
+    at: float
+    detail: str | None = None  # the last HTTP status or error

@@ -24,13 +24,22 @@ from twisted.logger import Logger
 
 from mtrd.monitors.alerts import destination_hop, firing, transitions
 from mtrd.monitors.events import AlertChange, MonitorChannel, MonitorEvent, MonitorEventKind
-from mtrd.monitors.model import AlertKind, MonitorSource, MonitorSpec, Run, RunResult, WebhookTarget
+from mtrd.monitors.model import (
+    AlertKind,
+    Delivery,
+    MonitorSource,
+    MonitorSpec,
+    Run,
+    RunResult,
+    WebhookTarget,
+)
 from mtrd.monitors.path import PathChange, PathState, path_of
 from mtrd.monitors.schedule import first_due, next_due
 from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 
 KEEP_RUNS = 10
 KEEP_CHANGES = 20
+KEEP_DELIVERIES = 10
 
 
 class TraceStarter(Protocol):
@@ -46,13 +55,18 @@ class TraceStarter(Protocol):
 class Notifier(Protocol):
     """Where events go beyond the event stream (webhooks)."""
 
-    def notify(self, target: WebhookTarget, event: MonitorEvent) -> None:
-        """Deliver ``event`` to ``target``, eventually; never raises."""
+    def notify(
+        self, target: WebhookTarget, event: MonitorEvent, on_status: Callable[[Delivery], None]
+    ) -> None:
+        """Deliver ``event`` to ``target``, eventually, telling ``on_status`` how it goes;
+        never raises."""
         ...
 
 
 class _NoNotifier:
-    def notify(self, target: WebhookTarget, event: MonitorEvent) -> None:
+    def notify(
+        self, target: WebhookTarget, event: MonitorEvent, on_status: Callable[[Delivery], None]
+    ) -> None:
         """Drop it: no webhooks configured."""
 
 
@@ -113,6 +127,19 @@ class MonitorRecord:
     due: float | None = None
     timer: IDelayedCall | None = None
     version: int = 0
+    _deliveries: dict[str, Delivery] = attrs.Factory(dict)  # by event key, oldest first
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """The last webhook deliveries' states, oldest first."""
+        return list(self._deliveries.values())
+
+    def delivery(self, delivery: Delivery) -> None:
+        """Keep the latest state of an event's delivery (and only the last few events')."""
+        self._deliveries.pop(delivery.event_id, None)
+        self._deliveries[delivery.event_id] = delivery
+        while len(self._deliveries) > KEEP_DELIVERIES:
+            del self._deliveries[next(iter(self._deliveries))]
 
     def count(self, result: RunResult) -> None:
         """Count one run by its result."""
@@ -341,7 +368,7 @@ class MonitorService(Service):
         )
         webhook = record.spec.webhook
         if webhook is not None and (kind != MonitorEventKind.RUN or webhook.every_run):
-            self._notifier.notify(webhook, event)
+            self._notifier.notify(webhook, event, record.delivery)
 
     def sweep_file(self, keep: Iterable[str]) -> None:
         """Remove the file monitors whose names are not in ``keep`` (a reloaded file)."""

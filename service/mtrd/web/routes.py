@@ -23,6 +23,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from mtrd.monitors.model import MonitorSource, MonitorSpec
+from mtrd.monitors.service import (
+    MonitorNameTaken,
+    MonitorNotFound,
+    MonitorReadOnly,
+    MonitorService,
+    TooManyMonitors,
+)
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
 from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
@@ -34,6 +42,8 @@ from mtrd.web.bodies import BodyCache
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
+from mtrd.web.monitor_intake import parse_monitor, parse_patch
+from mtrd.web.monitor_render import encode_event, monitor_json
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, render_report
@@ -93,7 +103,13 @@ class Api:
         vantage: str = "default",
         shared: SharedTraces | None = None,
         store_health: Callable[[], RedisHealth] | None = None,
+        monitors: MonitorService | None = None,
+        webhook_check: Callable[[str], Deferred[None]] | None = None,
     ) -> None:
+        """``monitors`` serves /monitors (404 without); ``webhook_check`` fails with
+        ``WebhookRefused`` for a webhook URL the policy refuses."""
+        self._monitors = monitors
+        self._webhook_check = webhook_check
         self._limits = limits
         self._vantage = vantage
         self._shared = shared
@@ -115,30 +131,7 @@ class Api:
     @app.route("/traces", methods=["POST"])
     def create(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Start a trace: 202 with its resource and Location."""
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise Problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the trace request as application/json",
-            )
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
-            raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
-        if nesting_depth(raw) > MAX_NESTING:
-            raise Problem(
-                400,
-                "malformed-json",
-                "Malformed JSON",
-                f"the body nests deeper than {MAX_NESTING} levels",
-            )
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Problem(
-                400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
-            ) from None
+        body = _json_body(request, "the trace request")
         submission = parse_submission(body)
         trace_request = submission.request
         if self._shared is None and submission.vantage not in (None, self._vantage):
@@ -354,7 +347,7 @@ class Api:
         await finished
 
     def _open_stream(
-        self, request: IRequest, trace_id: str
+        self, request: IRequest, trace_id: str, encoder: Callable[[Any], bytes] | None = None
     ) -> tuple[EventStream, Deferred[None], list[Callable[[], None]]]:
         """A new subscriber's stream, the Deferred that ends its response (cancelled when
         the client goes away), and the unsubscribe calls to make when the stream closes."""
@@ -373,6 +366,7 @@ class Api:
             heartbeat=self._heartbeat,
             max_backlog=self._limits.max_sse_backlog,
             on_close=closed,
+            encoder=encoder,
         )
         finished: Deferred[None] = Deferred(lambda _: stream.close())
         return stream, finished, subscription
@@ -391,6 +385,98 @@ class Api:
                 f"{limits.max_subscribers} in all",
                 headers=(("Retry-After", "5"),),
             )
+
+    # -- monitors -----------------------------------------------------------------------
+
+    def _monitor_service(self) -> MonitorService:
+        if self._monitors is None:
+            raise no_route("/monitors")
+        return self._monitors
+
+    def _owner(self, request: IRequest) -> str | None:  # noqa: ARG002
+        """The tenant asking; None until tenants exist (every monitor is everyone's)."""
+        return None
+
+    @app.route("/monitors", methods=["POST"])
+    def create_monitor(self, request: IRequest) -> Deferred[bytes]:
+        """Add a monitor: 201 with its resource and Location."""
+        monitors = self._monitor_service()
+        spec = parse_monitor(_json_body(request, "the monitor"))
+        return Deferred.fromCoroutine(self._create_monitor(request, monitors, spec))
+
+    async def _create_monitor(
+        self, request: IRequest, monitors: MonitorService, spec: MonitorSpec
+    ) -> bytes:
+        await self._check_monitor(spec)
+        record = monitors.create(spec, owner=self._owner(request), source=MonitorSource.API)
+        request.setHeader(b"Location", f"/monitors/{record.id}".encode())
+        return _json(request, 201, monitor_json(record))
+
+    async def _check_monitor(self, spec: MonitorSpec) -> None:
+        """The target and webhook policies, as for a trace: a literal target is checked
+        now (a name when each run resolves it), a webhook URL after resolving its host."""
+        if self._shared is None and spec.vantage not in (None, self._vantage):
+            raise no_live_vantage(spec.vantage, [self._vantage])
+        address = literal(spec.request.target)
+        if address is not None:
+            self._policy.check(address.address)
+        if spec.webhook is not None and self._webhook_check is not None:
+            await self._webhook_check(spec.webhook.url)
+
+    @app.route("/monitors", methods=["GET"])
+    def list_monitors(self, request: IRequest) -> bytes:
+        """Every monitor the caller may see, oldest first."""
+        monitors = self._monitor_service()
+        listed = monitors.listing(self._owner(request))
+        return _json(request, 200, {"monitors": [monitor_json(r) for r in listed]})
+
+    @app.route("/monitors/<monitor_id>", methods=["GET"])
+    def show_monitor(self, request: IRequest, monitor_id: str) -> bytes:
+        """One monitor: settings, current path, last runs, open alerts, path history."""
+        record = self._monitor_service().get(monitor_id, self._owner(request))
+        return _json(request, 200, monitor_json(record))
+
+    @app.route("/monitors/<monitor_id>", methods=["PATCH"])
+    def update_monitor(self, request: IRequest, monitor_id: str) -> Deferred[bytes]:
+        """Change any of a monitor's fields, ``paused`` included."""
+        monitors = self._monitor_service()
+        record = monitors.get(monitor_id, self._owner(request))
+        if record.source is MonitorSource.FILE:
+            raise MonitorReadOnly(record.spec.name)
+        spec = parse_patch(record.spec, _json_body(request, "the changes"))
+        return Deferred.fromCoroutine(self._update_monitor(request, monitors, monitor_id, spec))
+
+    async def _update_monitor(
+        self, request: IRequest, monitors: MonitorService, monitor_id: str, spec: MonitorSpec
+    ) -> bytes:
+        await self._check_monitor(spec)
+        record = monitors.update(monitor_id, spec, self._owner(request))
+        return _json(request, 200, monitor_json(record))
+
+    @app.route("/monitors/<monitor_id>", methods=["DELETE"])
+    def delete_monitor(self, request: IRequest, monitor_id: str) -> bytes:
+        """Remove a monitor (204); its past runs stay as traces until they expire."""
+        self._monitor_service().delete(monitor_id, self._owner(request))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/monitors/<monitor_id>/events", methods=["GET"])
+    def monitor_events(self, request: IRequest, monitor_id: str) -> Deferred[None]:
+        """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes."""
+        record = self._monitor_service().get(monitor_id, self._owner(request))
+        self._check_subscribers(record.channel.subscribers)
+        after = _start_events(request)
+        stream, finished, subscription = self._open_stream(request, monitor_id, encode_event)
+
+        def ended() -> None:
+            if not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        subscription.append(record.channel.subscribe(stream.send, after, ended))
+        if stream.closed and not finished.called:
+            finished.callback(None)
+        return finished
 
     # -- service ------------------------------------------------------------------------
 
@@ -471,6 +557,10 @@ class Api:
         StoreFull,
         NoLiveVantage,
         RedisUnavailable,
+        MonitorNotFound,
+        MonitorNameTaken,
+        MonitorReadOnly,
+        TooManyMonitors,
     )
     def domain_error(self, request: IRequest, failure: Failure) -> bytes:
         """An error of the trace domain, answered as :func:`problem_of` maps it."""
@@ -523,6 +613,34 @@ class Api:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
 
 
+def _json_body(request: IRequest, what: str) -> object:
+    """The request's JSON body, checked: its media type, its size, its nesting."""
+    content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"send {what} as application/json",
+        )
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
+    if nesting_depth(raw) > MAX_NESTING:
+        raise Problem(
+            400,
+            "malformed-json",
+            "Malformed JSON",
+            f"the body nests deeper than {MAX_NESTING} levels",
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Problem(
+            400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
+        ) from None
+
+
 def problem_of(error: Exception) -> Problem:
     """The answer to an error of the trace domain."""
     if isinstance(error, InvalidFields):
@@ -563,6 +681,20 @@ def problem_of(error: Exception) -> Problem:
             f"the shared trace store does not answer: {error}",
             headers=(("Retry-After", str(STORE_RETRY_AFTER)),),
         )
+    return _monitor_problem(error)
+
+
+def _monitor_problem(error: Exception) -> Problem:
+    """The answer to an error of the monitors."""
+    if isinstance(error, MonitorNotFound):
+        return not_found(f"monitor {error}")
+    if isinstance(error, MonitorNameTaken):
+        return Problem(409, "monitor-name-taken", "Monitor name taken", str(error),
+                       errors=(("name", "is taken"),))  # fmt: skip
+    if isinstance(error, MonitorReadOnly):
+        return Problem(409, "monitor-read-only", "Monitor is read-only", str(error))
+    if isinstance(error, TooManyMonitors):
+        return Problem(429, "too-many-monitors", "Too many monitors", str(error))
     raise TypeError(f"no problem answer for {error!r}")
 
 

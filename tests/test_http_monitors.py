@@ -1,0 +1,254 @@
+"""The /monitors routes over the real Klein resource: StubTreq, a fake network, a Clock.
+
+Every answer is checked against openapi.yaml (``Client`` validates each one).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest_twisted
+import treq
+from mtrd.monitors.model import MonitorSource, MonitorSpec
+from mtrd.monitors.runs import JobsStarter
+from mtrd.monitors.service import MonitorService
+from mtrd.tracing.model import TraceRequest
+from mtrd.web.access import Edge
+from mtrd.web.metrics import monitor_metrics
+from mtrd.web.routes import Api
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
+
+from tests.openapi import validate_response, validate_schema
+from tests.test_http import BASE, Answer, Client
+
+EVENT_SCHEMAS = {"run": "MonitorRunEvent", "path_change": "PathChangeEvent", "alert": "AlertEvent"}
+MONITOR = {"name": "gateway", "target": "203.0.113.7", "probes": 2, "interval": 0.5,
+           "max_ttl": 8, "every": 5, "jitter": 0}  # fmt: skip
+
+
+class MonitorClient(Client):
+    """The test client with a monitor service behind /monitors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.monitors = MonitorService(
+            self.clock, JobsStarter(self.jobs), rng=random.Random(5), max_monitors=3
+        )
+        self.monitors.startService()
+        self.checked: list[str] = []
+        self.api = Api(
+            pool=self.pool,
+            jobs=self.jobs,
+            store=self.store,
+            clock=self.clock,
+            metrics=self.metrics,
+            monitors=self.monitors,
+            webhook_check=self._check,
+        )
+        self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
+
+    def _check(self, url: str) -> Deferred[None]:
+        self.checked.append(url)
+        return succeed(None)
+
+    async def post_monitor(self, body: object) -> Answer:
+        return await self.send("POST", "/monitors", body)
+
+    async def send(self, method: str, path: str, body: object) -> Answer:
+        return await self.request(
+            method,
+            path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_answers_201_with_location() -> None:
+    """POST /monitors answers 201, a Location and the monitor resource."""
+    client = MonitorClient()
+    answer = await client.post_monitor(MONITOR)
+    assert answer.code == 201
+    body = answer.json()
+    assert answer.header("location") == f"/monitors/{body['id']}"
+    assert (body["name"], body["every"], body["source"]) == ("gateway", 5.0, "api")
+
+
+@pytest_twisted.ensureDeferred
+async def test_runs_show_on_the_monitor_with_links_to_their_traces() -> None:
+    """After two periods the monitor shows its runs, its path and links to stored traces."""
+    client = MonitorClient()
+    created = (await client.post_monitor(MONITOR)).json()
+    client.run_for(7)
+    body = (await client.request("GET", f"/monitors/{created['id']}")).json()
+    assert [run["result"] for run in body["runs"]] == ["reached", "reached"]
+    assert body["path"]["reached"] is True
+    assert [hop["responders"] for hop in body["path"]["hops"]][-1] == ["203.0.113.7"]
+    trace = await client.request("GET", body["runs"][0]["links"]["trace"])
+    assert trace.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_fields_are_named() -> None:
+    """Bad monitor fields and bad trace fields are named together in one 422."""
+    client = MonitorClient()
+    answer = await client.post_monitor(
+        {"name": "bad name", "target": "203.0.113.7", "every": 0.5, "probes": 0,
+         "alerts": {"loss_pct": 200}, "webhook": {"url": "ftp://x", "secret": "short"}}
+    )  # fmt: skip
+    assert answer.code == 422
+    fields = {e["field"] for e in answer.json()["errors"]}
+    assert fields == {"name", "every", "probes", "alerts.loss_pct", "webhook.url", "webhook.secret"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_taken_name_is_a_409() -> None:
+    """A second monitor with the same name is refused with 409."""
+    client = MonitorClient()
+    await client.post_monitor(MONITOR)
+    answer = await client.post_monitor(MONITOR)
+    assert answer.code == 409
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cap_is_a_429() -> None:
+    """Past --max-monitors, a new monitor is refused with 429."""
+    client = MonitorClient()
+    for n in range(3):
+        await client.post_monitor(MONITOR | {"name": f"m{n}"})
+    answer = await client.post_monitor(MONITOR | {"name": "m3"})
+    assert answer.code == 429
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_target_is_a_403() -> None:
+    """A literal target the policy refuses is refused at creation."""
+    client = MonitorClient()
+    answer = await client.post_monitor(MONITOR | {"target": "169.254.169.254"})
+    assert answer.code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_webhook_url_is_checked_and_its_secret_not_shown() -> None:
+    """A webhook URL goes through the webhook check; the secret never comes back."""
+    client = MonitorClient()
+    hook = {"url": "http://198.51.100.9/hook", "secret": "s3cret-s3cret"}
+    answer = await client.post_monitor(MONITOR | {"webhook": hook})
+    assert client.checked == ["http://198.51.100.9/hook"]
+    assert answer.json()["webhook"] == {"url": "http://198.51.100.9/hook", "every_run": False}
+    assert "s3cret" not in answer.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_pauses_and_keeps_other_fields() -> None:
+    """PATCH {"paused": true} pauses the monitor and leaves the rest as it was."""
+    client = MonitorClient()
+    created = (await client.post_monitor(MONITOR)).json()
+    answer = await client.send("PATCH", f"/monitors/{created['id']}", {"paused": True})
+    assert answer.code == 200
+    body = answer.json()
+    assert body["paused"] is True
+    assert body["next_run_at"] is None
+    assert (body["every"], body["request"]["probes"]) == (5.0, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_can_change_the_protocol() -> None:
+    """PATCH to tcp gives tcp's default port; the request is read again whole."""
+    client = MonitorClient()
+    created = (await client.post_monitor(MONITOR)).json()
+    answer = await client.send("PATCH", f"/monitors/{created['id']}", {"protocol": "tcp"})
+    assert answer.json()["request"]["port"] == 80
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_answers_204_then_404() -> None:
+    """DELETE removes the monitor; it is then not found."""
+    client = MonitorClient()
+    created = (await client.post_monitor(MONITOR)).json()
+    assert (await client.request("DELETE", f"/monitors/{created['id']}")).code == 204
+    assert (await client.request("GET", f"/monitors/{created['id']}")).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_monitors_are_read_only_through_the_api() -> None:
+    """PATCH and DELETE of a monitor from the monitors file answer 409."""
+    client = MonitorClient()
+    spec = MonitorSpec("from-file", TraceRequest("203.0.113.7"), every=60.0)
+    record = client.monitors.create(spec, source=MonitorSource.FILE)
+    patched = await client.send("PATCH", f"/monitors/{record.id}", {"paused": True})
+    deleted = await client.request("DELETE", f"/monitors/{record.id}")
+    assert (patched.code, deleted.code) == (409, 409)
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_shows_every_monitor() -> None:
+    """GET /monitors lists the monitors, oldest first."""
+    client = MonitorClient()
+    await client.post_monitor(MONITOR | {"name": "a"})
+    await client.post_monitor(MONITOR | {"name": "b"})
+    body = (await client.request("GET", "/monitors")).json()
+    assert [m["name"] for m in body["monitors"]] == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_monitors_the_routes_are_404() -> None:
+    """A process without a monitor service answers 404 on /monitors."""
+    client = Client()
+    answer = await client.request("GET", "/monitors")
+    assert answer.code == 404
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(
+            line.partition(": ")[::2] for line in block.splitlines() if not line.startswith(":")
+        )
+        if "event" in fields:
+            data = json.loads(fields["data"])
+            validate_schema(EVENT_SCHEMAS[fields["event"]], data)
+            events.append({"id": int(fields["id"]), "event": fields["event"], "data": data})
+    return events
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_stream_runs_and_resume_after_last_event_id() -> None:
+    """The event stream sends run events; Last-Event-ID resumes after that id."""
+    client = MonitorClient()
+    created = (await client.post_monitor(MONITOR)).json()
+    client.run_for(7)
+    path = f"/monitors/{created['id']}/events"
+    response = await client.stub.get(BASE + path, headers={"Last-Event-ID": "1"})
+    validate_response("GET", path, 200, response.headers.getRawHeaders("content-type")[0], b"")
+    chunks: list[bytes] = []
+    done = treq.collect(response, chunks.append)
+    client.run_for(5)
+    await client.request("DELETE", f"/monitors/{created['id']}")
+    client.stub.flush()
+    await done
+    events = _events(b"".join(chunks).decode())
+    assert [e["id"] for e in events] == [2, 3]
+    assert {e["event"] for e in events} == {"run"}
+    assert events[0]["data"]["run"]["result"] == "reached"
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_show_each_monitor() -> None:
+    """/metrics has the runs, destination figures, hop figures and path of a monitor."""
+    client = MonitorClient()
+    client.metrics.watch(lambda: monitor_metrics(client.monitors.records()))
+    await client.post_monitor(MONITOR)
+    client.run_for(7)
+    path_id = client.monitors.listing()[0].path.current.path_id  # type: ignore[union-attr]
+    text = (await client.request("GET", "/metrics")).body.decode()
+    assert 'mtrd_monitor_runs_total{monitor="gateway",result="reached"} 2.0' in text
+    assert 'mtrd_monitor_destination_reached{monitor="gateway"} 1.0' in text
+    assert 'mtrd_monitor_destination_loss_ratio{monitor="gateway"} 0.0' in text
+    assert 'mtrd_monitor_destination_rtt_seconds{monitor="gateway"} 0.01' in text
+    assert 'mtrd_monitor_hop_loss_ratio{monitor="gateway",ttl="1"} 0.0' in text
+    assert f'mtrd_monitor_path_info{{monitor="gateway",path_id="{path_id}"}} 1.0' in text
+    assert 'mtrd_monitor_alert_firing{alert="unreachable",monitor="gateway"} 0.0' in text
