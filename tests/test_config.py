@@ -100,6 +100,8 @@ BAD_VALUES = [
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
     ("--max-monitors", "-1", "expected a whole number >= 0"),
+    ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
+    ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
 ]
 
 

@@ -17,12 +17,15 @@ from mtrd.monitors.service import MonitorService
 from mtrd.tracing.model import TraceRequest
 from mtrd.web.access import Edge
 from mtrd.web.metrics import monitor_metrics
+from mtrd.web.monitor_render import webhook_body
 from mtrd.web.routes import Api
+from mtrd.webhooks.delivery import WebhookSender
+from mtrd.webhooks.notify import MonitorWebhooks
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
 
 from tests.openapi import validate_response, validate_schema
 from tests.test_http import BASE, Answer, Client
+from tests.test_webhooks import SECRET, Names, Receiver
 
 EVENT_SCHEMAS = {"run": "MonitorRunEvent", "path_change": "PathChangeEvent", "alert": "AlertEvent"}
 MONITOR = {"name": "gateway", "target": "203.0.113.7", "probes": 2, "interval": 0.5,
@@ -34,11 +37,17 @@ class MonitorClient(Client):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.receiver = Receiver()
+        self.webhooks = WebhookSender(self.clock, Names(), self.receiver, rng=random.Random(4))
+        self.webhooks.startService()
         self.monitors = MonitorService(
-            self.clock, JobsStarter(self.jobs), rng=random.Random(5), max_monitors=3
+            self.clock,
+            JobsStarter(self.jobs),
+            notifier=MonitorWebhooks(self.webhooks, webhook_body),
+            rng=random.Random(5),
+            max_monitors=3,
         )
         self.monitors.startService()
-        self.checked: list[str] = []
         self.api = Api(
             pool=self.pool,
             jobs=self.jobs,
@@ -46,13 +55,9 @@ class MonitorClient(Client):
             clock=self.clock,
             metrics=self.metrics,
             monitors=self.monitors,
-            webhook_check=self._check,
+            webhooks=self.webhooks,
         )
         self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
-
-    def _check(self, url: str) -> Deferred[None]:
-        self.checked.append(url)
-        return succeed(None)
 
     async def post_monitor(self, body: object) -> Answer:
         return await self.send("POST", "/monitors", body)
@@ -97,7 +102,7 @@ async def test_invalid_fields_are_named() -> None:
     client = MonitorClient()
     answer = await client.post_monitor(
         {"name": "bad name", "target": "203.0.113.7", "every": 0.5, "probes": 0,
-         "alerts": {"loss_pct": 200}, "webhook": {"url": "ftp://x", "secret": "short"}}
+         "alerts": {"loss_pct": 200}, "webhook": {"url": "ftp://x", "secret": "plain"}}
     )  # fmt: skip
     assert answer.code == 422
     fields = {e["field"] for e in answer.json()["errors"]}
@@ -132,14 +137,69 @@ async def test_a_refused_target_is_a_403() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_webhook_url_is_checked_and_its_secret_not_shown() -> None:
-    """A webhook URL goes through the webhook check; the secret never comes back."""
+async def test_the_webhook_secret_is_never_shown() -> None:
+    """A monitor's webhook shows its URL, never its secret."""
     client = MonitorClient()
-    hook = {"url": "http://198.51.100.9/hook", "secret": "s3cret-s3cret"}
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET}
     answer = await client.post_monitor(MONITOR | {"webhook": hook})
-    assert client.checked == ["http://198.51.100.9/hook"]
     assert answer.json()["webhook"] == {"url": "http://198.51.100.9/hook", "every_run": False}
-    assert "s3cret" not in answer.body.decode()
+    assert SECRET.removeprefix("whsec_") not in answer.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_local_webhook_is_a_403_naming_the_rule() -> None:
+    """A webhook URL that resolves to a link-local address is refused at creation."""
+    client = MonitorClient()
+    hook = {"url": "http://169.254.169.254/latest", "secret": SECRET}
+    answer = await client.post_monitor(MONITOR | {"webhook": hook})
+    assert answer.code == 403
+    assert answer.json()["errors"][0]["field"] == "webhook.url"
+    assert "link-local" in answer.json()["errors"][0]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_monitor_webhooks_are_delivered_and_shown_on_the_monitor() -> None:
+    """With every_run, each run is delivered, and the deliveries show on the monitor."""
+    client = MonitorClient()
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET, "every_run": True}
+    created = (await client.post_monitor(MONITOR | {"webhook": hook})).json()
+    client.run_for(7)
+    bodies = [json.loads(p["body"]) for p in client.receiver.posts]
+    for body in bodies:
+        validate_schema("MonitorWebhook", body)
+    assert [b["type"] for b in bodies] == ["monitor.run", "monitor.run"]
+    assert bodies[0]["data"]["run"]["result"] == "reached"
+    monitor = (await client.request("GET", f"/monitors/{created['id']}")).json()
+    assert [d["status"] for d in monitor["deliveries"]] == ["delivered", "delivered"]
+    assert monitor["deliveries"][0]["event_id"] == f"{created['id']}.2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trace_webhook_is_called_when_it_finishes() -> None:
+    """POST /traces with a webhook delivers the final trace once it ends."""
+    client = MonitorClient()
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET}
+    body = {"target": "203.0.113.7", "probes": 2, "interval": 0.5, "max_ttl": 8, "webhook": hook}
+    created = (await client.send("POST", "/traces", body)).json()
+    assert client.receiver.posts == []
+    client.run_for(5)
+    (post,) = client.receiver.posts
+    delivered = json.loads(post["body"])
+    validate_schema("TraceWebhook", delivered)
+    assert delivered["type"] == "trace.finished"
+    assert delivered["data"]["id"] == created["id"]
+    assert delivered["data"]["status"] == "completed"
+    assert post["headers"]["webhook-id"] == f"{created['id']}.done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_trace_webhook_is_named_with_the_other_fields() -> None:
+    """A bad webhook on POST /traces is named in the same 422 as the trace's fields."""
+    client = MonitorClient()
+    body = {"target": "203.0.113.7", "probes": 0, "webhook": {"url": "x", "secret": SECRET}}
+    answer = await client.send("POST", "/traces", body)
+    assert answer.code == 422
+    assert {e["field"] for e in answer.json()["errors"]} == {"probes", "webhook.url"}
 
 
 @pytest_twisted.ensureDeferred

@@ -39,8 +39,19 @@ from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import AccessLog, Edge
 from mtrd.web.auth import AuthGuard, BearerAuth
 from mtrd.web.framing import ProblemChannel
-from mtrd.web.metrics import MeteredProber, Metrics, counter, gauge, monitor_metrics
+from mtrd.web.metrics import (
+    MeteredProber,
+    Metrics,
+    counter,
+    gauge,
+    monitor_metrics,
+    webhook_metrics,
+)
+from mtrd.web.monitor_render import webhook_body
 from mtrd.web.routes import Api
+from mtrd.webhooks.delivery import WebhookSender
+from mtrd.webhooks.http import TreqPoster
+from mtrd.webhooks.notify import MonitorWebhooks
 
 log = Logger(namespace="mtrd")
 
@@ -101,9 +112,10 @@ def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
     yield outstanding
 
 
-def _monitor_state(monitors: MonitorService) -> Iterable[Metric]:
+def _monitor_state(monitors: MonitorService, webhooks: WebhookSender) -> Iterable[Metric]:
     yield gauge("mtrd_monitors", "Monitors held", len(monitors))
     yield from monitor_metrics(monitors.records())
+    yield from webhook_metrics(webhooks)
 
 
 def _freeze_start_up() -> None:
@@ -250,10 +262,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     pool = ProbePool(reactor, config.pool)
     metrics = Metrics()
     replica = replica_id()
+    resolver = TargetResolver(dns_resolver(config.dns_servers))
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
-        TargetResolver(dns_resolver(config.dns_servers)),
+        resolver,
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,
@@ -273,11 +286,13 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         stop_grace=config.shutdown_grace,
     )
     # Monitors run in memory mode (their runs go through the jobs); Redis mode has none yet.
+    webhooks = WebhookSender(reactor, resolver, TreqPoster(reactor), policy=config.webhook_policy)
     monitors = None
     if not isinstance(config.backend, RedisStore):
         monitors = MonitorService(
             reactor,
             JobsStarter(jobs),
+            notifier=MonitorWebhooks(webhooks, webhook_body),
             max_monitors=config.max_monitors,
             on_started=metrics.run_started,
         )
@@ -298,6 +313,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         shared=None if shared is None else shared.front,
         store_health=None if shared is None else lambda: _replica_health(shared),
         monitors=monitors,
+        webhooks=webhooks,
     )
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
     resource: Any = api.app.resource()
@@ -312,10 +328,12 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     if shared is None:
         metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
         services = MtrdService(api, jobs, access_log)
-        parts: tuple[Any, ...] = (listener, pool, store, jobs)
+        # Stopped in reverse: monitors first (no run starts while the jobs drain), the
+        # webhook sender after the jobs (the webhooks of the last traces still go out).
+        parts: tuple[Any, ...] = (listener, pool, webhooks, store, jobs)
         if monitors is not None:
-            metrics.watch(lambda: _monitor_state(monitors))
-            parts += (monitors,)  # stopped first: no run starts while the jobs drain
+            metrics.watch(lambda: _monitor_state(monitors, webhooks))
+            parts += (monitors,)
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front

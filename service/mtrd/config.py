@@ -24,6 +24,7 @@ from mtrd.tracing.redis.settings import (
 from mtrd.tracing.store import StoreLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
 from mtrd.web.limits import EdgeLimits
+from mtrd.webhooks.policy import WebhookPolicy
 
 
 @attrs.frozen
@@ -46,6 +47,7 @@ class ServeConfig:
     backend: StoreSetting = attrs.Factory(MemoryStore)
     vantage: str = "default"
     max_monitors: int = 200
+    webhook_policy: WebhookPolicy = attrs.Factory(WebhookPolicy)
 
 
 class SettingError(ValueError):
@@ -244,6 +246,9 @@ OPTIONS = (
            "replicas with one vantage share its work", _vantage),
     Option("--max-monitors", "200", "monitors at most (each re-runs a trace on a schedule)",
            _whole(0)),
+    Option("--allow-webhooks", "", "comma-separated CIDRs; when set, webhooks may only be "
+           "sent to these", _networks),
+    Option("--deny-webhooks", "", "comma-separated CIDRs webhooks are never sent to", _networks),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -352,4 +357,5 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         backend=value["store"],
         vantage=value["vantage"],
         max_monitors=value["max_monitors"],
+        webhook_policy=WebhookPolicy(allow=value["allow_webhooks"], deny=value["deny_webhooks"]),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import attrs
@@ -369,10 +369,3 @@ class MonitorService(Service):
         webhook = record.spec.webhook
         if webhook is not None and (kind != MonitorEventKind.RUN or webhook.every_run):
             self._notifier.notify(webhook, event, record.delivery)
-
-    def sweep_file(self, keep: Iterable[str]) -> None:
-        """Remove the file monitors whose names are not in ``keep`` (a reloaded file)."""
-        names = set(keep)
-        for record in list(self._records.values()):
-            if record.source is MonitorSource.FILE and record.spec.name not in names:
-                self.delete(record.id, force=True)

@@ -30,10 +30,11 @@ from twisted.python.failure import Failure
 
 from mtrd.engine.probe import ProbeReply, ProbeRequest
 from mtrd.monitors.alerts import destination_hop
-from mtrd.monitors.model import AlertKind, RunResult
+from mtrd.monitors.model import AlertKind, DeliveryStatus, RunResult
 from mtrd.monitors.service import MonitorRecord
 from mtrd.tracing.model import Trace
 from mtrd.tracing.rounds import Prober
+from mtrd.webhooks.delivery import WebhookSender
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -280,3 +281,18 @@ def monitor_metrics(records: Iterable[MonitorRecord]) -> Iterable[Metric]:
             if each.rtt_ms.avg is not None:
                 hop_rtt.add_metric([name, ttl], each.rtt_ms.avg / 1000)
     return (runs, reached, loss, rtt, hop_loss, hop_rtt, changes, path, alerts)
+
+
+def webhook_metrics(sender: WebhookSender) -> Iterable[Metric]:
+    """The webhook sender's queue and outcomes, read at scrape time."""
+    outcomes = CounterMetricFamily(
+        "mtrd_webhook_deliveries",
+        "Webhook deliveries that ended, by result (dropped: the queue was full)",
+        labels=["result"],
+    )
+    for status in DeliveryStatus:
+        if status is not DeliveryStatus.PENDING:
+            outcomes.add_metric([status.value], sender.outcomes.get(status, 0))
+    yield outcomes
+    yield counter("mtrd_webhook_attempts", "Webhook delivery attempts", sender.attempts)
+    yield gauge("mtrd_webhooks_queued", "Webhook deliveries waiting to be sent", sender.queued)

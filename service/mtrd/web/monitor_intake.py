@@ -20,6 +20,7 @@ from mtrd.monitors.model import (
 )
 from mtrd.web.intake import InvalidFields, parse_submission
 from mtrd.web.render import request_json
+from mtrd.webhooks.signing import BadSecret, secret_key
 
 MAX_EVERY = 86_400.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -56,9 +57,15 @@ def parse_webhook(value: object, field: str, errors: list[tuple[str, str]]) -> W
         elif parts.username or parts.password or (port is not None and port == 0):
             errors.append((f"{field}.url", "must not carry credentials or port 0"))
             ok = False
-    if not isinstance(secret, str) or not 8 <= len(secret) <= 256:
-        errors.append((f"{field}.secret", "must be a string of 8 to 256 characters"))
+    if not isinstance(secret, str):
+        errors.append((f"{field}.secret", "must be a string: whsec_ and the base64 of a key"))
         ok = False
+    else:
+        try:
+            secret_key(secret)
+        except BadSecret as e:
+            errors.append((f"{field}.secret", str(e)))
+            ok = False
     if not isinstance(every_run, bool):
         errors.append((f"{field}.every_run", "must be a boolean"))
         ok = False

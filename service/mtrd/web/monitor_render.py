@@ -9,7 +9,8 @@ from mtrd.monitors.events import AlertChange, MonitorEvent
 from mtrd.monitors.model import Run
 from mtrd.monitors.path import Path, PathChange
 from mtrd.monitors.service import MonitorRecord
-from mtrd.web.render import request_json, rfc3339
+from mtrd.tracing.model import Trace
+from mtrd.web.render import request_json, rfc3339, trace_json
 
 
 def monitor_links(monitor_id: str) -> dict[str, str]:
@@ -85,6 +86,16 @@ def webhook_body(event: MonitorEvent) -> bytes:
         "type": f"monitor.{event.kind}",
         "timestamp": rfc3339(event.at),
         "data": event_data(event),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def trace_webhook_body(trace: Trace) -> bytes:
+    """The webhook of a trace that finished: its final resource."""
+    document = {
+        "type": "trace.finished",
+        "timestamp": rfc3339(trace.finished_at),
+        "data": trace_json(trace),
     }
     return json.dumps(document, separators=(",", ":")).encode()
 

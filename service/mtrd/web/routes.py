@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from mtrd.monitors.model import MonitorSource, MonitorSpec
+from mtrd.monitors.model import MonitorSource, MonitorSpec, WebhookTarget
 from mtrd.monitors.service import (
     MonitorNameTaken,
     MonitorNotFound,
@@ -39,15 +39,17 @@ from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
 from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
 from mtrd.web.bodies import BodyCache
-from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
+from mtrd.web.intake import InvalidFields, Submission, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
-from mtrd.web.monitor_intake import parse_monitor, parse_patch
-from mtrd.web.monitor_render import encode_event, monitor_json
+from mtrd.web.monitor_intake import parse_monitor, parse_patch, parse_webhook
+from mtrd.web.monitor_render import encode_event, monitor_json, trace_webhook_body
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, render_report
 from mtrd.web.sse import EventStream
+from mtrd.webhooks.delivery import WebhookSender
+from mtrd.webhooks.policy import WebhookRefused, WebhookUnresolved
 
 if TYPE_CHECKING:
     from mtrd.tracing.redis.connection import RedisHealth
@@ -104,12 +106,12 @@ class Api:
         shared: SharedTraces | None = None,
         store_health: Callable[[], RedisHealth] | None = None,
         monitors: MonitorService | None = None,
-        webhook_check: Callable[[str], Deferred[None]] | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
-        """``monitors`` serves /monitors (404 without); ``webhook_check`` fails with
-        ``WebhookRefused`` for a webhook URL the policy refuses."""
+        """``monitors`` serves /monitors (404 without); ``webhooks`` checks webhook URLs
+        and delivers the webhooks of traces."""
         self._monitors = monitors
-        self._webhook_check = webhook_check
+        self._webhooks = webhooks
         self._limits = limits
         self._vantage = vantage
         self._shared = shared
@@ -131,8 +133,7 @@ class Api:
     @app.route("/traces", methods=["POST"])
     def create(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Start a trace: 202 with its resource and Location."""
-        body = _json_body(request, "the trace request")
-        submission = parse_submission(body)
+        submission, webhook = _read_trace(_json_body(request, "the trace request"))
         trace_request = submission.request
         if self._shared is None and submission.vantage not in (None, self._vantage):
             raise no_live_vantage(submission.vantage, [self._vantage])
@@ -144,6 +145,8 @@ class Api:
                 "mtrd is shutting down and takes no new traces",
                 headers=(("Retry-After", "5"),),
             )
+        if webhook is not None and (self._shared is not None or self._webhooks is None):
+            raise invalid_fields([("webhook", "webhooks of traces need the in-memory store")])
         if self._shared is not None:
             # Some replica of the vantage runs it: this one's workers do not matter here.
             address = literal(trace_request.target)
@@ -171,7 +174,29 @@ class Api:
                 f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
                 headers=(("Retry-After", "2"),),
             )
+        if webhook is not None:
+            return Deferred.fromCoroutine(self._create_hooked(request, trace_request, webhook))
         record = self._jobs.submit(trace_request)
+        request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
+        return _body(request, 202, self._bodies.body(record))
+
+    async def _create_hooked(
+        self, request: IRequest, trace_request: TraceRequest, webhook: WebhookTarget
+    ) -> bytes:
+        """A trace whose end is delivered to ``webhook`` (checked first, as for monitors)."""
+        sender = self._webhooks
+        assert sender is not None
+        await sender.check(webhook.url)
+        record = self._jobs.submit(trace_request)
+
+        def heard(event: Event) -> None:
+            if event.kind == "done":
+                assert isinstance(event.value, Trace)
+                trace_id = event.value.id
+                body = trace_webhook_body(event.value)
+                sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+
+        record.channel.subscribe(heard)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
 
@@ -420,8 +445,10 @@ class Api:
         address = literal(spec.request.target)
         if address is not None:
             self._policy.check(address.address)
-        if spec.webhook is not None and self._webhook_check is not None:
-            await self._webhook_check(spec.webhook.url)
+        if spec.webhook is not None:
+            if self._webhooks is None:
+                raise invalid_fields([("webhook", "webhooks are not available here")])
+            await self._webhooks.check(spec.webhook.url)
 
     @app.route("/monitors", methods=["GET"])
     def list_monitors(self, request: IRequest) -> bytes:
@@ -561,6 +588,8 @@ class Api:
         MonitorNameTaken,
         MonitorReadOnly,
         TooManyMonitors,
+        WebhookRefused,
+        WebhookUnresolved,
     )
     def domain_error(self, request: IRequest, failure: Failure) -> bytes:
         """An error of the trace domain, answered as :func:`problem_of` maps it."""
@@ -611,6 +640,22 @@ class Api:
 
     def _render(self, request: IRequest, problem: Problem) -> bytes:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
+
+
+def _read_trace(body: object) -> tuple[Submission, WebhookTarget | None]:
+    """A POSTed trace and its optional ``webhook``; one error names every field at fault."""
+    if not isinstance(body, dict) or "webhook" not in body:
+        return parse_submission(body), None
+    errors: list[tuple[str, str]] = []
+    raw = body["webhook"]
+    webhook = None if raw is None else parse_webhook(raw, "webhook", errors)
+    try:
+        submission = parse_submission({k: v for k, v in body.items() if k != "webhook"})
+    except InvalidFields as e:
+        raise InvalidFields(e.errors + errors) from None
+    if errors:
+        raise InvalidFields(errors)
+    return submission, webhook
 
 
 def _json_body(request: IRequest, what: str) -> object:
@@ -695,6 +740,11 @@ def _monitor_problem(error: Exception) -> Problem:
         return Problem(409, "monitor-read-only", "Monitor is read-only", str(error))
     if isinstance(error, TooManyMonitors):
         return Problem(429, "too-many-monitors", "Too many monitors", str(error))
+    if isinstance(error, WebhookRefused):
+        return Problem(403, "forbidden-webhook", "Forbidden webhook", str(error),
+                       errors=(("webhook.url", error.rule),))  # fmt: skip
+    if isinstance(error, WebhookUnresolved):
+        return invalid_fields([("webhook.url", str(error))])
     raise TypeError(f"no problem answer for {error!r}")
 
 
