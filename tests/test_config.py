@@ -102,6 +102,7 @@ BAD_VALUES = [
     ("--max-monitors", "-1", "expected a whole number >= 0"),
     ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
     ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
+    ("--monitors-file", "/nonexistent/monitors.yaml", "cannot read /nonexistent/monitors.yaml"),
 ]
 
 

@@ -9,6 +9,7 @@ import errno
 import gc
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints, task
+from twisted.internet import endpoints, task, threads
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
@@ -48,12 +49,14 @@ from mtrd.web.metrics import (
     webhook_metrics,
 )
 from mtrd.web.monitor_render import webhook_body
+from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
 from mtrd.webhooks.http import TreqPoster
 from mtrd.webhooks.notify import MonitorWebhooks
 
 log = Logger(namespace="mtrd")
+MONITORS_FILE = "monitors-file"
 
 
 class QuietSite(Site):
@@ -334,6 +337,16 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         if monitors is not None:
             metrics.watch(lambda: _monitor_state(monitors, webhooks))
             parts += (monitors,)
+            if config.monitors_file is not None:
+                monitors_file = MonitorsFile(
+                    config.monitors_file,
+                    monitors,
+                    lambda path: threads.deferToThreadPool(
+                        reactor, reactor.getThreadPool(), read_monitors_file, path
+                    ),
+                )
+                monitors_file.setName(MONITORS_FILE)
+                parts += (monitors_file,)
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front
@@ -443,6 +456,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         store=str(config.backend),
         vantage=config.vantage,
     )
+    _reload_on_hangup(reactor, services)
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:
@@ -451,6 +465,16 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(shutdown()))
     await done
+
+
+def _reload_on_hangup(reactor: Any, services: MtrdService) -> None:
+    """SIGHUP reloads the monitors file, when there is one."""
+    try:
+        monitors_file = services.getServiceNamed(MONITORS_FILE)
+    except KeyError:
+        return
+    assert isinstance(monitors_file, MonitorsFile)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(monitors_file.reload))
 
 
 def run(config: ServeConfig) -> None:

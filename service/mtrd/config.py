@@ -24,6 +24,7 @@ from mtrd.tracing.redis.settings import (
 from mtrd.tracing.store import StoreLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
 from mtrd.web.limits import EdgeLimits
+from mtrd.web.monitors_file import MonitorsFileError, read_monitors_file
 from mtrd.webhooks.policy import WebhookPolicy
 
 
@@ -48,6 +49,7 @@ class ServeConfig:
     vantage: str = "default"
     max_monitors: int = 200
     webhook_policy: WebhookPolicy = attrs.Factory(WebhookPolicy)
+    monitors_file: str | None = None
 
 
 class SettingError(ValueError):
@@ -188,6 +190,16 @@ def _tokens_file(path: str) -> tuple[bytes, ...]:
         raise SettingError(f"{path}: {e}") from None
 
 
+def _monitors_file(path: str) -> str:
+    # Read once here so that a bad file stops mtrd at start with the reason; the service
+    # reads it again when it starts, and on SIGHUP.
+    try:
+        read_monitors_file(path)
+    except MonitorsFileError as e:
+        raise SettingError(str(e)) from None
+    return path
+
+
 @attrs.frozen
 class Option:
     """One ``serve`` flag: its MTRD_* variable is derived from its name."""
@@ -249,6 +261,8 @@ OPTIONS = (
     Option("--allow-webhooks", "", "comma-separated CIDRs; when set, webhooks may only be "
            "sent to these", _networks),
     Option("--deny-webhooks", "", "comma-separated CIDRs webhooks are never sent to", _networks),
+    Option("--monitors-file", None, "YAML file of monitors (read-only through the API), "
+           "loaded at start and on SIGHUP", _monitors_file),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -358,4 +372,5 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         vantage=value["vantage"],
         max_monitors=value["max_monitors"],
         webhook_policy=WebhookPolicy(allow=value["allow_webhooks"], deny=value["deny_webhooks"]),
+        monitors_file=value["monitors_file"],
     )
