@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, http, latency, replicas, sse
+from bench import e2e, http, latency, monitors, replicas, sse
 from bench.common import RESULTS, ROOT
 
 MODES: dict[str, dict[str, Any]] = {
@@ -36,6 +36,8 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 10,
         "http_seconds": 2,
         "redis_traces": 50,
+        "monitors": 20,
+        "monitors_seconds": 10,
         "profile": False,
     },
     "full": {
@@ -49,6 +51,8 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 100,
         "http_seconds": 20,
         "redis_traces": 1000,
+        "monitors": 200,
+        "monitors_seconds": 60,
         "profile": True,
     },
 }
@@ -129,6 +133,7 @@ def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         ("memory", lambda: subprocess_json("bench.memory", str(p["memory_traces"]), timeout=600)),
         ("http", lambda: http.run(lab, p["http_stored"], p["http_seconds"], profile=p["profile"])),
         ("redis", lambda: replicas.run(lab, p["redis_traces"])),
+        ("monitors", lambda: monitors.run(lab, p["monitors"], p["monitors_seconds"])),
     ]
     for name, part in parts:
         started = time.monotonic()
@@ -259,6 +264,19 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             None,
             BOUNDS["replicas"],
         )
+    if "monitors" in r:
+        x = r["monitors"]
+        late = x["lateness_ms"]
+        row(
+            f"8. {x['monitors']} monitors every second for {x['seconds']:.0f} s: run lateness",
+            f"p50 {late['p50']:.1f} ms, p99 {late['p99']:.1f} ms (max {late['max']:.1f}); "
+            f"{x['runs_seen']:,} runs, {x['skipped']} skipped; mtrd CPU "
+            f"{x['cpu_share']:.2f} of a core ({x['cpu_ms_per_run']:.2f} ms per run), "
+            f"mtr-packet {x['workers_cpu_share']:.2f}",
+            "no run skipped",
+            x["skipped"] == 0,
+            BOUNDS["monitors"],
+        )
     return rows
 
 
@@ -300,6 +318,9 @@ BOUNDS = {
     "appends 5%: a command per write, each its own syscall and Deferred chain",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
+    "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
+    "events) plus the monitor's bookkeeping, and a run starts late when its timer waits "
+    "behind the reactor's other work (bench/results/monitors.md: a first measurement)",
     "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
     "mtrd adds per request the access-log line (held and written in batches: a write per "
     "request to unbuffered stdout cost ~15%), request metrics, ETag and Vary headers. Single "

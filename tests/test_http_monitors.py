@@ -9,14 +9,15 @@ import json
 import random
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from mtrd.monitors.model import MonitorSource, MonitorSpec
 from mtrd.monitors.runs import JobsStarter
 from mtrd.monitors.service import MonitorService
 from mtrd.tracing.model import TraceRequest
-from mtrd.web.access import Edge
-from mtrd.web.metrics import monitor_metrics
+from mtrd.web.access import Edge, route_of
+from mtrd.web.metrics import monitor_metrics, webhook_metrics
 from mtrd.web.monitor_render import webhook_body
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
@@ -175,6 +176,21 @@ async def test_monitor_webhooks_are_delivered_and_shown_on_the_monitor() -> None
 
 
 @pytest_twisted.ensureDeferred
+async def test_metrics_count_webhook_deliveries() -> None:
+    """/metrics counts webhook deliveries by result, attempts, and what waits."""
+    client = MonitorClient()
+    client.metrics.watch(lambda: webhook_metrics(client.webhooks))
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET, "every_run": True}
+    await client.post_monitor(MONITOR | {"webhook": hook})
+    client.run_for(7)
+    text = (await client.request("GET", "/metrics")).body.decode()
+    assert 'mtrd_webhook_deliveries_total{result="delivered"} 2.0' in text
+    assert 'mtrd_webhook_deliveries_total{result="dropped"} 0.0' in text
+    assert "mtrd_webhook_attempts_total 2.0" in text
+    assert "mtrd_webhooks_queued 0.0" in text
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_trace_webhook_is_called_when_it_finishes() -> None:
     """POST /traces with a webhook delivers the final trace once it ends."""
     client = MonitorClient()
@@ -222,6 +238,21 @@ async def test_patch_can_change_the_protocol() -> None:
     created = (await client.post_monitor(MONITOR)).json()
     answer = await client.send("PATCH", f"/monitors/{created['id']}", {"protocol": "tcp"})
     assert answer.json()["request"]["port"] == 80
+
+
+@pytest_twisted.ensureDeferred
+async def test_patch_merges_the_webhook_object() -> None:
+    """PATCH {"webhook": {"every_run": true}} keeps the URL and the secret."""
+    client = MonitorClient()
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET}
+    created = (await client.post_monitor(MONITOR | {"webhook": hook})).json()
+    answer = await client.send(
+        "PATCH", f"/monitors/{created['id']}", {"webhook": {"every_run": True}}
+    )
+    assert answer.json()["webhook"] == {"url": "http://198.51.100.9/hook", "every_run": True}
+    spec = client.monitors.get(created["id"]).spec
+    assert spec.webhook is not None
+    assert spec.webhook.secret == SECRET
 
 
 @pytest_twisted.ensureDeferred
@@ -312,3 +343,17 @@ async def test_metrics_show_each_monitor() -> None:
     assert 'mtrd_monitor_hop_loss_ratio{monitor="gateway",ttl="1"} 0.0' in text
     assert f'mtrd_monitor_path_info{{monitor="gateway",path_id="{path_id}"}} 1.0' in text
     assert 'mtrd_monitor_alert_firing{alert="unreachable",monitor="gateway"} 0.0' in text
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/monitors", "/monitors"),
+        ("/monitors/m-abcdefgh12345678", "/monitors/{id}"),
+        ("/monitors/m-abcdefgh12345678/events", "/monitors/{id}/events"),
+        ("/monitors/m-abc/x/y", "other"),
+    ],
+)
+def test_monitor_paths_are_one_metrics_label_each(path: str, route: str) -> None:
+    """Monitor ids do not become metric labels: each path maps to its route template."""
+    assert route_of(path) == route

@@ -26,7 +26,7 @@ from mtrd.monitors.service import (
     TooManyMonitors,
 )
 from mtrd.tracing.jobs import QueueFull, TraceJobs
-from mtrd.tracing.model import Trace, TraceRequest
+from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from twisted.internet.task import Clock
@@ -86,7 +86,8 @@ def make(
 def spec(name: str = "api", **kwargs: object) -> MonitorSpec:
     values: dict[str, object] = {"every": 10.0, "jitter": 0.0, "confirm_runs": 1}
     values.update(kwargs)
-    return MonitorSpec(name, REQUEST, **values)  # type: ignore[arg-type]
+    request = values.pop("request", REQUEST)
+    return MonitorSpec(name, request, **values)  # type: ignore[arg-type]
 
 
 def tick(clock: Clock, seconds: int) -> None:
@@ -290,3 +291,29 @@ def test_runs_through_the_jobs_are_ordinary_traces() -> None:
     (run,) = record.runs
     assert run.result is RunResult.REACHED
     assert store.get(run.trace_id or "") is not None
+
+
+def test_a_failed_run_changes_neither_path_nor_alerts() -> None:
+    """A run whose trace failed is counted as failed; the path and open alerts stay."""
+    failed = run_trace(A, C, DEST, status=TraceStatus.FAILED)
+    service, clock, _, _ = make([run_trace(A, B, DEST), failed])
+    record = service.create(spec(alerts=Alerts(unreachable=True)))
+    tick(clock, 1)
+    path_id = record.path.current.path_id  # type: ignore[union-attr]
+    tick(clock, 10)
+    assert [r.result for r in record.runs] == [RunResult.REACHED, RunResult.FAILED]
+    assert record.runs[-1].loss_pct is None
+    assert record.path.current.path_id == path_id  # type: ignore[union-attr]
+    assert record.open_alerts == {}
+
+
+def test_a_run_of_the_old_request_does_not_move_the_new_path() -> None:
+    """A run started before the target changed is recorded but not taken as the new path."""
+    service, clock, starter, _ = make([run_trace(A, B, DEST)])
+    starter.duration = 5.0
+    record = service.create(spec())
+    tick(clock, 1)
+    service.update(record.id, spec(request=TraceRequest("203.0.113.9")))
+    tick(clock, 5)
+    assert [r.result for r in record.runs] == [RunResult.REACHED]
+    assert record.path.current is None

@@ -324,16 +324,18 @@ class MonitorService(Service):
             result = RunResult.REACHED if hop is not None else RunResult.UNREACHED
         change: PathChange | None = None
         path_id = None
-        if result is not RunResult.FAILED:
+        if result is not RunResult.FAILED and trace.request == record.spec.request:
+            # A run started before a PATCH changed the request says nothing of the new path.
             record.path, change = record.path.observe(path_of(trace), record.spec.confirm_runs)
             assert record.path.current is not None
             path_id = record.path.current.path_id
+        if result is not RunResult.FAILED:
             record.last_trace = trace
         run = attrs.evolve(
             started,
             result=result,
             finished_at=now,
-            loss_pct=100.0 if hop is None else hop.loss_pct,
+            loss_pct=None if result is RunResult.FAILED else 100.0 if hop is None else hop.loss_pct,
             rtt_ms=None if hop is None else hop.rtt_ms.avg,
             path_id=path_id,
         )

@@ -187,8 +187,9 @@ def parse_patch(current: MonitorSpec, body: object) -> MonitorSpec:
     for key, value in body.items():
         if value is None and key in ("webhook", "jitter", "port", "size", "tos", "ip_version"):
             fields.pop(key, None)
-        elif key == "alerts" and isinstance(value, dict):
-            fields["alerts"] = fields["alerts"] | value
+        elif key in ("alerts", "webhook") and isinstance(value, dict):
+            # Objects merge: {"webhook": {"every_run": true}} keeps the URL and the secret.
+            fields[key] = fields.get(key, {}) | value
         else:
             fields[key] = value
     return parse_monitor(fields)
