@@ -262,3 +262,15 @@ def test_store_and_vantage_reach_the_config() -> None:
     config = parse_serve_args(["--vantage", "edge-1"], env={"MTRD_STORE": "redis://cache:6380/2"})
     assert config.vantage == "edge-1"
     assert str(config.backend) == "redis://cache:6380/2"
+
+
+def test_a_monitors_file_needs_the_memory_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--monitors-file with --store redis stops mtrd with the reason (no silent ignore)."""
+    monitors = tmp_path / "monitors.yaml"
+    monitors.write_text("monitors: []\n")
+    argv = ["--monitors-file", str(monitors), "--store", "redis://127.0.0.1:6379/0"]
+    with pytest.raises(SystemExit):
+        parse_serve_args(argv, env={})
+    assert "in-memory store" in capsys.readouterr().err
