@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import attrs
 import pytest
 from mtrd.monitors.events import AlertChange, MonitorEvent
 from mtrd.monitors.model import (
@@ -49,14 +50,19 @@ class ScriptedStarter:
         self.refuse = False
 
     def start(
-        self, request: TraceRequest, vantage: str | None, on_done: Callable[[Trace], None]
-    ) -> str:
+        self,
+        request: TraceRequest,
+        vantage: str | None,
+        on_done: Callable[[Trace], None],
+        on_refused: Callable[[str], None],
+    ) -> None:
         if self.refuse:
-            raise QueueFull(1)
+            on_refused(str(QueueFull(1)))
+            return
         self.started.append(self.clock.seconds())
         trace = self.traces[min(len(self.started), len(self.traces)) - 1]
+        trace = attrs.evolve(trace, request=request)
         self.clock.callLater(self.duration, on_done, trace)
-        return trace.id
 
 
 class Notes:

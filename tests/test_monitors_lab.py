@@ -3,7 +3,8 @@
 A monitor every second follows the lab's path; the lab's routing changes mid-run and the
 monitor reports one path change with the right diff, delivered as a webhook that the
 ``standardwebhooks`` library (not mtrd's code) verifies. A receiver that is down, then up,
-still gets every event. The monitors file is loaded at start and reloaded on SIGHUP.
+still gets every event. The monitors file is loaded at start and reloaded on SIGHUP. With
+Redis, the replica running a monitor is killed and the monitor goes on on the other one.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.lab import Lab
-from tests.mtrd_process import free_port, lab_mtrd
+from tests.mtrd_process import free_port, lab_mtrd, replicas
 from tests.openapi import validate_response, validate_schema
+from tests.redis_server import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.lab
 reactor: Any = global_reactor
@@ -267,3 +269,53 @@ async def test_the_monitors_file_is_loaded_read_only_and_reloaded_on_sighup(
         return names == {"reloaded"}
 
     await wait_for(reloaded, 10)
+
+
+async def runs_here(url: str, name: str) -> float:
+    """The runs this replica counted for monitor ``name`` (0 if it never ran it)."""
+    response = await treq.get(url + "/metrics")
+    text = (await response.content()).decode()
+    prefix = f'mtrd_monitor_runs_total{{monitor="{name}",result="reached"}} '
+    line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+    return 0.0 if line is None else float(line.removeprefix(prefix))
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_redis_a_killed_replicas_monitor_goes_on_elsewhere(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Two replicas of one vantage: one runs the monitor; SIGKILL it and the other takes the
+    monitor within the lease (5 s) and a sync, and its runs go on."""
+    redis = RedisServer(require_redis_server())
+    redis.start()
+    try:
+        with replicas(lab, redis.url, tmp_path, [("lab-c", "c"), ("lab-c", "c")]) as pair:
+            first = Server(pair[0].url, pair[0].process, tmp_path)  # type: ignore[arg-type]
+            body = {"name": "lab-moves", "target": lab.targets(4)[44], **QUICK}
+            code, monitor = await call(first, "POST", "/monitors", json=body)
+            assert code == 201, monitor
+
+            async def runner() -> Any:
+                counts = [await runs_here(r.url, "lab-moves") for r in pair]
+                running = [r for r, n in zip(pair, counts, strict=True) if n >= 2]
+                return running[0] if running else None
+
+            victim = await wait_for(runner, 20)
+            (survivor,) = [r for r in pair if r is not victim]
+            victim.kill()
+            killed_at = reactor.seconds()
+
+            async def moved() -> Any:
+                return await runs_here(survivor.url, "lab-moves") >= 2
+
+            await wait_for(moved, 20)
+            assert reactor.seconds() - killed_at < 5.0 + 1.0 + 4.0  # lease + sync + slack
+            code, shown = await call(
+                Server(survivor.url, survivor.process, tmp_path),  # type: ignore[arg-type]
+                "GET",
+                f"/monitors/{monitor['id']}",
+            )
+            assert code == 200
+            assert [run["result"] for run in shown["runs"]][:2] == ["reached", "reached"]
+    finally:
+        redis.close()

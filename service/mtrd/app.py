@@ -48,7 +48,8 @@ from mtrd.web.metrics import (
     monitor_metrics,
     webhook_metrics,
 )
-from mtrd.web.monitor_render import webhook_body
+from mtrd.web.monitor_intake import decode_spec, encode_spec
+from mtrd.web.monitor_render import monitor_bytes, webhook_body
 from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
@@ -290,20 +291,24 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     )
     # Monitors run in memory mode (their runs go through the jobs); Redis mode has none yet.
     webhooks = WebhookSender(reactor, resolver, TreqPoster(reactor), policy=config.webhook_policy)
-    monitors = None
-    if not isinstance(config.backend, RedisStore):
-        monitors = MonitorService(
-            reactor,
-            JobsStarter(jobs),
-            notifier=MonitorWebhooks(webhooks, webhook_body),
-            max_monitors=config.max_monitors,
-            on_started=metrics.run_started,
-        )
+    notifier = MonitorWebhooks(webhooks, webhook_body)
     shared = None
     if isinstance(config.backend, RedisStore):
         shared = _shared_parts(
             reactor, config, tracer=tracer, pool=pool, metrics=metrics, replica=replica
         )
+    # Memory mode: runs go through the jobs. Redis mode: through the shared queue, and
+    # the monitor service holds the monitors this replica runs (the director's share).
+    monitors = MonitorService(
+        reactor,
+        JobsStarter(jobs) if shared is None else shared.starter,
+        notifier=notifier,
+        max_monitors=config.max_monitors,
+        on_started=metrics.run_started,
+    )
+    shared_monitors = director = None
+    if shared is not None:
+        shared_monitors, director = _shared_monitors(reactor, config, shared, monitors, replica)
     api = Api(
         pool=pool,
         jobs=jobs,
@@ -317,6 +322,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         store_health=None if shared is None else lambda: _replica_health(shared),
         monitors=monitors,
         webhooks=webhooks,
+        shared_monitors=shared_monitors,
     )
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
     resource: Any = api.app.resource()
@@ -334,27 +340,29 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         # Stopped in reverse: monitors first (no run starts while the jobs drain), the
         # webhook sender after the jobs (the webhooks of the last traces still go out).
         parts: tuple[Any, ...] = (listener, pool, webhooks, store, jobs)
-        if monitors is not None:
-            metrics.watch(lambda: _monitor_state(monitors, webhooks))
-            parts += (monitors,)
-            if config.monitors_file is not None:
-                monitors_file = MonitorsFile(
-                    config.monitors_file,
-                    monitors,
-                    lambda path: threads.deferToThreadPool(
-                        reactor, reactor.getThreadPool(), read_monitors_file, path
-                    ),
-                )
-                monitors_file.setName(MONITORS_FILE)
-                parts += (monitors_file,)
+        metrics.watch(lambda: _monitor_state(monitors, webhooks))
+        parts += (monitors,)
+        if config.monitors_file is not None:
+            monitors_file = MonitorsFile(
+                config.monitors_file,
+                monitors,
+                lambda path: threads.deferToThreadPool(
+                    reactor, reactor.getThreadPool(), read_monitors_file, path
+                ),
+            )
+            monitors_file.setName(MONITORS_FILE)
+            parts += (monitors_file,)
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front
         metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
         services = MtrdService(api, drain, access_log)
-        # Stopped in reverse: the runner (its last writes) and the front's pollers go
-        # before the connection, the connection before the pool.
-        parts = (listener, pool, shared.connection, shared.front, shared.runner)
+        metrics.watch(lambda: _monitor_state(monitors, webhooks))
+        # Stopped in reverse: the director (its leases handed on), the monitors, the
+        # runner (its last writes) and the front's pollers go before the connection, the
+        # connection before the pool.
+        parts = (listener, pool, shared.connection, shared.front, shared.runner, webhooks)
+        parts += (monitors, director)
     for service in parts:
         service.setServiceParent(services)
     return services, pool
@@ -362,11 +370,28 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
 
 @attrs.frozen
 class _SharedParts:
-    """What Redis mode adds: the connection, the front the routes use, the runner."""
+    """What Redis mode adds: the connection, the front the routes use, the runner, and how
+    monitors start their runs."""
 
     connection: Any
     front: Any
     runner: Any
+    starter: Any
+
+
+def _shared_monitors(
+    reactor: Any, config: ServeConfig, shared: _SharedParts, monitors: MonitorService, replica: str
+) -> tuple[Any, Any]:
+    """Redis mode's monitors: kept in Redis, and the director of this replica's share."""
+    from mtrd.monitors.shared import MonitorDirector, SharedMonitors  # noqa: PLC0415
+
+    kept = SharedMonitors(
+        shared.connection, encode=encode_spec, decode=decode_spec, max_monitors=config.max_monitors
+    )
+    director = MonitorDirector(
+        reactor, kept, monitors, replica=replica, vantage=config.vantage, render=monitor_bytes
+    )
+    return kept, director
 
 
 def _replica_health(shared: _SharedParts) -> Any:
@@ -390,6 +415,7 @@ def _shared_parts(
     replica: str,
 ) -> _SharedParts:
     """The Redis services of one replica. Imported here: memory mode loads none of it."""
+    from mtrd.monitors.shared import SharedStarter  # noqa: PLC0415
     from mtrd.tracing.redis.connection import RedisConnection  # noqa: PLC0415
     from mtrd.tracing.redis.front import SharedTraces  # noqa: PLC0415
     from mtrd.tracing.redis.queue import RedisWorkQueue  # noqa: PLC0415
@@ -425,7 +451,7 @@ def _shared_parts(
         shutdown_grace=config.shutdown_grace,
         on_finished=metrics.trace_finished,
     )
-    return _SharedParts(connection, front, runner)
+    return _SharedParts(connection, front, runner, SharedStarter(front))
 
 
 async def serve(reactor: Any, config: ServeConfig) -> None:

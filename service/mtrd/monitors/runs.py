@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mtrd.tracing.events import Event
-from mtrd.tracing.jobs import TraceJobs
+from mtrd.tracing.jobs import QueueFull, StoreFull, TraceJobs
 from mtrd.tracing.model import Trace, TraceRequest
 
 
@@ -20,9 +20,15 @@ class JobsStarter:
         request: TraceRequest,
         vantage: str | None,  # noqa: ARG002  # one vantage in memory mode: this process's
         on_done: Callable[[Trace], None],
-    ) -> str:
-        """Submit the trace (raising QueueFull or StoreFull); ``on_done`` gets the final trace."""
-        record = self._jobs.submit(request)
+        on_refused: Callable[[str], None],
+    ) -> None:
+        """Submit the trace; ``on_done`` gets the final trace, ``on_refused`` a full queue
+        or store."""
+        try:
+            record = self._jobs.submit(request)
+        except (QueueFull, StoreFull) as e:
+            on_refused(str(e))
+            return
 
         def heard(event: Event) -> None:
             if event.kind == "done":
@@ -31,4 +37,3 @@ class JobsStarter:
 
         # The channel replays the current status first; only "done" matters here.
         record.channel.subscribe(heard)
-        return record.trace.id

@@ -43,12 +43,17 @@ KEEP_DELIVERIES = 10
 
 
 class TraceStarter(Protocol):
-    """How the service starts a run's trace and hears that it ended."""
+    """How the service starts a run's trace and hears how it went."""
 
     def start(
-        self, request: TraceRequest, vantage: str | None, on_done: Callable[[Trace], None]
-    ) -> str:
-        """Start a trace; return its id. Raises when it cannot be started now."""
+        self,
+        request: TraceRequest,
+        vantage: str | None,
+        on_done: Callable[[Trace], None],
+        on_refused: Callable[[str], None],
+    ) -> None:
+        """Start a trace; ``on_done`` gets it once final, ``on_refused`` why it could not
+        start (a full queue or store, no live vantage). Either may be called at once."""
         ...
 
 
@@ -305,13 +310,13 @@ class MonitorService(Service):
         def done(trace: Trace) -> None:
             self._ended(record, Run(trace.id, due, now), trace)
 
-        try:
-            self._starter.start(spec.request, spec.vantage, done)
-        except Exception as e:  # a full queue or store: this run is refused
-            self.log.warn("monitor {name}: run not started: {error}", name=spec.name, error=str(e))
-            self._record_run(record, Run(None, due, now, RunResult.REFUSED, now))
-            return
+        def refused(why: str) -> None:
+            self.log.warn("monitor {name}: run not started: {error}", name=spec.name, error=why)
+            if self._records.get(record.id) is record:
+                self._record_run(record, Run(None, due, now, RunResult.REFUSED, now))
+
         self._on_started(now - due)
+        self._starter.start(spec.request, spec.vantage, done, refused)
 
     def _ended(self, record: MonitorRecord, started: Run, trace: Trace) -> None:
         if self._records.get(record.id) is not record:

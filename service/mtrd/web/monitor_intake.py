@@ -6,6 +6,7 @@ over the monitor as it is and read again whole, so both go through the same chec
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -193,3 +194,13 @@ def parse_patch(current: MonitorSpec, body: object) -> MonitorSpec:
         else:
             fields[key] = value
     return parse_monitor(fields)
+
+
+def encode_spec(spec: MonitorSpec) -> bytes:
+    """A monitor's settings as kept in Redis: the JSON ``parse_monitor`` reads back."""
+    return json.dumps(spec_fields(spec), separators=(",", ":")).encode()
+
+
+def decode_spec(raw: bytes) -> MonitorSpec:
+    """The inverse of :func:`encode_spec`."""
+    return parse_monitor(json.loads(raw))

@@ -156,3 +156,8 @@ def monitor_json(record: MonitorRecord) -> dict[str, Any]:
         ],
         "links": monitor_links(record.id),
     }
+
+
+def monitor_bytes(record: MonitorRecord) -> bytes:
+    """The monitor resource as compact JSON (what Redis mode publishes for other replicas)."""
+    return json.dumps(monitor_json(record), separators=(",", ":")).encode()

@@ -28,6 +28,7 @@ from mtrd.monitors.service import (
     MonitorNameTaken,
     MonitorNotFound,
     MonitorReadOnly,
+    MonitorRecord,
     MonitorService,
     TooManyMonitors,
 )
@@ -52,6 +53,7 @@ from mtrd.webhooks.delivery import WebhookSender
 from mtrd.webhooks.policy import WebhookRefused, WebhookUnresolved
 
 if TYPE_CHECKING:
+    from mtrd.monitors.shared import SharedMonitors, StoredMonitor
     from mtrd.tracing.redis.connection import RedisHealth
     from mtrd.tracing.redis.front import SharedTraces
     from mtrd.tracing.redis.store import StoredTrace
@@ -107,10 +109,13 @@ class Api:
         store_health: Callable[[], RedisHealth] | None = None,
         monitors: MonitorService | None = None,
         webhooks: WebhookSender | None = None,
+        shared_monitors: SharedMonitors | None = None,
     ) -> None:
         """``monitors`` serves /monitors (404 without); ``webhooks`` checks webhook URLs
-        and delivers the webhooks of traces."""
+        and delivers the webhooks of traces. With Redis, ``shared_monitors`` keeps the
+        monitors and ``monitors`` holds those this replica runs."""
         self._monitors = monitors
+        self._shared_monitors = shared_monitors
         self._webhooks = webhooks
         self._limits = limits
         self._vantage = vantage
@@ -433,14 +438,21 @@ class Api:
         self, request: IRequest, monitors: MonitorService, spec: MonitorSpec
     ) -> bytes:
         await self._check_monitor(spec)
-        record = monitors.create(spec, owner=self._owner(request), source=MonitorSource.API)
+        owner = self._owner(request)
+        if self._shared_monitors is not None:
+            vantage = spec.vantage or self._vantage
+            now = self._clock.seconds()
+            stored = await self._shared_monitors.create(spec, owner, vantage, now)
+            request.setHeader(b"Location", f"/monitors/{stored.id}".encode())
+            return _json(request, 201, _not_yet_run(stored))
+        record = monitors.create(spec, owner=owner, source=MonitorSource.API)
         request.setHeader(b"Location", f"/monitors/{record.id}".encode())
         return _json(request, 201, monitor_json(record))
 
     async def _check_monitor(self, spec: MonitorSpec) -> None:
         """The target and webhook policies, as for a trace: a literal target is checked
         now (a name when each run resolves it), a webhook URL after resolving its host."""
-        if self._shared is None and spec.vantage not in (None, self._vantage):
+        if self._shared_monitors is None and spec.vantage not in (None, self._vantage):
             raise no_live_vantage(spec.vantage, [self._vantage])
         address = literal(spec.request.target)
         if address is not None:
@@ -451,27 +463,92 @@ class Api:
             await self._webhooks.check(spec.webhook.url)
 
     @app.route("/monitors", methods=["GET"])
-    def list_monitors(self, request: IRequest) -> bytes:
+    def list_monitors(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Every monitor the caller may see, oldest first."""
         monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(self._list_shared(request, self._shared_monitors))
         listed = monitors.listing(self._owner(request))
         return _json(request, 200, {"monitors": [monitor_json(r) for r in listed]})
 
+    async def _list_shared(self, request: IRequest, shared: SharedMonitors) -> bytes:
+        owner = self._owner(request)
+        stored = [m for m in await shared.listing() if owner is None or m.owner in (None, owner)]
+        stored.sort(key=lambda m: m.created_at)
+        states = await shared.states([m.id for m in stored])
+        documents = []
+        for monitor, state in zip(stored, states, strict=True):
+            local = self._local_monitor(monitor.id)
+            if local is not None:
+                documents.append(monitor_json(local))
+            else:
+                documents.append(_not_yet_run(monitor) if state is None else json.loads(state))
+        return _json(request, 200, {"monitors": documents})
+
     @app.route("/monitors/<monitor_id>", methods=["GET"])
-    def show_monitor(self, request: IRequest, monitor_id: str) -> bytes:
+    def show_monitor(self, request: IRequest, monitor_id: str) -> bytes | Deferred[bytes]:
         """One monitor: settings, current path, last runs, open alerts, path history."""
-        record = self._monitor_service().get(monitor_id, self._owner(request))
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(
+                self._show_shared_monitor(request, self._shared_monitors, monitor_id)
+            )
+        record = monitors.get(monitor_id, self._owner(request))
         return _json(request, 200, monitor_json(record))
+
+    def _local_monitor(self, monitor_id: str) -> MonitorRecord | None:
+        """The monitor if this replica runs it (Redis mode), else None."""
+        try:
+            return self._monitor_service().get(monitor_id)
+        except MonitorNotFound:
+            return None
+
+    async def _shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> StoredMonitor:
+        stored = await shared.get(monitor_id)
+        owner = self._owner(request)
+        if stored is None or (owner is not None and stored.owner not in (None, owner)):
+            raise MonitorNotFound(monitor_id)
+        return stored
+
+    async def _show_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> bytes:
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        local = self._local_monitor(monitor_id)
+        if local is not None:  # run here: the freshest view
+            return _json(request, 200, monitor_json(local))
+        (state,) = await shared.states([monitor_id])
+        if state is None:
+            return _json(request, 200, _not_yet_run(stored))
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"application/json")
+        return state
 
     @app.route("/monitors/<monitor_id>", methods=["PATCH"])
     def update_monitor(self, request: IRequest, monitor_id: str) -> Deferred[bytes]:
         """Change any of a monitor's fields, ``paused`` included."""
         monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            body = _json_body(request, "the changes")
+            return Deferred.fromCoroutine(
+                self._update_shared(request, self._shared_monitors, monitor_id, body)
+            )
         record = monitors.get(monitor_id, self._owner(request))
         if record.source is MonitorSource.FILE:
             raise MonitorReadOnly(record.spec.name)
         spec = parse_patch(record.spec, _json_body(request, "the changes"))
         return Deferred.fromCoroutine(self._update_monitor(request, monitors, monitor_id, spec))
+
+    async def _update_shared(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str, body: object
+    ) -> bytes:
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        spec = parse_patch(stored.spec, body)
+        await self._check_monitor(spec)
+        # The replica that runs it takes the new settings at its next sync (within a second).
+        return _json(request, 200, _not_yet_run(await shared.update(stored, spec)))
 
     async def _update_monitor(
         self, request: IRequest, monitors: MonitorService, monitor_id: str, spec: MonitorSpec
@@ -481,16 +558,41 @@ class Api:
         return _json(request, 200, monitor_json(record))
 
     @app.route("/monitors/<monitor_id>", methods=["DELETE"])
-    def delete_monitor(self, request: IRequest, monitor_id: str) -> bytes:
+    def delete_monitor(self, request: IRequest, monitor_id: str) -> bytes | Deferred[bytes]:
         """Remove a monitor (204); its past runs stay as traces until they expire."""
-        self._monitor_service().delete(monitor_id, self._owner(request))
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(
+                self._delete_shared_monitor(request, self._shared_monitors, monitor_id)
+            )
+        monitors.delete(monitor_id, self._owner(request))
+        request.setResponseCode(204)
+        return b""
+
+    async def _delete_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> bytes:
+        await shared.delete(await self._shared_monitor(request, shared, monitor_id))
         request.setResponseCode(204)
         return b""
 
     @app.route("/monitors/<monitor_id>/events", methods=["GET"])
     def monitor_events(self, request: IRequest, monitor_id: str) -> Deferred[None]:
-        """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes."""
-        record = self._monitor_service().get(monitor_id, self._owner(request))
+        """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes.
+
+        With Redis, only the replica that runs the monitor has its events."""
+        try:
+            record = self._monitor_service().get(monitor_id, self._owner(request))
+        except MonitorNotFound:
+            if self._shared_monitors is None:
+                raise
+            raise Problem(
+                409,
+                "monitor-elsewhere",
+                "Monitor runs elsewhere",
+                f"monitor {monitor_id} is not run by this replica (or does not exist); its "
+                "events are served by the replica that runs it",
+            ) from None
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, monitor_id, encode_event)
@@ -640,6 +742,14 @@ class Api:
 
     def _render(self, request: IRequest, problem: Problem) -> bytes:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
+
+
+def _not_yet_run(stored: StoredMonitor) -> dict[str, Any]:
+    """A monitor kept in Redis whose runner has not published what it saw yet."""
+    record = MonitorRecord(
+        stored.id, stored.spec, MonitorSource.API, stored.owner, stored.created_at
+    )
+    return monitor_json(record)
 
 
 def _read_trace(body: object) -> tuple[Submission, WebhookTarget | None]:
