@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, http, latency, monitors, replicas, sse
+from bench import e2e, http, latency, monitors, peers, replicas, sse
 from bench.common import RESULTS, ROOT
 
 MODES: dict[str, dict[str, Any]] = {
@@ -38,6 +38,8 @@ MODES: dict[str, dict[str, Any]] = {
         "redis_traces": 50,
         "monitors": 20,
         "monitors_seconds": 10,
+        "peers_samples": 3,
+        "peers_traces": 128,
         "profile": False,
     },
     "full": {
@@ -53,6 +55,8 @@ MODES: dict[str, dict[str, Any]] = {
         "redis_traces": 1000,
         "monitors": 200,
         "monitors_seconds": 60,
+        "peers_samples": 15,
+        "peers_traces": 1024,
         "profile": True,
     },
 }
@@ -104,7 +108,9 @@ def subprocess_json(module: str, arg: str, timeout: float) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def run_parts(
+    lab: Any, p: dict[str, Any], only: set[str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -134,8 +140,12 @@ def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         ("http", lambda: http.run(lab, p["http_stored"], p["http_seconds"], profile=p["profile"])),
         ("redis", lambda: replicas.run(lab, p["redis_traces"])),
         ("monitors", lambda: monitors.run(lab, p["monitors"], p["monitors_seconds"])),
+        ("peers_silent", lambda: peers.silent_hop(lab, p["peers_samples"])),
+        ("peers_e2e", lambda: peers.against_scamper(lab, p["peers_traces"])),
     ]
     for name, part in parts:
+        if only is not None and name not in only:
+            continue
         started = time.monotonic()
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         try:
@@ -268,7 +278,7 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
         x = r["monitors"]
         late = x["lateness_ms"]
         row(
-            f"8. {x['monitors']} monitors every second for {x['seconds']:.0f} s: run lateness",
+            f"9. {x['monitors']} monitors every second for {x['seconds']:.0f} s: run lateness",
             f"p50 {late['p50']:.1f} ms, p99 {late['p99']:.1f} ms (max {late['max']:.1f}); "
             f"{x['runs_seen']:,} runs, {x['skipped']} skipped; mtrd CPU "
             f"{x['cpu_share']:.2f} of a core ({x['cpu_ms_per_run']:.2f} ms per run), "
@@ -276,6 +286,29 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             "no run skipped",
             x["skipped"] == 0,
             BOUNDS["monitors"],
+        )
+    if "peers_silent" in r:
+        x = r["peers_silent"]
+        row(
+            "8a. silent hop (r3 silent, 1 probe/hop, interval 0): POST -> finished",
+            f"mtrd {x['mtrd_s'] * 1000:.1f} ms (trace {x['mtrd_trace_s'] * 1000:.1f} ms, HTTP "
+            f"{x['mtrd_http_s'] * 1000:.1f} ms) vs traceroute -n -q1 "
+            f"{x['traceroute_s'] * 1000:.1f} ms, scamper -q 1 -w 1 {x['scamper_s'] * 1000:.0f} ms "
+            f"(medians of {x['samples']})",
+            f"<= 1.5 x traceroute + HTTP = {x['target_s'] * 1000:.1f} ms",
+            x["met"],
+            BOUNDS["peers_silent"],
+        )
+    if "peers_e2e" in r:
+        x = r["peers_e2e"]
+        row(
+            f"8b. end to end vs scamper ({x['traces']} traces, {x['clients']} polling clients)",
+            f"mtrd {x['mtrd']['traces_per_s']:,.0f} vs scamper {x['scamper_traces_per_s']:,.0f} "
+            f"traces/s = {x['ratio']:.2f}; CPU per trace mtrd {x['mtrd_cpu_ms_per_trace']:.2f} ms "
+            f"(with mtr-packet) vs scamper {x['scamper_cpu_ms_per_trace']:.2f} ms",
+            ">= 0.5",
+            x["met"],
+            BOUNDS["peers_e2e"],
         )
     return rows
 
@@ -321,6 +354,10 @@ BOUNDS = {
     "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
     "events) plus the monitor's bookkeeping, and a run starts late when its timer waits "
     "behind the reactor's other work (bench/results/monitors.md: a first measurement)",
+    "peers_silent": "the adaptive wait gives r3's probe up 10 x the destination's round trip "
+    "after it was sent (the 5 ms floor here): the trace itself takes a few ms; the rest is "
+    "the POST and the poll. Before it, one silent hop cost the 2 s timeout",
+    "peers_e2e": "see bench/results/peers.md",
     "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
     "mtrd adds per request the access-log line (held and written in batches: a write per "
     "request to unbuffered stdout cost ~15%), request metrics, ETag and Vary headers. Single "
@@ -359,10 +396,18 @@ def main() -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="small")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy in full mode")
     parser.add_argument(
+        "--parts",
+        help="run only these parts (comma-separated, e.g. peers_silent,peers_e2e); the "
+        "report is then bench/results/<mode>-parts.json and .md",
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rewrite the .md from the mode's JSON; no run"
     )
     args = parser.parse_args()
     name = "latest" if args.mode == "full" else "small"
+    only = None if args.parts is None else set(args.parts.split(","))
+    if only is not None:
+        name = f"{args.mode}-parts"
     if args.render_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         saved["figures"] = figures(saved["results"])
@@ -382,7 +427,7 @@ def main() -> int:
     lab = Lab()
     try:
         lab.build()
-        results, errors = run_parts(lab, params)
+        results, errors = run_parts(lab, params, only)
     finally:
         lab.teardown()
     rows = figures(results)

@@ -15,12 +15,16 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.stats import forward_loss
+from mtrd.tracing.wait import WaitRule
 
 # One encoder for every render: json.dumps builds a new one per call when given options.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -69,6 +73,7 @@ def request_json(request: TraceRequest) -> dict[str, Any]:
         "timeout": request.timeout,
         "size": request.size,
         "tos": request.tos,
+        "wait": {"here": request.wait.here, "near": request.wait.near},
     }
 
 
@@ -76,8 +81,9 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def hop_json(hop: Hop) -> dict[str, Any]:
-    """One hop with its responders and figures."""
+def hop_json(hop: Hop, forward_loss_pct: float | None = None) -> dict[str, Any]:
+    """One hop with its responders and figures; ``forward_loss_pct`` depends on the
+    hops after it, so only a whole trace knows it (a hop event says null)."""
     return {
         "ttl": hop.ttl,
         "responders": [
@@ -100,6 +106,8 @@ def hop_json(hop: Hop) -> dict[str, Any]:
         "received": hop.received,
         "lost": hop.lost,
         "loss_pct": round(hop.loss_pct, 1),
+        "forward_loss_pct": None if forward_loss_pct is None else round(forward_loss_pct, 1),
+        "late": hop.late,
         "rtt_ms": {
             "last": _ms(hop.rtt_ms.last),
             "best": _ms(hop.rtt_ms.best),
@@ -139,11 +147,23 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         "finished_at": rfc3339(trace.finished_at),
         "expires_at": rfc3339(trace.expires_at),
         "destination_reached": trace.destination_reached,
-        "hops": [hop_json(hop) for hop in trace.hops],
+        **_stop_json(trace),
+        "hops": [
+            hop_json(hop, forward)
+            for hop, forward in zip(trace.hops, forward_loss(trace.hops), strict=True)
+        ],
         "error": None
         if trace.error is None
         else {"type": trace.error.type, "message": trace.error.message},
         "links": links(trace.id),
+    }
+
+
+def _stop_json(trace: Trace) -> dict[str, Any]:
+    stop = trace.stop_reason
+    return {
+        "stop_reason": None if stop is None else stop.reason.value,
+        "unreachable_kind": None if stop is None else stop.unreachable,
     }
 
 
@@ -156,6 +176,7 @@ def summary_json(trace: Trace) -> dict[str, Any]:
         "created_at": rfc3339(trace.created_at),
         "finished_at": rfc3339(trace.finished_at),
         "destination_reached": trace.destination_reached,
+        **_stop_json(trace),
         "links": links(trace.id),
     }
 
@@ -196,6 +217,7 @@ def hop_from_json(data: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(rtt["last"], rtt["best"], rtt["avg"], rtt["worst"], rtt["stdev"]),
         jitter_ms=JitterStats(jitter["last"], jitter["avg"], jitter["max"]),
         end=_optional(HopEnd, data["end"]),
+        late=data.get("late", 0),
     )
 
 
@@ -220,6 +242,7 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
             timeout=request["timeout"],
             size=request["size"],
             tos=request["tos"],
+            wait=_wait_from_json(request.get("wait")),
         ),
         target=TraceTarget(target["input"], target["address"], target["ip_version"]),
         created_at=created,
@@ -233,4 +256,16 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         # A server older than these fields leaves them out.
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
+        stop=_stop_from_json(data),
     )
+
+
+def _wait_from_json(data: dict[str, Any] | None) -> WaitRule:
+    return WaitRule() if data is None else WaitRule(data["here"], data["near"])
+
+
+def _stop_from_json(data: dict[str, Any]) -> Stop | None:
+    reason = data.get("stop_reason")
+    if reason is None:
+        return None
+    return Stop(StopReason(reason), data.get("unreachable_kind"))

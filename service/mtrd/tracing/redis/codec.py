@@ -19,15 +19,20 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.wait import WaitRule
 
 FORMAT: Final = 2
 # Format 1 had no vantage and replica in the value (they were fields of the hash only).
+# Keys added later within format 2 ("w" the wait rule, "stop", a hop's "l" late count)
+# are optional: a document without them reads as the default (older writers).
 READABLE: Final = (1, 2)
 
 
@@ -97,6 +102,8 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "hops": [_hop(hop) for hop in trace.hops],
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
         "at": [trace.vantage, trace.replica],
+        "w": [request.wait.here, request.wait.near],
+        "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
     }  # fmt: skip
 
 
@@ -106,6 +113,8 @@ def _trace_from(d: dict[str, Any]) -> Trace:
     created_at, started_at, finished_at, expires_at = d["times"]
     error = d["error"]
     vantage, replica = d.get("at", ("", None))
+    here, near = d.get("w", (WaitRule().here, WaitRule().near))
+    stop = d.get("stop")
     return Trace(
         id=d["id"],
         status=TraceStatus(d["status"]),
@@ -121,6 +130,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
             timeout=timeout,
             size=size,
             tos=tos,
+            wait=WaitRule(float(here), float(near)),
         ),
         target=TraceTarget(*d["target"]),
         created_at=float(created_at),
@@ -133,6 +143,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         error=None if error is None else TraceError(*error),
         vantage=vantage,
         replica=replica,
+        stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
     )
 
 
@@ -149,6 +160,7 @@ def _hop(hop: Hop) -> dict[str, Any]:
         "rtt": [rtt.last, rtt.best, rtt.avg, rtt.worst, rtt.stdev],
         "jit": [jitter.last, jitter.avg, jitter.max],
         "end": None if hop.end is None else hop.end.value,
+        "l": hop.late,
     }  # fmt: skip
 
 
@@ -166,6 +178,7 @@ def _hop_from(d: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(*(_float(v) for v in d["rtt"])),
         jitter_ms=JitterStats(*(_float(v) for v in d["jit"])),
         end=None if d["end"] is None else HopEnd(d["end"]),
+        late=d.get("l", 0),
     )
 
 
