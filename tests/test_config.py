@@ -108,6 +108,13 @@ BAD_VALUES = [
     ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
     ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
     ("--monitors-file", "/nonexistent/monitors.yaml", "cannot read /nonexistent/monitors.yaml"),
+    ("--reverse-dns", "maybe", "expected on or off, got 'maybe'"),
+    ("--reverse-dns-cache", "0", "expected a whole number >= 1"),
+    ("--reverse-dns-timeout", "0", "expected seconds"),
+    ("--reverse-dns-verify", "yes please", "expected on or off"),
+    ("--names-grace", "-1", "expected seconds"),
+    ("--asn-db", "/nonexistent/asn.mmdb", "/nonexistent/asn.mmdb: no such file"),
+    ("--geo-db", "/etc/passwd", "/etc/passwd: not a MaxMind DB file"),
 ]
 
 

@@ -703,3 +703,15 @@ async def test_vantage_points_say_not_ready_without_workers() -> None:
     """With no ready worker the one vantage point is listed as not ready."""
     answer = await Client(ready=0).request("GET", "/vantage-points")
     assert answer.json()["vantage_points"][0]["ready"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_hosts_option_must_be_known() -> None:
+    """``?hosts=`` other than both, address or name is a 422 naming the parameter."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    answer = await client.request(
+        "GET", f"/traces/{trace_id}?hosts=fancy", headers={"Accept": "text/plain"}
+    )
+    assert answer.code == 422
+    assert answer.json()["errors"][0]["field"] == "hosts"

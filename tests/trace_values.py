@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hypothesis import strategies as st
+from mtrd.annotations.model import Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
     Hop,
@@ -29,12 +30,21 @@ mpls_labels = st.builds(
     bottom_of_stack=st.booleans(),
     ttl=st.integers(0, 255),
 )
+annotations = st.none() | st.builds(
+    Annotation,
+    hostname=st.none() | _text,
+    verified=st.none() | st.booleans(),
+    asn=st.none() | st.integers(1, 2**32 - 1),
+    as_name=st.none() | _text,
+    prefix=st.none() | _text,
+    country=st.none() | _text,
+)
 hops = st.builds(
     Hop,
     ttl=st.integers(1, 255),
     responders=st.lists(
         st.builds(Responder, address=_text, replies=_small, mpls=st.tuples() | st.lists(
-            mpls_labels, max_size=3).map(tuple)),
+            mpls_labels, max_size=3).map(tuple), annotation=annotations),
         max_size=3,
     ).map(tuple),
     sent=_small,
@@ -75,6 +85,11 @@ traces = st.builds(
     error=st.none() | st.builds(TraceError, type=_text, message=_text),
     vantage=_text,
     replica=st.none() | _text,
+    annotations=st.builds(
+        Sources,
+        asn_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
+        geo_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
+    ),
 )  # fmt: skip
 
 
@@ -94,7 +109,9 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         expires_at=1_700_003_609.75,
         destination_reached=True,
         hops=(
-            Hop(ttl=2, responders=(Responder("2001:db8::a", 4, (MplsLabel(16, 0, True, 1),)),
+            Hop(ttl=2, responders=(Responder("2001:db8::a", 4, (MplsLabel(16, 0, True, 1),),
+                                             Annotation("a.example", True, 64500, "Ëxample",
+                                                        "2001:db8::/32", "NL")),
                                    Responder("2001:db8::b", 1)),
                 sent=5, received=5, lost=0, rtt_ms=RttStats(1.5, 1.0, 1.25, 2.0, 0.3),
                 jitter_ms=JitterStats(0.5, 0.25, 1.0)),
@@ -105,4 +122,5 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         error=TraceError("résumé", "ünïcode — ok"),
         vantage="fra",
         replica="host-a-41-9f3c",
+        annotations=Sources(asn_db=DatabaseInfo("GeoLite2-ASN", 1_699_000_000.0)),
     )  # fmt: skip

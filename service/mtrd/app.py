@@ -26,6 +26,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
+from mtrd.annotations.annotator import Annotator
+from mtrd.annotations.networks import Loaded, NetworkDatabase
+from mtrd.annotations.reverse import ReverseNames
 from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
@@ -35,6 +38,7 @@ from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
+from mtrd.tracing.rounds import RunSettings
 from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import AccessLog, Edge
@@ -79,6 +83,42 @@ def _state_metrics(
         "mtrd_trace_evictions", "Finished traces evicted at the store cap", store.evictions
     )
     yield from _process_metrics(pool, api)
+
+
+def _annotation_metrics(annotator: Annotator) -> Iterable[Metric]:
+    names = annotator.names
+    if names is not None:
+        counts = names.counts
+        yield counter("mtrd_reverse_dns_lookups", "PTR lookups sent", counts.lookups)
+        yield counter("mtrd_reverse_dns_cache_hits", "Names found in the cache", counts.hits)
+        yield counter(
+            "mtrd_reverse_dns_rejected",
+            "PTR answers dropped because they were not a valid hostname",
+            counts.rejected,
+        )
+        yield counter("mtrd_reverse_dns_timeouts", "PTR lookups that timed out", counts.timeouts)
+        yield counter(
+            "mtrd_reverse_dns_failures",
+            "PTR lookups with no name (or a DNS error)",
+            counts.failures,
+        )
+        yield counter(
+            "mtrd_reverse_dns_skipped",
+            "Addresses not looked up because too many lookups were out",
+            counts.skipped,
+        )
+        yield gauge("mtrd_reverse_dns_cached", "Names (and their absence) cached", len(names))
+        yield gauge("mtrd_reverse_dns_in_flight", "PTR lookups out now", names.in_flight)
+    for kind, database in (("asn", annotator.asn_db), ("geo", annotator.geo_db)):
+        if database is not None:
+            yield counter(
+                f"mtrd_{kind}_db_reloads", f"Reloads of the {kind} database", database.reloads
+            )
+            yield counter(
+                f"mtrd_{kind}_db_failed_reloads",
+                f"Reloads of the {kind} database refused (the data before stays)",
+                database.failed_reloads,
+            )
 
 
 def _shared_metrics(pool: ProbePool, runner: Drains, front: Any, api: Api) -> Iterable[Metric]:
@@ -170,8 +210,11 @@ class MtrdService(MultiService):
     their grace, and only then do the pool and the listener stop.
     """
 
-    def __init__(self, api: Api, jobs: Drains, access_log: AccessLog) -> None:
+    def __init__(
+        self, api: Api, jobs: Drains, access_log: AccessLog, annotator: Annotator | None = None
+    ) -> None:
         super().__init__()
+        self.annotator = annotator or Annotator()
         self._api = api
         self._jobs = jobs
         self._access_log = access_log
@@ -268,11 +311,15 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     pool = ProbePool(reactor, config.pool)
     metrics = Metrics()
     replica = replica_id()
-    resolver = TargetResolver(dns_resolver(config.dns_servers))
+    resolver = dns_resolver(config.dns_servers)
+    annotator = _annotator(reactor, config, resolver)
+    target_resolver = TargetResolver(resolver)
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
-        resolver,
+        target_resolver,
+        settings=RunSettings(name_grace=config.name_grace),
+        annotator=annotator,
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,
@@ -292,7 +339,9 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         stop_grace=config.shutdown_grace,
     )
     # Monitors run in memory mode (their runs go through the jobs); Redis mode has none yet.
-    webhooks = WebhookSender(reactor, resolver, TreqPoster(reactor), policy=config.webhook_policy)
+    webhooks = WebhookSender(
+        reactor, target_resolver, TreqPoster(reactor), policy=config.webhook_policy
+    )
     notifier = MonitorWebhooks(webhooks, webhook_body)
     shared = None
     if isinstance(config.backend, RedisStore):
@@ -342,36 +391,71 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     listener = Listener(endpoint_type(reactor, config.port, interface=config.host), site)
     if shared is None:
         metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
-        services = MtrdService(api, jobs, access_log)
+        services = MtrdService(api, jobs, access_log, annotator)
         # Stopped in reverse: monitors first (no run starts while the jobs drain), the
         # webhook sender after the jobs (the webhooks of the last traces still go out).
         parts: tuple[Any, ...] = (listener, pool, webhooks, store, jobs)
         metrics.watch(lambda: _monitor_state(monitors, webhooks))
-        parts += (monitors,)
-        if config.monitors_file is not None:
-            monitors_file = MonitorsFile(
-                config.monitors_file,
-                monitors,
-                lambda path: threads.deferToThreadPool(
-                    reactor, reactor.getThreadPool(), read_monitors_file, path
-                ),
-            )
-            monitors_file.setName(MONITORS_FILE)
-            parts += (monitors_file,)
+        parts += (monitors, *_monitors_file(reactor, config, monitors))
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front
         metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
-        services = MtrdService(api, drain, access_log)
+        services = MtrdService(api, drain, access_log, annotator)
         metrics.watch(lambda: _monitor_state(monitors, webhooks))
         # Stopped in reverse: the director (its leases handed on), the monitors, the
         # runner (its last writes) and the front's pollers go before the connection, the
         # connection before the pool.
         parts = (listener, pool, shared.connection, shared.front, shared.runner, webhooks)
         parts += (monitors, director)
-    for service in parts:
+    metrics.watch(lambda: _annotation_metrics(annotator))
+    databases = tuple(d for d in (annotator.asn_db, annotator.geo_db) if d is not None)
+    for service in (*parts, *databases):
         service.setServiceParent(services)
     return services, pool
+
+
+def _annotator(reactor: Any, config: ServeConfig, resolver: Any) -> Annotator:
+    """Who the responders are: names through ``resolver``, networks from the databases."""
+
+    def watched(loaded: Loaded | None) -> NetworkDatabase | None:
+        if loaded is None:
+            return None
+        return NetworkDatabase(
+            loaded,
+            reactor,
+            off_reactor=lambda read: threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), read
+            ),
+        )
+
+    names = None
+    if config.reverse_dns is not None:
+        names = ReverseNames(resolver, reactor, config.reverse_dns)
+    return Annotator(names, watched(config.asn_db), watched(config.geo_db))
+
+
+def _reload_on_hangup(reactor: Any, services: MtrdService) -> None:
+    """SIGHUP reloads the AS and geo databases and the monitors file, those there are (a
+    signal handler only hands it over to the reactor)."""
+    annotator = services.annotator
+    databases = [d for d in (annotator.asn_db, annotator.geo_db) if d is not None]
+    try:
+        monitors_file: MonitorsFile | None = services.getServiceNamed(MONITORS_FILE)
+    except KeyError:
+        monitors_file = None
+    if not databases and monitors_file is None:
+        return
+
+    def reload() -> None:
+        if databases:
+            log.info("SIGHUP: reloading the network databases")
+        for database in databases:
+            database.reload()
+        if monitors_file is not None:
+            monitors_file.reload()
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 @attrs.frozen
@@ -383,6 +467,21 @@ class _SharedParts:
     front: Any
     runner: Any
     starter: Any
+
+
+def _monitors_file(reactor: Any, config: ServeConfig, monitors: MonitorService) -> tuple[Any, ...]:
+    """The service that keeps the monitors file's monitors, when there is a file."""
+    if config.monitors_file is None:
+        return ()
+    monitors_file = MonitorsFile(
+        config.monitors_file,
+        monitors,
+        lambda path: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), read_monitors_file, path
+        ),
+    )
+    monitors_file.setName(MONITORS_FILE)
+    return (monitors_file,)
 
 
 def _shared_monitors(
@@ -495,6 +594,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
             host=config.host,
         )
+    _reload_on_hangup(reactor, services)
     _freeze_start_up()
     # The store as RedisStore.display shows it: the password is masked.
     log.info(
@@ -504,7 +604,6 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
         store=str(config.backend),
         vantage=config.vantage,
     )
-    _reload_on_hangup(reactor, services)
     done: Deferred[None] = Deferred()
 
     async def shutdown() -> None:
@@ -513,16 +612,6 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(shutdown()))
     await done
-
-
-def _reload_on_hangup(reactor: Any, services: MtrdService) -> None:
-    """SIGHUP reloads the monitors file, when there is one."""
-    try:
-        monitors_file = services.getServiceNamed(MONITORS_FILE)
-    except KeyError:
-        return
-    assert isinstance(monitors_file, MonitorsFile)
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(monitors_file.reload))
 
 
 def run(config: ServeConfig) -> None:

@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 import attrs
 
+from mtrd.annotations.networks import DatabaseError, Loaded, read_database
+from mtrd.annotations.reverse import ReverseSettings
 from mtrd.engine.pool import MAX_POOL_SIZE, PoolConfig
 from mtrd.tracing.policy import Network, TargetPolicy, parse_networks
 from mtrd.tracing.redis.settings import (
@@ -50,6 +52,10 @@ class ServeConfig:
     max_monitors: int = 200
     webhook_policy: WebhookPolicy = attrs.Factory(WebhookPolicy)
     monitors_file: str | None = None
+    reverse_dns: ReverseSettings | None = attrs.Factory(ReverseSettings)  # None: off
+    asn_db: Loaded | None = None
+    geo_db: Loaded | None = None
+    name_grace: float = 1.0
 
 
 class SettingError(ValueError):
@@ -120,6 +126,21 @@ def _vantage(text: str) -> str:
         return parse_vantage(text)
     except ValueError as e:
         raise SettingError(f"{e}, not {text!r}") from None
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise SettingError(f"expected on or off, got {text!r}")
+    return value == "on"
+
+
+def _database(path: str) -> Loaded:
+    # Read at start so that a missing or corrupt file stops mtrd before it serves.
+    try:
+        return read_database(path)
+    except DatabaseError as e:
+        raise SettingError(str(e)) from None
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -273,6 +294,19 @@ OPTIONS = (
     Option("--deny-webhooks", "", "comma-separated CIDRs webhooks are never sent to", _networks),
     Option("--monitors-file", None, "YAML file of monitors (read-only through the API), "
            "loaded at start and on SIGHUP", _monitors_file),
+    Option("--reverse-dns", "on", "on: look up each responder's name (PTR) through the DNS "
+           "servers; off: addresses only", _on_off),
+    Option("--reverse-dns-cache", "10000", "responder names kept in the cache at most",
+           _whole(1)),
+    Option("--reverse-dns-timeout", "2", "seconds a name lookup may take", _seconds),
+    Option("--reverse-dns-verify", "off", "on: check that each name resolves back to its "
+           "address (forward-confirmed reverse DNS) and say so as verified", _on_off),
+    Option("--names-grace", "1", "seconds a finished trace waits for name lookups still out",
+           _seconds),
+    Option("--asn-db", None, "MaxMind DB file of AS numbers (GeoLite2-ASN, IPinfo Lite or "
+           "compatible); reloaded on SIGHUP or change (default: none)", _database),
+    Option("--geo-db", None, "MaxMind DB file of countries (GeoLite2-Country/City or "
+           "compatible); reloaded on SIGHUP or change (default: none)", _database),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -390,4 +424,14 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         max_monitors=value["max_monitors"],
         webhook_policy=WebhookPolicy(allow=value["allow_webhooks"], deny=value["deny_webhooks"]),
         monitors_file=value["monitors_file"],
+        reverse_dns=ReverseSettings(
+            cache_size=value["reverse_dns_cache"],
+            timeout=value["reverse_dns_timeout"],
+            verify=value["reverse_dns_verify"],
+        )
+        if value["reverse_dns"]
+        else None,
+        asn_db=value["asn_db"],
+        geo_db=value["geo_db"],
+        name_grace=value["names_grace"],
     )

@@ -26,6 +26,13 @@ left as they were. The run ends ``completed``
 once every round was sent and every probe settled, or ``failed`` when a probe
 cannot be sent at all (a local error such as no route, no source address for
 the family, permission denied), or when its deadline passes.
+
+With an annotator, each responder address is annotated (name, AS) when the run first
+sees it: what is known at once goes into the hop with the reply, a name still being
+looked up follows later and the hops it answered at are published again. Nothing waits
+for a name while probing; once probing is over, the outcome waits at most
+``name_grace`` seconds for lookups still out. A name that comes after that is still put
+into the hops and published (``on_hop``), for whoever keeps the trace.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import (
@@ -67,12 +75,21 @@ class Prober(TypingProtocol):
         ...
 
 
+class Annotating(TypingProtocol):
+    """What the runner needs to say who responders are (mtrd.annotations.Annotator)."""
+
+    def annotate(self, address: str) -> tuple[Annotation, Deferred[Annotation] | None]:
+        """What is known of ``address`` now, and a Deferred for the rest if any."""
+        ...
+
+
 @attrs.frozen
 class RunSettings:
     """How a run paces itself and when it gives up."""
 
     max_unknown: int = DEFAULT_MAX_UNKNOWN
     deadline_slack: float = 40.0  # beyond rounds x interval + timeout: pool queueing, restarts
+    name_grace: float = 1.0  # how long the end waits for names still being looked up
 
     def deadline(self, request: TraceRequest) -> float:
         """Seconds after which a trace with ``request`` fails rather than run on.
@@ -140,6 +157,7 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        annotator: Annotating | None = None,
         wait_floor: WaitFloor | None = None,
     ) -> None:
         self._clock = clock
@@ -177,13 +195,19 @@ class TraceRun:
         self._deadline: IDelayedCall | None = None
         self._sending = False
         self._over = False
+        self._annotator = annotator
+        self._annotations: dict[str, Annotation] = {}  # by address, once first seen
+        self._lookups: set[Deferred[Annotation]] = set()
+        self._ending: tuple[TraceError | None, bool] | None = None  # the outcome, in grace
+        self._grace: IDelayedCall | None = None
+        self._delivered = False
 
     def start(self) -> Deferred[RunOutcome]:
         """Begin the first round; the Deferred fires with the outcome."""
         if self._done is not None:
             raise RuntimeError("a run starts once")
         # Cancelling the Deferred ends the run as cancelled (it then fires with that outcome).
-        self._done = Deferred(lambda _: self._finish(cancelled=True))
+        self._done = Deferred(lambda _: self._cancel_asked())
         self._deadline = self._clock.callLater(
             self._settings.deadline(self._request), self._deadline_passed
         )
@@ -192,7 +216,13 @@ class TraceRun:
 
     def cancel(self) -> None:
         """Stop sending, give up on what is in flight, and end the run as cancelled."""
-        self._finish(cancelled=True)
+        self._cancel_asked()
+
+    def _cancel_asked(self) -> None:
+        if self._ending is not None:
+            self._deliver()  # probing is over already: the names just stop being waited for
+        else:
+            self._finish(cancelled=True)
 
     # -- rounds ---------------------------------------------------------------------------
 
@@ -282,6 +312,8 @@ class TraceRun:
         self._wait_floor.late(now - started, now)
         hop = self._hops[ttl]
         hop.record_late(reply.address, reply.mpls, end)
+        if self._annotator is not None:
+            self._annotate(hop, reply.address)
         if end is not None:
             self._note_end(ttl, end, reply.kind)
             self._known_limit = None
@@ -390,6 +422,8 @@ class TraceRun:
                 hop.record_lost()
             else:
                 hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
+                if self._annotator is not None:
+                    self._annotate(hop, reply.address)
                 self._note_end(ttl, end, reply.kind)
         elif reply.kind in _LOST or reply.kind is ReplyKind.UNKNOWN:
             hop.record_lost()
@@ -407,6 +441,40 @@ class TraceRun:
                 self._silent_losses = True
         if ttl <= self._limit():
             self._on_hop(hop)
+
+    # -- annotations -----------------------------------------------------------------------
+
+    def _annotate(self, hop: HopAccumulator, address: str) -> None:
+        annotation = self._annotations.get(address)
+        if annotation is None:
+            assert self._annotator is not None
+            annotation, later = self._annotator.annotate(address)
+            self._annotations[address] = annotation
+            if later is not None:
+                self._lookups.add(later)
+                later.addCallback(self._named, address, later)
+                later.addErrback(self._naming_failed, address, later)
+        if not annotation.empty:
+            hop.annotate(address, annotation)
+
+    def _named(self, annotation: Annotation, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self._annotations[address] = annotation
+        limit = self._limit()
+        for ttl in sorted(self._hops):
+            hop = self._hops[ttl]
+            if hop.annotate(address, annotation) and ttl <= limit:
+                self._on_hop(hop)
+        if self._ending is not None and not self._lookups:
+            self._deliver()
+
+    def _naming_failed(self, failure: Failure, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self.log.failure("annotating {address} failed", failure, address=address)
+        if self._ending is not None and not self._lookups:
+            self._deliver()
+
+    # -- how it ends --------------------------------------------------------------------------
 
     def _note_end(self, ttl: int, end: HopEnd | None, kind: ReplyKind) -> None:
         if end is HopEnd.DESTINATION:
@@ -504,6 +572,21 @@ class TraceRun:
         # The pool keeps each sent probe's sequence until mtr-packet is done with it.
         for result in [*self._in_flight, *self._given_up]:
             result.cancel()
+        self._ending = (error, cancelled)
+        if self._lookups and not cancelled and self._settings.name_grace > 0:
+            self._grace = self._clock.callLater(self._settings.name_grace, self._deliver)
+        else:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Fire the outcome (once): probing is over, and so is the wait for names."""
+        if self._delivered or self._ending is None:
+            return
+        assert self._done is not None
+        self._delivered = True
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        error, cancelled = self._ending
         limit = self._limit()
         hops = tuple(self._hops[ttl].snapshot() for ttl in sorted(self._hops) if ttl <= limit)
         self._done.callback(
