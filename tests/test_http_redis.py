@@ -585,10 +585,12 @@ async def test_a_stream_outlives_a_redis_pause(pair: Pair) -> None:
 @pytest_twisted.ensureDeferred
 async def test_unknown_traces_and_vantages_leave_no_state_behind(pair: Pair) -> None:
     """Streams of unknown traces start no poller; traces asked of an unknown vantage make
-    no work queue: ids and names a client makes up are never kept."""
+    no work queue, in this process or in Redis: ids and names a client makes up are never
+    kept."""
     queues = set(pair.b.shared._queues)
     for n in range(50):
         assert (await pair.b.request("GET", f"/traces/unknown{n:09d}/events")).code == 404
         assert (await pair.b.post_trace({**QUICK, "vantage": f"nowhere{n}"})).code == 422
     assert pair.b.shared.followed == 0
     assert set(pair.b.shared._queues) == queues
+    assert await pair.b.connection.execute("KEYS", "*nowhere*") == []

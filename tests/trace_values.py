@@ -11,12 +11,15 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.wait import WaitRule
 
 _floats = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 _maybe_float = st.none() | _floats
@@ -54,6 +57,7 @@ hops = st.builds(
                      _maybe_float),
     jitter_ms=st.builds(JitterStats, _maybe_float, _maybe_float, _maybe_float),
     end=st.none() | st.sampled_from(HopEnd),
+    late=_small,
 )  # fmt: skip
 traces = st.builds(
     Trace,
@@ -72,6 +76,7 @@ traces = st.builds(
         timeout=st.integers(1, 60),
         size=st.none() | st.integers(0, 9000),
         tos=st.none() | st.integers(0, 255),
+        wait=st.builds(WaitRule, here=st.floats(0, 100), near=st.floats(0, 100)),
     ),
     target=st.builds(TraceTarget, input=_text, address=st.none() | _text,
                      ip_version=st.none() | st.sampled_from([4, 6])),
@@ -90,6 +95,8 @@ traces = st.builds(
         asn_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
         geo_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
     ),
+    stop=st.none() | st.builds(Stop, reason=st.sampled_from(StopReason),
+                               unreachable=st.none() | st.sampled_from(["no-route", "host-down"])),
 )  # fmt: skip
 
 
@@ -100,7 +107,7 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         status=status,
         request=TraceRequest(target="example.test", ip_version=6, protocol=Protocol.TCP,
                              port=443, first_ttl=2, max_ttl=20, probes=5, interval=0.25,
-                             timeout=3, size=100, tos=16),
+                             timeout=3, size=100, tos=16, wait=WaitRule(here=2.5, near=8)),
         target=TraceTarget(input="example.test", address="2001:db8::1", ip_version=6),
         created_at=1_700_000_000.125,
         source="2001:db8::2",
@@ -115,7 +122,7 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
                                    Responder("2001:db8::b", 1)),
                 sent=5, received=5, lost=0, rtt_ms=RttStats(1.5, 1.0, 1.25, 2.0, 0.3),
                 jitter_ms=JitterStats(0.5, 0.25, 1.0)),
-            Hop(ttl=3, sent=5, lost=5),
+            Hop(ttl=3, responders=(Responder("2001:db8::c", 0),), sent=5, lost=5, late=2),
             Hop(ttl=4, responders=(Responder("2001:db8::1", 5),), sent=5, received=5,
                 rtt_ms=RttStats(9.0, 8.0, 8.5, 9.5, 0.5), end=HopEnd.DESTINATION),
         ),

@@ -267,7 +267,7 @@ OPTIONS = (
     Option("--max-connections", "1024", "open HTTP connections at most; more are answered "
            "503 and closed", _whole(1)),
     Option("--max-connections-per-client", "256", "open HTTP connections from one client "
-           "address at most; more are answered 503 and closed", _whole(1)),
+           "address (IPv6: one /64) at most; more are answered 503 and closed", _whole(1)),
     Option("--idle-timeout", "30", "seconds a connection may stay open without beginning a "
            "request", _seconds),
     Option("--header-timeout", "10", "seconds a request's headers may take from its first "
