@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, http, latency, names, peers, replicas, sse
+from bench import e2e, http, latency, monitors, names, peers, replicas, sse
 from bench.common import RESULTS, ROOT
 
 MODES: dict[str, dict[str, Any]] = {
@@ -36,6 +36,8 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 10,
         "http_seconds": 2,
         "redis_traces": 50,
+        "monitors": 20,
+        "monitors_seconds": 10,
         "names_traces": 50,
         "peers_samples": 3,
         "peers_traces": 128,
@@ -52,6 +54,8 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 100,
         "http_seconds": 20,
         "redis_traces": 1000,
+        "monitors": 200,
+        "monitors_seconds": 60,
         "names_traces": 1000,
         "peers_samples": 15,
         "peers_traces": 1024,
@@ -137,6 +141,7 @@ def run_parts(
         ("memory", lambda: subprocess_json("bench.memory", str(p["memory_traces"]), timeout=600)),
         ("http", lambda: http.run(lab, p["http_stored"], p["http_seconds"], profile=p["profile"])),
         ("redis", lambda: replicas.run(lab, p["redis_traces"])),
+        ("monitors", lambda: monitors.run(lab, p["monitors"], p["monitors_seconds"])),
         ("names", lambda: names.run(lab, p["names_traces"])),
         ("peers_silent", lambda: peers.silent_hop(lab, p["peers_samples"])),
         ("peers_e2e", lambda: peers.against_scamper(lab, p["peers_traces"])),
@@ -272,6 +277,19 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             None,
             BOUNDS["replicas"],
         )
+    if "monitors" in r:
+        x = r["monitors"]
+        late = x["lateness_ms"]
+        row(
+            f"10. {x['monitors']} monitors every second for {x['seconds']:.0f} s: run lateness",
+            f"p50 {late['p50']:.1f} ms, p99 {late['p99']:.1f} ms (max {late['max']:.1f}); "
+            f"{x['runs_seen']:,} runs, {x['skipped']} skipped; mtrd CPU "
+            f"{x['cpu_share']:.2f} of a core ({x['cpu_ms_per_run']:.2f} ms per run), "
+            f"mtr-packet {x['workers_cpu_share']:.2f}",
+            "no run skipped",
+            x["skipped"] == 0,
+            BOUNDS["monitors"],
+        )
     if "names" in r:
         x = r["names"]
         row(
@@ -347,6 +365,9 @@ BOUNDS = {
     "(p50, server side) against none in memory. See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
+    "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
+    "events) plus the monitor's bookkeeping, and a run starts late when its timer waits "
+    "behind the reactor's other work (bench/results/monitors.md: a first measurement)",
     "names": "per new address of a trace: a cache lookup and two in-memory MaxMind DB "
     "lookups; per responder in every render: five more JSON fields. The warm cache sends "
     "no DNS query",

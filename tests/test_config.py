@@ -111,6 +111,10 @@ BAD_VALUES = [
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--max-monitors", "-1", "expected a whole number >= 0"),
+    ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
+    ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
+    ("--monitors-file", "/nonexistent/monitors.yaml", "cannot read /nonexistent/monitors.yaml"),
     ("--reverse-dns", "maybe", "expected on or off, got 'maybe'"),
     ("--reverse-dns-cache", "0", "expected a whole number >= 1"),
     ("--reverse-dns-timeout", "0", "expected seconds"),
@@ -299,3 +303,15 @@ def test_store_and_vantage_reach_the_config() -> None:
     config = parse_serve_args(["--vantage", "edge-1"], env={"MTRD_STORE": "redis://cache:6380/2"})
     assert config.vantage == "edge-1"
     assert str(config.backend) == "redis://cache:6380/2"
+
+
+def test_a_monitors_file_needs_the_memory_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--monitors-file with --store redis stops mtrd with the reason (no silent ignore)."""
+    monitors = tmp_path / "monitors.yaml"
+    monitors.write_text("monitors: []\n")
+    argv = ["--monitors-file", str(monitors), "--store", "redis://127.0.0.1:6379/0"]
+    with pytest.raises(SystemExit):
+        parse_serve_args(argv, env={})
+    assert "in-memory store" in capsys.readouterr().err

@@ -27,6 +27,8 @@ from mtrd.tracing.store import StoreLimits
 from mtrd.tracing.tenants import TenantLimits
 from mtrd.web.auth import OPEN_BY_DEFAULT, TENANT_NAME, NamedToken, load_tokens
 from mtrd.web.limits import EdgeLimits
+from mtrd.web.monitors_file import MonitorsFileError, read_monitors_file
+from mtrd.webhooks.policy import WebhookPolicy
 
 
 @attrs.frozen
@@ -50,6 +52,9 @@ class ServeConfig:
     tenant_limits: TenantLimits = attrs.Factory(TenantLimits)
     backend: StoreSetting = attrs.Factory(MemoryStore)
     vantage: str = "default"
+    max_monitors: int = 200
+    webhook_policy: WebhookPolicy = attrs.Factory(WebhookPolicy)
+    monitors_file: str | None = None
     reverse_dns: ReverseSettings | None = attrs.Factory(ReverseSettings)  # None: off
     asn_db: Loaded | None = None
     geo_db: Loaded | None = None
@@ -217,6 +222,16 @@ def _tokens_file(path: str) -> tuple[NamedToken, ...]:
         raise SettingError(f"{path}: {e}") from None
 
 
+def _monitors_file(path: str) -> str:
+    # Read once here so that a bad file stops mtrd at start with the reason; the service
+    # reads it again when it starts, and on SIGHUP.
+    try:
+        read_monitors_file(path)
+    except MonitorsFileError as e:
+        raise SettingError(str(e)) from None
+    return path
+
+
 @attrs.frozen
 class Option:
     """One ``serve`` flag: its MTRD_* variable is derived from its name."""
@@ -294,6 +309,13 @@ OPTIONS = (
            "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
     Option("--vantage", "default", "name of the place this replica's probes leave from; "
            "replicas with one vantage share its work", _vantage),
+    Option("--max-monitors", "200", "monitors at most (each re-runs a trace on a schedule)",
+           _whole(0)),
+    Option("--allow-webhooks", "", "comma-separated CIDRs; when set, webhooks may only be "
+           "sent to these", _networks),
+    Option("--deny-webhooks", "", "comma-separated CIDRs webhooks are never sent to", _networks),
+    Option("--monitors-file", None, "YAML file of monitors (read-only through the API), "
+           "loaded at start and on SIGHUP", _monitors_file),
     Option("--reverse-dns", "on", "on: look up each responder's name (PTR) through the DNS "
            "servers; off: addresses only", _on_off),
     Option("--reverse-dns-cache", "10000", "responder names kept in the cache at most",
@@ -400,6 +422,8 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         )
     except ValueError as e:
         _fail(str(e))
+    if value["monitors_file"] is not None and not isinstance(value["store"], MemoryStore):
+        _fail("--monitors-file: monitors need the in-memory store for now (not --store redis)")
     host, port = value["listen"]
     return ServeConfig(
         host=host,
@@ -433,6 +457,9 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         ),
         backend=value["store"],
         vantage=value["vantage"],
+        max_monitors=value["max_monitors"],
+        webhook_policy=WebhookPolicy(allow=value["allow_webhooks"], deny=value["deny_webhooks"]),
+        monitors_file=value["monitors_file"],
         reverse_dns=ReverseSettings(
             cache_size=value["reverse_dns_cache"],
             timeout=value["reverse_dns_timeout"],

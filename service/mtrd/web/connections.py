@@ -14,7 +14,6 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -178,15 +177,6 @@ class EdgeSite(Site):
 
     def log(self, request: object) -> None:
         """Leave request logging to the edge."""
-
-
-@attrs.frozen
-class Descriptors:
-    """What the process may open, and what mtrd needs."""
-
-    soft: int
-    hard: int
-    needed: int
 
 
 def descriptors_needed(max_connections: int, pool_size: int) -> int:
