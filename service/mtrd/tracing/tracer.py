@@ -24,15 +24,18 @@ from mtrd.tracing.model import (
     LiveHop,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.multipath.run import MultipathRun, MultipathSettings
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
 from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
 
 DEFAULT_SETTINGS = RunSettings()
+DEFAULT_MULTIPATH = MultipathSettings()
 OPEN_POLICY = TargetPolicy()
 LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledger clashes
 
@@ -72,8 +75,10 @@ class Tracer:
         policy: TargetPolicy = OPEN_POLICY,
         vantage: str = "",
         replica: str | None = None,
+        multipath: MultipathSettings = DEFAULT_MULTIPATH,
     ) -> None:
         self._clock = clock
+        self._multipath = multipath
         self.vantage = vantage
         self.replica = replica
         self._prober = prober
@@ -134,7 +139,11 @@ class Tracer:
         on_update(trace)
         request = trace.request
         try:
-            resolved = await self._resolver.resolve(request.target, request.ip_version)
+            # Only IPv4 holds a flow (see mtrd.tracing.multipath.run): resolve to IPv4.
+            family = request.ip_version
+            if request.mode is TraceMode.MULTIPATH:
+                family = 4
+            resolved = await self._resolver.resolve(request.target, family)
         except ResolutionFailed as e:
             return self._end(trace, error=TraceError("dns", str(e)))
         except CancelledError:
@@ -153,6 +162,8 @@ class Tracer:
             source=source,
         )
         on_update(trace)
+        if request.mode is TraceMode.MULTIPATH:
+            return await self._multipath_trace(trace, resolved.address, source, on_hop)
         run = TraceRun(
             clock=self._clock,
             prober=self._prober,
@@ -168,6 +179,32 @@ class Tracer:
         outcome = await run.start()
         trace = attrs.evolve(
             trace, hops=outcome.hops, destination_reached=outcome.destination_reached
+        )
+        if outcome.cancelled:
+            return self._end(trace, status=TraceStatus.CANCELLED)
+        return self._end(trace, error=outcome.error)
+
+    async def _multipath_trace(
+        self, trace: Trace, address: str, source: str | None, on_hop: Callable[[LiveHop], None]
+    ) -> Trace:
+        low, high = LOCAL_PORT_RANGE
+        run = MultipathRun(
+            clock=self._clock,
+            prober=self._prober,
+            request=trace.request,
+            address=address,
+            # Each trace's flows take a block of source ports of their own.
+            first_local_port=secrets.choice(range(low, high - self._multipath.max_flows + 1)),
+            on_hop=on_hop,
+            settings=self._multipath,
+            source=source,
+        )
+        outcome = await run.start()
+        trace = attrs.evolve(
+            trace,
+            hops=outcome.hops,
+            destination_reached=outcome.destination_reached,
+            multipath=outcome.multipath,
         )
         if outcome.cancelled:
             return self._end(trace, status=TraceStatus.CANCELLED)
