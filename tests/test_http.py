@@ -158,6 +158,8 @@ async def test_post_starts_a_trace_with_location_and_defaults() -> None:
         "timeout": 2,
         "size": None,
         "tos": None,
+        "mode": "classic",
+        "confidence": 95,
     }
     assert body["status"] == "running"
     assert body["links"] == {

@@ -122,8 +122,10 @@ def test_a_multipath_trace_without_answers_ends_at_its_deadline() -> None:
     )
     clock.pump([1.0] * 600)
     assert done[0].status is TraceStatus.FAILED
-    assert done[0].error is not None and done[0].error.type == "deadline"
-    assert done[0].multipath is not None and done[0].multipath.stop_reason == "deadline"
+    assert done[0].error is not None
+    assert done[0].error.type == "deadline"
+    assert done[0].multipath is not None
+    assert done[0].multipath.stop_reason == "deadline"
 
 
 def test_cancelling_a_multipath_trace_keeps_what_it_found() -> None:
@@ -137,5 +139,6 @@ def test_cancelling_a_multipath_trace_keeps_what_it_found() -> None:
     clock.pump([0.01] * 5)
     running.cancel()
     assert done[0].status is TraceStatus.CANCELLED
-    assert done[0].multipath is not None and done[0].multipath.stop_reason == "cancelled"
+    assert done[0].multipath is not None
+    assert done[0].multipath.stop_reason == "cancelled"
     assert done[0].hops

@@ -10,13 +10,18 @@ from typing import Any
 
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
+    FlowHop,
+    FlowPath,
     Hop,
     HopEnd,
     JitterStats,
+    MultipathResult,
+    PathLink,
     Responder,
     RttStats,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
@@ -69,6 +74,8 @@ def request_json(request: TraceRequest) -> dict[str, Any]:
         "timeout": request.timeout,
         "size": request.size,
         "tos": request.tos,
+        "mode": request.mode.value,
+        "confidence": request.confidence,
     }
 
 
@@ -116,6 +123,51 @@ def hop_json(hop: Hop) -> dict[str, Any]:
     }
 
 
+def multipath_json(result: MultipathResult) -> dict[str, Any]:
+    """What a multipath trace learned beyond its hops: links, flows, why it stopped."""
+    return {
+        "confidence": result.confidence,
+        "stop_reason": result.stop_reason,
+        "probes_sent": result.probes_sent,
+        "full_mda_hops": list(result.full_mda_hops),
+        "links": [{"ttl": k.ttl, "from": k.source, "to": k.to} for k in result.links],
+        "flows": [
+            {
+                "flow": f.flow,
+                "local_port": f.local_port,
+                "sent": len(f.hops),
+                "lost": f.lost,
+                "loss_pct": round(f.loss_pct, 1),
+                "hops": [
+                    {"ttl": h.ttl, "address": h.address, "rtt_ms": _ms(h.rtt_ms)} for h in f.hops
+                ],
+            }
+            for f in result.flows
+        ],
+    }
+
+
+def multipath_from_json(data: dict[str, Any] | None) -> MultipathResult | None:
+    """The inverse of :func:`multipath_json`."""
+    if data is None:
+        return None
+    return MultipathResult(
+        confidence=data["confidence"],
+        links=tuple(PathLink(k["ttl"], k["from"], k["to"]) for k in data["links"]),
+        flows=tuple(
+            FlowPath(
+                f["flow"],
+                f["local_port"],
+                tuple(FlowHop(h["ttl"], h["address"], h["rtt_ms"]) for h in f["hops"]),
+            )
+            for f in data["flows"]
+        ),
+        probes_sent=data["probes_sent"],
+        stop_reason=data["stop_reason"],
+        full_mda_hops=tuple(data["full_mda_hops"]),
+    )
+
+
 def _target_json(trace: Trace) -> dict[str, Any]:
     return {
         "input": trace.target.input,
@@ -144,6 +196,7 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         if trace.error is None
         else {"type": trace.error.type, "message": trace.error.message},
         "links": links(trace.id),
+        "multipath": None if trace.multipath is None else multipath_json(trace.multipath),
     }
 
 
@@ -220,6 +273,8 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
             timeout=request["timeout"],
             size=request["size"],
             tos=request["tos"],
+            mode=TraceMode(request.get("mode", "classic")),
+            confidence=request.get("confidence", 95),
         ),
         target=TraceTarget(target["input"], target["address"], target["ip_version"]),
         created_at=created,
@@ -233,4 +288,5 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         # A server older than these fields leaves them out.
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
+        multipath=multipath_from_json(data.get("multipath")),
     )

@@ -31,6 +31,7 @@ from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
 from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
 from mtrd.web.bodies import BodyCache
+from mtrd.web.graph import render_dot
 from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
@@ -254,6 +255,8 @@ class Api:
             raise not_found(f"trace {trace_id}")
         if _not_modified(request, trace_id, record.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
             return _report(request, record.full_trace())
         return _body(request, 200, self._bodies.body(record))
@@ -264,6 +267,8 @@ class Api:
             raise not_found(f"trace {trace_id}")
         if _not_modified(request, trace_id, stored.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
             return _report(request, stored.trace)
         return _body(request, 200, self._stored_body(stored))
@@ -602,6 +607,19 @@ def _not_modified(request: IRequest, trace_id: str, version: int) -> bool:
 def _report(request: IRequest, trace: Trace) -> bytes:
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return render_report(trace, LOCAL_HOST).encode()
+
+
+def _dot(request: IRequest, trace: Trace) -> bytes:
+    request.setHeader(b"Content-Type", b"text/vnd.graphviz; charset=utf-8")
+    return render_dot(trace).encode()
+
+
+def _wants_dot(accept: str | bytes | None) -> bool:
+    if accept is None:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    types = [part.split(";")[0].strip().lower() for part in text.split(",")]
+    return bool(types) and types[0] == "text/vnd.graphviz"
 
 
 def _start_events(request: IRequest) -> int | None:
