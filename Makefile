@@ -55,7 +55,7 @@ bench-small: os-deps-test os-deps-bench $(STAMP)
 	$(BIN)/python -m bench --mode small
 
 os-deps-bench:
-	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk)"
+	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk scamper:scamper)"
 
 define new-venv
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv

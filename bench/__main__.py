@@ -36,6 +36,7 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 10,
         "http_seconds": 2,
         "redis_traces": 50,
+        "multipath_runs": 0,  # scamper's tracelb takes ~80 s a run here: full mode only
         "profile": False,
     },
     "full": {
@@ -49,6 +50,7 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 100,
         "http_seconds": 20,
         "redis_traces": 1000,
+        "multipath_runs": 5,
         "profile": True,
     },
 }
@@ -130,6 +132,16 @@ def run_parts(lab: Any, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         ("http", lambda: http.run(lab, p["http_stored"], p["http_seconds"], profile=p["profile"])),
         ("redis", lambda: replicas.run(lab, p["redis_traces"])),
     ]
+    if p["multipath_runs"]:
+        # Its own lab (tests/lab/multipath.py), built and torn down by the part.
+        parts.append(
+            (
+                "multipath",
+                lambda: subprocess_json(
+                    "bench.multipath", json.dumps({"runs": p["multipath_runs"]}), timeout=3600
+                ),
+            )
+        )
     for name, part in parts:
         started = time.monotonic()
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
@@ -259,12 +271,33 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             None,
             BOUNDS["replicas"],
         )
+    if "multipath" in r:
+        x = r["multipath"]
+        for confidence in ("95", "99"):
+            c = x[confidence]
+            sc, mt = c["scamper"], c["mtrd"]
+            row(
+                f"8. multipath at {confidence}%: mtrd vs scamper tracelb "
+                f"({x['runs']} runs each, {x['topology_interfaces']} interfaces)",
+                f"probes median {mt['probes_median']} vs {sc['probes_median']}; seconds median "
+                f"{mt['seconds_median']} vs {sc['seconds_median']}; every interface found in "
+                f"{mt['runs_with_every_interface']} vs {sc['runs_with_every_interface']} runs; "
+                f"mtrd found all scamper found in {c['mtrd_runs_with_all_scamper_found']} runs",
+                "all scamper finds, probes <= scamper",
+                c["mtrd_runs_with_all_scamper_found"] == x["runs"]
+                and mt["probes_median"] <= sc["probes_median"],
+                BOUNDS["multipath"],
+            )
     return rows
 
 
 # What bounds each figure: from the py-spy profiles of the full run (bench/results/latest.json
 # keeps the top frames). Written by hand from that evidence; see the report.
 BOUNDS = {
+    "multipath": "probes: MDA-Lite's hop-level stopping reuses flows across hops where scamper "
+    "applies MDA per vertex with node control; time: scamper waits between probes (its "
+    "tracelb -W default), mtrd spaces a batch's probes 5 ms apart and waits only for the "
+    "batch's replies",
     "engine": "1 worker: mtr-packet itself (its select loop and raw socket); the pool's work "
     "per probe (ledger, framing, one Deferred, a deadline heap instead of a timer per probe) "
     "keeps up with it. 2 workers are slower here: both raw sockets see every ICMP reply, and "
