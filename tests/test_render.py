@@ -19,6 +19,8 @@ from mtrd.tracing.model import (
 )
 from mtrd.web.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
 
+from tests.trace_values import multipath_trace
+
 FINAL = Trace(
     id="abcdefghijklmnopqrstuv",
     status=TraceStatus.COMPLETED,
@@ -71,3 +73,9 @@ def test_rfc3339_round_trips_at_millisecond_precision(seconds: int, millis: int)
     assert text is not None
     assert text.endswith("Z")
     assert round(from_rfc3339(text) or 0.0, 3) == round(moment, 3)
+
+
+def test_a_multipath_trace_reads_back_from_its_json() -> None:
+    """trace_from_json restores mode, confidence, links and flows (rounded as rendered)."""
+    trace = multipath_trace()
+    assert trace_from_json(trace_bytes(trace)) == trace
