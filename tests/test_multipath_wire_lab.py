@@ -65,9 +65,9 @@ def test_only_ipv4_udp_with_both_ports_fixed_holds_a_flow(lab: Lab) -> None:
             )
             token += 1
     expression = " or ".join(f"dst host {t}" for t in targets.values())
+    tcpdump = ["tcpdump", "--immediate-mode", "-i", "to-r1", "-n", "-l", "-x"]
     capture = subprocess.Popen(
-        [*lab.netns_exec("c"), "tcpdump", "--immediate-mode", "-i", "to-r1", "-n", "-l", "-x"]
-        + ["-c", str(len(commands)), expression],
+        [*lab.netns_exec("c"), *tcpdump, "-c", str(len(commands)), expression],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
