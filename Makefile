@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.runtime-stamp
 
 RUN_OS_PACKAGES := mtr-packet:mtr-tiny
-TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables tcpdump:tcpdump curl:curl redis-server:redis-server
+TEST_OS_PACKAGES := $(RUN_OS_PACKAGES) ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump curl:curl redis-server:redis-server
 
 .PHONY: run test lint typecheck unit lab venv os-deps-run os-deps-test clean container-test bench bench-small os-deps-bench
 
@@ -55,7 +55,7 @@ bench-small: os-deps-test os-deps-bench $(STAMP)
 	$(BIN)/python -m bench --mode small
 
 os-deps-bench:
-	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk scamper:scamper)"
+	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,wrk:wrk traceroute:traceroute scamper:scamper)"
 
 define new-venv
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory os-packages PACKAGES=python3-venv

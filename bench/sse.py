@@ -162,6 +162,11 @@ def run(
         str(subscribers + 100),
         "--max-subscribers-per-trace",
         str(subscribers + 100),
+        # Every subscriber connects from 127.0.0.1.
+        "--max-connections",
+        str(subscribers + 100),
+        "--max-connections-per-client",
+        str(subscribers + 100),
     ]
     capture_path = RESULTS / ".sse.tcpdump"
     with mtrd(lab.netns_exec("c"), "sse", *flags) as server:

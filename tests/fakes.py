@@ -108,7 +108,11 @@ class FakeNetwork:
     TTL n < ``destination_ttl`` answers ttl-expired from ``routers[n-1]`` after
     ``rtt`` seconds; from ``destination_ttl`` on the target replies. TTLs in
     ``silent`` and every TTL when ``blackhole`` is set answer no-reply once the
-    probe's timeout is over. ``unreachable_ttl`` answers no-route from its router.
+    probe's timeout is over. TTLs in ``slow`` answer after the seconds given there
+    instead of ``rtt`` (a router that answers late). Probes at TTLs in ``queued`` wait
+    that long before they go out (a busy pool), which their round trip does not count.
+    ``unreachable_ttl`` answers
+    no-route from its router.
     """
 
     def __init__(
@@ -121,7 +125,11 @@ class FakeNetwork:
         unreachable_ttl: int | None = None,
         blackhole_after: int | None = None,
         local_error: str | None = None,
+        slow: dict[int, float] | None = None,
+        queued: dict[int, float] | None = None,
     ) -> None:
+        self.slow = slow or {}
+        self.queued = queued or {}
         self.clock = clock
         self.routers = routers
         self.rtt = rtt
@@ -152,12 +160,12 @@ class FakeNetwork:
         elif ttl >= self.destination_ttl:
             line, delay = f"2 reply ip-4 {request.target} round-trip-time {usec}", self.rtt
         else:
-            line = f"2 ttl-expired ip-4 {self.routers[ttl - 1]} round-trip-time {usec}"
-            delay = self.rtt
+            delay = self.slow.get(ttl, self.rtt)
+            line = f"2 ttl-expired ip-4 {self.routers[ttl - 1]} round-trip-time {int(delay * 1e6)}"
 
         def answer() -> None:
             if not result.called:
                 result.callback(parse_reply(line)[1])
 
-        self.clock.callLater(delay, answer)
+        self.clock.callLater(delay + self.queued.get(ttl, 0.0), answer)
         return result

@@ -617,7 +617,10 @@ def test_live_output_redraws_the_table_in_place() -> None:
     assert "\x1b[J" in out
     last_draw = out.split("\x1b[J")[-1]
     assert last_draw.startswith("Start: ")
-    assert "\nTarget: 203.0.113.7  Protocol: icmp  Status: completed\n" in last_draw
+    assert (
+        "\nTarget: 203.0.113.7  Protocol: icmp  Status: completed  Stopped: destination\n"
+        in last_draw
+    )
 
 
 def test_refused_request_exits_2_naming_the_field() -> None:

@@ -160,6 +160,7 @@ async def test_post_starts_a_trace_with_location_and_defaults() -> None:
         "tos": None,
         "mode": "classic",
         "confidence": 95,
+        "wait": {"here": 3.0, "near": 10.0},
     }
     assert body["status"] == "running"
     assert body["links"] == {
@@ -310,6 +311,11 @@ async def test_listing_rejects_bad_parameters(query: str, field: str) -> None:
         ({"target": "203.0.113.7", "colour": "red"}, ["colour"]),
         ({"target": "203.0.113.7", "probes": 0, "timeout": 0}, ["probes", "timeout"]),
         ([1, 2], [""]),
+        ({"target": "203.0.113.7", "wait": None}, ["wait"]),
+        ({"target": "203.0.113.7", "wait": 3}, ["wait"]),
+        ({"target": "203.0.113.7", "wait": {"here": -1, "near": 10}}, ["wait.here"]),
+        ({"target": "203.0.113.7", "wait": {"here": 3}}, ["wait.near"]),
+        ({"target": "203.0.113.7", "wait": {"here": 3, "near": 10, "max": 5}}, ["wait.max"]),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -320,6 +326,15 @@ async def test_invalid_fields_are_422_naming_each_field(body: object, fields: li
     assert answer.code == 422
     assert sorted(problem_fields(answer)) == sorted(fields)
     assert len(client.store) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_rule_in_the_request_is_kept() -> None:
+    """ "wait": {"here": 0, "near": 0} (adaptive wait off) is accepted and shown as given."""
+    client = Client()
+    answer = await client.post_trace({"target": "203.0.113.7", "wait": {"here": 0, "near": 0}})
+    assert answer.code == 202
+    assert json.loads(answer.body)["request"]["wait"] == {"here": 0.0, "near": 0.0}
 
 
 @pytest_twisted.ensureDeferred

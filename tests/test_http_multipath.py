@@ -30,7 +30,7 @@ async def test_a_multipath_trace_answers_with_links_and_flows() -> None:
     path = [h["responders"][0]["address"] for h in body["hops"]]
     assert path == [*ROUTERS, "203.0.113.7"]
     multipath = body["multipath"]
-    assert multipath["stop_reason"] == "destination"
+    assert multipath["stop_reason"] == body["stop_reason"] == "destination"
     assert {(k["ttl"], k["from"], k["to"]) for k in multipath["links"]} == {
         (ttl, a, b) for ttl, (a, b) in enumerate(itertools.pairwise(path), start=1)
     }

@@ -264,6 +264,19 @@ async def test_post_to_a_vantage_without_live_replicas_is_422(pair: Pair) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_post_refused_for_its_vantage_leaves_no_trace_and_no_queue_entry(
+    pair: Pair,
+) -> None:
+    """A 422 for a vantage with no live replica takes back the trace and its queue entry
+    that went to Redis in the same call."""
+    assert (await pair.a.post_trace({**QUICK, "vantage": "nrt"})).code == 422
+    redis = pair.a.connection
+    assert await redis.execute("XLEN", "mtrd:vantage:{nrt}:queue") == 0
+    assert await redis.execute("ZCARD", "mtrd:{index}:traces") == 0
+    assert await redis.execute("ZCARD", "mtrd:{index}:active") == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_vantage_points_list_the_live_vantages(pair: Pair) -> None:
     """GET /vantage-points on either replica lists each live vantage with its replicas."""
     await pair.beat("runner-2", capacity=8)
@@ -314,6 +327,19 @@ async def test_store_full_of_active_traces_is_429(redis_server: RedisServer) -> 
         assert refused.code == 429
         assert refused.json()["type"].endswith("store-full")
         assert refused.header("retry-after") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_full_takes_back_the_refused_trace_and_its_queue_entry(
+    redis_server: RedisServer,
+) -> None:
+    """A POST refused at the store cap leaves the queue and the index as they were."""
+    async with _alone(redis_server, max_traces=1) as front:
+        assert (await front.post_trace(QUICK)).code == 202
+        assert (await front.post_trace(QUICK)).code == 429
+        redis = front.connection
+        assert await redis.execute("XLEN", f"mtrd:vantage:{{{VANTAGE}}}:queue") == 1
+        assert await redis.execute("ZCARD", "mtrd:{index}:traces") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -550,3 +576,15 @@ async def test_a_stream_outlives_a_redis_pause(pair: Pair) -> None:
     await until(pair.b, lambda: len(stream.events()) == 2)
     assert stream.events()[-1]["data"]["status"] == "running"
     assert not stream.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_traces_and_vantages_leave_no_state_behind(pair: Pair) -> None:
+    """Streams of unknown traces start no poller; traces asked of an unknown vantage make
+    no work queue: ids and names a client makes up are never kept."""
+    queues = set(pair.b.shared._queues)
+    for n in range(50):
+        assert (await pair.b.request("GET", f"/traces/unknown{n:09d}/events")).code == 404
+        assert (await pair.b.post_trace({**QUICK, "vantage": f"nowhere{n}"})).code == 422
+    assert pair.b.shared.followed == 0
+    assert set(pair.b.shared._queues) == queues

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from mtrd.logs import log_time, observer
+from mtrd.logs import escape_controls, log_time, observer
 from mtrd.web.access import ACCESS_FLUSH_DELAY, ACCESS_MAX_PENDING, AccessLog, AccessRecord
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
@@ -237,3 +237,28 @@ def test_held_access_lines_are_written_whole_in_one_call() -> None:
     assert [w.count("\n") for w in writes] == [ACCESS_MAX_PENDING, 1]
     clock.advance(1)
     assert len(writes) == 2  # the flush cancelled the timer: nothing more to write
+
+
+def test_control_characters_are_escaped_but_tab_and_newline_kept() -> None:
+    """escape_controls writes CR, ESC, DEL and C1 controls as \\xNN; tab and newline stay."""
+    assert escape_controls("a\rb\x1b[2Jc\x7fd\x85e\tf\ng") == ("a\\x0db\\x1b[2Jc\\x7fd\\x85e\tf\ng")
+
+
+def test_text_logs_escape_control_characters_from_the_message() -> None:
+    """A message carrying a carriage return and an escape sequence is one plain line."""
+    stream = io.StringIO()
+    Logger(namespace="mtrd.test", observer=observer(stream, "text")).info(
+        "asked for {path}", path="/x\r\x1b[2Jfake line"
+    )
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert "\r" not in line
+    assert "\x1b" not in line
+    assert "/x\\x0d\\x1b[2Jfake line" in line
+
+
+def test_text_access_lines_escape_control_characters() -> None:
+    """The text access log escapes what it does not write itself."""
+    stream = io.StringIO()
+    AccessLog(stream, "text")(AccessRecord("GET", "/a\x1bb", 404, 1.0, None, False))
+    assert "/a\\x1bb 404" in stream.getvalue()

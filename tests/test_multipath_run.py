@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
-from mtrd.tracing.model import Hop, Trace, TraceMode, TraceRequest, TraceStatus
+from mtrd.tracing.model import (
+    Hop,
+    Stop,
+    StopReason,
+    Trace,
+    TraceMode,
+    TraceRequest,
+    TraceStatus,
+)
 from mtrd.tracing.multipath.discovery import FlowProbe
 from mtrd.tracing.tracer import LOCAL_PORT_RANGE, Tracer
 from twisted.internet.defer import Deferred
@@ -82,6 +90,7 @@ def test_links_of_a_multipath_trace_match_the_network() -> None:
     links = {(link.ttl, link.source, link.to) for link in trace.multipath.links}
     assert links == prober.address_links()
     assert trace.multipath.stop_reason == "destination"
+    assert trace.stop_reason == Stop(StopReason.DESTINATION)
 
 
 def test_every_flow_keeps_its_udp_ports() -> None:

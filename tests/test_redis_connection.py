@@ -256,3 +256,15 @@ def test_timeouts_are_checked() -> None:
         RedisTimeouts(call_timeout=0)
     with pytest.raises(ValueError, match="shorter"):
         RedisTimeouts(initial_backoff=2, max_backoff=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_reply_amid_a_pipeline_leaves_the_connection_in_step(
+    redis: RedisConnection,
+) -> None:
+    """An error reply fails the call, and every later call still gets its own reply."""
+    await redis.execute("SET", "s", "text")
+    with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+        await redis.pipeline([("INCR", "n"), ("HGET", "s", "f"), ("INCR", "n")])
+    assert await redis.execute("GET", "n") == b"2"
+    assert await redis.execute("GET", "s") == b"text"

@@ -119,12 +119,15 @@ async def test_only_one_replica_takes_a_trace(redis: RedisConnection) -> None:
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
     await store.add(rich_trace("r", TraceStatus.RUNNING), lambda: 1, vantage="fra", replica="r0")
-    assert [await store.take("q", "r1"), await store.take("q", "r2")] == [True, False]
+    taken = await store.take("q", "r1")
+    assert taken is not None
+    assert (taken.trace.id, taken.replica) == ("q", "r1")
+    assert await store.take("q", "r2") is None
     stored = await store.get("q")
     assert stored is not None
     assert stored.replica == "r1"
-    assert await store.take("r", "r1") is False
-    assert await store.take("gone", "r1") is False
+    assert await store.take("r", "r1") is None
+    assert await store.take("gone", "r1") is None
 
 
 @pytest_twisted.ensureDeferred

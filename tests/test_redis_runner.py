@@ -275,26 +275,27 @@ async def test_a_runner_that_cannot_beat_for_a_lease_stops_its_traces(
 async def test_stopping_gives_claimed_traces_back_at_once(redis: RedisConnection) -> None:
     """On stop, traces claimed but not started go back to the queue for another replica."""
     r1 = runner(redis, "r1", max_running=3)
-    store = r1._store
+    replicas = r1._replicas
     gate: Deferred[None] = Deferred()
-    take = store.take
+    started = replicas.started
 
-    async def slow_take(trace_id: str, replica: str) -> bool:
+    async def slow_started(replica: str, *trace_ids: str) -> None:
         await gate
-        return await take(trace_id, replica)
+        await started(replica, *trace_ids)
 
-    store.take = slow_take  # type: ignore[method-assign]
+    replicas.started = slow_started  # type: ignore[method-assign]
     ids = [await submit(redis, SHORT) for _ in range(3)]
     r1.startService()
     await wait_until(lambda: r1.room == 0)
     stopping = r1.stopService()
     gate.callback(None)
     await stopping
+    assert r1.running_traces == 0
     queue = RedisWorkQueue(redis, "fra", "r2")
-    assert await queue.waiting() == 2
+    assert await queue.waiting() == 3
     pending = await redis.execute("XPENDING", queue.key, GROUP)
     assert int(pending[0]) == 0
-    assert sorted(c.trace_id for c in await queue.claim(5)) == sorted(ids[1:])
+    assert sorted(c.trace_id for c in await queue.claim(5)) == sorted(ids)
     assert await RedisReplicas(redis).live("fra", reactor.seconds()) == []  # type: ignore[attr-defined]
 
 

@@ -36,12 +36,12 @@ class FakeStore:
         if self.away:
             raise RedisUnavailable("Redis is not connected")
 
-    async def take(self, trace_id: str, replica: str) -> bool:
+    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
         self._check()
         if self.traces[trace_id].status is not TraceStatus.QUEUED or trace_id in self.runners:
-            return False
+            return None
         self.runners[trace_id] = replica
-        return True
+        return await self.get(trace_id)
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         self._check()
@@ -54,6 +54,14 @@ class FakeStore:
             raise NotRunning(trace.id)
         self.traces[trace.id] = trace
         return Saved(1, cancel=trace.id in self.cancel)
+
+    async def write_running(
+        self, trace: Trace, runner: str, events: list[tuple[int, str, Any]]
+    ) -> Saved | None:
+        saved = await self.save_running(trace, runner)
+        if saved is not None and events:
+            await self.append_events(trace.id, events)
+        return saved
 
     async def append_events(self, trace_id: str, events: list[tuple[int, str, Any]]) -> int:
         self._check()
@@ -84,7 +92,7 @@ class FakeQueue:
         taken, self.entries = self.entries[:room], self.entries[room:]
         return taken
 
-    async def started(self, claim: Claim) -> None:
+    async def started(self, *claims: Claim) -> None:
         pass
 
     async def release(self, claims: list[Claim]) -> int:
@@ -119,10 +127,10 @@ class FakeReplicas:
             raise ValueError("a bug in the reaper")
         return []
 
-    async def started(self, replica: str, trace_id: str) -> None:
+    async def started(self, replica: str, *trace_ids: str) -> None:
         pass
 
-    async def finished(self, replica: str, trace_id: str) -> None:
+    async def finished(self, replica: str, *trace_ids: str) -> None:
         pass
 
     async def running(self, replica: str) -> list[str]:
@@ -180,6 +188,21 @@ def test_claims_only_as_many_as_there_is_room_for() -> None:
         TraceStatus.RUNNING, TraceStatus.RUNNING, TraceStatus.QUEUED
     ]  # fmt: skip
     assert s.replicas.beats[-1].running == 2
+
+
+def test_a_trace_younger_than_a_flush_interval_is_not_written_yet() -> None:
+    """The start waits for the flush ticks: nothing of a trace 40 ms old is in Redis, and
+    it is written once it is older than an interval."""
+    s = setup()
+    trace_id = s.submit()
+    s.runner.startService()
+    s.clock.advance(0)
+    s.clock.advance(0.04)
+    assert s.store.traces[trace_id].status is TraceStatus.QUEUED
+    assert s.store.events == []
+    s.pump(0.1, step=0.05)
+    assert s.store.traces[trace_id].status is TraceStatus.RUNNING
+    assert s.store.events[0][1:] == ("status", 2)
 
 
 def test_without_a_heartbeat_for_a_lease_its_traces_end_and_it_claims_nothing() -> None:

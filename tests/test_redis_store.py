@@ -161,7 +161,7 @@ async def test_cap_counts_expired_traces_out(redis: RedisConnection) -> None:
     await sleep(0.3)
     await store.add(rich_trace("b", RUNNING), never, vantage="v", replica="r")
     assert store.evictions == 0
-    assert await redis.execute("ZRANGE", "mtrd:traces", 0, -1) == [b"b"]
+    assert await redis.execute("ZRANGE", "mtrd:{index}:traces", 0, -1) == [b"b"]
 
 
 @pytest_twisted.ensureDeferred
@@ -204,7 +204,44 @@ async def test_listing_skips_and_forgets_deleted_traces(redis: RedisConnection) 
     await redis.execute("DEL", store.trace_key("t1"))
     page, _ = await store.newest_first(None, 10, None)
     assert [t.id for t in page] == ["t2", "t0"]
-    assert await redis.execute("ZSCORE", "mtrd:traces", "t1") is None
+    assert await redis.execute("ZSCORE", "mtrd:{index}:traces", "t1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_save_takes_the_trace_off_the_active_index(redis: RedisConnection) -> None:
+    """Active traces are indexed apart until a final snapshot of theirs is saved."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", RUNNING), never, vantage="v", replica="r")
+    await store.add(rich_trace("b", DONE), never, vantage="v", replica="r")
+    assert await redis.execute("ZRANGE", "mtrd:{index}:active", 0, -1) == [b"a"]
+    await store.save(rich_trace("a", DONE))
+    assert await redis.execute("ZRANGE", "mtrd:{index}:active", 0, -1) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_active_traces_drops_ids_of_ended_ones(redis: RedisConnection) -> None:
+    """An active index entry whose trace has ended (its runner died before saying so) is
+    left out of the running listing and removed from that index, not from the main one."""
+    store = store_on(redis)
+    for n in range(3):
+        await store.add(rich_trace(f"t{n}", RUNNING), never, vantage="v", replica="r")
+    await redis.execute("HSET", store.trace_key("t1"), "status", "failed")
+    page, cursor = await store.newest_first(RUNNING, 10, None)
+    assert ([t.id for t in page], cursor) == (["t2", "t0"], None)
+    assert await redis.execute("ZRANGE", "mtrd:{index}:active", 0, -1) == [b"t0", b"t2"]
+    assert await redis.execute("ZCARD", "mtrd:{index}:traces") == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_filtered_page_has_a_cursor_when_more_match(redis: RedisConnection) -> None:
+    """A status listing that fills its page says where the next one starts."""
+    store = store_on(redis)
+    for n, status in enumerate([RUNNING, DONE, RUNNING, DONE, RUNNING]):
+        await store.add(rich_trace(f"t{n}", status), never, vantage="v", replica="r")
+    page, cursor = await store.newest_first(RUNNING, 2, None)
+    assert [t.id for t in page] == ["t4", "t2"]
+    page, cursor = await store.newest_first(RUNNING, 2, cursor)
+    assert ([t.id for t in page], cursor) == (["t0"], None)
 
 
 @pytest_twisted.ensureDeferred

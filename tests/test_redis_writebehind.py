@@ -35,6 +35,14 @@ class FakeStore:
         self.writes.append(("save", trace.status, len(trace.hops)))
         return Saved(len(self.writes), cancel=self.cancel)
 
+    async def write_running(
+        self, trace: Trace, runner: str, events: list[tuple[int, str, Any]]
+    ) -> Saved | None:
+        saved = await self.save_running(trace, runner)
+        if saved is not None and events:
+            await self.append_events(trace.id, events)
+        return saved
+
     async def append_events(self, trace_id: str, events: list[tuple[int, str, Any]]) -> int:
         if self.away:
             raise RedisTimeout("Redis did not answer within 2 s")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import attrs
 from mtrd.engine.probe import Protocol
 from mtrd.tracing.model import (
     Hop,
     HopEnd,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
@@ -73,7 +76,10 @@ def test_first_line_is_the_start_time_in_whole_seconds() -> None:
 def test_second_line_names_target_protocol_and_status() -> None:
     """The second line names input and resolved address, protocol with port, and status."""
     line = render_report(trace(protocol=Protocol.TCP)).splitlines()[1]
-    assert line == "Target: example.org (192.0.2.7)  Protocol: tcp port 80  Status: completed"
+    assert line == (
+        "Target: example.org (192.0.2.7)  Protocol: tcp port 80  Status: completed"
+        "  Stopped: max_ttl"
+    )
 
 
 def test_title_line_names_the_host_and_mtr_columns_at_mtr_positions() -> None:
@@ -95,9 +101,33 @@ def test_hop_line_figures() -> None:
 
 def test_numbers_are_right_aligned_under_their_titles() -> None:
     """Every figure ends in the same column as its title."""
-    header, *rows = table(trace(answered(1, "198.51.100.1"), silent(2), answered(3, "192.0.2.7")))
+    header, *rows = table(trace(answered(1, "198.51.100.1"), silent(2)))
     for row in rows:
         assert len(row) == len(header)
+
+
+def test_loss_that_does_not_carry_on_gets_a_forward_loss_figure() -> None:
+    """A silent hop before hops that answer shows Fwd% 0.0% under its title; others none."""
+    header, *rows = table(trace(answered(1, "198.51.100.1"), silent(2), answered(3, "192.0.2.7")))
+    assert header.endswith("StDev   Fwd%")
+    assert rows[1].endswith("0.0%")
+    assert len(rows[1]) == len(header)
+    assert [len(row) < len(header) for row in rows] == [True, False, True]
+
+
+def test_no_forward_loss_column_when_every_loss_carries_on() -> None:
+    """Loss that starts at a hop and stays to the end needs no Fwd% column."""
+    lossy = Hop(ttl=2, responders=(Responder("192.0.2.7", 2),), sent=3, received=2, lost=1)
+    assert table(trace(answered(1, "198.51.100.1"), lossy))[0].endswith("StDev")
+
+
+def test_target_line_says_why_the_trace_stopped() -> None:
+    """An unreachable stop names its ICMP kind on the Target line."""
+    stopped = attrs.evolve(
+        trace(answered(1, "198.51.100.1")), stop=Stop(StopReason.UNREACHABLE, "no-route-host")
+    )
+    line = render_report(stopped).splitlines()[1]
+    assert line.endswith("Status: completed  Stopped: unreachable (no-route-host)")
 
 
 def test_a_long_time_widens_its_column_for_every_line() -> None:
@@ -117,7 +147,7 @@ def test_a_long_time_widens_its_column_for_every_line() -> None:
 def test_silent_hop_shows_question_marks() -> None:
     """A hop with no responder reads ??? with 100% loss."""
     line = table(trace(answered(1, "198.51.100.1"), silent(2), answered(3, "192.0.2.7")))[2]
-    assert line.split() == ["2.|--", "???", "100.0%", "3", "-", "-", "-", "-", "-"]
+    assert line.split() == ["2.|--", "???", "100.0%", "3", "-", "-", "-", "-", "-", "0.0%"]
 
 
 def test_trailing_silent_ttls_show_as_one_line() -> None:

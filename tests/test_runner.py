@@ -6,13 +6,15 @@ from typing import Any
 
 import attrs
 from mtrd.engine.errors import NoWorkerAvailable, WorkerDied
+from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import Protocol
-from mtrd.tracing.model import HopEnd, TraceRequest
+from mtrd.tracing.model import HopEnd, Responder, Stop, StopReason, TraceRequest
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
-from twisted.internet.defer import Deferred, fail
+from mtrd.tracing.wait import OFF
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
-from tests.fakes import FakeNetwork
+from tests.fakes import FakeNetwork, FakeProcessReactor
 
 ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]
 TARGET = "203.0.113.7"
@@ -285,3 +287,212 @@ def test_udp_probes_keep_one_flow() -> None:
     run(network, clock, request, local_port=23456)
     clock.pump([0.05] * 50)
     assert {(p.port, p.local_port) for p in network.sent} == {(33434, 23456)}
+
+
+# -- adaptive wait, late replies, stop reasons ----------------------------------------------
+
+
+def step(clock: Clock, seconds: float, tick: float = 0.0005) -> None:
+    """Advance ``clock`` in small ticks, as a reactor reads replies soon after they arrive."""
+    for _ in range(round(seconds / tick)):
+        clock.advance(tick)
+
+
+def test_a_silent_ttl_is_given_up_after_near_times_a_higher_ttls_round_trip() -> None:
+    """TTL 2 is silent; TTL 3 answered in 10 ms, so TTL 2 is given up at 100 ms, not 2 s."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4))
+    step(clock, 0.099)
+    assert not d.called
+    step(clock, 0.002)
+    outcome = outcome_of(d)
+    assert [(h.ttl, h.received, h.lost) for h in outcome.hops][1] == (2, 0, 1)
+    assert outcome.destination_reached
+
+
+def test_a_ttl_that_answered_before_is_given_up_after_here_times_its_round_trip() -> None:
+    """TTL 2 answered in 10 ms in round 1; its silent probe of round 2 is given up 30 ms
+    after the next probe sent (TTL 3's, at 1.5 s) answered, so surely on the wire by then."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS)
+    hops: list[Any] = []
+    request = TraceRequest(TARGET, probes=2, interval=1.0, timeout=2, max_ttl=4)
+    run(network, clock, request, hops=hops)
+    step(clock, 0.9)
+    network.silent = frozenset({2})
+    step(clock, 0.36)  # round 2's probe at TTL 2 went out at 1.25
+    assert [p.ttl for p in network.sent].count(2) == 2
+    step(clock, 0.268)
+    assert [h.snapshot().lost for h in hops if h.ttl == 2][-1:] == [0]
+    step(clock, 0.004)
+    assert [h.snapshot().lost for h in hops if h.ttl == 2][-1:] == [1]
+
+
+def test_a_probe_held_back_by_a_busy_pool_is_not_given_up() -> None:
+    """Probes the pool sends late (TTL n after n x 100 ms) answer in 10 ms: none is given
+    up, though an earlier TTL's answer came long before theirs."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, queued={1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    request = TraceRequest(TARGET, probes=3, interval=0, timeout=2, max_ttl=4)
+    _, d = run(network, clock, request)
+    step(clock, 2.0, tick=0.001)
+    outcome = outcome_of(d)
+    assert [(h.received, h.lost, h.late) for h in outcome.hops] == [(3, 0, 0)] * 4
+
+
+def test_the_floor_bounds_the_wait_on_a_very_fast_path() -> None:
+    """With 0.1 ms round trips a silent TTL still waits the 5 ms floor."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, rtt=0.0001, silent=frozenset({2}))
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4))
+    step(clock, 0.0049, tick=0.0001)
+    assert not d.called
+    step(clock, 0.0002, tick=0.0001)
+    assert outcome_of(d).hops[1].lost == 1
+
+
+def test_wait_turned_off_waits_mtr_packets_timeout() -> None:
+    """With here and near 0 a silent TTL waits its whole timeout."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4, wait=OFF)
+    _, d = run(network, clock, request)
+    step(clock, 1.99)
+    assert not d.called
+    step(clock, 0.02)
+    assert outcome_of(d).hops[1].lost == 1
+
+
+def test_with_interval_zero_the_next_round_starts_once_the_silent_probe_is_given_up() -> None:
+    """Round 2 is sent at 100 ms, when TTL 2 of round 1 is given up."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    run(network, clock, TraceRequest(TARGET, probes=2, interval=0, timeout=2, max_ttl=4))
+    step(clock, 0.099)
+    assert len(network.sent) == 4
+    step(clock, 0.002)
+    assert len(network.sent) == 8
+
+
+def test_an_answer_after_the_give_up_counts_late_not_received() -> None:
+    """TTL 2 answers after 150 ms, given up at 100 ms in round 1: late, its responder shown,
+    loss and RTT as if it was lost (round 2's answer is received: the floor rose)."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, slow={2: 0.15})
+    request = TraceRequest(TARGET, probes=2, interval=0, timeout=2, max_ttl=4)
+    _, d = run(network, clock, request)
+    step(clock, 2.0, tick=0.001)
+    hop = outcome_of(d).hops[1]
+    assert (hop.sent, hop.received, hop.lost, hop.late) == (2, 1, 1, 1)
+    assert hop.responders == (Responder(ROUTERS[1], 1),)
+    assert hop.rtt_ms.avg == 150.0
+    assert hop.loss_pct == 50.0
+
+
+def test_a_late_answer_raises_the_floor_for_the_next_probes() -> None:
+    """After TTL 2's answer came late (150 ms), waits are at least 300 ms: rounds 2 and 3
+    get their answers."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, slow={2: 0.15})
+    request = TraceRequest(TARGET, probes=3, interval=0, timeout=2, max_ttl=4)
+    _, d = run(network, clock, request)
+    step(clock, 2.0, tick=0.001)
+    hop = outcome_of(d).hops[1]
+    assert (hop.sent, hop.received, hop.lost, hop.late) == (3, 2, 1, 1)
+
+
+def test_a_given_up_probe_is_left_to_the_pool_until_the_trace_ends() -> None:
+    """Giving up does not cancel the probe (the pool keeps its sequence); the end does."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
+    _, d = run(network, clock, TraceRequest(TARGET, probes=2, interval=0, timeout=2, max_ttl=4))
+    step(clock, 0.101)
+    assert network.cancelled == 0
+    step(clock, 0.1)
+    assert d.called
+    assert network.cancelled == 2  # TTL 2 of both rounds, given up and still with the pool
+
+
+def test_stop_reason_destination() -> None:
+    """A trace that reached its target stopped at the destination."""
+    clock = Clock()
+    _, d = run(FakeNetwork(clock, ROUTERS), clock, TraceRequest(TARGET, probes=1, interval=0))
+    clock.pump([0.01] * 10)
+    assert outcome_of(d).stop == Stop(StopReason.DESTINATION)
+
+
+def test_stop_reason_unreachable_names_the_icmp_kind() -> None:
+    """A router's no-route ends the trace as unreachable, kind no-route."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, unreachable_ttl=3)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0))
+    clock.pump([0.01] * 10)
+    assert outcome_of(d).stop == Stop(StopReason.UNREACHABLE, "no-route")
+
+
+def test_stop_reason_gap_limit() -> None:
+    """A blackhole past TTL 2 stops the trace at the gap limit."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, blackhole_after=2)
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1, interval=0, timeout=1))
+    clock.pump([0.1] * 30)
+    assert outcome_of(d).stop == Stop(StopReason.GAP_LIMIT)
+
+
+def test_stop_reason_max_ttl() -> None:
+    """A trace whose max_ttl is below the target stopped at max_ttl."""
+    clock = Clock()
+    _, d = run(FakeNetwork(clock, ROUTERS), clock, TraceRequest(TARGET, probes=1, max_ttl=2))
+    clock.pump([0.1] * 30)
+    assert outcome_of(d).stop == Stop(StopReason.MAX_TTL)
+
+
+def test_stop_reason_cancelled() -> None:
+    """A cancelled run says so."""
+    clock = Clock()
+    trace_run, d = run(FakeNetwork(clock, ROUTERS), clock, TraceRequest(TARGET))
+    trace_run.cancel()
+    assert outcome_of(d).stop == Stop(StopReason.CANCELLED)
+
+
+def test_stop_reason_deadline() -> None:
+    """A run that outlives its deadline stopped at the deadline."""
+    clock = Clock()
+
+    class Never:
+        def probe(self, _request: Any) -> Deferred[Any]:
+            return Deferred()
+
+    _, d = run(Never(), clock, TraceRequest(TARGET, probes=1), settings=RunSettings())
+    clock.advance(1000)
+    assert outcome_of(d).stop == Stop(StopReason.DEADLINE)
+
+
+def test_stop_reason_error() -> None:
+    """A probe that cannot be sent stops the trace with an error."""
+    clock = Clock()
+    network = FakeNetwork(clock, ROUTERS, local_error="permission-denied")
+    _, d = run(network, clock, TraceRequest(TARGET, probes=1))
+    step(clock, 0.01)
+    assert outcome_of(d).stop == Stop(StopReason.ERROR)
+
+
+def test_the_pool_keeps_a_given_up_probes_sequence_until_mtr_packet_is_done() -> None:
+    """A probe given up by the trace (and cancelled at its end) still holds its sequence in
+    the pool's ledger until mtr-packet answers it: no new probe can reuse it before then."""
+    reactor = FakeProcessReactor()
+    pool = ProbePool(reactor, PoolConfig(size=1, command=("true",)))
+    started = ensureDeferred(pool.start())
+    (transport,) = reactor.spawned
+    transport.answer_version("0.95")
+    assert started.called
+    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=2)
+    _, d = run(pool, reactor, request)
+    assert [line.split()[5] for line in transport.probe_lines()] == ["1", "2"]
+    transport.feed(f"{transport.token_of(1)} reply ip-4 {TARGET} round-trip-time 100\n")
+    step(reactor, 0.006, tick=0.001)
+    assert outcome_of(d).hops[0].lost == 1  # TTL 1 given up at the 5 ms floor
+    assert pool.outstanding == 1
+    transport.feed(f"{transport.token_of(0)} no-reply\n")
+    assert pool.outstanding == 0

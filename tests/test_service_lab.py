@@ -14,6 +14,7 @@ import attrs
 import pytest
 import pytest_twisted
 import treq
+from mtrd.web.render import from_rfc3339
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -166,6 +167,8 @@ async def test_unreachable_target_ends_at_the_router(lab: Lab, server: Server, f
     last = trace["hops"][-1]
     assert last["end"] == "unreachable"
     assert {r["address"] for r in last["responders"]} == {lab.r3_address(family)}
+    assert trace["stop_reason"] == "unreachable"
+    assert trace["unreachable_kind"] in ("no-route", "no-route-network", "no-route-host")
 
 
 @pytest_twisted.ensureDeferred
@@ -180,6 +183,7 @@ async def test_blackholed_target_ends_after_max_unknown_silent_hops(
     answered = [hop["ttl"] for hop in trace["hops"] if hop["responders"]]
     assert answered == [1, 2]
     assert [hop["ttl"] for hop in trace["hops"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert trace["stop_reason"] == "gap_limit"
 
 
 @pytest_twisted.ensureDeferred
@@ -319,3 +323,62 @@ async def _read_events(
 
 async def _in_thread(f: Any, *args: Any) -> str:
     return str(await deferToThread(f, *args))
+
+
+def seconds_taken(trace: dict[str, Any]) -> float:
+    """From the trace's start to its end, by the server's clock."""
+    return float(from_rfc3339(trace["finished_at"]) - from_rfc3339(trace["started_at"]))
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+@pytest_twisted.ensureDeferred
+async def test_a_silent_router_costs_no_timeout(lab: Lab, server: Server, probes: int) -> None:
+    """With r3 silent and interval 0 the trace takes milliseconds, not probes x timeout (2 s):
+    r3's probes are given up after 10 x the destination's round trip (the 5 ms floor here)."""
+    with lab.silent("r3"):
+        request = {"probes": probes, "interval": 0, "timeout": 2, "max_ttl": 12}
+        trace = await finished(server, await start(server, target=lab.targets(4)[41], **request))
+    assert_path_matches_topology_but_silent(lab, trace, silent_ttl=3)
+    assert trace["hops"][2]["lost"] == probes
+    assert trace["stop_reason"] == "destination"
+    assert seconds_taken(trace) < 0.5
+
+
+def assert_path_matches_topology_but_silent(
+    lab: Lab, trace: dict[str, Any], silent_ttl: int
+) -> None:
+    target = trace["target"]["address"]
+    assert trace["status"] == "completed", trace["error"]
+    assert [hop["ttl"] for hop in trace["hops"]] == [1, 2, 3, 4]
+    for hop in trace["hops"]:
+        addresses = {r["address"] for r in hop["responders"]}
+        if hop["ttl"] == silent_ttl:
+            assert addresses == set()
+        else:
+            assert addresses <= lab.expected_responders(4, hop["ttl"], target)
+            assert addresses
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_router_answers_late(lab: Lab, server: Server) -> None:
+    """r3 answers 100 ms late (its time-exceeded held in a netfilter queue): its probes are
+    given up after 10 x the destination's round trip, and the answers count as late."""
+    with lab.delayed("r3", 0.1):
+        request = {"probes": 3, "interval": 0.25, "timeout": 2, "max_ttl": 12}
+        trace = await finished(server, await start(server, target=lab.targets(4)[42], **request))
+    hop3 = trace["hops"][2]
+    assert (hop3["received"], hop3["lost"], hop3["loss_pct"]) == (0, 3, 100.0)
+    assert hop3["late"] >= 1
+    assert {r["address"] for r in hop3["responders"]} == {lab.r3_address(4)}
+    assert hop3["rtt_ms"]["avg"] is None
+    assert trace["hops"][2]["forward_loss_pct"] == 0.0
+    assert trace["stop_reason"] == "destination"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trace_below_the_target_stops_at_max_ttl(lab: Lab, server: Server) -> None:
+    """max_ttl 2 ends the trace at TTL 2 with stop reason max_ttl."""
+    request = {"probes": 1, "interval": 0, "timeout": 1, "max_ttl": 2}
+    trace = await finished(server, await start(server, target=lab.targets(4)[43], **request))
+    assert [hop["ttl"] for hop in trace["hops"]] == [1, 2]
+    assert trace["stop_reason"] == "max_ttl"

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mtrd.engine.probe import MplsLabel
 from mtrd.tracing.model import Hop, HopEnd, JitterStats, Responder, RttStats
-from mtrd.tracing.stats import HopAccumulator
+from mtrd.tracing.stats import HopAccumulator, forward_loss
 
 # Up to 60 s in microseconds: more than any probe timeout allows.
 rtts_us = st.lists(st.integers(0, 60_000_000), min_size=1, max_size=50)
@@ -211,3 +211,57 @@ def test_answer_before_any_send_is_refused() -> None:
     """A reply to a hop nothing was sent to raises ValueError."""
     with pytest.raises(ValueError, match="no probe outstanding"):
         HopAccumulator(ttl=1).record_reply("192.0.2.1", 1000)
+
+
+def _hop(ttl: int, received: int, lost: int) -> Hop:
+    return Hop(ttl=ttl, sent=received + lost, received=received, lost=lost)
+
+
+def test_forward_loss_ignores_loss_that_later_hops_do_not_show() -> None:
+    """A rate-limiting router (50%) before a clean path has 0% forward loss."""
+    hops = [_hop(1, 10, 0), _hop(2, 5, 5), _hop(3, 10, 0)]
+    assert forward_loss(hops) == [0.0, 0.0, 0.0]
+
+
+def test_forward_loss_keeps_loss_that_carries_on() -> None:
+    """Loss that starts at hop 2 and stays to the destination is forward loss from hop 2."""
+    hops = [_hop(1, 10, 0), _hop(2, 8, 2), _hop(3, 7, 3)]
+    assert forward_loss(hops) == [0.0, 20.0, 30.0]
+
+
+def test_forward_loss_skips_silent_later_hops() -> None:
+    """A later hop that never answered does not lower anyone's forward loss."""
+    hops = [_hop(1, 5, 5), _hop(2, 0, 10), _hop(3, 5, 5)]
+    assert forward_loss(hops) == [50.0, 50.0, 50.0]
+
+
+def test_forward_loss_of_the_last_hop_is_its_own() -> None:
+    """The destination's forward loss is its own loss."""
+    assert forward_loss([_hop(1, 10, 0), _hop(2, 9, 1)])[-1] == 10.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), max_size=12))
+def test_forward_loss_never_exceeds_own_loss(counts: list[tuple[int, int]]) -> None:
+    """Forward loss is at most the hop's own loss."""
+    hops = [_hop(i + 1, r, lost) for i, (r, lost) in enumerate(counts)]
+    assert all(f <= h.loss_pct for f, h in zip(forward_loss(hops), hops, strict=True))
+
+
+def test_a_late_answer_shows_its_responder_but_not_in_the_figures() -> None:
+    """A late answer: late 1, responder listed with no reply, loss and RTT unchanged."""
+    hop = HopAccumulator(ttl=2)
+    hop.record_sent()
+    hop.record_lost()
+    hop.record_late("198.51.100.6")
+    snapshot = hop.snapshot()
+    assert (snapshot.received, snapshot.lost, snapshot.late) == (0, 1, 1)
+    assert snapshot.responders == (Responder("198.51.100.6", 0),)
+    assert snapshot.rtt_ms.avg is None
+
+
+def test_a_late_answer_needs_a_probe_given_up() -> None:
+    """More late answers than losses is a bug in the caller."""
+    hop = HopAccumulator(ttl=2)
+    hop.record_sent()
+    with pytest.raises(ValueError, match="late"):
+        hop.record_late("198.51.100.6")

@@ -12,6 +12,7 @@ import secrets
 import socket
 import sys
 from collections.abc import Iterable
+from resource import RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any, Protocol
 
 import attrs
@@ -23,7 +24,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
@@ -36,27 +36,20 @@ from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import AccessLog, Edge
 from mtrd.web.auth import AuthGuard, BearerAuth
-from mtrd.web.framing import ProblemChannel
+from mtrd.web.connections import EdgeSite, descriptors_needed, fit_descriptors
+from mtrd.web.framing import Admission
 from mtrd.web.metrics import MeteredProber, Metrics, counter, gauge
 from mtrd.web.routes import Api
 
 log = Logger(namespace="mtrd")
 
 
-class QuietSite(Site):
-    """A Site without twisted.web's access log (:class:`Edge` writes one line per request),
-    whose framing errors are problem+json (:class:`ProblemChannel`), and which leaves
-    request bodies alone: the API takes JSON, never form submissions, so twisted.web
-    need not parse each POST's Content-Type looking for one."""
-
-    noisy = False
-    protocol = ProblemChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 here
-
-    def __init__(self, resource: Any) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False)
-
-    def log(self, request: object) -> None:
-        """Leave request logging to the edge."""
+class QuietSite(EdgeSite):
+    """The site mtrd serves (:class:`~mtrd.web.connections.EdgeSite`): no twisted.web
+    access log (:class:`Edge` writes one line per request), framing errors as
+    problem+json, requests admitted before their bodies are read, connections capped.
+    The API takes JSON, never form submissions, so twisted.web need not parse each
+    POST's Content-Type looking for one."""
 
 
 def _state_metrics(
@@ -97,6 +90,15 @@ def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
     for worker in pool.workers():
         outstanding.add_metric([str(worker["slot"])], worker["outstanding"])
     yield outstanding
+
+
+def _connection_metrics(site: EdgeSite) -> Iterable[Metric]:
+    yield gauge("mtrd_http_connections", "Open HTTP connections", site.connections.total)
+    yield counter(
+        "mtrd_http_connections_refused",
+        "HTTP connections refused at a connection cap (answered 503)",
+        site.connections.refused,
+    )
 
 
 def _freeze_start_up() -> None:
@@ -287,7 +289,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     if auth.enabled:
         resource = AuthGuard(resource, auth)
     access_log = AccessLog(sys.stdout, config.log_format, reactor)
-    site = QuietSite(Edge(resource, reactor, metrics, access_log))
+    admission = Admission(authorized=auth.allows, limits=config.limits)
+    site = QuietSite(
+        Edge(resource, reactor, metrics, access_log), admission=admission, reactor=reactor
+    )
+    metrics.watch(lambda: _connection_metrics(site))
     endpoint_type = (
         endpoints.TCP6ServerEndpoint if ":" in config.host else endpoints.TCP4ServerEndpoint
     )
@@ -377,8 +383,24 @@ def _shared_parts(
     return _SharedParts(connection, front, runner)
 
 
+def check_descriptors(config: ServeConfig) -> str | None:
+    """Make room for the connection caps under RLIMIT_NOFILE (raising the soft limit when
+    the hard one allows); None when they fit, else the line saying why they cannot."""
+    needed = descriptors_needed(config.limits.max_connections, config.pool.size)
+    problem = fit_descriptors(
+        needed,
+        lambda: getrlimit(RLIMIT_NOFILE),
+        lambda soft, hard: setrlimit(RLIMIT_NOFILE, (soft, hard)),
+    )
+    return None if problem is None else f"mtrd: {problem}"
+
+
 async def serve(reactor: Any, config: ServeConfig) -> None:
     """Start every service; on shutdown, drain and stop them cleanly."""
+    too_few = check_descriptors(config)
+    if too_few is not None:
+        print(too_few, file=sys.stderr)
+        raise SystemExit(1)
     services, pool = build(reactor, config)
     try:
         services.startService()

@@ -228,6 +228,16 @@ OPTIONS = (
     Option("--max-subscribers", "1000", "open event streams at most", _whole(1)),
     Option("--max-subscribers-per-trace", "100", "open event streams per trace at most",
            _whole(1)),
+    Option("--max-connections", "1024", "open HTTP connections at most; more are answered "
+           "503 and closed", _whole(1)),
+    Option("--max-connections-per-client", "256", "open HTTP connections from one client "
+           "address at most; more are answered 503 and closed", _whole(1)),
+    Option("--idle-timeout", "30", "seconds a connection may stay open without beginning a "
+           "request", _seconds),
+    Option("--header-timeout", "10", "seconds a request's headers may take from its first "
+           "byte; later gets 408", _seconds),
+    Option("--body-timeout", "10", "seconds a request's body may take after its headers; "
+           "later gets 408", _seconds),
     Option("--allow-targets", "", "comma-separated CIDRs; when set, only these may be traced",
            _networks),
     Option("--deny-targets", "", "comma-separated CIDRs that may never be traced", _networks),
@@ -342,6 +352,11 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
             max_subscribers=value["max_subscribers"],
             max_subscribers_per_trace=value["max_subscribers_per_trace"],
             max_probes_waiting=value["max_probes_waiting"],
+            max_connections=value["max_connections"],
+            max_connections_per_client=value["max_connections_per_client"],
+            idle_timeout=value["idle_timeout"],
+            header_timeout=value["header_timeout"],
+            body_timeout=value["body_timeout"],
         ),
         policy=TargetPolicy(allow=value["allow_targets"], deny=value["deny_targets"]),
         auth_tokens=tokens,

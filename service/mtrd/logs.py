@@ -10,6 +10,7 @@ are left out; their warnings and errors are kept.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import IO, Any
 
@@ -49,7 +50,19 @@ def _json_line(event: LogEvent) -> str:
 
 
 def _text_line(event: LogEvent) -> str:
-    return formatEventAsClassicLogText(event, formatTime=_event_time) or ""
+    return escape_controls(formatEventAsClassicLogText(event, formatTime=_event_time) or "")
+
+
+# Every control character but tab and newline: Twisted's text format already turns each
+# newline inside an event into newline-tab, so no text can start a line of its own.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (but tab and newline) written as ``\\xNN``: what a
+    client sent cannot rewrite a terminal or a line of the log (a carriage return, an
+    escape sequence)."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _event_time(when: float | None) -> str:
@@ -82,7 +95,7 @@ def observer(stream: IO[str], log_format: str) -> ILogObserver:
     return _OursOrWarnings(write)
 
 
-__all__ = ["log_time", "observer"]
+__all__ = ["escape_controls", "log_time", "observer"]
 
 # The second it was, and that second formatted: one tuple, replaced whole, so a line
 # logged from another thread never pairs one second's text with another's.

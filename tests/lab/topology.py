@@ -11,7 +11,12 @@
 per-flow hashing), ``r3`` is the last router and ``d`` holds many target addresses on ``lo`` plus a
 TCP listener. ``v`` is a second vantage point: probes from it reach d through r2b and r3 only
 (r2b at TTL 1, r3 at TTL 2, the target at TTL 3). ``r3`` also has a blackhole route (silent
-loss) and an unreachable route (ICMP unreachable from ``r3``). Only documentation addresses
+loss) and an unreachable route (ICMP unreachable from ``r3``). Any router can be made silent
+(:meth:`Lab.silent`) or slow to answer (:meth:`Lab.delayed`: this kernel has no netem, so an
+``NFQUEUE`` rule (iptables: this kernel has xt_NFQUEUE but not nft_queue) hands the router's
+time-exceeded errors to a small Python process in
+its namespace, ``delay.py``, that reads the queue over netlink and lets each one go after the
+delay). Only documentation addresses
 are used, and only inside the namespaces the lab creates; every namespace is deleted by
 :meth:`Lab.teardown`.
 
@@ -73,6 +78,8 @@ _LISTENER_SCRIPT = _HERE / "listener.py"
 _OWNERS_DIR = Path("/run/mtrd-lab")
 _NFT_SILENT = "mtrd_silent"
 _NFT_UNREACHABLE = "mtrd_unreachable"
+_DELAY_SCRIPT = _HERE / "delay.py"
+_DELAY_QUEUE = 7
 _NETNS_PREFIX = "mtrd-"
 
 
@@ -791,6 +798,42 @@ class Lab:
             yield
         finally:
             self.set_silent(router, False)
+
+    @contextlib.contextmanager
+    def delayed(self, router: str, seconds: float) -> Iterator[None]:
+        """``router``'s time-exceeded errors leave ``seconds`` late inside the block.
+
+        They go through netfilter queue 7 (an iptables ``NFQUEUE`` rule: this kernel has
+        no nft ``queue``) to ``delay.py`` running in the router's namespace (with
+        ``--queue-bypass``: should that process die, they pass undelayed, not vanish).
+        """
+        if router not in ROUTERS:
+            raise ValueError(f"unknown router {router!r}: one of {', '.join(ROUTERS)}")
+        holder = subprocess.Popen(
+            [*self.netns_exec(router), sys.executable, str(_DELAY_SCRIPT), str(_DELAY_QUEUE),
+             str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            if holder.stdout.readline().strip() != "ready":
+                raise LabError(f"delay.py did not start in {router} ({holder.wait()})")
+            queue = ["-j", "NFQUEUE", "--queue-num", str(_DELAY_QUEUE), "--queue-bypass"]
+            rules = [
+                ["iptables", "-p", "icmp", "--icmp-type", "time-exceeded", *queue],
+                ["ip6tables", "-p", "icmpv6", "--icmpv6-type", "time-exceeded", *queue],
+            ]
+            for tool, *rule in rules:
+                self.run(router, [tool, "-I", "OUTPUT", *rule])
+            try:
+                yield
+            finally:
+                for tool, *rule in rules:
+                    self.run(router, [tool, "-D", "OUTPUT", *rule], check=False)
+        finally:
+            holder.kill()
+            holder.wait()
 
     @property
     def silent_routers(self) -> frozenset[str]:

@@ -13,6 +13,7 @@ from typing import Protocol as TypingProtocol
 import attrs
 
 from mtrd.engine.probe import MplsLabel, Protocol
+from mtrd.tracing.wait import WaitRule
 
 DEFAULT_PORTS = {Protocol.UDP: 33434, Protocol.TCP: 80}
 
@@ -64,6 +65,30 @@ class TraceRequest:
     tos: int | None = None
     mode: TraceMode = TraceMode.CLASSIC
     confidence: int = 95  # multipath: the chance of finding each interface, in percent
+    wait: WaitRule = WaitRule()  # give a probe up before ``timeout`` (traceroute's -w)
+
+
+class StopReason(enum.StrEnum):
+    """Why a finished trace stopped probing."""
+
+    DESTINATION = "destination"  # the target answered
+    UNREACHABLE = "unreachable"  # a router (or the target) answered ICMP unreachable
+    GAP_LIMIT = "gap_limit"  # a run of silent TTLs past the last that answered
+    MAX_TTL = "max_ttl"  # every TTL up to max_ttl was probed and none ended the path
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"  # the trace ran out of time
+    ERROR = "error"  # any other failure (see the trace's error)
+    PROBE_LIMIT = "probe_limit"  # multipath: the trace's probe bound was reached
+
+
+@attrs.frozen
+class Stop:
+    """Why a trace stopped; ``unreachable`` is the ICMP kind in mtr-packet's words
+    (``no-route``, ``no-route-network``, ``no-route-host``, ``host-down``) when the
+    reason is UNREACHABLE."""
+
+    reason: StopReason
+    unreachable: str | None = None
 
 
 @attrs.frozen(weakref_slot=False)
@@ -107,6 +132,7 @@ class Hop:
     rtt_ms: RttStats = RttStats()
     jitter_ms: JitterStats = JitterStats()
     end: HopEnd | None = None
+    late: int = 0  # answers that came after their probe was given up (counted in ``lost``)
 
     @property
     def loss_pct(self) -> float:
@@ -170,6 +196,32 @@ class Trace:
     vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
     replica: str | None = None  # the process that runs it; None while nobody has taken it
     multipath: MultipathResult | None = None  # what a multipath trace learned beyond its hops
+    # Why the run stopped, kept only where the status does not already say it (see
+    # :attr:`stop_reason`): one trace has one value, however it was built or read back.
+    stop: Stop | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.stop is not None and self.stop == self._stop_from_status():
+            object.__setattr__(self, "stop", None)
+
+    @property
+    def stop_reason(self) -> Stop | None:
+        """Why the trace stopped; None until it is final.
+
+        A trace that ended without a run saying why (failed before probing, cancelled
+        while queued, lost with its replica) takes the reason from its status.
+        """
+        if not self.status.is_final:
+            return None
+        return self.stop if self.stop is not None else self._stop_from_status()
+
+    def _stop_from_status(self) -> Stop:
+        if self.status is TraceStatus.CANCELLED:
+            return Stop(StopReason.CANCELLED)
+        if self.status is TraceStatus.FAILED:
+            deadline = self.error is not None and self.error.type == "deadline"
+            return Stop(StopReason.DEADLINE if deadline else StopReason.ERROR)
+        return Stop(StopReason.DESTINATION if self.destination_reached else StopReason.MAX_TTL)
 
 
 @attrs.frozen

@@ -16,8 +16,13 @@ the trace learns:
   each lost a probe and answered none, nothing beyond them is probed again
   (mtr's max-unknown idea).
 
-A probe counts as lost only once its wait is over: when mtr-packet says
-``no-reply``, or when the worker holding it died. The run ends ``completed``
+A probe counts as lost once its wait is over: when mtr-packet says ``no-reply``,
+when the worker holding it died, or when the request's :class:`WaitRule` gives it
+up early because the trace already knows how long answers take (traceroute's
+adaptive wait, see :mod:`mtrd.tracing.wait`). A given-up probe stays with the pool,
+which keeps its sequence until mtr-packet is done with it; should its answer still
+come, it is a *late* reply: counted per hop, its responder shown, loss and RTT
+left as they were. The run ends ``completed``
 once every round was sent and every probe settled, or ``failed`` when a probe
 cannot be sent at all (a local error such as no route, no source address for
 the family, permission denied), or when its deadline passes.
@@ -25,7 +30,8 @@ the family, permission denied), or when its deadline passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterable
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -36,10 +42,21 @@ from twisted.python.failure import Failure
 
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
-from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, LiveHop, TraceError, TraceRequest
+from mtrd.tracing.model import (
+    DEFAULT_PORTS,
+    Hop,
+    HopEnd,
+    LiveHop,
+    Stop,
+    StopReason,
+    TraceError,
+    TraceRequest,
+)
 from mtrd.tracing.stats import HopAccumulator
+from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_MAX_UNKNOWN = 5
+_EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error before t
 
 
 class Prober(TypingProtocol):
@@ -75,6 +92,17 @@ class RunOutcome:
     destination_reached: bool
     error: TraceError | None = None
     cancelled: bool = False
+    stop: Stop = Stop(StopReason.MAX_TTL)
+
+
+@attrs.define(eq=False)
+class _InFlight:
+    """A probe whose wait is not over: its TTL, when the run sent it, and how many probes
+    the run sent before it."""
+
+    ttl: int
+    sent_at: float
+    order: int
 
 
 _ENDS = {
@@ -112,6 +140,7 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        wait_floor: WaitFloor | None = None,
     ) -> None:
         self._clock = clock
         self._prober = prober
@@ -121,13 +150,26 @@ class TraceRun:
         self._settings = settings
         self._source = source
         self._local_port = local_port
+        self._wait_floor = wait_floor or WaitFloor()
         self._hops: dict[int, HopAccumulator] = {}
         self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
-        self._in_flight: set[Deferred[ProbeReply]] = set()
+        self._in_flight: dict[Deferred[ProbeReply], _InFlight] = {}
+        # Answers to these are late; each with when its wait started.
+        self._given_up: dict[Deferred[ProbeReply], float] = {}
+        self._rtt: dict[int, float] = {}  # the last round-trip time (s) at each TTL
+        self._sends = 0
+        # Answered probes by send order, and when each went on the wire (its answer's
+        # arrival less its round-trip time). The pool sends a run's probes in the order it
+        # was given them, so a probe sent before an answered one was on the wire by then,
+        # however long the pool held both back: that is when its wait starts.
+        self._answered_orders: list[int] = []
+        self._answered_wire: list[float] = []
+        self._give_up: IDelayedCall | None = None
         self._calls: set[IDelayedCall] = set()
         self._rounds_left = request.probes
         self._destination_ttl: int | None = None
         self._unreachable_ttl: int | None = None
+        self._unreachable_kind: str | None = None
         self._known_limit: int | None = None  # _limit() until the next answer or loss
         self._last_answered = request.first_ttl - 1  # the highest TTL that answered
         self._silent_losses = False  # whether a TTL that never answered lost a probe
@@ -189,7 +231,8 @@ class TraceRun:
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return
-        self._in_flight.add(result)
+        self._in_flight[result] = _InFlight(ttl, self._clock.seconds(), self._sends)
+        self._sends += 1
         result.addBoth(self._settled, ttl, result)
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
@@ -211,14 +254,131 @@ class TraceRun:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _settled(self, outcome: ProbeReply | Failure, ttl: int, result: object) -> None:
-        self._in_flight.discard(result)
+    def _settled(
+        self, outcome: ProbeReply | Failure, ttl: int, result: Deferred[ProbeReply]
+    ) -> None:
+        if result in self._given_up:
+            started = self._given_up.pop(result)
+            if not self._finished and isinstance(outcome, ProbeReply):
+                self._answered_late(outcome, ttl, started)
+            return
+        sent = self._in_flight.pop(result, None)
         if not self._finished:
             if isinstance(outcome, Failure):
                 self._failed(outcome, ttl)
             else:
                 self._answered(outcome, ttl)
+                if sent is not None and outcome.rtt_us is not None:
+                    self._learn_rtt(sent, outcome.rtt_us / 1e6)
         self._check_done()
+
+    def _answered_late(self, reply: ProbeReply, ttl: int, started: float) -> None:
+        if reply.address is None or reply.rtt_us is None:
+            return  # mtr-packet's own no-reply for a probe given up already
+        end = _ENDS.get(reply.kind)
+        if reply.kind not in (ReplyKind.REPLY, ReplyKind.TTL_EXPIRED) and end is None:
+            return
+        now = self._clock.seconds()
+        self._wait_floor.late(now - started, now)
+        hop = self._hops[ttl]
+        hop.record_late(reply.address, reply.mpls, end)
+        if end is not None:
+            self._note_end(ttl, end, reply.kind)
+            self._known_limit = None
+        if ttl <= self._limit():
+            self._on_hop(hop)
+
+    # -- adaptive wait ---------------------------------------------------------------------
+
+    def _learn_rtt(self, sent: _InFlight, rtt: float) -> None:
+        """An answer taught how long answers take: probes still out may be given up sooner."""
+        if not self._request.wait.adaptive:
+            return
+        self._rtt[sent.ttl] = rtt
+        index = bisect.bisect_left(self._answered_orders, sent.order)
+        self._answered_orders.insert(index, sent.order)
+        self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
+        if self._in_flight:
+            self._schedule_give_up(self._in_flight.values())
+
+    def _wait_start(self, probe: _InFlight) -> float | None:
+        """When ``probe`` surely was on the wire: when the first probe sent after it and
+        answered was. None until one has: nothing shows this probe has left the pool."""
+        later = bisect.bisect_right(self._answered_orders, probe.order)
+        if later == len(self._answered_orders):
+            return None
+        return max(probe.sent_at, self._answered_wire[later])
+
+    def _give_up_at(self, probe: _InFlight, answered: list[int]) -> float | None:
+        """When to give ``probe`` up (None: not before mtr-packet's own timeout);
+        ``answered`` is the sorted TTLs with a known round-trip time.
+
+        The wait runs from when the first probe sent after this one and answered went
+        on the wire: until one has, nothing shows this probe has left the pool.
+        """
+        start = self._wait_start(probe)
+        if start is None:
+            return None
+        ttl = probe.ttl
+        index = bisect.bisect_right(answered, ttl)
+        near = self._rtt[answered[index]] if index < len(answered) else None
+        timeout = self._request.timeout
+        floor = self._wait_floor.seconds(self._clock.seconds())
+        wait = self._request.wait.wait(
+            timeout, here_rtt=self._rtt.get(ttl), near_rtt=near, floor=floor
+        )
+        if wait >= timeout:
+            return None
+        return start + wait
+
+    def _schedule_give_up(self, probes: Iterable[_InFlight]) -> None:
+        """Keep one timer at or before the earliest give-up of ``probes`` (the timer
+        re-checks every probe when it fires)."""
+        earliest: float | None = None
+        answered = sorted(self._rtt)
+        for probe in probes:
+            at = self._give_up_at(probe, answered)
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+        if earliest is None:
+            return
+        timer = self._give_up
+        if timer is not None and timer.active():
+            if timer.getTime() <= earliest:
+                return
+            timer.cancel()
+        self._give_up = self._clock.callLater(
+            max(0.0, earliest - self._clock.seconds()), self._give_up_due
+        )
+
+    def _give_up_due(self) -> None:
+        self._give_up = None
+        if self._finished:
+            return
+        now = self._clock.seconds()
+        answered = sorted(self._rtt)
+        due = [
+            (result, probe)
+            for result, probe in self._in_flight.items()
+            if (at := self._give_up_at(probe, answered)) is not None and at <= now + _EPSILON
+        ]
+        for result, probe in due:
+            del self._in_flight[result]
+            start = self._wait_start(probe)
+            self._given_up[result] = probe.sent_at if start is None else start
+            self._lost(probe.ttl)
+        if self._in_flight:
+            self._schedule_give_up(self._in_flight.values())
+        self._check_done()
+
+    def _lost(self, ttl: int) -> None:
+        """Count a probe at ``ttl`` lost (its wait is over) and tell who listens."""
+        hop = self._hops[ttl]
+        hop.record_lost()
+        self._known_limit = None
+        self._silent_losses = self._silent_losses or not hop.received
+        if ttl <= self._limit():
+            self._on_hop(hop)
 
     def _answered(self, reply: ProbeReply, ttl: int) -> None:
         hop = self._hops[ttl]
@@ -230,7 +390,7 @@ class TraceRun:
                 hop.record_lost()
             else:
                 hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
-                self._note_end(ttl, end)
+                self._note_end(ttl, end, reply.kind)
         elif reply.kind in _LOST or reply.kind is ReplyKind.UNKNOWN:
             hop.record_lost()
         else:
@@ -248,11 +408,12 @@ class TraceRun:
         if ttl <= self._limit():
             self._on_hop(hop)
 
-    def _note_end(self, ttl: int, end: HopEnd | None) -> None:
+    def _note_end(self, ttl: int, end: HopEnd | None, kind: ReplyKind) -> None:
         if end is HopEnd.DESTINATION:
             self._destination_ttl = min(ttl, self._destination_ttl or ttl)
-        elif end is not None:
-            self._unreachable_ttl = min(ttl, self._unreachable_ttl or ttl)
+        elif end is not None and (self._unreachable_ttl is None or ttl < self._unreachable_ttl):
+            self._unreachable_ttl = ttl
+            self._unreachable_kind = kind.value
 
     def _failed(self, failure: Failure, ttl: int) -> None:
         if isinstance(failure.value, CancelledError):
@@ -260,10 +421,7 @@ class TraceRun:
         if isinstance(failure.value, WorkerDied | WorkerUnresponsive):
             # The probe was sent and its answer is lost with the worker: count it lost.
             self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
-            self._hops[ttl].record_lost()
-            self._known_limit = None
-            self._silent_losses = self._silent_losses or not self._hops[ttl].received
-            self._on_hop(self._hops[ttl])
+            self._lost(ttl)
             return
         if isinstance(failure.value, ProbeFailed):
             self._finish(error=TraceError("engine-unavailable", failure.getErrorMessage()))
@@ -281,16 +439,39 @@ class TraceRun:
         for bound in (self._destination_ttl, self._unreachable_ttl):
             if bound is not None:
                 limit = min(limit, bound)
-        if self._silent_losses:
-            hops, last = self._hops, self._last_answered
-            silent, ttl = 0, last + 1
-            while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
-                silent += 1
-                ttl += 1
-            if silent >= self._settings.max_unknown:
-                limit = min(limit, last + self._settings.max_unknown)
+        gap = self._gap_bound()
+        if gap is not None:
+            limit = min(limit, gap)
         self._known_limit = limit
         return limit
+
+    def _gap_bound(self) -> int | None:
+        """The last TTL worth probing before a run of ``max_unknown`` silent TTLs, if any."""
+        if not self._silent_losses:
+            return None
+        hops, last = self._hops, self._last_answered
+        silent, ttl = 0, last + 1
+        while ttl in hops and hops[ttl].received == 0 and hops[ttl].lost > 0:
+            silent += 1
+            ttl += 1
+        if silent >= self._settings.max_unknown:
+            return last + self._settings.max_unknown
+        return None
+
+    def _stop(self, error: TraceError | None, *, cancelled: bool) -> Stop:
+        """Why the run ends, given how it ends."""
+        if cancelled:
+            return Stop(StopReason.CANCELLED)
+        if error is not None:
+            return Stop(StopReason.DEADLINE if error.type == "deadline" else StopReason.ERROR)
+        limit = self._limit()
+        if self._destination_ttl == limit:
+            return Stop(StopReason.DESTINATION)
+        if self._unreachable_ttl == limit:
+            return Stop(StopReason.UNREACHABLE, self._unreachable_kind)
+        if self._gap_bound() == limit:
+            return Stop(StopReason.GAP_LIMIT)
+        return Stop(StopReason.MAX_TTL)
 
     @property
     def _finished(self) -> bool:
@@ -316,11 +497,12 @@ class TraceRun:
             return
         assert self._done is not None
         self._over = True
-        for call in [*self._calls, self._deadline]:
+        for call in [*self._calls, self._deadline, self._give_up]:
             if call is not None and call.active():
                 call.cancel()
         self._calls.clear()
-        for result in list(self._in_flight):
+        # The pool keeps each sent probe's sequence until mtr-packet is done with it.
+        for result in [*self._in_flight, *self._given_up]:
             result.cancel()
         limit = self._limit()
         hops = tuple(self._hops[ttl].snapshot() for ttl in sorted(self._hops) if ttl <= limit)
@@ -330,6 +512,7 @@ class TraceRun:
                 destination_reached=self._destination_ttl is not None,
                 error=error,
                 cancelled=cancelled,
+                stop=self._stop(error, cancelled=cancelled),
             )
         )
 

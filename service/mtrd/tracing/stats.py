@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 
 import attrs
 
@@ -39,6 +40,7 @@ class HopAccumulator:
     _sent: int = attrs.field(default=0, init=False)
     _received: int = attrs.field(default=0, init=False)
     _lost: int = attrs.field(default=0, init=False)
+    _late: int = attrs.field(default=0, init=False)
     # Insertion order is the order of first answer, which the snapshot keeps.
     _responders: dict[str, Responder] = attrs.field(factory=dict, init=False)
     _end: HopEnd | None = attrs.field(default=None, init=False)
@@ -122,6 +124,29 @@ class HopAccumulator:
         self._jitter_max_us = max(self._jitter_max_us, jitter_us)
         self._jitter_avg_ms += (_ms(jitter_us) - self._jitter_avg_ms) / n
 
+    @property
+    def late(self) -> int:
+        """Answers that came after their probe was given up."""
+        return self._late
+
+    def record_late(
+        self, address: str, mpls: tuple[MplsLabel, ...] = (), end: HopEnd | None = None
+    ) -> None:
+        """Count an answer to a probe already counted lost (given up on).
+
+        The responder becomes visible (with no reply counted to it if it is new); loss
+        and round-trip figures stay as they were. Raises ValueError when no probe was
+        counted lost.
+        """
+        if self._late >= self._lost:
+            raise ValueError(f"TTL {self.ttl}: a late answer with no probe given up")
+        self._snapshot = None
+        self._late += 1
+        if address not in self._responders:
+            self._responders[sys.intern(address)] = Responder(address, replies=0, mpls=mpls)
+        if _END_RANK[end] > _END_RANK[self._end]:
+            self._end = end
+
     def record_lost(self) -> None:
         """Count a probe whose wait is over with no answer. Raises ValueError if none is out."""
         self._check_outstanding("loss")
@@ -144,6 +169,7 @@ class HopAccumulator:
             rtt_ms=self._rtt(),
             jitter_ms=self._jitter(),
             end=self._end,
+            late=self._late,
         )
 
     def _check_outstanding(self, what: str) -> None:
@@ -174,3 +200,21 @@ class HopAccumulator:
             avg=self._jitter_avg_ms,
             max=_ms(self._jitter_max_us),
         )
+
+
+def forward_loss(hops: Sequence[Hop]) -> list[float]:
+    """Each hop's loss that carries on to the path beyond it, in percent.
+
+    A router that rate-limits its own replies shows loss that later hops do not: that
+    loss is not packet loss. Each hop's forward loss is the lowest loss among itself
+    and every later hop that answered (the last hop's is its own loss).
+    """
+    result = [0.0] * len(hops)
+    lowest: float | None = None
+    for index in range(len(hops) - 1, -1, -1):
+        hop = hops[index]
+        own = hop.loss_pct
+        result[index] = own if lowest is None else min(own, lowest)
+        if hop.received > 0:
+            lowest = own if lowest is None else min(own, lowest)
+    return result

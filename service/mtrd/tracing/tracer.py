@@ -33,6 +33,7 @@ from mtrd.tracing.multipath.run import MultipathRun, MultipathSettings
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
 from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
+from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_SETTINGS = RunSettings()
 DEFAULT_MULTIPATH = MultipathSettings()
@@ -86,6 +87,8 @@ class Tracer:
         self._settings = settings
         self._policy = policy
         self._sources = {4: source_ipv4, 6: source_ipv6}
+        # One floor for every trace: late answers show the host is slow for all of them.
+        self._wait_floor = WaitFloor()
 
     def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
         """The queued snapshot of a trace that has not started."""
@@ -171,6 +174,7 @@ class Tracer:
             address=resolved.address,
             on_hop=on_hop,
             settings=self._settings,
+            wait_floor=self._wait_floor,
             source=source,
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
@@ -178,7 +182,10 @@ class Tracer:
         )
         outcome = await run.start()
         trace = attrs.evolve(
-            trace, hops=outcome.hops, destination_reached=outcome.destination_reached
+            trace,
+            hops=outcome.hops,
+            destination_reached=outcome.destination_reached,
+            stop=outcome.stop,
         )
         if outcome.cancelled:
             return self._end(trace, status=TraceStatus.CANCELLED)
@@ -205,6 +212,7 @@ class Tracer:
             hops=outcome.hops,
             destination_reached=outcome.destination_reached,
             multipath=outcome.multipath,
+            stop=outcome.stop,
         )
         if outcome.cancelled:
             return self._end(trace, status=TraceStatus.CANCELLED)

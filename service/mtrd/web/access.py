@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from mtrd.logs import log_time
+from mtrd.logs import escape_controls, log_time
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, write_problem
 
@@ -87,9 +87,15 @@ class Edge(Resource):
         self._access_log = access_log
 
     def render(self, request: Any) -> Any:
-        """Time the request, then let Klein answer it."""
+        """Time the request, then let Klein answer it (or answer the refusal the channel
+        made before reading the body)."""
         started = self._clock.seconds()
         path = request.path
+        refusal = getattr(request, "refusal", None)
+        if refusal is not None:
+            body = write_problem(request, refusal, path.decode("utf-8", "replace"))
+            self._record(request, started, client_gone=False)
+            return body
         if (b"%" in path or not path.isascii()) and not _is_utf8(unquote_to_bytes(path)):
             # Klein would answer this with a bare text/plain 400.
             request.notifyFinish().addBoth(self._finished, request, started)
@@ -101,6 +107,12 @@ class Edge(Resource):
         else:
             request.notifyFinish().addBoth(self._finished, request, started)
         return result
+
+    def framing_refused(self, method: bytes, path: bytes, status: int) -> None:
+        """Log and count a request refused before it was complete (bad framing, headers
+        too large or too slow): as much of it as was read."""
+        text = path.decode("utf-8", "replace")
+        self._log_and_count(route_of(text), method.decode("ascii", "replace"), text, status, 0.0)
 
     def _finished(self, result: object, request: Any, started: float) -> None:
         self._record(request, started, client_gone=isinstance(result, Failure))
@@ -115,6 +127,21 @@ class Edge(Resource):
         if trace_id is None and status == 202:
             location = request.responseHeaders.getRawHeaders(b"location") or [b""]
             trace_id = location[0].decode().rsplit("/", 1)[-1] or None
+        self._log_and_count(
+            route, method, path, status, duration, trace_id=trace_id, client_gone=client_gone
+        )
+
+    def _log_and_count(
+        self,
+        route: str,
+        method: str,
+        path: str,
+        status: int,
+        duration: float,
+        *,
+        trace_id: str | None = None,
+        client_gone: bool = False,
+    ) -> None:
         if self._metrics is not None:
             self._metrics.observe_request(route, method, status, duration)
         self._access_log(
@@ -178,7 +205,7 @@ class AccessLog:
                 f'"client_gone": {"true" if record.client_gone else "false"}}}\n'
             )
         else:
-            line = f"{now} [mtrd.http#info] {record.message}\n"
+            line = f"{now} [mtrd.http#info] {escape_controls(record.message)}\n"
         if self._clock is None:
             self._stream.write(line)
             self._stream.flush()

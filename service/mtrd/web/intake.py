@@ -13,10 +13,12 @@ import attrs
 from mtrd.engine.probe import Protocol, address_of
 from mtrd.tracing.model import DEFAULT_PORTS, TraceMode, TraceRequest
 from mtrd.tracing.redis.settings import parse_vantage
+from mtrd.tracing.wait import MAX_FACTOR, WaitRule
 
 MAX_TTL = 255
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _FIELDS = {f.name for f in attrs.fields(TraceRequest)} | {"vantage"}
+_WAIT = {f.name for f in attrs.fields(WaitRule)}
 
 
 class InvalidFields(ValueError):
@@ -143,6 +145,27 @@ class _Reader:
             self.errors.append(("vantage", str(e)))
             return None
 
+    def wait(self) -> WaitRule:
+        value = self.body.get("wait")
+        if value is None:
+            if "wait" in self.body:
+                self.errors.append(("wait", "must not be null"))
+            return WaitRule()
+        if not isinstance(value, dict):
+            self.errors.append(("wait", "must be an object with here and near"))
+            return WaitRule()
+        inner = _Reader(value)
+        inner.errors += [(f"wait.{name}", "unknown field") for name in value if name not in _WAIT]
+        inner.errors += [(f"wait.{name}", "is required") for name in _WAIT if name not in value]
+        default = WaitRule()
+        here = inner.number("here", 0, MAX_FACTOR, default.here)
+        near = inner.number("near", 0, MAX_FACTOR, default.near)
+        self.errors += [
+            (name if name.startswith("wait.") else f"wait.{name}", message)
+            for name, message in inner.errors
+        ]
+        return WaitRule(here=here, near=near)
+
     def protocol(self) -> tuple[Protocol, int | None]:
         try:
             protocol = Protocol(self.body.get("protocol", "icmp"))
@@ -229,6 +252,7 @@ def parse_submission(body: object) -> Submission:
         tos=reader.integer("tos", 0, 255, None, nullable=True),
         mode=mode,
         confidence=int(confidence),
+        wait=reader.wait(),
     )
     if reader.errors:
         raise InvalidFields(reader.errors)

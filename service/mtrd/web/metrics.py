@@ -36,6 +36,15 @@ RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 Labels = tuple[str, ...]
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def method_label(method: str) -> str:
+    """The method as a label value: a standard method's name, else ``other`` (a client
+    may send any token as a method, and each label value is kept for good)."""
+    return method if method in METHODS else "other"
 
 
 class _StateCollector(Collector):
@@ -147,8 +156,10 @@ class Metrics:
             self.probe_rtt.observe((), rtt_seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one HTTP request and its duration."""
-        self.http_requests.inc((route, method, str(status)))
+        """Count one HTTP request and its duration; ``route`` is a template (see
+        :func:`~mtrd.web.access.route_of`), ``method`` any method (labelled by
+        :func:`method_label`)."""
+        self.http_requests.inc((route, method_label(method), str(status)))
         self.http_duration.observe((route,), seconds)
 
     def watch(self, read: Callable[[], Iterable[Metric]]) -> None:

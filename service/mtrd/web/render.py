@@ -19,6 +19,8 @@ from mtrd.tracing.model import (
     PathLink,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceMode,
@@ -26,6 +28,8 @@ from mtrd.tracing.model import (
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.stats import forward_loss
+from mtrd.tracing.wait import WaitRule
 
 # One encoder for every render: json.dumps builds a new one per call when given options.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -76,6 +80,7 @@ def request_json(request: TraceRequest) -> dict[str, Any]:
         "tos": request.tos,
         "mode": request.mode.value,
         "confidence": request.confidence,
+        "wait": {"here": request.wait.here, "near": request.wait.near},
     }
 
 
@@ -83,8 +88,9 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def hop_json(hop: Hop) -> dict[str, Any]:
-    """One hop with its responders and figures."""
+def hop_json(hop: Hop, forward_loss_pct: float | None = None) -> dict[str, Any]:
+    """One hop with its responders and figures; ``forward_loss_pct`` depends on the
+    hops after it, so only a whole trace knows it (a hop event says null)."""
     return {
         "ttl": hop.ttl,
         "responders": [
@@ -107,6 +113,8 @@ def hop_json(hop: Hop) -> dict[str, Any]:
         "received": hop.received,
         "lost": hop.lost,
         "loss_pct": round(hop.loss_pct, 1),
+        "forward_loss_pct": None if forward_loss_pct is None else round(forward_loss_pct, 1),
+        "late": hop.late,
         "rtt_ms": {
             "last": _ms(hop.rtt_ms.last),
             "best": _ms(hop.rtt_ms.best),
@@ -191,12 +199,24 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         "finished_at": rfc3339(trace.finished_at),
         "expires_at": rfc3339(trace.expires_at),
         "destination_reached": trace.destination_reached,
-        "hops": [hop_json(hop) for hop in trace.hops],
+        **_stop_json(trace),
+        "hops": [
+            hop_json(hop, forward)
+            for hop, forward in zip(trace.hops, forward_loss(trace.hops), strict=True)
+        ],
         "error": None
         if trace.error is None
         else {"type": trace.error.type, "message": trace.error.message},
         "links": links(trace.id),
         "multipath": None if trace.multipath is None else multipath_json(trace.multipath),
+    }
+
+
+def _stop_json(trace: Trace) -> dict[str, Any]:
+    stop = trace.stop_reason
+    return {
+        "stop_reason": None if stop is None else stop.reason.value,
+        "unreachable_kind": None if stop is None else stop.unreachable,
     }
 
 
@@ -209,6 +229,7 @@ def summary_json(trace: Trace) -> dict[str, Any]:
         "created_at": rfc3339(trace.created_at),
         "finished_at": rfc3339(trace.finished_at),
         "destination_reached": trace.destination_reached,
+        **_stop_json(trace),
         "links": links(trace.id),
     }
 
@@ -249,6 +270,7 @@ def hop_from_json(data: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(rtt["last"], rtt["best"], rtt["avg"], rtt["worst"], rtt["stdev"]),
         jitter_ms=JitterStats(jitter["last"], jitter["avg"], jitter["max"]),
         end=_optional(HopEnd, data["end"]),
+        late=data.get("late", 0),
     )
 
 
@@ -275,6 +297,7 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
             tos=request["tos"],
             mode=TraceMode(request.get("mode", "classic")),
             confidence=request.get("confidence", 95),
+            wait=_wait_from_json(request.get("wait")),
         ),
         target=TraceTarget(target["input"], target["address"], target["ip_version"]),
         created_at=created,
@@ -289,4 +312,16 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
         multipath=multipath_from_json(data.get("multipath")),
+        stop=_stop_from_json(data),
     )
+
+
+def _wait_from_json(data: dict[str, Any] | None) -> WaitRule:
+    return WaitRule() if data is None else WaitRule(data["here"], data["near"])
+
+
+def _stop_from_json(data: dict[str, Any]) -> Stop | None:
+    reason = data.get("stop_reason")
+    if reason is None:
+        return None
+    return Stop(StopReason(reason), data.get("unreachable_kind"))

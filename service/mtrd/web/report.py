@@ -14,6 +14,11 @@ under their titles. Times are milliseconds with one decimal; a hop nothing answe
 shows ``-`` where mtr shows 0.0. Hops are shown up to the last one that answered; a
 run of silent TTLs after it shows as one ``???`` line, the first TTL of the run (as
 mtr stops one hop after the last answer): the JSON has every TTL.
+
+Where some hop's loss does not carry on to the hops after it (a router rate-limiting
+its own replies), a ``Fwd%`` column follows ``StDev`` with the forward loss of each hop
+where it differs from ``Loss%``, blank elsewhere. A finished trace's ``Target`` line
+ends with ``Stopped:`` and why (and the ICMP kind when a router answered unreachable).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import socket
 from datetime import UTC, datetime
 
 from mtrd.engine.probe import Protocol
-from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, Trace
+from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, StopReason, Trace
+from mtrd.tracing.stats import forward_loss
 
 # How traceroute and mtr mark a hop that answered "unreachable".
 _END_MARKS = {HopEnd.UNREACHABLE: "!N", HopEnd.HOST_DOWN: "!H"}
@@ -37,6 +43,7 @@ _FIGURES = (
     ("Wrst", 1, 5),
     ("StDev", 1, 5),
 )
+_FORWARD = ("Fwd%", 1, 6)
 _PREFIX_WIDTH = len("255.|-- ")
 _HOST_WIDTH = 24  # mtr's titles start at column 33
 _SILENT = "???"
@@ -49,24 +56,32 @@ def render_report(trace: Trace, host: str = "mtrd") -> str:
     """The trace as a header and a table of hops, ending with a newline; ``host`` is the
     machine that probed, for the HOST line."""
     rows: list[tuple[str, str, tuple[str, ...]]] = []
-    for hop in _shown_hops(trace.hops):
-        rows.extend(_hop_rows(hop))
+    shown = _shown_hops(trace.hops)
+    forward = forward_loss(trace.hops)[: len(shown)]
+    differs = [f"{f:.1f}" != f"{hop.loss_pct:.1f}" for f, hop in zip(forward, shown, strict=True)]
+    columns = (*_FIGURES, _FORWARD) if any(differs) else _FIGURES
+    for hop, fwd, differ in zip(shown, forward, differs, strict=True):
+        hop_rows = _hop_rows(hop)
+        if any(differs):
+            prefix, name, figures = hop_rows[0]
+            hop_rows[0] = (prefix, name, (*figures, f"{fwd:.1f}%" if differ else ""))
+        rows.extend(hop_rows)
     header_host = f"HOST: {host}"
     host_width = max(
         [_HOST_WIDTH, len(header_host) - _PREFIX_WIDTH, *(len(name) for _, name, _ in rows)]
     )
     widths = [
         max([width, *(len(figures[i]) for _, _, figures in rows if figures)])
-        for i, (_, _, width) in enumerate(_FIGURES)
+        for i, (_, _, width) in enumerate(columns)
     ]
-    titles = tuple(title for title, _, _ in _FIGURES)
+    titles = tuple(title for title, _, _ in columns)
     lines = [
         f"Start: {_start(trace)}",
         _target(trace),
-        _line(header_host, titles, host_width, widths),
+        _line(header_host, titles, host_width, widths, columns),
     ]
     lines.extend(
-        _line(prefix.ljust(_PREFIX_WIDTH) + name, figures, host_width, widths)
+        _line(prefix.ljust(_PREFIX_WIDTH) + name, figures, host_width, widths, columns)
         for prefix, name, figures in rows
     )
     if trace.multipath is not None:
@@ -107,7 +122,12 @@ def _target(trace: Trace) -> str:
     if request.protocol is not Protocol.ICMP:
         port = request.port if request.port is not None else DEFAULT_PORTS[request.protocol]
         protocol = f"{protocol} port {port}"
-    return f"Target: {where}  Protocol: {protocol}  Status: {trace.status.value}"
+    line = f"Target: {where}  Protocol: {protocol}  Status: {trace.status.value}"
+    stop = trace.stop_reason
+    if stop is not None:
+        kind = f" ({stop.unreachable})" if stop.reason is StopReason.UNREACHABLE else ""
+        line += f"  Stopped: {stop.reason.value}{kind}"
+    return line
 
 
 def _hop_rows(hop: Hop) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -128,10 +148,16 @@ def _time(milliseconds: float | None) -> str:
     return "-" if milliseconds is None else f"{milliseconds:.1f}"
 
 
-def _line(start: str, figures: tuple[str, ...], host_width: int, widths: list[int]) -> str:
+def _line(
+    start: str,
+    figures: tuple[str, ...],
+    host_width: int,
+    widths: list[int],
+    columns: tuple[tuple[str, int, int], ...],
+) -> str:
     """``start`` (the hop and host, or the HOST title) padded to the figures' column."""
     cells = "".join(
         " " * gap + figure.rjust(width)
-        for figure, (_, gap, _), width in zip(figures, _FIGURES, widths, strict=False)
+        for figure, (_, gap, _), width in zip(figures, columns, widths, strict=False)
     )
     return (start.ljust(_PREFIX_WIDTH + host_width) + cells).rstrip()

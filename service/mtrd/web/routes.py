@@ -137,9 +137,7 @@ class Api:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise Problem(
-                400, "malformed-json", "Malformed JSON", f"the body is not JSON: {e}"
-            ) from None
+            raise Problem(400, "malformed-json", "Malformed JSON", _json_error(e)) from None
         submission = parse_submission(body)
         trace_request = submission.request
         if self._shared is None and submission.vantage not in (None, self._vantage):
@@ -220,7 +218,7 @@ class Api:
         limit = 50
         if "limit" in args:
             text = args["limit"][-1]
-            if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+            if parse_count(text) is None or not 1 <= int(text) <= MAX_LIST:
                 errors.append(("limit", f"must be an integer between 1 and {MAX_LIST}"))
             else:
                 limit = int(text)
@@ -628,7 +626,28 @@ def _start_events(request: IRequest) -> int | None:
     request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache")
     request.setHeader(b"X-Accel-Buffering", b"no")
-    return int(last) if last is not None and last.strip().isdigit() else None
+    return None if last is None else parse_count(last.strip())
+
+
+MAX_COUNT_DIGITS = 18
+
+
+def parse_count(text: str) -> int | None:
+    """A whole number a client sent (a query parameter, a header), or None: ASCII digits
+    only (``str.isdigit`` also takes ``²``, which ``int`` refuses), and few enough that
+    ``int`` takes them (it refuses over 4300) and the value fits a 64-bit counter."""
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_COUNT_DIGITS:
+        return None
+    return int(text)
+
+
+def _json_error(error: ValueError) -> str:
+    """What was wrong with a body that is not JSON, without the parser's own words."""
+    if isinstance(error, UnicodeDecodeError):
+        return "the body is not UTF-8"
+    if isinstance(error, json.JSONDecodeError):
+        return f"the body is not JSON (line {error.lineno}, column {error.colno})"
+    return "the body is not JSON (a number in it is too long)"
 
 
 def _body(request: IRequest, status: int, body: bytes) -> bytes:

@@ -40,6 +40,8 @@ from mtrd.tracing.model import (
     LiveHop,
     MultipathResult,
     PathLink,
+    Stop,
+    StopReason,
     TraceError,
     TraceRequest,
 )
@@ -79,6 +81,7 @@ class MultipathOutcome:
     multipath: MultipathResult
     error: TraceError | None = None
     cancelled: bool = False
+    stop: Stop | None = None  # None: the trace's status says why (cancelled, failed)
 
 
 _ENDS = {
@@ -144,6 +147,7 @@ class MultipathRun:
         self._in_flight: set[Deferred[ProbeReply]] = set()
         self._deadline_passed = False
         self._over = False  # once set, late replies are dropped
+        self._unreachable_kind: str | None = None  # the last ICMP unreachable's kind
 
     def start(self) -> Deferred[MultipathOutcome]:
         """Run the discovery; the Deferred fires with the outcome (never fails)."""
@@ -245,6 +249,8 @@ class MultipathRun:
             and (reply.kind is ReplyKind.TTL_EXPIRED or end is not None)
         ):
             hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
+            if end is not None and end is not HopEnd.DESTINATION:
+                self._unreachable_kind = reply.kind.value
             self._answered(probe, hop, Answer(reply.address, end), reply.rtt_ms)
         elif reply.kind in _LOST or reply.kind in _ENDS:
             self._answered(probe, hop, None, None)
@@ -275,12 +281,18 @@ class MultipathRun:
             )
             for flow, found in sorted(self._flows.items())
         )
-        stop = "cancelled" if cancelled else None
+        said = "cancelled" if cancelled else None
         if error is not None:
-            stop = "deadline" if error.type == "deadline" else "error"
+            said = "deadline" if error.type == "deadline" else "error"
         elif discovery.stop_reason is not None and not cancelled:
-            stop = discovery.stop_reason.value
+            said = discovery.stop_reason.value
+        reason = discovery.stop_reason
+        stop = None
+        if error is None and not cancelled and reason is not None:
+            kind = self._unreachable_kind if reason.value == "unreachable" else None
+            stop = Stop(StopReason(reason.value), kind)
         return MultipathOutcome(
+            stop=stop,
             hops=hops,
             destination_reached=any(h.end is HopEnd.DESTINATION for h in hops),
             multipath=MultipathResult(
@@ -288,7 +300,7 @@ class MultipathRun:
                 links=tuple(PathLink(k.ttl, k.source, k.to) for k in discovery.links()),
                 flows=flows,
                 probes_sent=discovery.probes_sent,
-                stop_reason=stop,
+                stop_reason=said,
                 full_mda_hops=tuple(discovery.full_mda_hops),
             ),
             error=error,

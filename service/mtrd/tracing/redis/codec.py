@@ -23,6 +23,8 @@ from mtrd.tracing.model import (
     PathLink,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceMode,
@@ -30,9 +32,12 @@ from mtrd.tracing.model import (
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.wait import WaitRule
 
 FORMAT: Final = 2
 # Format 1 had no vantage and replica in the value (they were fields of the hash only).
+# Keys added later within format 2 ("w" the wait rule, "stop", a hop's "l" late count)
+# are optional: a document without them reads as the default (older writers).
 READABLE: Final = (1, 2)
 
 
@@ -143,6 +148,8 @@ def _classic(trace: Trace) -> dict[str, Any]:
         "hops": [_hop(hop) for hop in trace.hops],
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
         "at": [trace.vantage, trace.replica],
+        "w": [request.wait.here, request.wait.near],
+        "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
     }  # fmt: skip
 
 
@@ -153,6 +160,8 @@ def _trace_from(d: dict[str, Any]) -> Trace:
     error = d["error"]
     vantage, replica = d.get("at", ("", None))
     mode, confidence = d.get("mode", (TraceMode.CLASSIC.value, 95))
+    here, near = d.get("w", (WaitRule().here, WaitRule().near))
+    stop = d.get("stop")
     return Trace(
         id=d["id"],
         status=TraceStatus(d["status"]),
@@ -170,6 +179,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
             tos=tos,
             mode=TraceMode(mode),
             confidence=confidence,
+            wait=WaitRule(float(here), float(near)),
         ),
         target=TraceTarget(*d["target"]),
         created_at=float(created_at),
@@ -183,6 +193,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         vantage=vantage,
         replica=replica,
         multipath=_multipath_from(d.get("mp")),
+        stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
     )
 
 
@@ -199,6 +210,7 @@ def _hop(hop: Hop) -> dict[str, Any]:
         "rtt": [rtt.last, rtt.best, rtt.avg, rtt.worst, rtt.stdev],
         "jit": [jitter.last, jitter.avg, jitter.max],
         "end": None if hop.end is None else hop.end.value,
+        "l": hop.late,
     }  # fmt: skip
 
 
@@ -216,6 +228,7 @@ def _hop_from(d: dict[str, Any]) -> Hop:
         rtt_ms=RttStats(*(_float(v) for v in d["rtt"])),
         jitter_ms=JitterStats(*(_float(v) for v in d["jit"])),
         end=None if d["end"] is None else HopEnd(d["end"]),
+        late=d.get("l", 0),
     )
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from mtrd.tracing.redis.connection import Argument, Command, RedisCommandError
 
@@ -44,9 +45,35 @@ class Script:
                 raise
             return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
 
+    def source_command(self, keys: Sequence[str], args: Sequence[Argument]) -> Command:
+        """The script as one command of a pipeline, sent whole (``EVAL``): it runs where it
+        stands among the pipeline's commands even on a Redis that forgot its scripts."""
+        return ("EVAL", self.source, len(keys), *keys, *args)
+
 
 def as_text(value: bytes | str | None) -> str:
     """A reply as text ('' for nil)."""
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def together(*calls: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run calls side by side and return their results in order.
+
+    Each call runs up to its first reply wait at once, so commands of calls that send one
+    each leave together (one socket write on one connection, in this order). Every call
+    is awaited; the first failure is raised then.
+    """
+    started = [Deferred.fromCoroutine(call) for call in calls]
+    results: list[Any] = []
+    failure: Exception | None = None
+    for call in started:
+        try:
+            results.append(await call)
+        except Exception as e:
+            failure = failure or e
+            results.append(None)
+    if failure is not None:
+        raise failure
+    return results

@@ -33,8 +33,9 @@ from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.redis.queue import RedisWorkQueue
-from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint
+from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint, live_replicas
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
+from mtrd.tracing.store import StoreFull
 
 log = Logger()
 
@@ -136,22 +137,49 @@ class SharedTraces(Service):
         """
         where = vantage or self.vantage
         now = self._clock.seconds()
-        if not await self._replicas.live(where, now):
-            points = await self._replicas.vantage_points(now)
-            raise NoLiveVantage(where, [p.name for p in points])
         trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
-        stored = await self._store.add(
-            trace, lambda: QUEUE_RETRY_AFTER, vantage=where, replica=self.replica
-        )
+        queue = self._queue(where)
+        # One call to Redis, a single write: the live check, the trace with its index
+        # entries, and its queue entry. What the replies refuse is undone after. The queue
+        # entry may run ahead of the trace (separate keys): a runner that claims it first
+        # finds no queued trace and drops the entry, so nothing runs that was not stored.
         try:
-            queued = await self._queue(where).enqueue(trace.id, self._max_queued)
+            live, *added, entry = await self._redis.pipeline(
+                [
+                    self._replicas.live_command(where, now),
+                    *self._store.add_commands(trace, vantage=where, replica=self.replica),
+                    queue.enqueue_command(trace.id, self._max_queued),
+                ]
+            )
         except RedisUnavailable:
             await self._forget(trace.id)
             raise
-        if not queued:
-            await self._forget(trace.id)
-            raise QueueFull(QUEUE_RETRY_AFTER)
-        return attrs.evolve(stored, trace=trace)
+        refused: Exception | None = None
+        if not live_replicas(live):
+            points = await self._replicas.vantage_points(now)
+            refused = NoLiveVantage(where, [p.name for p in points])
+        elif entry is None:
+            refused = QueueFull(QUEUE_RETRY_AFTER)
+        if refused is None:
+            try:
+                await self._store.added(trace, added, lambda: QUEUE_RETRY_AFTER)
+            except StoreFull as e:  # the trace is removed already
+                await self._drop(queue, entry)
+                raise e from None
+            return StoredTrace(trace, 1, where, self.replica)
+        await self._drop(queue, entry)
+        await self._forget(trace.id)
+        raise refused
+
+    async def _drop(self, queue: RedisWorkQueue, entry: bytes | None) -> None:
+        # Else a runner would take it; if Redis does not let us, the trace goes (below) and
+        # the runner that claims the entry finds nothing to run.
+        if entry is None:
+            return
+        try:
+            await queue.drop(entry)
+        except RedisUnavailable as e:
+            log.warn("cannot remove a refused trace's queue entry: {error}", error=e)
 
     async def _forget(self, trace_id: str) -> None:
         # A trace stored but not queued would stay queued until it goes stale: the client

@@ -20,7 +20,7 @@ from typing import Any, Final
 import attrs
 
 from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
-from mtrd.tracing.redis.connection import RedisCommandError
+from mtrd.tracing.redis.connection import Command, RedisCommandError
 
 GROUP: Final = "runners"
 
@@ -98,6 +98,15 @@ class RedisWorkQueue:
         entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued])
         return entry is not None
 
+    def enqueue_command(self, trace_id: str, max_queued: int) -> Command:
+        """:meth:`enqueue` as one command of a pipeline; its reply is the entry's id, or nil
+        when the queue is full. This script alone holds the queue caps."""
+        return _ENQUEUE.source_command([self.key], [trace_id, max_queued])
+
+    async def drop(self, entry: bytes | str) -> None:
+        """Remove an entry nobody should run (its trace was refused after all)."""
+        await self._redis.pipeline([("XACK", self.key, GROUP, entry), ("XDEL", self.key, entry)])
+
     async def claim(self, room: int) -> list[Claim]:
         """Up to ``room`` traces to start, oldest first; none without room."""
         if room < 1:
@@ -110,10 +119,11 @@ class RedisWorkQueue:
         _stream, entries = reply[0]
         return _claims(entries)
 
-    async def started(self, claim: Claim) -> None:
-        """The claimed trace started (or was dropped): the entry leaves the queue."""
+    async def started(self, *claims: Claim) -> None:
+        """The claimed traces started (or were dropped): their entries leave the queue."""
+        entries = [claim.entry for claim in claims]
         await self._redis.pipeline(
-            [("XACK", self.key, GROUP, claim.entry), ("XDEL", self.key, claim.entry)]
+            [("XACK", self.key, GROUP, *entries), ("XDEL", self.key, *entries)]
         )
 
     async def release(self, claims: Sequence[Claim]) -> int:

@@ -12,11 +12,12 @@ Time is passed in (``now``, epoch seconds from the injected clock).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
 from mtrd.tracing.redis.commands import RedisCommands, as_text
+from mtrd.tracing.redis.connection import Command
 
 LEASE: Final = 5.0
 
@@ -103,11 +104,12 @@ class RedisReplicas:
 
     async def live(self, vantage: str, now: float) -> list[str]:
         """The replicas of ``vantage`` whose lease has not lapsed."""
-        at = round(now * 1000)
-        members = await self._redis.execute(
-            "ZRANGEBYSCORE", self._members_key(vantage), f"({at}", "+inf"
-        )
-        return [as_text(m) for m in members]
+        return live_replicas(await self._redis.execute(*self.live_command(vantage, now)))
+
+    def live_command(self, vantage: str, now: float) -> Command:
+        """The command behind :meth:`live`, to send in a pipeline; read its reply with
+        :func:`live_replicas`."""
+        return ("ZRANGEBYSCORE", self._members_key(vantage), f"({round(now * 1000)}", "+inf")
 
     async def lost(self, vantage: str, now: float) -> list[str]:
         """The replicas of ``vantage`` whose lease lapsed and who are not forgotten yet."""
@@ -115,13 +117,13 @@ class RedisReplicas:
         members = await self._redis.execute("ZRANGEBYSCORE", self._members_key(vantage), "-inf", at)
         return [as_text(m) for m in members]
 
-    async def started(self, replica: str, trace_id: str) -> None:
-        """``replica`` started the trace: the reaper fails it if the replica is lost."""
-        await self._redis.execute("SADD", self._running_key(replica), trace_id)
+    async def started(self, replica: str, *trace_ids: str) -> None:
+        """``replica`` started the traces: the reaper fails them if the replica is lost."""
+        await self._redis.execute("SADD", self._running_key(replica), *trace_ids)
 
-    async def finished(self, replica: str, trace_id: str) -> None:
+    async def finished(self, replica: str, *trace_ids: str) -> None:
         """The trace no longer runs on ``replica``."""
-        await self._redis.execute("SREM", self._running_key(replica), trace_id)
+        await self._redis.execute("SREM", self._running_key(replica), *trace_ids)
 
     async def running(self, replica: str) -> list[str]:
         """The traces ``replica`` started and has not finished, by id."""
@@ -135,3 +137,8 @@ class RedisReplicas:
 
     def _running_key(self, replica: str) -> str:
         return f"{self._replica_key(replica)}:running"
+
+
+def live_replicas(reply: list[Any]) -> list[str]:
+    """The replicas in a reply to :meth:`RedisReplicas.live_command`."""
+    return [as_text(member) for member in reply]

@@ -9,10 +9,11 @@
   of that end is refused if a reaper got there first);
 - claims queued traces of its vantage only while it has room and its pool is ready
   (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections),
-  takes each (:meth:`RedisTraceStore.take`; a lost race or a cancelled trace is skipped
-  and its entry acknowledged), and runs it with the :class:`Tracer`, writing its
-  snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, at
-  once on a status change and at the end;
+  takes what it claimed in one batch (:meth:`RedisTraceStore.take`, which returns the
+  trace; a lost race or a cancelled trace is skipped and its entry acknowledged), and
+  runs each with the :class:`Tracer`, writing its
+  snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, and
+  at once at the end (a snapshot and its events in one call);
 - stops a trace within a second of a cancel asked for in Redis (field ``cancel``, read
   on every save, and on its own when a trace has had nothing to save for half a second);
 - reaps: lost replicas of its vantage get their running traces failed ``replica_lost``,
@@ -59,10 +60,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtrd.tracing.model import Trace, TraceError, TraceStatus
+from mtrd.tracing.redis.commands import together
 from mtrd.tracing.redis.connection import RedisUnavailable
 from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
 from mtrd.tracing.redis.replicas import LEASE, RedisReplicas, ReplicaBeat
-from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.store import RedisTraceStore, StoredTrace
 from mtrd.tracing.redis.writebehind import Flushed, TraceWriter
 from mtrd.tracing.tracer import Tracer
 
@@ -99,6 +101,7 @@ class _Job:
     """One trace this replica runs."""
 
     writer: TraceWriter
+    started_at: float
     running: Deferred[Trace] | None = None
     ending: _Ending | None = None
     why: str = ""
@@ -306,6 +309,10 @@ class RedisRunner(Service):
                     f"Redis did not take the trace's updates for {self.store_backlog:g} s",
                 )
         for job in list(self._jobs.values()):
+            if not job.finished and now - job.started_at < FLUSH_INTERVAL:
+                # Younger than a flush interval: a short trace is then written once, at
+                # its end, and a longer one from its second flush tick on.
+                continue
             saved = job.writer.last_saved
             quiet = saved is not None and now - saved >= CANCEL_CHECK
             if job.writer.pending or (quiet and not job.finished):
@@ -316,42 +323,64 @@ class RedisRunner(Service):
     async def _start_claims(self, claims: list[Claim]) -> None:
         for claim in claims:
             self._claimed[claim.entry] = claim
-        for claim in claims:
-            if self.state is not RunnerState.RUNNING:
-                return  # stopping: what is still claimed goes back to the queue
-            try:
-                await self._start(claim)
-            except Exception:
-                self.log.failure("could not start trace {id}", id=claim.trace_id)
-                # Left claimed in Redis: after a lease it is taken over (here or elsewhere).
-            self._claimed.pop(claim.entry, None)
-
-    async def _start(self, claim: Claim) -> None:
-        # In the running set before the take: a replica that dies in between leaves a
-        # trace that the reaper fails, never one that stays queued and taken.
-        await self._replicas.started(self.replica, claim.trace_id)
-        stored = None
-        if await self._store.take(claim.trace_id, self.replica):
-            stored = await self._store.get(claim.trace_id)
-        if stored is None:
-            await self._replicas.finished(self.replica, claim.trace_id)
-        else:
-            self._run(stored.trace)
+        if self.state is not RunnerState.RUNNING or not claims:
+            return  # stopping: what is claimed goes back to the queue
         try:
-            await self._queue.started(claim)
+            started = await self._start(claims)
+        except Exception:
+            self.log.failure("could not start {n} claimed traces", n=len(claims))
+            # Left claimed in Redis: after a lease they are taken over (here or elsewhere).
+            started = True
+        if started:
+            for claim in claims:
+                self._claimed.pop(claim.entry, None)
+
+    async def _start(self, claims: list[Claim]) -> bool:
+        """Take and run a batch of claims in three calls, whatever its size; False when
+        stopping began before the takes (the claims then go back to the queue)."""
+        # In the running set before the takes: a replica that dies in between leaves
+        # traces that the reaper fails, never ones that stay queued and taken.
+        await self._replicas.started(self.replica, *(claim.trace_id for claim in claims))
+        if self.state is not RunnerState.RUNNING:
+            return False
+
+        async def take(claim: Claim) -> tuple[Claim, StoredTrace | None] | None:
+            try:
+                return claim, await self._store.take(claim.trace_id, self.replica)
+            except Exception as e:
+                # Left claimed: after a lease it is taken over (here or elsewhere).
+                self.log.warn("trace {id}: could not take it: {error}", id=claim.trace_id, error=e)
+                return None
+
+        answered = [outcome for outcome in await together(*map(take, claims)) if outcome]
+        for _, stored in answered:
+            if stored is not None:
+                self._run(stored.trace)
+        # Whether the take won or not (a cancelled trace, another replica first), the entry
+        # leaves the queue; a trace not taken leaves the running set.
+        not_taken = [claim.trace_id for claim, stored in answered if stored is None]
+        if not answered:
+            return True
+        calls = [self._queue.started(*(claim for claim, _ in answered))]
+        if not_taken:
+            calls.append(self._replicas.finished(self.replica, *not_taken))
+        try:
+            await together(*calls)
         except RedisUnavailable as e:
-            # Taken is what counts: the entry left behind is taken over after a lease, its
+            # Taken is what counts: an entry left behind is taken over after a lease, its
             # take then fails and it is acknowledged.
-            self.log.warn("trace {id}: claim not acknowledged: {error}", id=claim.trace_id, error=e)
+            self.log.warn("{n} claims not acknowledged: {error}", n=len(answered), error=e)
+        return True
 
     def _run(self, queued: Trace) -> None:
         writer = TraceWriter(queued, self._store, self.replica)
-        job = _Job(writer)
+        job = _Job(writer, self._clock.seconds())
         self._jobs[queued.id] = job
 
         def updated(trace: Trace) -> None:
-            if writer.update(trace):
-                self._flush(job)
+            # Held until the next flush (every FLUSH_INTERVAL), the start included: a short
+            # trace then often reaches Redis in one write, its end (written at once).
+            writer.update(trace)
 
         job.running = self._tracer.trace(
             queued.request, queued=queued, on_update=updated, on_live_hop=writer.hop

@@ -2,24 +2,25 @@
 
 Keys (``P`` is the prefix, ``mtrd`` by default; see docs/redis.md for the whole layout)::
 
-    P:{ID}:trace    hash: value (codec bytes), status, version, seq, vantage, replica, runner
-    P:{ID}:events   stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
-    P:traces        sorted set: trace id by seq (newest first listing; may lag, heals)
-    P:seq           counter handing out seq numbers
+    P:{ID}:trace          hash: value (codec bytes), status, version, vantage, replica, runner
+    P:{ID}:events         stream of the trace's events; ids 0-1, 0-2, ... are the SSE ids
+    P:{index}:traces      sorted set: trace id by seq (newest first listing; may lag, heals)
+    P:{index}:active      sorted set: the queued and running ones among them (lags, heals)
+    P:{index}:seq         counter handing out seq numbers
 
-Every key of one trace shares the hash tag ``{ID}``, and every script touches one trace's
-keys only, so the layout works on Redis Cluster. The index and the counter are separate
-single-key commands: the index may name a trace that has expired or been deleted (listing
-and the cap check drop such ids as they meet them), and a trace is indexed only once it
-is written.
+Every key of one trace shares the hash tag ``{ID}``, every script touches one trace's
+keys only or the index keys only (which share the hash tag ``{index}``), so the layout
+works on Redis Cluster. The indexes may name a trace that has expired or been deleted,
+and the index of active traces one that has ended (listing and the cap check drop such
+ids as they meet them); a trace is indexed only once it is written.
 
 Finished traces expire by Redis key expiry (``PEXPIRE`` with the store TTL) on both keys.
 An active trace expires too, ``stale_after`` (a day) after its last save: what a replica
 that died halfway through a POST leaves behind does not stay forever.
-The stored-trace cap counts the index: at the cap, adding evicts the oldest finished
-trace, or raises :class:`StoreFull` when the oldest ``EVICTION_SCAN`` are all active.
-Replicas adding at the same instant may overshoot the cap by as many traces as add at
-once; the next add brings it back.
+The stored-trace cap counts the index: an add that takes it past the cap evicts the
+oldest finished trace, or removes the new one again and raises :class:`StoreFull` when
+the oldest ``EVICTION_SCAN`` are all active. Replicas adding at the same instant may
+overshoot the cap by as many traces as add at once; the next add brings it back.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from twisted.internet.interfaces import IReactorTime
 from mtrd.tracing.events import Event
 from mtrd.tracing.model import Hop, Trace, TraceError, TraceStatus
 from mtrd.tracing.redis import codec
-from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text, together
+from mtrd.tracing.redis.connection import Command
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 
 EVICTION_SCAN: Final = 100
@@ -90,13 +92,22 @@ class EventPage:
     gap: bool
 
 
-# KEYS: trace, events. ARGV: value, status, seq, vantage, replica, expiry_ms
+# KEYS: trace, events. ARGV: value, status, vantage, replica, expiry_ms
 _ADD = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2], 'version', 1,
-           'seq', ARGV[3], 'vantage', ARGV[4], 'replica', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+           'vantage', ARGV[3], 'replica', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
+""")
+
+# KEYS: seq, index, active (one hash tag). ARGV: trace id, active (1 or 0). A new trace's
+# seq from the counter, its index entries, and how many traces the index holds now.
+_INDEX = Script("""
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], 'NX', seq, ARGV[1])
+if ARGV[2] == '1' then redis.call('ZADD', KEYS[3], 'NX', seq, ARGV[1]) end
+return {seq, redis.call('ZCARD', KEYS[2])}
 """)
 
 # KEYS: trace, events. ARGV: value, status, expiry_ms, runner ('' for anyone). The new
@@ -121,12 +132,45 @@ if cancel and cancel ~= '0' then return {version, 1} end
 return {version, 0}
 """)
 
-# KEYS: trace. ARGV: replica. 1 if this replica may now run the queued trace, else 0.
+# KEYS: trace, events. ARGV: value, status, expiry_ms, runner, events kept, then (id, kind,
+# value) per event, ids growing. A runner's flush in one call: the fenced save of _SAVE, then
+# the events as _APPEND_MANY writes them, both keys given the snapshot's expiry. nil if the
+# trace is gone, 0 if it is not running on that runner any more (nothing written), else the
+# new version, whether a cancel was asked for (1 or 0), and how many events were new.
+_WRITE_RUNNING = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[4] or status == 'completed'
+   or status == 'failed' or status == 'cancelled' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'status', ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local written = 0
+for i = 6, #ARGV, 3 do
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], ARGV[i], 'k', ARGV[i + 1],
+                         'v', ARGV[i + 2])
+  if type(ok) == 'table' and ok.err then
+    if not string.find(ok.err, 'equal or smaller') then return redis.error_reply(ok.err) end
+  else
+    written = written + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local cancel = redis.call('HGET', KEYS[1], 'cancel')
+if cancel and cancel ~= '0' then return {version, 1, written} end
+return {version, 0, written}
+""")
+
+# KEYS: trace. ARGV: replica. The trace (value, version, vantage, replica) if this replica
+# may now run the queued trace, else nil. The trace comes with the take: a read after it
+# could fail and leave a trace taken that nobody runs.
 _TAKE = Script("""
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'replica', ARGV[1])
-return 1
+return redis.call('HMGET', KEYS[1], 'value', 'version', 'vantage', 'replica')
 """)
 
 # KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
@@ -237,30 +281,61 @@ class RedisTraceStore:
 
     @property
     def _index(self) -> str:
-        return f"{self._prefix}:traces"
+        return f"{self._prefix}:{{index}}:traces"
+
+    @property
+    def _active(self) -> str:
+        return f"{self._prefix}:{{index}}:active"
+
+    @property
+    def _seq(self) -> str:
+        return f"{self._prefix}:{{index}}:seq"
 
     def expires_at(self) -> float:
         """When a trace that finishes now will expire."""
         return self._clock.seconds() + self.limits.ttl
 
+    def add_commands(self, trace: Trace, vantage: str, replica: str) -> list[Command]:
+        """The commands that store a new trace, to send in a pipeline (possibly with
+        others); :meth:`added` reads their replies.
+
+        The trace goes first: readers drop index ids without a trace, so an id indexed
+        before its trace was written could be dropped by a listing in between. The
+        commands of a pipeline run in order, and the scripts are sent whole (``EVAL``, not
+        ``EVALSHA``): a Redis that forgot its scripts cannot make one fail and the next
+        run. A replica dying halfway leaves a trace missing from listings only, which
+        expires.
+        """
+        fields = [codec.encode_trace(trace), trace.status.value, vantage, replica]
+        return [
+            _ADD.source_command(self._keys(trace.id), [*fields, self._expiry_ms(trace)]),
+            _INDEX.source_command(
+                [self._seq, self._index, self._active],
+                [trace.id, 0 if trace.status.is_final else 1],
+            ),
+        ]
+
+    async def added(
+        self, trace: Trace, replies: Sequence[Any], retry_after: Callable[[], int]
+    ) -> None:
+        """Check what :meth:`add_commands` did: past the cap, the oldest finished traces
+        are evicted, or the new trace is removed again and :class:`StoreFull` raised."""
+        created, (_, count) = replies
+        if not created:
+            raise ValueError(f"a trace with id {trace.id!r} is already stored")
+        if int(count) > self.limits.max_traces:
+            try:
+                await self._make_room(retry_after)
+            except StoreFull:
+                await self.delete(trace.id)
+                raise
+
     async def add(
         self, trace: Trace, retry_after: Callable[[], int], vantage: str, replica: str
     ) -> StoredTrace:
-        """Store a new trace (version 1), evicting the oldest finished one at the cap."""
-        await self._make_room(retry_after)
-        seq = int(await self._redis.execute("INCR", f"{self._prefix}:seq"))
-        created = await _ADD.run(
-            self._redis,
-            self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, seq, vantage, replica,
-             self._expiry_ms(trace)],
-        )  # fmt: skip
-        if not created:
-            raise ValueError(f"a trace with id {trace.id!r} is already stored")
-        # The trace goes first: readers drop index ids without a trace, so an id indexed
-        # before its trace was written could be dropped by a listing in between. A
-        # replica dying here leaves a trace missing from listings only, which expires.
-        await self._redis.execute("ZADD", self._index, "NX", seq, trace.id)
+        """Store a new trace (version 1), evicting the oldest finished one past the cap."""
+        replies = await self._redis.pipeline(self.add_commands(trace, vantage, replica))
+        await self.added(trace, replies, retry_after)
         return StoredTrace(trace, 1, vantage, replica)
 
     async def save(self, trace: Trace, *, runner: str | None = None) -> int | None:
@@ -280,17 +355,43 @@ class RedisTraceStore:
         of the trace was asked for; None if the trace is gone."""
         return await self._save(trace, runner)
 
+    async def write_running(
+        self,
+        trace: Trace,
+        runner: str,
+        events: Sequence[tuple[int, str, TraceStatus | Hop | Trace]],
+    ) -> Saved | None:
+        """A fenced save (as :meth:`save_running`) and the runner's events of the trace
+        (as :meth:`append_events`) in one call; None if the trace is gone. Raises
+        :class:`NotRunning`, having written nothing, when the trace does not run there."""
+        args: list[Any] = [codec.encode_trace(trace), trace.status.value,
+                           self._expiry_ms(trace), runner, self._events_kept]  # fmt: skip
+        for event_id, kind, value in events:
+            args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
+        reply, _ = await together(
+            _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args), self._ended(trace)
+        )
+        if reply is None:
+            return None
+        if not isinstance(reply, list):
+            raise NotRunning(trace.id)
+        version, cancel, _written = reply
+        return Saved(int(version), cancel=bool(int(cancel)))
+
     async def cancel_requested(self, trace_id: str) -> bool:
         """Whether a cancel of the trace was asked for (the runner checks between saves)."""
         cancel = await self._redis.execute("HGET", self.trace_key(trace_id), "cancel")
         return cancel is not None and as_text(cancel) != "0"
 
     async def _save(self, trace: Trace, runner: str | None) -> Saved | None:
-        reply = await _SAVE.run(
-            self._redis,
-            self._keys(trace.id),
-            [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
-             runner or ""],
+        reply, _ = await together(
+            _SAVE.run(
+                self._redis,
+                self._keys(trace.id),
+                [codec.encode_trace(trace), trace.status.value, self._expiry_ms(trace),
+                 runner or ""],
+            ),
+            self._ended(trace),
         )  # fmt: skip
         if reply is None:
             return None
@@ -344,12 +445,20 @@ class RedisTraceStore:
              codec.encode_event("status", TraceStatus.CANCELLED),
              codec.encode_event("done", cancelled), self._events_kept],
         )  # fmt: skip
-        return CancelOutcome(as_text(outcome))
+        cancel = CancelOutcome(as_text(outcome))
+        if cancel is CancelOutcome.CANCELLED:
+            await self._redis.execute("ZREM", self._active, trace_id)
+        return cancel
 
-    async def take(self, trace_id: str, replica: str) -> bool:
-        """Make ``replica`` the one that runs a queued trace; False if it is not queued any
-        more (cancelled, deleted, expired) or another replica took it first."""
-        return bool(await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica]))
+    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
+        """Make ``replica`` the one that runs a queued trace, and read it; None if it is not
+        queued any more (cancelled, deleted, expired) or another replica took it first."""
+        reply = await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica])
+        if reply is None:
+            return None
+        value, version, vantage, taker = reply
+        return StoredTrace(codec.decode_trace(value), int(version), as_text(vantage),
+                           as_text(taker))  # fmt: skip
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace and its version, or None if unknown, deleted or expired."""
@@ -367,40 +476,64 @@ class RedisTraceStore:
         removed = await self._redis.execute(
             "DEL", self.trace_key(trace_id), self.events_key(trace_id)
         )
-        await self._redis.execute("ZREM", self._index, trace_id)
+        await self._redis.pipeline(
+            [("ZREM", self._index, trace_id), ("ZREM", self._active, trace_id)]
+        )
         return int(removed) > 0
 
     async def newest_first(
         self, status: TraceStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces, newest first across replicas, and the next page's cursor."""
+        """A page of traces, newest first across replicas, and the next page's cursor.
+
+        Queued and running traces are listed from the index of active traces, so listing
+        them costs what is active, not what is stored. With a status, the statuses are read
+        first and only the documents of the page after.
+        """
         below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
+        active = status is not None and not status.is_final
+        index = self._active if active else self._index
         page: list[Trace] = []
         last_seq = 0
         while True:
             batch = await self._redis.execute(
-                "ZREVRANGEBYSCORE", self._index, below, "-inf",
-                "WITHSCORES", "LIMIT", 0, LIST_BATCH,
+                "ZREVRANGEBYSCORE", index, below, "-inf", "WITHSCORES", "LIMIT", 0, LIST_BATCH,
             )  # fmt: skip
             if not batch:
                 return page, None
             entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
+            # Without a status every entry is wanted: the documents are read straight away.
+            field = "status" if status is not None else "value"
             replies = await self._redis.pipeline(
-                [("HMGET", self.trace_key(trace_id), "value", "status") for trace_id, _ in entries]
+                [("HGET", self.trace_key(trace_id), field) for trace_id, _ in entries]
             )
-            gone = []
-            for (trace_id, seq), (value, stored_status) in zip(entries, replies, strict=True):
-                if value is None:
+            gone, ended, wanted = [], [], []
+            for (trace_id, seq), stored in zip(entries, replies, strict=True):
+                if stored is None:
                     gone.append(trace_id)
+                elif active and TraceStatus(as_text(stored)).is_final:
+                    ended.append(trace_id)
+                elif status is None or as_text(stored) == status.value:
+                    wanted.append((trace_id, seq))
+            more = len(wanted) > limit - len(page)
+            wanted = wanted[: limit - len(page)]
+            if status is None:
+                documents = dict(zip((trace_id for trace_id, _ in entries), replies, strict=True))
+                values = [documents[trace_id] for trace_id, _ in wanted]
+            elif wanted:
+                values = await self._redis.pipeline(
+                    [("HGET", self.trace_key(trace_id), "value") for trace_id, _ in wanted]
+                )
+            else:
+                values = []
+            for (_, seq), value in zip(wanted, values, strict=True):
+                if value is None:  # gone since its status was read
                     continue
-                if status is not None and as_text(stored_status) != status.value:
-                    continue
-                if len(page) == limit:
-                    await self._forget(gone)
-                    return page, str(last_seq)
                 page.append(codec.decode_trace(value))
                 last_seq = seq
-            await self._forget(gone)
+            await self._forget(gone, ended)
+            if more and page:
+                return page, str(last_seq)
             below = f"({entries[-1][1]}"
 
     async def append_event(
@@ -448,8 +581,10 @@ class RedisTraceStore:
         return EventPage(tuple(events), gap=bool(gap))
 
     async def _make_room(self, retry_after: Callable[[], int]) -> None:
+        # Evicts finished traces, oldest first, until the index holds at most the cap.
+        most = self.limits.max_traces
         count = int(await self._redis.execute("ZCARD", self._index))
-        if count < self.limits.max_traces:
+        if count <= most:
             return
         oldest = await self._redis.execute("ZRANGE", self._index, 0, EVICTION_SCAN - 1)
         ids = [as_text(trace_id) for trace_id in oldest]
@@ -458,7 +593,7 @@ class RedisTraceStore:
         )
         gone = []
         for trace_id, stored in zip(ids, statuses, strict=True):
-            if count < self.limits.max_traces:
+            if count <= most:
                 break
             if stored is None:
                 gone.append(trace_id)
@@ -469,13 +604,25 @@ class RedisTraceStore:
                 continue
             count -= 1
         await self._forget(gone)
-        if count >= self.limits.max_traces:
+        if count > most:
             raise StoreFull(retry_after())
 
-    async def _forget(self, trace_ids: list[str]) -> None:
-        # Heals the index: ids whose trace expired or was never written.
-        if trace_ids:
-            await self._redis.execute("ZREM", self._index, *trace_ids)
+    async def _forget(self, gone: list[str], ended: Sequence[str] = ()) -> None:
+        # Heals the indexes: ids whose trace expired or was never written, and active ids
+        # of traces that have ended (a replica that died before it could say so).
+        commands: list[Command] = []
+        if gone:
+            commands += [("ZREM", self._index, *gone), ("ZREM", self._active, *gone)]
+        if ended:
+            commands.append(("ZREM", self._active, *ended))
+        if commands:
+            await self._redis.pipeline(commands)
+
+    async def _ended(self, trace: Trace) -> None:
+        # A final snapshot takes the trace off the index of active traces (sent with the
+        # snapshot's write, not waiting for it: refused or not, the trace has ended).
+        if trace.status.is_final:
+            await self._redis.execute("ZREM", self._active, trace.id)
 
     def _keys(self, trace_id: str) -> list[str]:
         return [self.trace_key(trace_id), self.events_key(trace_id)]

@@ -6,7 +6,8 @@ id 1 is the ``queued`` status the trace was stored with, then every status chang
 hop change and ``done`` take the next id. What is not written yet is coalesced the way the
 channel keeps it: the latest snapshot, each hop's latest change (an older one that was
 never written is dropped, its id skipped), every status change and ``done``. A flush
-writes the snapshot (with the current hops) first, then the events in id order, with the
+writes the snapshot (with the current hops) and then the events in id order in one call
+(:meth:`RedisTraceStore.write_running`), with the
 ids given explicitly: subscribers on every replica see the same ids, and Redis refuses an
 id that does not grow (a second writer cannot slip events in).
 
@@ -21,7 +22,7 @@ import enum
 
 import attrs
 
-from mtrd.tracing.model import LiveHop, Trace, TraceStatus
+from mtrd.tracing.model import Hop, LiveHop, Trace, TraceStatus
 from mtrd.tracing.redis.store import NotRunning, RedisTraceStore
 
 # The id of the ``queued`` status event: the trace was stored with it.
@@ -105,11 +106,15 @@ class TraceWriter:
         outcome = Flushed.WRITTEN
         if self._dirty:
             self._dirty = False
+            held = sorted(self._events.items())
             try:
-                saved = await self._store.save_running(self.snapshot(), self._runner)
+                saved = await self._store.write_running(
+                    self.snapshot(), self._runner, _written(held)
+                )
             except NotRunning:
                 if not await self._landed_before():
                     return Flushed.NOT_RUNNING
+                # The snapshot is there; the events go below, on their own.
             except Exception:
                 self._dirty = True
                 raise
@@ -118,18 +123,15 @@ class TraceWriter:
                     return Flushed.GONE
                 if saved.cancel:
                     outcome = Flushed.CANCEL
+                for event_id, _ in held:
+                    self._events.pop(event_id, None)
+                # What changed while the write was under way waits for the next flush.
+                self.last_saved = now
+                return outcome
             self.last_saved = now
         if self._events:
             held = sorted(self._events.items())
-            batch = [
-                (
-                    event_id,
-                    kind,
-                    value if isinstance(value, TraceStatus | Trace) else value.snapshot(),
-                )
-                for event_id, (kind, value) in held
-            ]
-            if await self._store.append_events(self.trace.id, batch) is None:
+            if await self._store.append_events(self.trace.id, _written(held)) is None:
                 return Flushed.GONE
             for event_id, _ in held:
                 self._events.pop(event_id, None)
@@ -153,3 +155,13 @@ class TraceWriter:
         taken = self._next_id
         self._next_id += 1
         return taken
+
+
+def _written(
+    held: list[tuple[int, tuple[str, TraceStatus | LiveHop | Trace]]],
+) -> list[tuple[int, str, TraceStatus | Hop | Trace]]:
+    """Held events as the store writes them: a live hop as its snapshot."""
+    return [
+        (event_id, kind, value if isinstance(value, TraceStatus | Trace) else value.snapshot())
+        for event_id, (kind, value) in held
+    ]
