@@ -21,6 +21,7 @@ from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.model import Hop, Responder, Trace, TraceRequest, TraceStatus, TraceTarget
 from mtrd.tracing.redis.connection import RedisConnection
 from mtrd.tracing.redis.front import SharedTraces
+from mtrd.tracing.redis.queue import RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore
 from mtrd.tracing.store import StoreLimits, TraceStore
@@ -139,6 +140,8 @@ class Pair:
     server: RedisServer
 
     async def beat(self, replica: str = RUNNER, capacity: int = 4) -> None:
+        # As a runner does: its vantage's queue exists before its first beat.
+        await RedisWorkQueue(self.a.connection, VANTAGE, replica).create()
         await self.a.replicas.beat(
             ReplicaBeat(replica, VANTAGE, capacity, running=0, ready=True),
             reactor.seconds(),  # type: ignore[attr-defined]
@@ -293,6 +296,7 @@ async def _alone(redis_server: RedisServer, **options: Any) -> AsyncIterator[Fro
     """One front on its own connection, a runner beating for its vantage."""
     connection = await connected(redis_server)
     front = Front(connection, "front-a", **options)
+    await RedisWorkQueue(connection, VANTAGE, RUNNER).create()
     await front.replicas.beat(
         ReplicaBeat(RUNNER, VANTAGE, 4, running=0, ready=True),
         reactor.seconds(),  # type: ignore[attr-defined]

@@ -325,3 +325,31 @@ async def test_a_runner_whose_loops_stop_has_its_trace_failed_by_the_other(
     assert stored.trace.error == failed.error
     assert r2._tracer.ran == []  # type: ignore[attr-defined]
     await r2.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_lost_with_redis_is_made_again(redis: RedisConnection) -> None:
+    """Redis restarted empty: the runner makes its queue again and runs what comes next."""
+    r1 = runner(redis, "r1")
+    r1.startService()
+    queue = RedisWorkQueue(redis, "fra", "front")
+    await wait_until(lambda: r1.registered)
+    await redis.execute("FLUSHALL")
+    deadline = reactor.seconds() + 5  # type: ignore[attr-defined]
+    while not await redis.execute("EXISTS", queue.key):
+        assert reactor.seconds() < deadline, "the queue was not made again"  # type: ignore[attr-defined]
+        await sleep(0.05)
+    store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
+    trace = Tracer(reactor, FakeNetwork(reactor, ROUTERS), StaticResolver()).new(SHORT)  # type: ignore[arg-type]
+    await store.add(trace, lambda: 1, "fra", "")
+    assert await queue.enqueue(trace.id, max_queued=100)
+    await wait_for(redis, trace.id, TraceStatus.COMPLETED, 10)
+    await r1.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_queue_is_made_for_a_vantage_nobody_runs(redis: RedisConnection) -> None:
+    """Enqueueing for a vantage whose queue was never made is refused and makes no key."""
+    queue = RedisWorkQueue(redis, "made-up", "front")
+    assert not await queue.enqueue("t1", max_queued=100)
+    assert not await redis.execute("EXISTS", queue.key)

@@ -32,7 +32,7 @@ from mtrd.tracing.jobs import Deletion, QueueFull
 from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus
 from mtrd.tracing.redis.commands import RedisCommands
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
-from mtrd.tracing.redis.queue import RedisWorkQueue
+from mtrd.tracing.redis.queue import RedisWorkQueue, queued
 from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint, live_replicas
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
 from mtrd.tracing.store import StoreFull
@@ -138,7 +138,9 @@ class SharedTraces(Service):
         where = vantage or self.vantage
         now = self._clock.seconds()
         trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
-        queue = self._queue(where)
+        queue = self._queues.get(where) or RedisWorkQueue(
+            self._redis, where, self.replica, prefix=self._prefix
+        )
         # One call to Redis, a single write: the live check, the trace with its index
         # entries, and its queue entry. What the replies refuse is undone after. The queue
         # entry may run ahead of the trace (separate keys): a runner that claims it first
@@ -155,6 +157,8 @@ class SharedTraces(Service):
             await self._forget(trace.id)
             raise
         refused: Exception | None = None
+        if not queued(entry):
+            entry = None  # nothing to take back
         if not live_replicas(live):
             points = await self._replicas.vantage_points(now)
             refused = NoLiveVantage(where, [p.name for p in points])
@@ -166,6 +170,7 @@ class SharedTraces(Service):
             except StoreFull as e:  # the trace is removed already
                 await self._drop(queue, entry)
                 raise e from None
+            self._queues[where] = queue  # kept for live vantages only
             return StoredTrace(trace, 1, where, self.replica)
         await self._drop(queue, entry)
         await self._forget(trace.id)
@@ -214,13 +219,6 @@ class SharedTraces(Service):
     async def vantage_points(self) -> list[VantagePoint]:
         """Every vantage with a live replica."""
         return await self._replicas.vantage_points(self._clock.seconds())
-
-    def _queue(self, vantage: str) -> RedisWorkQueue:
-        queue = self._queues.get(vantage)
-        if queue is None:
-            queue = RedisWorkQueue(self._redis, vantage, self.replica, prefix=self._prefix)
-            self._queues[vantage] = queue
-        return queue
 
     @staticmethod
     def _who(stored: StoredTrace) -> Trace:

@@ -35,6 +35,7 @@ class Claim:
 
 # KEYS: queue. ARGV: trace id, most entries. The entry id, or nil when the queue is full.
 _ENQUEUE = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return false end
 return redis.call('XADD', KEYS[1], '*', 't', ARGV[1])
 """)
@@ -96,11 +97,13 @@ class RedisWorkQueue:
     async def enqueue(self, trace_id: str, max_queued: int) -> bool:
         """Queue a trace; False when ``max_queued`` traces are queued or claimed already."""
         entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued])
-        return entry is not None
+        return queued(entry)
 
     def enqueue_command(self, trace_id: str, max_queued: int) -> Command:
-        """:meth:`enqueue` as one command of a pipeline; its reply is the entry's id, or nil
-        when the queue is full. This script alone holds the queue caps."""
+        """:meth:`enqueue` as one command of a pipeline; its reply is the entry's id, nil
+        when the queue is full, or 0 when the queue was never made (no replica of this
+        vantage ever started: a name a client made up must not become a key). This script
+        alone holds the queue caps."""
         return _ENQUEUE.source_command([self.key], [trace_id, max_queued])
 
     async def drop(self, entry: bytes | str) -> None:
@@ -165,3 +168,8 @@ def _claims(entries: list[Any]) -> list[Claim]:
         values = dict(zip(fields[::2], fields[1::2], strict=True))
         claims.append(Claim(as_text(entry), as_text(values[b"t"])))
     return claims
+
+
+def queued(entry: object) -> bool:
+    """Whether an enqueue reply is an entry (not a full queue, not a queue never made)."""
+    return entry is not None and entry != 0

@@ -61,7 +61,7 @@ from twisted.python.failure import Failure
 
 from mtrd.tracing.model import Trace, TraceError, TraceStatus
 from mtrd.tracing.redis.commands import together
-from mtrd.tracing.redis.connection import RedisUnavailable
+from mtrd.tracing.redis.connection import RedisCommandError, RedisUnavailable
 from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
 from mtrd.tracing.redis.replicas import LEASE, RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore, StoredTrace
@@ -244,6 +244,10 @@ class RedisRunner(Service):
         )
         sent = self._clock.seconds()
         try:
+            if not self._group_ready:
+                # Before the vantage is live: a POST queues only into a queue that exists.
+                await self._queue.create()
+                self._group_ready = True
             await self._replicas.beat(beat, sent)
         except Exception as e:
             if not self._beat_failing:
@@ -259,12 +263,16 @@ class RedisRunner(Service):
     async def _claim(self) -> None:
         if self.state is not RunnerState.RUNNING or self.fenced or not self._ready():
             return
-        if not self._group_ready:
-            await self._queue.create()
-            self._group_ready = True
-        if self.room < 1:
+        if not self._group_ready or self.room < 1:
             return
-        claims = await self._queue.claim(self.room)
+        try:
+            claims = await self._queue.claim(self.room)
+        except RedisCommandError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis lost the queue (restarted empty): the next beat makes it again.
+            self._group_ready = False
+            return
         await self._start_claims(claims)
 
     async def _reap(self) -> None:
