@@ -33,6 +33,7 @@ class SimulatedProber:
         self.network = network
         self.silent = silent  # never answer at all
         self.sent: list[ProbeRequest] = []
+        self.first_port: int | None = None
         names = sorted({r for rs in network.interfaces().values() for r in rs} - {DESTINATION})
         self.addresses = {name: f"198.51.100.{i + 1}" for i, name in enumerate(names)}
         self.addresses[DESTINATION] = TARGET
@@ -43,7 +44,12 @@ class SimulatedProber:
         if self.silent:
             return result
         assert request.local_port is not None
-        answer = self.network.answer(FlowProbe(request.local_port, request.ttl), seed=11)
+        # Flows are numbered from the trace's first source port (flow 0 goes first), so
+        # the routes do not depend on which block of ports the tracer drew.
+        if self.first_port is None:
+            self.first_port = request.local_port
+        flow = request.local_port - self.first_port
+        answer = self.network.answer(FlowProbe(flow, request.ttl), seed=11)
         assert answer is not None
         kind = ReplyKind.REPLY if answer.address == DESTINATION else ReplyKind.TTL_EXPIRED
         reply = ProbeReply(kind, self.addresses[answer.address], 4, 1500)
