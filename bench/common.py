@@ -104,7 +104,8 @@ def mtrd(netns_exec: Sequence[str], log_name: str, *extra: str) -> Iterator[Serv
             " ".join([*netns_exec, "mtr-packet"]),
             "--log-format",
             "json",
-            *extra,
+            # The host's resolver is not the bench's to ask: names only from a bench server.
+            *(extra if "--dns-servers" in extra else (*extra, "--reverse-dns", "off")),
         ],
         cwd=ROOT,
         stdout=log_file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet import defer
@@ -10,16 +11,35 @@ from twisted.names.common import ResolverBase
 
 
 class Zone(ResolverBase):
-    """Answers A and AAAA for the names it holds; NXDOMAIN for the rest."""
+    """Answers A and AAAA for the names it holds, PTR for the addresses in ``pointers``
+    (never for those in ``silent``: those queries go unanswered); NXDOMAIN for the rest."""
 
-    def __init__(self, records: dict[str, tuple[list[str], list[str]]]) -> None:
+    def __init__(
+        self,
+        records: dict[str, tuple[list[str], list[str]]],
+        pointers: dict[str, str] | None = None,
+        silent: frozenset[str] = frozenset(),
+        ttl: int = 60,
+    ) -> None:
         super().__init__()
         self.records = {name.lower(): value for name, value in records.items()}
+        self.pointers = {
+            ipaddress.ip_address(address).reverse_pointer: name
+            for address, name in (pointers or {}).items()
+        }
+        self.silent = {ipaddress.ip_address(a).reverse_pointer for a in silent}
+        self.ttl = ttl
         self.queries: list[str] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
         text = name.decode().lower().rstrip(".")
         self.queries.append(text)
+        if text in self.silent:
+            return defer.Deferred()  # never answered: the asker times out
+        if type == dns.PTR and text in self.pointers:
+            # The name goes out as given, hostile or not: the asker must cope.
+            record = dns.Record_PTR(self.pointers[text].encode("utf-8", "surrogateescape"))
+            return defer.succeed(([dns.RRHeader(name, dns.PTR, dns.IN, self.ttl, record)], [], []))
         if text not in self.records:
             return defer.fail(error.DomainError(name))
         ipv4, ipv6 = self.records[text]

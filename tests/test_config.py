@@ -104,6 +104,13 @@ BAD_VALUES = [
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--reverse-dns", "maybe", "expected on or off, got 'maybe'"),
+    ("--reverse-dns-cache", "0", "expected a whole number >= 1"),
+    ("--reverse-dns-timeout", "0", "expected seconds"),
+    ("--reverse-dns-verify", "yes please", "expected on or off"),
+    ("--names-grace", "-1", "expected seconds"),
+    ("--asn-db", "/nonexistent/asn.mmdb", "/nonexistent/asn.mmdb: no such file"),
+    ("--geo-db", "/etc/passwd", "/etc/passwd: not a MaxMind DB file"),
 ]
 
 

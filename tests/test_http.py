@@ -502,6 +502,19 @@ async def test_events_stream_status_hops_and_done_then_close() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_done_event_says_why_the_trace_stopped() -> None:
+    """The done event carries the stop reason (the fake network's target answers)."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(client, trace_id)
+    client.run_for(3)
+    done = stream.events()[-1]
+    assert (done["event"], done["data"]["stop_reason"]) == ("done", "destination")
+    hop_events = [e["data"] for e in stream.events() if e["event"] == "hop"]
+    assert {e["forward_loss_pct"] for e in hop_events} == {None}
+
+
+@pytest_twisted.ensureDeferred
 async def test_late_subscriber_after_the_end_gets_done_at_once() -> None:
     """Subscribing to a finished trace gives its done event and the stream closes."""
     client = Client()
@@ -705,3 +718,15 @@ async def test_vantage_points_say_not_ready_without_workers() -> None:
     """With no ready worker the one vantage point is listed as not ready."""
     answer = await Client(ready=0).request("GET", "/vantage-points")
     assert answer.json()["vantage_points"][0]["ready"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_report_hosts_option_must_be_known() -> None:
+    """``?hosts=`` other than both, address or name is a 422 naming the parameter."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    answer = await client.request(
+        "GET", f"/traces/{trace_id}?hosts=fancy", headers={"Accept": "text/plain"}
+    )
+    assert answer.code == 422
+    assert answer.json()["errors"][0]["field"] == "hosts"

@@ -42,7 +42,7 @@ def test_integer_times_read_back_as_floats() -> None:
 
 def test_unknown_format_is_refused() -> None:
     """A document of another format number is refused, not guessed at."""
-    data = codec.encode_trace(rich_trace()).replace(b'"f":2', b'"f":99')
+    data = codec.encode_trace(rich_trace()).replace(b'"f":3', b'"f":99')
     with pytest.raises(codec.UnknownFormat):
         codec.decode_trace(data)
 
@@ -56,7 +56,7 @@ def test_event_kind_must_match_its_value() -> None:
 def test_format_1_documents_still_read() -> None:
     """A trace stored before vantage and replica were in the value reads back without them."""
     trace = rich_trace()
-    old = codec.encode_trace(trace).replace(b'"f":2', b'"f":1')
+    old = codec.encode_trace(trace).replace(b'"f":3', b'"f":1')
     old = old.replace(b',"at":["fra","host-a-41-9f3c"]', b"")
     assert b'"at"' not in old
     assert codec.decode_trace(old) == attrs.evolve(trace, vantage="", replica=None)

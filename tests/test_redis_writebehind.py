@@ -7,7 +7,8 @@ from typing import Any
 
 import attrs
 import pytest_twisted
-from mtrd.tracing.model import Hop, Trace, TraceError, TraceStatus
+from mtrd.annotations.model import Annotation
+from mtrd.tracing.model import Hop, Responder, Trace, TraceError, TraceStatus
 from mtrd.tracing.redis.connection import RedisTimeout
 from mtrd.tracing.redis.store import NotRunning, Saved, StoredTrace
 from mtrd.tracing.redis.writebehind import Flushed, TraceWriter
@@ -181,3 +182,31 @@ async def test_a_final_save_refused_after_a_reaper_ended_it_stops_there() -> Non
     store.stored = StoredTrace(lost, 3, "fra", "r1")
     assert await w.flush(0.0) is Flushed.NOT_RUNNING
     assert store.writes == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_arriving_mid_trace_is_a_hop_event_like_any_other() -> None:
+    """An annotated hop (a name came) goes through the write-behind as a hop event."""
+    store = FakeStore()
+    w = writer(store)
+    w.update(running(w))
+    named = Hop(1, (Responder("198.51.100.1", 1, (), Annotation("gw.example.net")),), 1, 1)
+    w.hop(named)
+    await w.flush(0.0)
+    assert ("hop", 3, named) in store.writes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_after_the_end_goes_into_the_final_snapshot_not_after_done() -> None:
+    """A hop change after finish updates the final trace; no event follows ``done``."""
+    store = FakeStore()
+    w = writer(store)
+    w.update(running(w))
+    bare = Hop(1, (Responder("198.51.100.1", 1),), 1, 1)
+    final = attrs.evolve(w.trace, status=TraceStatus.COMPLETED, hops=(bare,))
+    w.finish(final)
+    named = Hop(1, (Responder("198.51.100.1", 1, (), Annotation("gw.example.net")),), 1, 1)
+    w.hop(named)
+    await w.flush(0.0)
+    assert w.trace.hops == (named,)
+    assert [kind for kind, *_ in store.writes if kind in ("hop", "done")][-1] == "done"

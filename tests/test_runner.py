@@ -10,7 +10,7 @@ from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import Protocol
 from mtrd.tracing.model import HopEnd, Responder, Stop, StopReason, TraceRequest
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
-from mtrd.tracing.wait import OFF
+from mtrd.tracing.wait import WaitRule
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
@@ -356,7 +356,7 @@ def test_wait_turned_off_waits_mtr_packets_timeout() -> None:
     """With here and near 0 a silent TTL waits its whole timeout."""
     clock = Clock()
     network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
-    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4, wait=OFF)
+    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4, wait=WaitRule(0, 0))
     _, d = run(network, clock, request)
     step(clock, 1.99)
     assert not d.called

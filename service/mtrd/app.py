@@ -9,6 +9,7 @@ import errno
 import gc
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Iterable
@@ -18,13 +19,16 @@ from typing import Any, Protocol
 import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints, task
+from twisted.internet import endpoints, task, threads
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
+from mtrd.annotations.annotator import Annotator
+from mtrd.annotations.networks import Loaded, NetworkDatabase
+from mtrd.annotations.reverse import ReverseNames
 from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
@@ -32,6 +36,7 @@ from mtrd.logs import observer
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
+from mtrd.tracing.rounds import RunSettings
 from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.access import AccessLog, Edge
@@ -62,6 +67,42 @@ def _state_metrics(
         "mtrd_trace_evictions", "Finished traces evicted at the store cap", store.evictions
     )
     yield from _process_metrics(pool, api)
+
+
+def _annotation_metrics(annotator: Annotator) -> Iterable[Metric]:
+    names = annotator.names
+    if names is not None:
+        counts = names.counts
+        yield counter("mtrd_reverse_dns_lookups", "PTR lookups sent", counts.lookups)
+        yield counter("mtrd_reverse_dns_cache_hits", "Names found in the cache", counts.hits)
+        yield counter(
+            "mtrd_reverse_dns_rejected",
+            "PTR answers dropped because they were not a valid hostname",
+            counts.rejected,
+        )
+        yield counter("mtrd_reverse_dns_timeouts", "PTR lookups that timed out", counts.timeouts)
+        yield counter(
+            "mtrd_reverse_dns_failures",
+            "PTR lookups with no name (or a DNS error)",
+            counts.failures,
+        )
+        yield counter(
+            "mtrd_reverse_dns_skipped",
+            "Addresses not looked up because too many lookups were out",
+            counts.skipped,
+        )
+        yield gauge("mtrd_reverse_dns_cached", "Names (and their absence) cached", len(names))
+        yield gauge("mtrd_reverse_dns_in_flight", "PTR lookups out now", names.in_flight)
+    for kind, database in (("asn", annotator.asn_db), ("geo", annotator.geo_db)):
+        if database is not None:
+            yield counter(
+                f"mtrd_{kind}_db_reloads", f"Reloads of the {kind} database", database.reloads
+            )
+            yield counter(
+                f"mtrd_{kind}_db_failed_reloads",
+                f"Reloads of the {kind} database refused (the data before stays)",
+                database.failed_reloads,
+            )
 
 
 def _shared_metrics(pool: ProbePool, runner: Drains, front: Any, api: Api) -> Iterable[Metric]:
@@ -147,8 +188,11 @@ class MtrdService(MultiService):
     their grace, and only then do the pool and the listener stop.
     """
 
-    def __init__(self, api: Api, jobs: Drains, access_log: AccessLog) -> None:
+    def __init__(
+        self, api: Api, jobs: Drains, access_log: AccessLog, annotator: Annotator | None = None
+    ) -> None:
         super().__init__()
+        self.annotator = annotator or Annotator()
         self._api = api
         self._jobs = jobs
         self._access_log = access_log
@@ -245,10 +289,14 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     pool = ProbePool(reactor, config.pool)
     metrics = Metrics()
     replica = replica_id()
+    resolver = dns_resolver(config.dns_servers)
+    annotator = _annotator(reactor, config, resolver)
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
-        TargetResolver(dns_resolver(config.dns_servers)),
+        TargetResolver(resolver),
+        settings=RunSettings(name_grace=config.name_grace),
+        annotator=annotator,
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,
         policy=config.policy,
@@ -300,19 +348,55 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     listener = Listener(endpoint_type(reactor, config.port, interface=config.host), site)
     if shared is None:
         metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
-        services = MtrdService(api, jobs, access_log)
+        services = MtrdService(api, jobs, access_log, annotator)
         parts: tuple[Any, ...] = (listener, pool, store, jobs)
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front
         metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
-        services = MtrdService(api, drain, access_log)
+        services = MtrdService(api, drain, access_log, annotator)
         # Stopped in reverse: the runner (its last writes) and the front's pollers go
         # before the connection, the connection before the pool.
         parts = (listener, pool, shared.connection, shared.front, shared.runner)
-    for service in parts:
+    metrics.watch(lambda: _annotation_metrics(annotator))
+    databases = tuple(d for d in (annotator.asn_db, annotator.geo_db) if d is not None)
+    for service in (*parts, *databases):
         service.setServiceParent(services)
     return services, pool
+
+
+def _annotator(reactor: Any, config: ServeConfig, resolver: Any) -> Annotator:
+    """Who the responders are: names through ``resolver``, networks from the databases."""
+
+    def watched(loaded: Loaded | None) -> NetworkDatabase | None:
+        if loaded is None:
+            return None
+        return NetworkDatabase(
+            loaded,
+            reactor,
+            off_reactor=lambda read: threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), read
+            ),
+        )
+
+    names = None
+    if config.reverse_dns is not None:
+        names = ReverseNames(resolver, reactor, config.reverse_dns)
+    return Annotator(names, watched(config.asn_db), watched(config.geo_db))
+
+
+def _reload_on_hangup(reactor: Any, annotator: Annotator) -> None:
+    """SIGHUP reloads the AS and geo databases (a signal handler only hands it over)."""
+    databases = [d for d in (annotator.asn_db, annotator.geo_db) if d is not None]
+    if not databases:
+        return
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the network databases")
+        for database in databases:
+            database.reload()
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 @attrs.frozen
@@ -418,6 +502,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
             host=config.host,
         )
+    _reload_on_hangup(reactor, services.annotator)
     _freeze_start_up()
     # The store as RedisStore.display shows it: the password is masked.
     log.info(

@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 import attrs
 
+from mtrd.annotations.networks import DatabaseError, Loaded, read_database
+from mtrd.annotations.reverse import ReverseSettings
 from mtrd.engine.pool import MAX_POOL_SIZE, PoolConfig
 from mtrd.tracing.policy import Network, TargetPolicy, parse_networks
 from mtrd.tracing.redis.settings import (
@@ -45,6 +47,10 @@ class ServeConfig:
     auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
     backend: StoreSetting = attrs.Factory(MemoryStore)
     vantage: str = "default"
+    reverse_dns: ReverseSettings | None = attrs.Factory(ReverseSettings)  # None: off
+    asn_db: Loaded | None = None
+    geo_db: Loaded | None = None
+    name_grace: float = 1.0
 
 
 class SettingError(ValueError):
@@ -115,6 +121,21 @@ def _vantage(text: str) -> str:
         return parse_vantage(text)
     except ValueError as e:
         raise SettingError(f"{e}, not {text!r}") from None
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise SettingError(f"expected on or off, got {text!r}")
+    return value == "on"
+
+
+def _database(path: str) -> Loaded:
+    # Read at start so that a missing or corrupt file stops mtrd before it serves.
+    try:
+        return read_database(path)
+    except DatabaseError as e:
+        raise SettingError(str(e)) from None
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -251,6 +272,19 @@ OPTIONS = (
            "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
     Option("--vantage", "default", "name of the place this replica's probes leave from; "
            "replicas with one vantage share its work", _vantage),
+    Option("--reverse-dns", "on", "on: look up each responder's name (PTR) through the DNS "
+           "servers; off: addresses only", _on_off),
+    Option("--reverse-dns-cache", "10000", "responder names kept in the cache at most",
+           _whole(1)),
+    Option("--reverse-dns-timeout", "2", "seconds a name lookup may take", _seconds),
+    Option("--reverse-dns-verify", "off", "on: check that each name resolves back to its "
+           "address (forward-confirmed reverse DNS) and say so as verified", _on_off),
+    Option("--names-grace", "1", "seconds a finished trace waits for name lookups still out",
+           _seconds),
+    Option("--asn-db", None, "MaxMind DB file of AS numbers (GeoLite2-ASN, IPinfo Lite or "
+           "compatible); reloaded on SIGHUP or change (default: none)", _database),
+    Option("--geo-db", None, "MaxMind DB file of countries (GeoLite2-Country/City or "
+           "compatible); reloaded on SIGHUP or change (default: none)", _database),
 )  # fmt: skip
 
 _TRUE = ("1", "true", "yes", "on")
@@ -363,4 +397,14 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         auth_open_paths=frozenset() if protect_ops else OPEN_BY_DEFAULT,
         backend=value["store"],
         vantage=value["vantage"],
+        reverse_dns=ReverseSettings(
+            cache_size=value["reverse_dns_cache"],
+            timeout=value["reverse_dns_timeout"],
+            verify=value["reverse_dns_verify"],
+        )
+        if value["reverse_dns"]
+        else None,
+        asn_db=value["asn_db"],
+        geo_db=value["geo_db"],
+        name_grace=value["names_grace"],
     )

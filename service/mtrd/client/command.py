@@ -23,6 +23,7 @@ from mtrd.client.outcome import (
     one_line,
 )
 from mtrd.client.session import FinalTrace, Session, Timing, http_client
+from mtrd.web.report import HostDisplay
 
 __all__ = ["main", "run"]
 
@@ -43,7 +44,9 @@ async def run(
     When ``interrupt`` fires (Ctrl-C), the trace is cancelled on the server and the
     status is :data:`EXIT_INTERRUPTED`.
     """
-    display = display_for(reactor, out, json=options.json, live=live)
+    display = display_for(
+        reactor, out, json=options.json, live=live, hosts=HostDisplay(options.hosts)
+    )
     session = Session(reactor, options, display, http or http_client(reactor), timing)
 
     async def work() -> FinalTrace:

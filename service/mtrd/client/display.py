@@ -12,8 +12,9 @@ from typing import Protocol, TextIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from mtrd.annotations.model import Annotation
 from mtrd.tracing.model import Hop, Trace
-from mtrd.web.report import render_report
+from mtrd.web.report import HostDisplay, render_report
 
 __all__ = [
     "REDRAW_INTERVAL",
@@ -34,11 +35,17 @@ def _ms(value: float | None) -> str:
 
 def hop_line(hop: Hop) -> str:
     """One hop as a plain line: ``hop 3 198.51.100.17 loss 0.0% sent 3 last 0.4 ms avg 0.4 ms``."""
-    hosts = ",".join(r.address for r in hop.responders) or "???"
+    hosts = ",".join(_named(r.address, r.annotation) for r in hop.responders) or "???"
     return (
         f"hop {hop.ttl} {hosts} loss {hop.loss_pct:.1f}% sent {hop.sent} "
         f"last {_ms(hop.rtt_ms.last)} avg {_ms(hop.rtt_ms.avg)}"
     )
+
+
+def _named(address: str, annotation: Annotation | None) -> str:
+    if annotation is None or annotation.hostname is None:
+        return address
+    return f"{annotation.hostname}({address})"
 
 
 class Display(Protocol):
@@ -54,8 +61,9 @@ class Display(Protocol):
 class PlainLines:
     """One line per hop update and status change, then the whole table."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, hosts: HostDisplay = HostDisplay.BOTH) -> None:
         self._out = out
+        self._hosts = hosts
         self._started = False
 
     def changed(self, trace: Trace, hops: Sequence[Hop], status_changed: bool) -> None:
@@ -73,7 +81,7 @@ class PlainLines:
 
     def finished(self, trace: Trace, document: str) -> None:  # noqa: ARG002 - the table is ours
         """Print the report table."""
-        self._out.write("\n" + render_report(trace))
+        self._out.write("\n" + render_report(trace, hosts=self._hosts))
         self._out.flush()
 
 
@@ -87,8 +95,10 @@ class LiveTable:
         *,
         width: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
         interval: float = REDRAW_INTERVAL,
+        hosts: HostDisplay = HostDisplay.BOTH,
     ) -> None:
         self._out = out
+        self._hosts = hosts
         self._clock = clock
         self._width = width
         self._interval = interval
@@ -128,7 +138,7 @@ class LiveTable:
     def _draw(self, trace: Trace) -> None:
         # A line wider than the terminal would wrap and spoil the count of lines to erase.
         width = max(self._width(), 20)
-        lines = [line[:width] for line in render_report(trace).splitlines()]
+        lines = [line[:width] for line in render_report(trace, hosts=self._hosts).splitlines()]
         erase = f"\x1b[{self._drawn}A\r\x1b[J" if self._drawn else ""
         self._out.write(erase + "".join(line + "\n" for line in lines))
         self._out.flush()
@@ -151,10 +161,18 @@ class JsonOnly:
         self._out.flush()
 
 
-def display_for(clock: IReactorTime, out: TextIO, *, json: bool, live: bool | None) -> Display:
-    """JSON when asked; else the live table on a terminal (or when ``live``), plain lines not."""
+def display_for(
+    clock: IReactorTime,
+    out: TextIO,
+    *,
+    json: bool,
+    live: bool | None,
+    hosts: HostDisplay = HostDisplay.BOTH,
+) -> Display:
+    """JSON when asked; else the live table on a terminal (or when ``live``), plain lines not.
+    ``hosts`` says how the tables name responders."""
     if json:
         return JsonOnly(out)
     if live is None:
         live = out.isatty()
-    return LiveTable(out, clock) if live else PlainLines(out)
+    return LiveTable(out, clock, hosts=hosts) if live else PlainLines(out, hosts)

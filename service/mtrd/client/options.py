@@ -31,6 +31,7 @@ class TraceOptions:
     timeout: int | None = None
     json: bool = False
     token: str | None = None
+    hosts: str = "both"  # how the tables name responders: both, address (-n) or name
 
     def request_body(self) -> dict[str, Any]:
         """The POST /traces body: the target and only the fields that were given."""
@@ -96,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print only the final trace resource as JSON"
     )
+    parser.add_argument(
+        "--hosts",
+        choices=("both", "address", "name"),
+        default="both",
+        help="name responders as name (address), by address only, or by name (default both)",
+    )
+    parser.add_argument(
+        "-n", "--numeric", action="store_const", const="address", dest="hosts",
+        help="addresses only, as mtr -n (same as --hosts address)",
+    )  # fmt: skip
     return parser
 
 
@@ -121,6 +132,7 @@ def parse_args(argv: Sequence[str]) -> TraceOptions:
         interval=ns.interval,
         timeout=ns.timeout,
         json=ns.json,
+        hosts=ns.hosts,
         # A bearer token for a server with auth on; kept off the command line on purpose.
         token=os.environ.get("MTRD_TOKEN") or None,
     )

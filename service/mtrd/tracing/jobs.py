@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mtrd.tracing.model import Trace, TraceRequest
+from mtrd.tracing.model import LiveHop, Trace, TraceRequest
 from mtrd.tracing.store import StoreFull, TraceRecord, TraceStore
 from mtrd.tracing.tracer import Tracer
 
@@ -131,11 +131,24 @@ class TraceJobs(Service):
             record.trace.request,
             queued=record.trace,
             on_update=updated,
-            on_live_hop=record.channel.publish_hop,
+            on_live_hop=lambda hop: self._hop_changed(record, hop),
         )
         self._running[record.trace.id] = running
         running.addCallback(self._ended, record)
         running.addErrback(self._crashed, record)
+
+    def _hop_changed(self, record: TraceRecord, hop: LiveHop) -> None:
+        if not record.trace.status.is_final:
+            record.channel.publish_hop(hop)
+            return
+        # A name that came after the end: it goes into the stored trace (whose version,
+        # and so its ETag, moves); the event stream is over.
+        if self._store.get(record.trace.id) is not record:
+            return
+        value = hop.snapshot()
+        hops = tuple(value if h.ttl == value.ttl else h for h in record.trace.hops)
+        if hops != record.trace.hops:
+            self._store.update(record, attrs.evolve(record.trace, hops=hops))
 
     def _ended(self, trace: Trace, record: TraceRecord) -> None:
         self._running.pop(trace.id, None)

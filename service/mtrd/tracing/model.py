@@ -12,6 +12,7 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 
+from mtrd.annotations.model import Annotation, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.wait import WaitRule
 
@@ -93,11 +94,13 @@ class Stop:
 
 @attrs.frozen(weakref_slot=False)
 class Responder:
-    """An address that answered at one TTL, how often, and the MPLS labels it quoted."""
+    """An address that answered at one TTL, how often, the MPLS labels it quoted, and
+    its name and network once known (None: nothing known, or annotations are off)."""
 
     address: str
     replies: int
     mpls: tuple[MplsLabel, ...] = ()
+    annotation: Annotation | None = None
 
 
 @attrs.frozen(weakref_slot=False)
@@ -196,6 +199,7 @@ class Trace:
     vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
     replica: str | None = None  # the process that runs it; None while nobody has taken it
     multipath: MultipathResult | None = None  # what a multipath trace learned beyond its hops
+    annotations: Sources = Sources()  # the databases the responders' AS data came from
     # Why the run stopped, kept only where the status does not already say it (see
     # :attr:`stop_reason`): one trace has one value, however it was built or read back.
     stop: Stop | None = None

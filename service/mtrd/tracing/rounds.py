@@ -19,13 +19,22 @@ the trace learns:
 A probe counts as lost once its wait is over: when mtr-packet says ``no-reply``,
 when the worker holding it died, or when the request's :class:`WaitRule` gives it
 up early because the trace already knows how long answers take (traceroute's
-adaptive wait, see :mod:`mtrd.tracing.wait`). A given-up probe stays with the pool,
+adaptive wait, see :mod:`mtrd.tracing.wait`). Its wait starts once a probe the run
+sent after it has answered: the pool sends a run's probes in order but may hold them back
+under load, so until then nothing shows this one went out. A given-up probe stays with the pool,
 which keeps its sequence until mtr-packet is done with it; should its answer still
 come, it is a *late* reply: counted per hop, its responder shown, loss and RTT
 left as they were. The run ends ``completed``
 once every round was sent and every probe settled, or ``failed`` when a probe
 cannot be sent at all (a local error such as no route, no source address for
 the family, permission denied), or when its deadline passes.
+
+With an annotator, each responder address is annotated (name, AS) when the run first
+sees it: what is known at once goes into the hop with the reply, a name still being
+looked up follows later and the hops it answered at are published again. Nothing waits
+for a name while probing; once probing is over, the outcome waits at most
+``name_grace`` seconds for lookups still out. A name that comes after that is still put
+into the hops and published (``on_hop``), for whoever keeps the trace.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import (
@@ -67,12 +77,21 @@ class Prober(TypingProtocol):
         ...
 
 
+class Annotating(TypingProtocol):
+    """What the runner needs to say who responders are (mtrd.annotations.Annotator)."""
+
+    def annotate(self, address: str) -> tuple[Annotation, Deferred[Annotation] | None]:
+        """What is known of ``address`` now, and a Deferred for the rest if any."""
+        ...
+
+
 @attrs.frozen
 class RunSettings:
     """How a run paces itself and when it gives up."""
 
     max_unknown: int = DEFAULT_MAX_UNKNOWN
     deadline_slack: float = 40.0  # beyond rounds x interval + timeout: pool queueing, restarts
+    name_grace: float = 1.0  # how long the end waits for names still being looked up
 
     def deadline(self, request: TraceRequest) -> float:
         """Seconds after which a trace with ``request`` fails rather than run on.
@@ -140,6 +159,7 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        annotator: Annotating | None = None,
         wait_floor: WaitFloor | None = None,
     ) -> None:
         self._clock = clock
@@ -177,13 +197,19 @@ class TraceRun:
         self._deadline: IDelayedCall | None = None
         self._sending = False
         self._over = False
+        self._annotator = annotator
+        self._annotations: dict[str, Annotation] = {}  # by address, once first seen
+        self._lookups: set[Deferred[Annotation]] = set()
+        self._ending: tuple[TraceError | None, bool] | None = None  # the outcome, in grace
+        self._grace: IDelayedCall | None = None
+        self._delivered = False
 
     def start(self) -> Deferred[RunOutcome]:
         """Begin the first round; the Deferred fires with the outcome."""
         if self._done is not None:
             raise RuntimeError("a run starts once")
         # Cancelling the Deferred ends the run as cancelled (it then fires with that outcome).
-        self._done = Deferred(lambda _: self._finish(cancelled=True))
+        self._done = Deferred(lambda _: self._cancel_asked())
         self._deadline = self._clock.callLater(
             self._settings.deadline(self._request), self._deadline_passed
         )
@@ -192,7 +218,13 @@ class TraceRun:
 
     def cancel(self) -> None:
         """Stop sending, give up on what is in flight, and end the run as cancelled."""
-        self._finish(cancelled=True)
+        self._cancel_asked()
+
+    def _cancel_asked(self) -> None:
+        if self._ending is not None:
+            self._deliver()  # probing is over already: the names just stop being waited for
+        else:
+            self._finish(cancelled=True)
 
     # -- rounds ---------------------------------------------------------------------------
 
@@ -282,6 +314,8 @@ class TraceRun:
         self._wait_floor.late(now - started, now)
         hop = self._hops[ttl]
         hop.record_late(reply.address, reply.mpls, end)
+        if self._annotator is not None:
+            self._annotate(hop, reply.address)
         if end is not None:
             self._note_end(ttl, end, reply.kind)
             self._known_limit = None
@@ -295,11 +329,19 @@ class TraceRun:
         if not self._request.wait.adaptive:
             return
         self._rtt[sent.ttl] = rtt
-        index = bisect.bisect_left(self._answered_orders, sent.order)
-        self._answered_orders.insert(index, sent.order)
-        self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
-        if self._in_flight:
-            self._schedule_give_up(self._in_flight.values())
+        # Only probes sent before this one can be given up on its evidence; the oldest
+        # probe in flight comes first (dicts keep insertion order, and sends go in order).
+        oldest = next(iter(self._in_flight.values()), None)
+        orders, wire = self._answered_orders, self._answered_wire
+        # Answers older than every probe in flight are evidence for none: drop them.
+        stale = len(orders) if oldest is None else bisect.bisect_left(orders, oldest.order)
+        del orders[:stale], wire[:stale]
+        if oldest is None or oldest.order > sent.order:
+            return
+        index = bisect.bisect_left(orders, sent.order)
+        orders.insert(index, sent.order)
+        wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
+        self._schedule_give_up(self._in_flight.values())
 
     def _wait_start(self, probe: _InFlight) -> float | None:
         """When ``probe`` surely was on the wire: when the first probe sent after it and
@@ -390,6 +432,8 @@ class TraceRun:
                 hop.record_lost()
             else:
                 hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
+                if self._annotator is not None:
+                    self._annotate(hop, reply.address)
                 self._note_end(ttl, end, reply.kind)
         elif reply.kind in _LOST or reply.kind is ReplyKind.UNKNOWN:
             hop.record_lost()
@@ -407,6 +451,40 @@ class TraceRun:
                 self._silent_losses = True
         if ttl <= self._limit():
             self._on_hop(hop)
+
+    # -- annotations -----------------------------------------------------------------------
+
+    def _annotate(self, hop: HopAccumulator, address: str) -> None:
+        annotation = self._annotations.get(address)
+        if annotation is None:
+            assert self._annotator is not None
+            annotation, later = self._annotator.annotate(address)
+            self._annotations[address] = annotation
+            if later is not None:
+                self._lookups.add(later)
+                later.addCallback(self._named, address, later)
+                later.addErrback(self._naming_failed, address, later)
+        if not annotation.empty:
+            hop.annotate(address, annotation)
+
+    def _named(self, annotation: Annotation, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self._annotations[address] = annotation
+        limit = self._limit()
+        for ttl in sorted(self._hops):
+            hop = self._hops[ttl]
+            if hop.annotate(address, annotation) and ttl <= limit:
+                self._on_hop(hop)
+        if self._ending is not None and not self._lookups:
+            self._deliver()
+
+    def _naming_failed(self, failure: Failure, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self.log.failure("annotating {address} failed", failure, address=address)
+        if self._ending is not None and not self._lookups:
+            self._deliver()
+
+    # -- how it ends --------------------------------------------------------------------------
 
     def _note_end(self, ttl: int, end: HopEnd | None, kind: ReplyKind) -> None:
         if end is HopEnd.DESTINATION:
@@ -504,6 +582,21 @@ class TraceRun:
         # The pool keeps each sent probe's sequence until mtr-packet is done with it.
         for result in [*self._in_flight, *self._given_up]:
             result.cancel()
+        self._ending = (error, cancelled)
+        if self._lookups and not cancelled and self._settings.name_grace > 0:
+            self._grace = self._clock.callLater(self._settings.name_grace, self._deliver)
+        else:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Fire the outcome (once): probing is over, and so is the wait for names."""
+        if self._delivered or self._ending is None:
+            return
+        assert self._done is not None
+        self._delivered = True
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        error, cancelled = self._ending
         limit = self._limit()
         hops = tuple(self._hops[ttl].snapshot() for ttl in sorted(self._hops) if ttl <= limit)
         self._done.callback(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from mtrd.annotations.model import Annotation
 from mtrd.engine.probe import MplsLabel
 from mtrd.tracing.model import Hop, HopEnd, JitterStats, Responder, RttStats
 
@@ -97,11 +98,11 @@ class HopAccumulator:
             # The same routers answer trace after trace: stored traces share one string
             # per address instead of one per reply parsed.
             address = sys.intern(address)
-            replies = 1
+            self._responders[address] = Responder(address=address, replies=1, mpls=mpls)
         else:
-            address = known.address
-            replies = known.replies + 1
-        self._responders[address] = Responder(address=address, replies=replies, mpls=mpls)
+            self._responders[known.address] = Responder(
+                known.address, known.replies + 1, mpls, known.annotation
+            )
         if _END_RANK[end] > _END_RANK[self._end]:
             self._end = end
 
@@ -123,6 +124,15 @@ class HopAccumulator:
         self._jitter_last_us = jitter_us
         self._jitter_max_us = max(self._jitter_max_us, jitter_us)
         self._jitter_avg_ms += (_ms(jitter_us) - self._jitter_avg_ms) / n
+
+    def annotate(self, address: str, annotation: Annotation) -> bool:
+        """Say who ``address`` is; True when that changed the hop (it answered here)."""
+        known = self._responders.get(address)
+        if known is None or known.annotation is annotation:
+            return False
+        self._responders[address] = attrs.evolve(known, annotation=annotation)
+        self._snapshot = None
+        return True
 
     @property
     def late(self) -> int:

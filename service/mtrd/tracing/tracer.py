@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from mtrd.annotations.annotator import Annotator
 from mtrd.tracing.model import (
     Hop,
     LiveHop,
@@ -77,9 +78,12 @@ class Tracer:
         vantage: str = "",
         replica: str | None = None,
         multipath: MultipathSettings = DEFAULT_MULTIPATH,
+        annotator: Annotator | None = None,
     ) -> None:
+        """``annotator`` says who the responders are (names, AS); None: nobody asks."""
         self._clock = clock
         self._multipath = multipath
+        self.annotator = annotator
         self.vantage = vantage
         self.replica = replica
         self._prober = prober
@@ -139,6 +143,8 @@ class Tracer:
         on_hop: Callable[[LiveHop], None],
     ) -> Trace:
         trace = attrs.evolve(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
+        if self.annotator is not None:
+            trace = attrs.evolve(trace, annotations=self.annotator.sources())
         on_update(trace)
         request = trace.request
         try:
@@ -179,6 +185,7 @@ class Tracer:
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
             else None,
+            annotator=self.annotator,
         )
         outcome = await run.start()
         trace = attrs.evolve(

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from mtrd.annotations.model import NOTHING, Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
     FlowHop,
@@ -88,27 +89,38 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def responder_json(r: Responder) -> dict[str, Any]:
+    """One responder: its address, replies, MPLS labels, name and network (null: unknown)."""
+    a = r.annotation or NOTHING
+    data: dict[str, Any] = {
+        "address": r.address,
+        "replies": r.replies,
+        "mpls": [
+            {
+                "label": m.label,
+                "traffic_class": m.traffic_class,
+                "bottom_of_stack": m.bottom_of_stack,
+                "ttl": m.ttl,
+            }
+            for m in r.mpls
+        ],
+        "hostname": a.hostname,
+        "asn": a.asn,
+        "as_name": a.as_name,
+        "prefix": a.prefix,
+        "country": a.country,
+    }
+    if a.verified is not None:
+        data["verified"] = a.verified
+    return data
+
+
 def hop_json(hop: Hop, forward_loss_pct: float | None = None) -> dict[str, Any]:
     """One hop with its responders and figures; ``forward_loss_pct`` depends on the
     hops after it, so only a whole trace knows it (a hop event says null)."""
     return {
         "ttl": hop.ttl,
-        "responders": [
-            {
-                "address": r.address,
-                "replies": r.replies,
-                "mpls": [
-                    {
-                        "label": m.label,
-                        "traffic_class": m.traffic_class,
-                        "bottom_of_stack": m.bottom_of_stack,
-                        "ttl": m.ttl,
-                    }
-                    for m in r.mpls
-                ],
-            }
-            for r in hop.responders
-        ],
+        "responders": [responder_json(r) for r in hop.responders],
         "sent": hop.sent,
         "received": hop.received,
         "lost": hop.lost,
@@ -207,9 +219,36 @@ def trace_json(trace: Trace) -> dict[str, Any]:
         "error": None
         if trace.error is None
         else {"type": trace.error.type, "message": trace.error.message},
+        "annotations": {
+            "asn_db": _database_json(trace.annotations.asn_db),
+            "geo_db": _database_json(trace.annotations.geo_db),
+        },
         "links": links(trace.id),
         "multipath": None if trace.multipath is None else multipath_json(trace.multipath),
     }
+
+
+def _database_json(info: DatabaseInfo | None) -> dict[str, Any] | None:
+    return None if info is None else {"type": info.type, "built_at": rfc3339(info.built_at)}
+
+
+def _database_from(data: dict[str, Any] | None) -> DatabaseInfo | None:
+    if data is None:
+        return None
+    built = from_rfc3339(data["built_at"])
+    return DatabaseInfo(data["type"], 0.0 if built is None else built)
+
+
+def _annotation_from(r: dict[str, Any]) -> Annotation | None:
+    annotation = Annotation(
+        hostname=r.get("hostname"),
+        verified=r.get("verified"),
+        asn=r.get("asn"),
+        as_name=r.get("as_name"),
+        prefix=r.get("prefix"),
+        country=r.get("country"),
+    )
+    return None if annotation.empty else annotation
 
 
 def _stop_json(trace: Trace) -> dict[str, Any]:
@@ -261,6 +300,7 @@ def hop_from_json(data: dict[str, Any]) -> Hop:
                     MplsLabel(m["label"], m["traffic_class"], m["bottom_of_stack"], m["ttl"])
                     for m in r["mpls"]
                 ),
+                annotation=_annotation_from(r),
             )
             for r in data["responders"]
         ),
@@ -312,6 +352,10 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
         multipath=multipath_from_json(data.get("multipath")),
+        annotations=Sources(
+            _database_from(data.get("annotations", {}).get("asn_db")),
+            _database_from(data.get("annotations", {}).get("geo_db")),
+        ),
         stop=_stop_from_json(data),
     )
 

@@ -8,6 +8,11 @@ The layout::
       1.|-- 198.51.100.1               0.0%     3    0.1   0.1   0.1   0.2   0.0
       2.|-- ???                      100.0%     3      -     -     -     -     -
 
+A responder with a name shows as ``name (address)`` (``hosts="both"``, the default, as
+``mtr -b``); ``hosts="address"`` shows addresses only (``mtr -n``), ``hosts="name"`` the
+name alone where there is one (mtr's default). When the trace had an AS database, an AS
+column comes first, ``AS64500`` or ``AS???`` (as ``mtr -z``).
+
 Columns have mtr's widths (``HOST`` is the machine that probed); a wider cell (a
 long IPv6 address, a time of 1000 ms or more) widens its whole column, so figures stay
 under their titles. Times are milliseconds with one decimal; a hop nothing answered
@@ -23,12 +28,22 @@ ends with ``Stopped:`` and why (and the ICMP kind when a router answered unreach
 
 from __future__ import annotations
 
+import enum
 import socket
 from datetime import UTC, datetime
 
 from mtrd.engine.probe import Protocol
-from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, StopReason, Trace
+from mtrd.tracing.model import DEFAULT_PORTS, Hop, HopEnd, Responder, StopReason, Trace
 from mtrd.tracing.stats import forward_loss
+
+
+class HostDisplay(enum.StrEnum):
+    """How a responder is named in a report (the ``hosts`` query parameter)."""
+
+    BOTH = "both"  # name (address), as mtr -b
+    ADDRESS = "address"  # as mtr -n
+    NAME = "name"  # the name where there is one, as mtr
+
 
 # How traceroute and mtr mark a hop that answered "unreachable".
 _END_MARKS = {HopEnd.UNREACHABLE: "!N", HopEnd.HOST_DOWN: "!H"}
@@ -52,16 +67,17 @@ _SILENT = "???"
 LOCAL_HOST = socket.gethostname()
 
 
-def render_report(trace: Trace, host: str = "mtrd") -> str:
+def render_report(trace: Trace, host: str = "mtrd", hosts: HostDisplay = HostDisplay.BOTH) -> str:
     """The trace as a header and a table of hops, ending with a newline; ``host`` is the
-    machine that probed, for the HOST line."""
+    machine that probed, for the HOST line; ``hosts`` how responders are named."""
     rows: list[tuple[str, str, tuple[str, ...]]] = []
+    with_as = trace.annotations.asn_db is not None
     shown = _shown_hops(trace.hops)
     forward = forward_loss(trace.hops)[: len(shown)]
     differs = [f"{f:.1f}" != f"{hop.loss_pct:.1f}" for f, hop in zip(forward, shown, strict=True)]
     columns = (*_FIGURES, _FORWARD) if any(differs) else _FIGURES
     for hop, fwd, differ in zip(shown, forward, differs, strict=True):
-        hop_rows = _hop_rows(hop)
+        hop_rows = _hop_rows(hop, hosts, with_as=with_as)
         if any(differs):
             prefix, name, figures = hop_rows[0]
             hop_rows[0] = (prefix, name, (*figures, f"{fwd:.1f}%" if differ else ""))
@@ -130,8 +146,27 @@ def _target(trace: Trace) -> str:
     return line
 
 
-def _hop_rows(hop: Hop) -> list[tuple[str, str, tuple[str, ...]]]:
-    hosts = [responder.address for responder in hop.responders] or [_SILENT]
+def _host(responder: Responder, display: HostDisplay, *, with_as: bool) -> str:
+    annotation = responder.annotation
+    name = None if annotation is None else annotation.hostname
+    if display is HostDisplay.ADDRESS or name is None:
+        shown = responder.address
+    elif display is HostDisplay.NAME:
+        shown = name
+    else:
+        shown = f"{name} ({responder.address})"
+    if not with_as:
+        return shown
+    asn = None if annotation is None else annotation.asn
+    return f"{'AS???' if asn is None else f'AS{asn}':<9} {shown}"
+
+
+def _hop_rows(
+    hop: Hop, display: HostDisplay, *, with_as: bool
+) -> list[tuple[str, str, tuple[str, ...]]]:
+    hosts = [_host(r, display, with_as=with_as) for r in hop.responders] or [
+        f"{'AS???':<9} {_SILENT}" if with_as else _SILENT
+    ]
     mark = _END_MARKS.get(hop.end) if hop.end is not None else None
     first = hosts[0] if mark is None else f"{hosts[0]} {mark}"
     rtt = hop.rtt_ms

@@ -37,7 +37,7 @@ from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, Edg
 from mtrd.web.metrics import Metrics
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
-from mtrd.web.report import LOCAL_HOST, render_report
+from mtrd.web.report import LOCAL_HOST, HostDisplay, render_report
 from mtrd.web.sse import EventStream
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ class Api:
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, record.full_trace())
+            return _report(request, record.full_trace(), _host_display(request))
         return _body(request, 200, self._bodies.body(record))
 
     async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
@@ -268,7 +268,7 @@ class Api:
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, stored.trace)
+            return _report(request, stored.trace, _host_display(request))
         return _body(request, 200, self._stored_body(stored))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
@@ -602,9 +602,22 @@ def _not_modified(request: IRequest, trace_id: str, version: int) -> bool:
     return False
 
 
-def _report(request: IRequest, trace: Trace) -> bytes:
+def _report(request: IRequest, trace: Trace, hosts: HostDisplay) -> bytes:
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    return render_report(trace, LOCAL_HOST).encode()
+    return render_report(trace, LOCAL_HOST, hosts).encode()
+
+
+def _host_display(request: IRequest) -> HostDisplay:
+    """The report's ``hosts`` query parameter (both, address or name)."""
+    given = (request.args or {}).get(b"hosts")
+    if not given:
+        return HostDisplay.BOTH
+    try:
+        return HostDisplay(given[-1].decode("utf-8", "replace"))
+    except ValueError:
+        raise invalid_fields(
+            [("hosts", "must be one of " + ", ".join(d.value for d in HostDisplay))]
+        ) from None
 
 
 def _dot(request: IRequest, trace: Trace) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from mtrd.annotations.model import Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
     FlowHop,
@@ -34,11 +35,12 @@ from mtrd.tracing.model import (
 )
 from mtrd.tracing.wait import WaitRule
 
-FORMAT: Final = 2
-# Format 1 had no vantage and replica in the value (they were fields of the hash only).
-# Keys added later within format 2 ("w" the wait rule, "stop", a hop's "l" late count)
-# are optional: a document without them reads as the default (older writers).
-READABLE: Final = (1, 2)
+FORMAT: Final = 3
+# Format 1 had no vantage and replica in the value (they were fields of the hash only);
+# format 2 had no annotations (a responder's name and network, the databases'). Keys added
+# within format 2 ("w" the wait rule, "stop", a hop's "l" late count) are optional: a
+# document without them reads as the default (older writers).
+READABLE: Final = (1, 2, 3)
 
 
 class UnknownFormat(ValueError):
@@ -148,9 +150,32 @@ def _classic(trace: Trace) -> dict[str, Any]:
         "hops": [_hop(hop) for hop in trace.hops],
         "error": None if trace.error is None else [trace.error.type, trace.error.message],
         "at": [trace.vantage, trace.replica],
+        "ann": [_database(trace.annotations.asn_db), _database(trace.annotations.geo_db)],
         "w": [request.wait.here, request.wait.near],
         "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
     }  # fmt: skip
+
+
+def _database(info: DatabaseInfo | None) -> list[Any] | None:
+    return None if info is None else [info.type, info.built_at]
+
+
+def _database_from(d: list[Any] | None) -> DatabaseInfo | None:
+    return None if d is None else DatabaseInfo(d[0], float(d[1]))
+
+
+def _responder(r: Responder) -> list[Any]:
+    mpls = [[m.label, m.traffic_class, m.bottom_of_stack, m.ttl] for m in r.mpls]
+    a = r.annotation
+    if a is None:
+        return [r.address, r.replies, mpls]
+    return [r.address, r.replies, mpls,
+            [a.hostname, a.verified, a.asn, a.as_name, a.prefix, a.country]]  # fmt: skip
+
+
+def _responder_from(d: list[Any]) -> Responder:
+    annotation = Annotation(*d[3]) if len(d) > 3 else None
+    return Responder(d[0], d[1], tuple(MplsLabel(*m) for m in d[2]), annotation)
 
 
 def _trace_from(d: dict[str, Any]) -> Trace:
@@ -160,6 +185,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
     error = d["error"]
     vantage, replica = d.get("at", ("", None))
     mode, confidence = d.get("mode", (TraceMode.CLASSIC.value, 95))
+    asn_db, geo_db = d.get("ann", (None, None))
     here, near = d.get("w", (WaitRule().here, WaitRule().near))
     stop = d.get("stop")
     return Trace(
@@ -193,6 +219,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         vantage=vantage,
         replica=replica,
         multipath=_multipath_from(d.get("mp")),
+        annotations=Sources(_database_from(asn_db), _database_from(geo_db)),
         stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
     )
 
@@ -201,11 +228,7 @@ def _hop(hop: Hop) -> dict[str, Any]:
     rtt, jitter = hop.rtt_ms, hop.jitter_ms
     return {
         "ttl": hop.ttl,
-        "r": [
-            [r.address, r.replies,
-             [[m.label, m.traffic_class, m.bottom_of_stack, m.ttl] for m in r.mpls]]
-            for r in hop.responders
-        ],
+        "r": [_responder(r) for r in hop.responders],
         "n": [hop.sent, hop.received, hop.lost],
         "rtt": [rtt.last, rtt.best, rtt.avg, rtt.worst, rtt.stdev],
         "jit": [jitter.last, jitter.avg, jitter.max],
@@ -218,10 +241,7 @@ def _hop_from(d: dict[str, Any]) -> Hop:
     sent, received, lost = d["n"]
     return Hop(
         ttl=d["ttl"],
-        responders=tuple(
-            Responder(address, replies, tuple(MplsLabel(*m) for m in mpls))
-            for address, replies, mpls in d["r"]
-        ),
+        responders=tuple(_responder_from(r) for r in d["r"]),
         sent=sent,
         received=received,
         lost=lost,

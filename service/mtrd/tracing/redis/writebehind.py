@@ -74,6 +74,14 @@ class TraceWriter:
 
     def hop(self, hop: LiveHop) -> None:
         """A hop's figures changed."""
+        if self.trace.status.is_final:
+            # A name that came after the end, while the end is still held: into the
+            # final snapshot (no event follows ``done``).
+            value = hop.snapshot()
+            hops = tuple(value if h.ttl == value.ttl else h for h in self.trace.hops)
+            self.trace = attrs.evolve(self.trace, hops=hops)
+            self._dirty = True
+            return
         superseded = self._hop_events.pop(hop.ttl, None)
         if superseded is not None:
             self._events.pop(superseded, None)
