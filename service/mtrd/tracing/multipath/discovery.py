@@ -125,7 +125,6 @@ class MultipathDiscovery:
         self.hop = first_ttl
         self._phase = _Phase.LITE if lite else _Phase.FULL
         self.full_mda_hops: list[int] = []  # hops where MDA-Lite fell back to full MDA
-        self.flow_limited = False  # some hop wanted more flows than max_flows allows
         self.stop_reason: StopReason | None = None
 
     # -- the loop -------------------------------------------------------------------------
@@ -134,11 +133,6 @@ class MultipathDiscovery:
     def done(self) -> bool:
         """True once nothing more will be probed."""
         return self.stop_reason is not None
-
-    @property
-    def flows_used(self) -> int:
-        """How many distinct flows have been drawn."""
-        return self._next_flow
 
     def next_batch(self) -> list[FlowProbe]:
         """The probes to send now; empty once the discovery is over.
@@ -308,8 +302,6 @@ class MultipathDiscovery:
 
     def _new_flows(self, count: int) -> Iterable[int]:
         count = max(0, min(count, self.max_flows - self._next_flow))
-        if count == 0:
-            self.flow_limited = True
         start = self._next_flow
         self._next_flow += count
         return range(start, start + count)
