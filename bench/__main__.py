@@ -38,6 +38,7 @@ MODES: dict[str, dict[str, Any]] = {
         "redis_traces": 50,
         "monitors": 20,
         "monitors_seconds": 10,
+        "multipath_runs": 0,  # scamper's tracelb takes ~80 s a run here: full mode only
         "names_traces": 50,
         "peers_samples": 3,
         "peers_traces": 128,
@@ -56,6 +57,7 @@ MODES: dict[str, dict[str, Any]] = {
         "redis_traces": 1000,
         "monitors": 200,
         "monitors_seconds": 60,
+        "multipath_runs": 5,
         "names_traces": 1000,
         "peers_samples": 15,
         "peers_traces": 1024,
@@ -146,6 +148,16 @@ def run_parts(
         ("peers_silent", lambda: peers.silent_hop(lab, p["peers_samples"])),
         ("peers_e2e", lambda: peers.against_scamper(lab, p["peers_traces"])),
     ]
+    if p["multipath_runs"]:
+        # Its own lab (tests/lab/multipath.py), built and torn down by the part.
+        parts.append(
+            (
+                "multipath",
+                lambda: subprocess_json(
+                    "bench.multipath", json.dumps({"runs": p["multipath_runs"]}), timeout=3600
+                ),
+            )
+        )
     for name, part in parts:
         if only is not None and name not in only:
             continue
@@ -290,6 +302,23 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             x["skipped"] == 0,
             BOUNDS["monitors"],
         )
+    if "multipath" in r:
+        x = r["multipath"]
+        for confidence in ("95", "99"):
+            c = x[confidence]
+            sc, mt = c["scamper"], c["mtrd"]
+            row(
+                f"11. multipath at {confidence}%: mtrd vs scamper tracelb "
+                f"({x['runs']} runs each, {x['topology_interfaces']} interfaces)",
+                f"probes median {mt['probes_median']} vs {sc['probes_median']}; seconds median "
+                f"{mt['seconds_median']} vs {sc['seconds_median']}; every interface found in "
+                f"{mt['runs_with_every_interface']} vs {sc['runs_with_every_interface']} runs; "
+                f"mtrd found all scamper found in {c['mtrd_runs_with_all_scamper_found']} runs",
+                "all scamper finds, probes <= scamper",
+                c["mtrd_runs_with_all_scamper_found"] == x["runs"]
+                and mt["probes_median"] <= sc["probes_median"],
+                BOUNDS["multipath"],
+            )
     if "names" in r:
         x = r["names"]
         row(
@@ -332,6 +361,10 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
 # What bounds each figure: from the py-spy profiles of the full run (bench/results/latest.json
 # keeps the top frames). Written by hand from that evidence; see the report.
 BOUNDS = {
+    "multipath": "probes: MDA-Lite's hop-level stopping reuses flows across hops where scamper "
+    "applies MDA per vertex with node control; time: scamper waits between probes (its "
+    "tracelb -W default), mtrd spaces a batch's probes 5 ms apart and waits only for the "
+    "batch's replies",
     "engine": "1 worker: mtr-packet itself (its select loop and raw socket); the pool's work "
     "per probe (ledger, framing, one Deferred, a deadline heap instead of a timer per probe) "
     "keeps up with it. 2 workers are slower here: both raw sockets see every ICMP reply, and "

@@ -162,6 +162,8 @@ async def test_post_starts_a_trace_with_location_and_defaults() -> None:
         "timeout": 2,
         "size": None,
         "tos": None,
+        "mode": "classic",
+        "confidence": 95,
         "wait": {"here": 3.0, "near": 10.0},
     }
     assert body["status"] == "running"

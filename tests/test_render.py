@@ -24,7 +24,7 @@ from mtrd.tracing.model import (
 )
 from mtrd.web.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
 
-from tests.trace_values import rich_trace
+from tests.trace_values import multipath_trace, rich_trace
 
 FINAL = Trace(
     id="abcdefghijklmnopqrstuv",
@@ -107,3 +107,9 @@ def test_a_trace_that_failed_before_probing_stops_with_error() -> None:
     """With no run to say why, a failed trace's stop reason comes from its status."""
     failed = attrs.evolve(rich_trace(), status=TraceStatus.FAILED)
     assert json.loads(trace_bytes(failed))["stop_reason"] == "error"
+
+
+def test_a_multipath_trace_reads_back_from_its_json() -> None:
+    """trace_from_json restores mode, confidence, links and flows (rounded as rendered)."""
+    trace = multipath_trace()
+    assert trace_from_json(trace_bytes(trace)) == trace

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 from mtrd.annotations.model import Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
+    FlowHop,
+    FlowPath,
     Hop,
     HopEnd,
     JitterStats,
+    MultipathResult,
+    PathLink,
     Responder,
     RttStats,
     Stop,
     StopReason,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
@@ -132,3 +138,23 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         replica="host-a-41-9f3c",
         annotations=Sources(asn_db=DatabaseInfo("GeoLite2-ASN", 1_699_000_000.0)),
     )  # fmt: skip
+
+
+def multipath_trace(trace_id: str = "t-mp") -> Trace:
+    """A finished multipath trace with links, flows (one with a lost probe) and a stop reason."""
+    trace = rich_trace(trace_id)
+    return attrs.evolve(
+        trace,
+        request=attrs.evolve(trace.request, mode=TraceMode.MULTIPATH, confidence=99),
+        multipath=MultipathResult(
+            confidence=99,
+            links=(PathLink(1, "198.51.100.1", "198.51.100.6"),),
+            flows=(
+                FlowPath(0, 20000, (FlowHop(1, "198.51.100.1", 0.25), FlowHop(2, None, None))),
+                FlowPath(1, 20001, (FlowHop(1, "198.51.100.1", 0.5),)),
+            ),
+            probes_sent=3,
+            stop_reason="destination",
+            full_mda_hops=(2,),
+        ),
+    )

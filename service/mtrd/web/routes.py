@@ -42,6 +42,7 @@ from mtrd.tracing.store import BadCursor, StoreFull, TraceRecord, TraceStore
 from mtrd.tracing.tenants import Cap, TenantCapReached
 from mtrd.web.auth import tenant_of
 from mtrd.web.bodies import BodyCache
+from mtrd.web.graph import render_dot
 from mtrd.web.intake import InvalidFields, Submission, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
@@ -319,6 +320,8 @@ class Api:
         record = self._visible(request, trace_id)
         if _not_modified(request, trace_id, record.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
             return _report(request, record.full_trace(), _host_display(request))
         return _body(request, 200, self._bodies.body(record))
@@ -327,6 +330,8 @@ class Api:
         stored = await _visible_shared(request, shared, trace_id)
         if _not_modified(request, trace_id, stored.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
             return _report(request, stored.trace, _host_display(request))
         return _body(request, 200, self._stored_body(stored))
@@ -961,6 +966,19 @@ def _host_display(request: IRequest) -> HostDisplay:
         raise invalid_fields(
             [("hosts", "must be one of " + ", ".join(d.value for d in HostDisplay))]
         ) from None
+
+
+def _dot(request: IRequest, trace: Trace) -> bytes:
+    request.setHeader(b"Content-Type", b"text/vnd.graphviz; charset=utf-8")
+    return render_dot(trace).encode()
+
+
+def _wants_dot(accept: str | bytes | None) -> bool:
+    if accept is None:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    types = [part.split(";")[0].strip().lower() for part in text.split(",")]
+    return bool(types) and types[0] == "text/vnd.graphviz"
 
 
 def _start_events(request: IRequest) -> int | None:
