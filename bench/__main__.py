@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, http, latency, names, peers, replicas, sse
+from bench import e2e, http, latency, monitors, names, peers, replicas, sse
 from bench.common import RESULTS, ROOT
 
 MODES: dict[str, dict[str, Any]] = {
@@ -36,6 +36,9 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 10,
         "http_seconds": 2,
         "redis_traces": 50,
+        "monitors": 20,
+        "monitors_seconds": 10,
+        "multipath_runs": 0,  # scamper's tracelb takes ~80 s a run here: full mode only
         "names_traces": 50,
         "peers_samples": 3,
         "peers_traces": 128,
@@ -52,6 +55,9 @@ MODES: dict[str, dict[str, Any]] = {
         "http_stored": 100,
         "http_seconds": 20,
         "redis_traces": 1000,
+        "monitors": 200,
+        "monitors_seconds": 60,
+        "multipath_runs": 5,
         "names_traces": 1000,
         "peers_samples": 15,
         "peers_traces": 1024,
@@ -137,10 +143,21 @@ def run_parts(
         ("memory", lambda: subprocess_json("bench.memory", str(p["memory_traces"]), timeout=600)),
         ("http", lambda: http.run(lab, p["http_stored"], p["http_seconds"], profile=p["profile"])),
         ("redis", lambda: replicas.run(lab, p["redis_traces"])),
+        ("monitors", lambda: monitors.run(lab, p["monitors"], p["monitors_seconds"])),
         ("names", lambda: names.run(lab, p["names_traces"])),
         ("peers_silent", lambda: peers.silent_hop(lab, p["peers_samples"])),
         ("peers_e2e", lambda: peers.against_scamper(lab, p["peers_traces"])),
     ]
+    if p["multipath_runs"]:
+        # Its own lab (tests/lab/multipath.py), built and torn down by the part.
+        parts.append(
+            (
+                "multipath",
+                lambda: subprocess_json(
+                    "bench.multipath", json.dumps({"runs": p["multipath_runs"]}), timeout=3600
+                ),
+            )
+        )
     for name, part in parts:
         if only is not None and name not in only:
             continue
@@ -272,6 +289,36 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             None,
             BOUNDS["replicas"],
         )
+    if "monitors" in r:
+        x = r["monitors"]
+        late = x["lateness_ms"]
+        row(
+            f"10. {x['monitors']} monitors every second for {x['seconds']:.0f} s: run lateness",
+            f"p50 {late['p50']:.1f} ms, p99 {late['p99']:.1f} ms (max {late['max']:.1f}); "
+            f"{x['runs_seen']:,} runs, {x['skipped']} skipped; mtrd CPU "
+            f"{x['cpu_share']:.2f} of a core ({x['cpu_ms_per_run']:.2f} ms per run), "
+            f"mtr-packet {x['workers_cpu_share']:.2f}",
+            "no run skipped",
+            x["skipped"] == 0,
+            BOUNDS["monitors"],
+        )
+    if "multipath" in r:
+        x = r["multipath"]
+        for confidence in ("95", "99"):
+            c = x[confidence]
+            sc, mt = c["scamper"], c["mtrd"]
+            row(
+                f"11. multipath at {confidence}%: mtrd vs scamper tracelb "
+                f"({x['runs']} runs each, {x['topology_interfaces']} interfaces)",
+                f"probes median {mt['probes_median']} vs {sc['probes_median']}; seconds median "
+                f"{mt['seconds_median']} vs {sc['seconds_median']}; every interface found in "
+                f"{mt['runs_with_every_interface']} vs {sc['runs_with_every_interface']} runs; "
+                f"mtrd found all scamper found in {c['mtrd_runs_with_all_scamper_found']} runs",
+                "all scamper finds, probes <= scamper",
+                c["mtrd_runs_with_all_scamper_found"] == x["runs"]
+                and mt["probes_median"] <= sc["probes_median"],
+                BOUNDS["multipath"],
+            )
     if "names" in r:
         x = r["names"]
         row(
@@ -314,6 +361,10 @@ def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
 # What bounds each figure: from the py-spy profiles of the full run (bench/results/latest.json
 # keeps the top frames). Written by hand from that evidence; see the report.
 BOUNDS = {
+    "multipath": "probes: MDA-Lite's hop-level stopping reuses flows across hops where scamper "
+    "applies MDA per vertex with node control; time: scamper waits between probes (its "
+    "tracelb -W default), mtrd spaces a batch's probes 5 ms apart and waits only for the "
+    "batch's replies",
     "engine": "1 worker: mtr-packet itself (its select loop and raw socket); the pool's work "
     "per probe (ledger, framing, one Deferred, a deadline heap instead of a timer per probe) "
     "keeps up with it. 2 workers are slower here: both raw sockets see every ICMP reply, and "
@@ -340,22 +391,26 @@ BOUNDS = {
     "responder addresses are interned and hop values have no weakref slot (26.9 KB before "
     "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
     "would save about 2.3 KB; a packed form of finished hops more",
-    "redis": "one Python core per replica, spent on Redis round trips: a py-spy profile of "
-    "1000 traces on a Redis replica (first wiring, before a trace's events went in one "
-    "call; 5-9 ms CPU per trace "
-    "against 1.1-1.5 in memory) had socket writes (untilConcludes) 12% self and Deferred "
-    "callbacks 10%; inclusive, RedisConnection calls 19%, filtered listings 10% (the bench's "
-    "idle polls, hence 0.2 s between them), write-behind flushes 8%, claims 6%, event "
-    "appends 5%: a command per write, each its own syscall and Deferred chain",
+    "redis": "POST latency in a closed loop of 8 connections: a POST is one Redis call now "
+    "(was 6), a trace about 4 (was about 15), and the replica's CPU per trace is about twice "
+    "the memory store's (was 4-6 times), yet each call waits for a reactor "
+    "turn and a wake-up of redis-server on 2 shared cores: under load a POST took 18 ms "
+    "(p50, server side) against none in memory. See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
+    "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
+    "events) plus the monitor's bookkeeping, and a run starts late when its timer waits "
+    "behind the reactor's other work (bench/results/monitors.md: a first measurement)",
     "names": "per new address of a trace: a cache lookup and two in-memory MaxMind DB "
     "lookups; per responder in every render: five more JSON fields. The warm cache sends "
     "no DNS query",
     "peers_silent": "the adaptive wait gives r3's probe up 10 x the destination's round trip "
-    "after it was sent (the 5 ms floor here): the trace itself takes a few ms; the rest is "
-    "the POST and the poll. Before it, one silent hop cost the 2 s timeout",
-    "peers_e2e": "see bench/results/peers.md",
+    "after the destination answered (the 5 ms floor here): the trace takes a few ms; the "
+    "rest is the POST and the poll. Before it, one silent hop cost the 2 s timeout",
+    "peers_e2e": "CPU in one Python process: mtrd 3.4 ms per trace with its mtr-packet "
+    "workers against scamper's 0.07; HTTP handling is about half of mtrd's samples, rounds "
+    "a fifth, reading replies a sixth; polling is not (every trace was final at its first "
+    "poll). Details: bench/results/peers.md",
     "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
     "mtrd adds per request the access-log line (held and written in batches: a write per "
     "request to unbuffered stdout cost ~15%), request metrics, ETag and Vary headers. Single "

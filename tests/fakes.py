@@ -144,7 +144,7 @@ class FakeNetwork:
     def destination_ttl(self) -> int:
         return len(self.routers) + 1
 
-    def probe(self, request: Any) -> Any:
+    def probe(self, request: Any, flow: Any = None) -> Any:
         self.sent.append(request)
         ttl = request.ttl
         result: Deferred[Any] = Deferred(lambda _: setattr(self, "cancelled", self.cancelled + 1))

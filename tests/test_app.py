@@ -136,11 +136,14 @@ def test_replica_ids_are_host_pid_and_four_hex_digits() -> None:
 
 
 def test_redis_mode_builds_the_shared_services_in_stopping_order() -> None:
-    """With --store redis:// the tree is listener, pool, connection, front, runner; the
-    password is in none of their reprs."""
+    """With --store redis:// the tree is listener, pool, connection, front, runner, then the
+    webhook sender, the monitors and their director; the password is in none of their reprs."""
     pytest.importorskip("mtrd.tracing.redis.runner")
     config = ServeConfig(backend=parse_store("redis://:hunter2-secret@127.0.0.1:6399/0"))
     services, _pool = build(MemoryReactorClock(), config)
     kinds = [type(service).__name__ for service in services]
-    assert kinds == ["Listener", "ProbePool", "RedisConnection", "SharedTraces", "RedisRunner"]
+    assert kinds == [
+        "Listener", "ProbePool", "RedisConnection", "SharedTraces", "RedisRunner",
+        "WebhookSender", "MonitorService", "MonitorDirector",
+    ]  # fmt: skip
     assert not any("hunter2" in repr(service) for service in services)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from mtrd.config import OPTIONS, parse_serve_args
+from mtrd.tracing.tenants import TenantLimits
+from mtrd.web.auth import NamedToken
 
 
 def test_defaults_listen_on_loopback() -> None:
@@ -99,11 +101,20 @@ BAD_VALUES = [
     ("--allow-targets", "198.51.100.0/33", "not a CIDR"),
     ("--deny-targets", "10.0.0.0/8,bogus", "not a CIDR: 'bogus'"),
     ("--auth-tokens-file", "/nonexistent/tokens", "cannot read '/nonexistent/tokens'"),
+    ("--admin-tenants", "ops,bad name", "not a tenant name: 'bad name'"),
+    ("--tenant-max-running", "0", "expected a whole number >= 1"),
+    ("--tenant-max-queued", "-1", "expected a whole number >= 0"),
+    ("--tenant-max-probes-waiting", "0", "expected a whole number >= 1"),
+    ("--tenant-max-stored", "none", "expected a whole number >= 1"),
     ("--log-format", "bogus", "expected json or text, got 'bogus'"),
     ("--shutdown-grace", "0", "expected seconds"),
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--max-monitors", "-1", "expected a whole number >= 0"),
+    ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
+    ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
+    ("--monitors-file", "/nonexistent/monitors.yaml", "cannot read /nonexistent/monitors.yaml"),
     ("--reverse-dns", "maybe", "expected on or off, got 'maybe'"),
     ("--reverse-dns-cache", "0", "expected a whole number >= 1"),
     ("--reverse-dns-timeout", "0", "expected seconds"),
@@ -163,7 +174,7 @@ def test_a_good_flag_overrides_a_bad_variable() -> None:
 
 def test_short_token_in_the_variable_names_it(capsys: pytest.CaptureFixture[str]) -> None:
     """A too-short token in MTRD_AUTH_TOKENS names MTRD_AUTH_TOKENS."""
-    err = _one_line_error(capsys, [], {"MTRD_AUTH_TOKENS": "short"})
+    err = _one_line_error(capsys, [], {"MTRD_AUTH_TOKENS": "ci:short"})
     assert err.startswith("mtrd serve: MTRD_AUTH_TOKENS: ")
     assert "at least 16 characters" in err
 
@@ -173,7 +184,7 @@ def test_short_token_in_the_file_names_the_file(
 ) -> None:
     """A too-short token in the tokens file names the flag and the file."""
     tokens = tmp_path / "tokens"
-    tokens.write_text("short\n")
+    tokens.write_text("ops:short\n")
     err = _one_line_error(capsys, ["--auth-tokens-file", str(tokens)], {})
     assert err.startswith(f"mtrd serve: --auth-tokens-file: {tokens}: ")
 
@@ -181,11 +192,33 @@ def test_short_token_in_the_file_names_the_file(
 def test_tokens_from_the_file_and_the_variable_add_up(tmp_path: Path) -> None:
     """Tokens from the file and from MTRD_AUTH_TOKENS are all accepted."""
     tokens = tmp_path / "tokens"
-    tokens.write_text("# ops\nfile-token-0123456789\n")
+    tokens.write_text("# ops\nops:file-token-0123456789\n")
     config = parse_serve_args(
-        ["--auth-tokens-file", str(tokens)], env={"MTRD_AUTH_TOKENS": "env-token-0123456789"}
+        ["--auth-tokens-file", str(tokens)], env={"MTRD_AUTH_TOKENS": "ci:env-token-0123456789"}
     )
-    assert config.auth_tokens == (b"file-token-0123456789", b"env-token-0123456789")
+    assert config.auth_tokens == (
+        NamedToken("ops", b"file-token-0123456789"),
+        NamedToken("ci", b"env-token-0123456789"),
+    )
+
+
+def test_admin_tenants_must_name_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    """An admin tenant that no token is named after stops mtrd (a typo would be silent)."""
+    env = {"MTRD_AUTH_TOKENS": "ops:env-token-0123456789"}
+    err = _one_line_error(capsys, ["--admin-tenants", "opps"], env)
+    assert err.strip() == "mtrd serve: --admin-tenants: no token is named opps"
+    assert parse_serve_args(["--admin-tenants", "ops"], env=env).admin_tenants == {"ops"}
+
+
+def test_tenant_caps_come_from_flags() -> None:
+    """Each per-tenant cap has its flag."""
+    config = parse_serve_args(
+        ["--tenant-max-running", "2", "--tenant-max-queued", "0"],
+        env={"MTRD_TENANT_MAX_PROBES_WAITING": "50", "MTRD_TENANT_MAX_STORED": "9"},
+    )
+    assert config.tenant_limits == TenantLimits(
+        max_running=2, max_queued=0, max_probes_waiting=50, max_stored=9
+    )
 
 
 @pytest.mark.parametrize(("text", "protected"), [("1", True), ("Yes", True), ("off", False)])
@@ -270,3 +303,15 @@ def test_store_and_vantage_reach_the_config() -> None:
     config = parse_serve_args(["--vantage", "edge-1"], env={"MTRD_STORE": "redis://cache:6380/2"})
     assert config.vantage == "edge-1"
     assert str(config.backend) == "redis://cache:6380/2"
+
+
+def test_a_monitors_file_needs_the_memory_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--monitors-file with --store redis stops mtrd with the reason (no silent ignore)."""
+    monitors = tmp_path / "monitors.yaml"
+    monitors.write_text("monitors: []\n")
+    argv = ["--monitors-file", str(monitors), "--store", "redis://127.0.0.1:6379/0"]
+    with pytest.raises(SystemExit):
+        parse_serve_args(argv, env={})
+    assert "in-memory store" in capsys.readouterr().err

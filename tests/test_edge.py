@@ -19,7 +19,7 @@ from mtrd.tracing.model import TraceStatus
 from mtrd.web import sse
 from mtrd.web.access import AccessRecord, Edge, route_of
 from mtrd.web.bodies import BodyCache
-from mtrd.web.connections import EdgeSite, descriptors_needed, fit_descriptors
+from mtrd.web.connections import EdgeSite, client_of, descriptors_needed, fit_descriptors
 from mtrd.web.framing import LINGER, Admission
 from mtrd.web.limits import MAX_BODY, EdgeLimits
 from mtrd.web.metrics import method_label
@@ -367,6 +367,20 @@ def test_closed_connections_free_their_place_and_their_address() -> None:
         channel.connectionLost(Failure(ConnectionDone()))
     assert way.site.connections.per_client == {}
     assert way.site.connections.total == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "client"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),
+    ],
+)
+def test_an_ipv6_client_is_its_64(host: str, client: str) -> None:
+    """IPv6 connections count per /64, IPv4-mapped ones as their IPv4 address."""
+    assert client_of(host) == client
 
 
 def test_descriptors_needed_cover_the_caps_and_a_reserve_per_worker() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from mtrd.engine.errors import EngineStartError, WorkerDied
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from twisted.internet import reactor as global_reactor
@@ -415,3 +416,38 @@ async def test_silent_router_gives_no_reply_at_its_ttl_only(lab: Lab, family: in
         ReplyKind.NO_REPLY,
         ReplyKind.REPLY,
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_trace_is_served_beside_27_heavy_ones(lab: Lab) -> None:
+    """With the real mtr-packet, 10 probes queued behind 27 flows of 100 are all answered
+    while most of the 2,700 still wait: the queue takes turns between flows."""
+    target = lab.targets(4)[1]
+    async with running_pool(lab, size=1, max_outstanding=4) as pool:
+        heavy_answered = 0
+
+        def answered(result: object) -> object:
+            nonlocal heavy_answered
+            heavy_answered += 1
+            return result
+
+        heavy = [
+            pool.probe(ProbeRequest(target, ttl=4, timeout=2), Flow(f"heavy-{n}")).addBoth(answered)
+            for n in range(27)
+            for _ in range(100)
+        ]
+        started = reactor.seconds()
+        small = [
+            pool.probe(ProbeRequest(target, ttl=4, timeout=2), Flow("small")) for _ in range(10)
+        ]
+        replies = await DeferredList(small, consumeErrors=True)
+        small_seconds = reactor.seconds() - started
+        heavy_when_small_done = heavy_answered
+        await DeferredList(heavy, consumeErrors=True)
+        all_seconds = reactor.seconds() - started
+    assert all(ok and reply.kind is ReplyKind.REPLY for ok, reply in replies)
+    print(
+        f"small trace: {small_seconds:.3f} s, {heavy_when_small_done} heavy probes answered "
+        f"by then; all 2,710 probes: {all_seconds:.3f} s"
+    )
+    assert heavy_when_small_done < 27 * 100 // 2

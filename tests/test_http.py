@@ -41,6 +41,10 @@ class FakePool:
     ready_workers: int = 2
     size: int = 2
     queued: int = 0
+    queued_by_group: dict[str | None, int] = attrs.Factory(dict)
+
+    def queued_in(self, group: str | None) -> int:
+        return self.queued_by_group.get(group, 0)
 
 
 @attrs.define
@@ -158,6 +162,8 @@ async def test_post_starts_a_trace_with_location_and_defaults() -> None:
         "timeout": 2,
         "size": None,
         "tos": None,
+        "mode": "classic",
+        "confidence": 95,
         "wait": {"here": 3.0, "near": 10.0},
     }
     assert body["status"] == "running"
@@ -497,6 +503,19 @@ async def test_events_stream_status_hops_and_done_then_close() -> None:
     assert events[-1]["data"]["status"] == "completed"
     ids = [e["id"] for e in events]
     assert ids == sorted(set(ids))
+
+
+@pytest_twisted.ensureDeferred
+async def test_done_event_says_why_the_trace_stopped() -> None:
+    """The done event carries the stop reason (the fake network's target answers)."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    stream = await open_stream(client, trace_id)
+    client.run_for(3)
+    done = stream.events()[-1]
+    assert (done["event"], done["data"]["stop_reason"]) == ("done", "destination")
+    hop_events = [e["data"] for e in stream.events() if e["event"] == "hop"]
+    assert {e["forward_loss_pct"] for e in hop_events} == {None}
 
 
 @pytest_twisted.ensureDeferred

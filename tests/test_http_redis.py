@@ -24,8 +24,11 @@ from mtrd.tracing.redis.front import SharedTraces
 from mtrd.tracing.redis.queue import RedisWorkQueue
 from mtrd.tracing.redis.replicas import RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore
+from mtrd.tracing.redis.tenants import RedisTenants
 from mtrd.tracing.store import StoreLimits, TraceStore
+from mtrd.tracing.tenants import TenantLimits
 from mtrd.tracing.tracer import Tracer, new_trace_id
+from mtrd.web.auth import AuthGuard, BearerAuth
 from mtrd.web.limits import EdgeLimits
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
@@ -66,7 +69,11 @@ class Front:
         max_queued: int = 100,
         max_traces: int = 100,
         limits: EdgeLimits | None = None,
+        tenant_limits: TenantLimits | None = None,
+        auth: BearerAuth | None = None,
     ) -> None:
+        """With ``tenant_limits`` the fronts count tenants in Redis; with ``auth`` the
+        resource is behind the auth guard."""
         self.connection = connection
         self.store = RedisTraceStore(
             connection,
@@ -83,6 +90,9 @@ class Front:
             vantage=VANTAGE,
             replica=name,
             max_queued=max_queued,
+            tenants=None
+            if tenant_limits is None
+            else RedisTenants(connection, self.store, tenant_limits),
         )
         self.shared.startService()
         memory = TraceStore(reactor)  # type: ignore[arg-type]
@@ -97,7 +107,8 @@ class Front:
             shared=self.shared,
             store_health=connection.health,
         )
-        self.stub = StubTreq(self.api.app.resource())
+        resource: Any = self.api.app.resource()
+        self.stub = StubTreq(resource if auth is None else AuthGuard(resource, auth))
 
     async def pumped(self, d: Deferred[Any], seconds: float = 5.0) -> Any:
         """The result of ``d``, flushing the stub while the real reactor runs."""
@@ -585,10 +596,12 @@ async def test_a_stream_outlives_a_redis_pause(pair: Pair) -> None:
 @pytest_twisted.ensureDeferred
 async def test_unknown_traces_and_vantages_leave_no_state_behind(pair: Pair) -> None:
     """Streams of unknown traces start no poller; traces asked of an unknown vantage make
-    no work queue: ids and names a client makes up are never kept."""
+    no work queue, in this process or in Redis: ids and names a client makes up are never
+    kept."""
     queues = set(pair.b.shared._queues)
     for n in range(50):
         assert (await pair.b.request("GET", f"/traces/unknown{n:09d}/events")).code == 404
         assert (await pair.b.post_trace({**QUICK, "vantage": f"nowhere{n}"})).code == 422
     assert pair.b.shared.followed == 0
     assert set(pair.b.shared._queues) == queues
+    assert await pair.b.connection.execute("KEYS", "*nowhere*") == []

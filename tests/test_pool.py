@@ -12,6 +12,7 @@ from mtrd.engine.errors import (
     WorkerDied,
     WorkerUnresponsive,
 )
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.pool import PoolConfig, PoolState, ProbePool
 from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
 from twisted.application.service import IService, MultiService
@@ -526,3 +527,102 @@ def test_an_exit_that_is_not_about_permissions_gets_no_advice() -> None:
     error = str(failure_of(started))  # type: ignore[arg-type]
     assert "not found" in error
     assert "NET_RAW" not in error
+
+
+def answer_every_tick(
+    reactor: FakeProcessReactor, transport: FakeProcessTransport, until: list[Deferred[ProbeReply]]
+) -> int:
+    """Answer every written probe each 10 ms tick; the ticks until ``until`` all fired."""
+    answered = ticks = 0
+    while not all(d.called for d in until):
+        written = len(transport.probe_lines())
+        for index in range(answered, written):
+            reply(transport, index)
+        answered = written
+        reactor.advance(0.01)
+        ticks += 1
+        assert ticks < 10_000
+    return ticks
+
+
+def test_a_small_flow_is_served_beside_huge_ones() -> None:
+    """Round robin between flows: 10 probes queued behind 27 x 100 finish in about 10 x 28
+    sends, not after the 2,700 that came first."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=4))
+    (transport,) = reactor.spawned
+    for heavy in range(27):
+        for ttl in range(1, 101):
+            pool.probe(ProbeRequest("203.0.113.7", ttl=ttl), Flow(f"heavy-{heavy}"))
+    small = [pool.probe(ProbeRequest("203.0.113.9", ttl=t), Flow("small")) for t in range(1, 11)]
+    ticks = answer_every_tick(reactor, transport, small)
+    assert ticks <= 10 * 28 // 4 + 2
+    assert pool.queued > 2000  # the heavy flows still wait: the small one did not
+    # wait for them
+
+
+def test_probes_without_a_flow_keep_their_order() -> None:
+    """Probes that name no flow leave the queue first come, first served, as before."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=1))
+    (transport,) = reactor.spawned
+    for ttl in (1, 2, 3):
+        pool.probe(ProbeRequest("203.0.113.7", ttl=ttl))
+    for index in range(2):
+        reply(transport, index)
+    assert [line.split(" ttl ")[1].split()[0] for line in transport.probe_lines()] == [
+        "1",
+        "2",
+        "3",
+    ]
+
+
+def test_queued_probes_are_counted_per_group() -> None:
+    """The pool says how many probes of a group's flows wait."""
+    pool, _ = started_pool(attrs.evolve(CONFIG, size=1, max_outstanding=1))
+    pool.probe(ProbeRequest("203.0.113.7"))
+    for key in ("a", "b"):
+        pool.probe(ProbeRequest("203.0.113.7"), Flow(key, group="alice"))
+    cancelled = pool.probe(ProbeRequest("203.0.113.7"), Flow("c", group="bob"))
+    cancelled.cancel()
+    cancelled.addErrback(lambda _: None)
+    assert (pool.queued_in("alice"), pool.queued_in("bob"), pool.queued) == (2, 0, 2)
+
+
+def test_a_group_holds_at_most_its_share_of_the_slots() -> None:
+    """A group at its share of the slots waits, and another group's probe goes at once."""
+    pool, reactor = started_pool(
+        attrs.evolve(CONFIG, size=1, max_outstanding=4, max_group_share=0.5)
+    )
+    (transport,) = reactor.spawned
+    for ttl in range(1, 6):
+        pool.probe(ProbeRequest("203.0.113.7", ttl=ttl), Flow("heavy", group="alice"))
+    assert (len(transport.probe_lines()), pool.queued_in("alice")) == (2, 3)
+    pool.probe(ProbeRequest("203.0.113.9"), Flow("small", group="bob"))
+    assert len(transport.probe_lines()) == 3
+    reply(transport, 0)  # one of alice's ends: her next one takes its slot
+    assert (len(transport.probe_lines()), pool.queued_in("alice")) == (4, 2)
+
+
+def test_probes_without_a_group_may_use_every_slot() -> None:
+    """The share binds groups only: flows without one fill the pool as before."""
+    pool, reactor = started_pool(
+        attrs.evolve(CONFIG, size=1, max_outstanding=4, max_group_share=0.25)
+    )
+    (transport,) = reactor.spawned
+    for ttl in range(1, 6):
+        pool.probe(ProbeRequest("203.0.113.7", ttl=ttl), Flow("trace"))
+    assert (len(transport.probe_lines()), pool.queued) == (4, 1)
+
+
+def test_a_group_gets_its_slots_back_when_its_worker_dies() -> None:
+    """Probes lost with a killed process no longer count against their group's share."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, max_outstanding=1, max_group_share=0.5))
+    first = pool.probe(ProbeRequest("203.0.113.7"), Flow("t", group="alice"))
+    first.addErrback(lambda _: None)
+    waiting = pool.probe(ProbeRequest("203.0.113.7"), Flow("t", group="alice"))
+    assert pool.queued_in("alice") == 1
+    (holder,) = [t for t in reactor.spawned if t.probe_lines()]
+    (other,) = [t for t in reactor.spawned if t is not holder]
+    holder.exit(signal=9)
+    assert pool.queued_in("alice") == 0
+    assert len(other.probe_lines()) == 1
+    assert not waiting.called

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import mtrd
 import pytest
 from mtrd.engine.errors import InvalidProbeRequest
 from mtrd.engine.probe import ProbeRequest, Protocol
@@ -68,3 +69,23 @@ def test_defaults_match_mtr_packet() -> None:
     """Defaults are mtr-packet's own: icmp, TTL 255, 10 s."""
     request = ProbeRequest("203.0.113.7")
     assert (request.protocol, request.ttl, request.timeout) == (Protocol.ICMP, 255, 10)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"target": "::1%lo ttl 3"},
+        {"target": "fe80::1%eth0"},
+        {"target": "fe80::1%1"},
+        {"target": "2001:db8::7", "source": "2001:db8::1%lo"},
+        {"target": "2001:db8::7", "source": "2001:db8::1%lo size 9"},
+        {"target": "203.0.113.7\n"},
+        {"target": " 203.0.113.7"},
+        {"target": "2001:db8::7%\tx"},
+    ],
+)
+def test_zone_ids_and_whitespace_are_refused_by_the_library_api(fields: dict[str, Any]) -> None:
+    """The public ProbeRequest refuses zone ids and whitespace, whoever builds it."""
+    with pytest.raises(mtrd.InvalidProbeRequest) as caught:
+        mtrd.ProbeRequest(**fields)
+    assert caught.value.field == ("source" if "source" in fields else "target")

@@ -8,7 +8,7 @@ from mtrd.tracing.jobs import QueueFull
 from mtrd.tracing.policy import TargetRefused
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisTimeout, RedisUnavailable
 from mtrd.tracing.store import BadCursor, StoreFull
-from mtrd.web.auth import UNAUTHORIZED, AuthGuard, BearerAuth
+from mtrd.web.auth import UNAUTHORIZED, AuthGuard, BearerAuth, NamedToken
 from mtrd.web.framing import MAX_REQUEST_LINE, ProblemChannel
 from mtrd.web.intake import InvalidFields
 from mtrd.web.problems import Problem, invalid_fields, not_found
@@ -42,7 +42,7 @@ async def test_a_domain_error_a_route_lets_through_is_mapped_by_the_app() -> Non
 async def test_auth_writes_its_401_with_the_same_renderer() -> None:
     """The auth guard's 401 body is the renderer's bytes for UNAUTHORIZED."""
     client = Client()
-    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([TOKEN])))
+    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
     refused = await stub.get(f"{BASE}/traces")
     assert refused.code == 401
     assert await refused.content() == UNAUTHORIZED.render("/traces")

@@ -8,7 +8,7 @@ from hypothesis import given
 from mtrd.tracing.model import Hop, Trace, TraceStatus
 from mtrd.tracing.redis import codec
 
-from tests.trace_values import hops, rich_trace, traces
+from tests.trace_values import hops, multipath_trace, rich_trace, traces
 
 
 @given(traces)
@@ -60,3 +60,22 @@ def test_format_1_documents_still_read() -> None:
     old = old.replace(b',"at":["fra","host-a-41-9f3c"]', b"")
     assert b'"at"' not in old
     assert codec.decode_trace(old) == attrs.evolve(trace, vantage="", replica=None)
+
+
+def test_the_owner_round_trips_and_is_left_out_when_there_is_none() -> None:
+    """A trace's owner is stored with it; a trace without one stores no owner key."""
+    owned = attrs.evolve(rich_trace(), owner="alice")
+    assert codec.decode_trace(codec.encode_trace(owned)).owner == "alice"
+    assert b'"own"' not in codec.encode_trace(attrs.evolve(owned, owner=None))
+
+
+def test_a_multipath_trace_round_trips() -> None:
+    """Mode, confidence, links and flows of a multipath trace read back equal."""
+    trace = multipath_trace()
+    assert codec.decode_trace(codec.encode_trace(trace)) == trace
+
+
+def test_a_classic_document_has_no_multipath_keys() -> None:
+    """Classic traces are stored as before: older replicas read them unchanged."""
+    assert b'"mp"' not in codec.encode_trace(rich_trace())
+    assert b'"mode"' not in codec.encode_trace(rich_trace())

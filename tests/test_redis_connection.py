@@ -268,3 +268,13 @@ async def test_an_error_reply_amid_a_pipeline_leaves_the_connection_in_step(
         await redis.pipeline([("INCR", "n"), ("HGET", "s", "f"), ("INCR", "n")])
     assert await redis.execute("GET", "n") == b"2"
     assert await redis.execute("GET", "s") == b"text"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lane_sends_on_another_connection(redis: RedisConnection) -> None:
+    """Calls on lane 1 go on another connection of the pool than the plain calls."""
+    await wait_until(lambda: redis._factory is not None and redis._factory.size >= 2)
+    mine = await redis.execute("CLIENT", "ID")
+    assert await redis.execute("CLIENT", "ID") == mine
+    assert await redis.lane(1).execute("CLIENT", "ID") != mine
+    assert await redis.lane(1).pipeline([("PING",)]) == [b"PONG"]

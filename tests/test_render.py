@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from mtrd.engine.probe import MplsLabel, Protocol
@@ -11,6 +14,8 @@ from mtrd.tracing.model import (
     JitterStats,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
     TraceRequest,
@@ -18,6 +23,8 @@ from mtrd.tracing.model import (
     TraceTarget,
 )
 from mtrd.web.render import from_rfc3339, rfc3339, trace_bytes, trace_from_json
+
+from tests.trace_values import multipath_trace, rich_trace
 
 FINAL = Trace(
     id="abcdefghijklmnopqrstuv",
@@ -71,3 +78,38 @@ def test_rfc3339_round_trips_at_millisecond_precision(seconds: int, millis: int)
     assert text is not None
     assert text.endswith("Z")
     assert round(from_rfc3339(text) or 0.0, 3) == round(moment, 3)
+
+
+def test_each_hop_says_its_forward_loss() -> None:
+    """A silent hop before the destination has 100% loss but 0% forward loss."""
+    rendered = json.loads(trace_bytes(rich_trace()))
+    assert [(h["loss_pct"], h["forward_loss_pct"]) for h in rendered["hops"]] == [
+        (0.0, 0.0),
+        (100.0, 0.0),
+        (0.0, 0.0),
+    ]
+    assert rendered["hops"][1]["late"] == 2
+
+
+def test_a_finished_trace_says_why_it_stopped() -> None:
+    """The run's stop reason and its ICMP kind are in the resource; null while running."""
+    stopped = attrs.evolve(rich_trace(), stop=Stop(StopReason.UNREACHABLE, "no-route-host"))
+    rendered = json.loads(trace_bytes(stopped))
+    assert (rendered["stop_reason"], rendered["unreachable_kind"]) == (
+        "unreachable",
+        "no-route-host",
+    )
+    running = json.loads(trace_bytes(attrs.evolve(stopped, status=TraceStatus.RUNNING)))
+    assert running["stop_reason"] is None
+
+
+def test_a_trace_that_failed_before_probing_stops_with_error() -> None:
+    """With no run to say why, a failed trace's stop reason comes from its status."""
+    failed = attrs.evolve(rich_trace(), status=TraceStatus.FAILED)
+    assert json.loads(trace_bytes(failed))["stop_reason"] == "error"
+
+
+def test_a_multipath_trace_reads_back_from_its_json() -> None:
+    """trace_from_json restores mode, confidence, links and flows (rounded as rendered)."""
+    trace = multipath_trace()
+    assert trace_from_json(trace_bytes(trace)) == trace

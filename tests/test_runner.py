@@ -10,7 +10,7 @@ from mtrd.engine.pool import PoolConfig, ProbePool
 from mtrd.engine.probe import Protocol
 from mtrd.tracing.model import HopEnd, Responder, Stop, StopReason, TraceRequest
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
-from mtrd.tracing.wait import OFF
+from mtrd.tracing.wait import WaitRule
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
@@ -198,7 +198,7 @@ def test_probes_lost_with_a_dead_worker_count_as_lost() -> None:
     clock = Clock()
 
     class Dying:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(WorkerDied("mtr-packet worker worker-0 killed by signal 9"))
 
     _, d = run(Dying(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
@@ -212,7 +212,7 @@ def test_no_worker_available_fails_the_trace() -> None:
     clock = Clock()
 
     class Empty:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(NoWorkerAvailable("no mtr-packet worker is running: exited 1"))
 
     _, d = run(Empty(), clock, TraceRequest(TARGET, probes=1, interval=0.0, max_ttl=3))
@@ -254,7 +254,7 @@ def test_deadline_fails_a_trace_that_never_settles() -> None:
     clock = Clock()
 
     class Hung:
-        def probe(self, request: Any) -> Deferred[Any]:
+        def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return Deferred()
 
     request = TraceRequest(TARGET, probes=2, interval=1.0, timeout=2)
@@ -356,7 +356,7 @@ def test_wait_turned_off_waits_mtr_packets_timeout() -> None:
     """With here and near 0 a silent TTL waits its whole timeout."""
     clock = Clock()
     network = FakeNetwork(clock, ROUTERS, silent=frozenset({2}))
-    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4, wait=OFF)
+    request = TraceRequest(TARGET, probes=1, interval=0, timeout=2, max_ttl=4, wait=WaitRule(0, 0))
     _, d = run(network, clock, request)
     step(clock, 1.99)
     assert not d.called
@@ -461,7 +461,7 @@ def test_stop_reason_deadline() -> None:
     clock = Clock()
 
     class Never:
-        def probe(self, _request: Any) -> Deferred[Any]:
+        def probe(self, _request: Any, _flow: Any = None) -> Deferred[Any]:
             return Deferred()
 
     _, d = run(Never(), clock, TraceRequest(TARGET, probes=1), settings=RunSettings())

@@ -1,8 +1,8 @@
 """Schemathesis against the live service, from openapi.yaml: no 5xx, every answer conforms.
 
 The service runs with its mtr-packet in the lab's client namespace, an allow list of
-lab targets only and a DNS server that knows no name, so generated targets never leave
-the lab.
+lab targets only, webhooks to loopback only and a DNS server that knows no name, so
+generated targets and webhook URLs never leave the lab.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def test_schemathesis_finds_no_server_error_or_nonconforming_answer(
     flags = [
         "--dns-servers", f"127.0.0.1:{silent_dns.getsockname()[1]}",
         "--allow-targets", "203.0.113.0/25,2001:db8:ff::/64",
+        "--allow-webhooks", "127.0.0.1/32",
         "--max-running", "64",
     ]  # fmt: skip
     try:

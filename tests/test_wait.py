@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from mtrd.tracing.wait import OFF, WAIT_FLOOR, WaitFloor, WaitRule
+from mtrd.tracing.wait import WAIT_FLOOR, WaitFloor, WaitRule
+
+OFF = WaitRule(here=0, near=0)
 
 
 def test_here_waits_its_factor_times_this_ttls_round_trip() -> None:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 from mtrd.annotations.model import Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
+    FlowHop,
+    FlowPath,
     Hop,
     HopEnd,
     JitterStats,
+    MultipathResult,
+    PathLink,
     Responder,
     RttStats,
+    Stop,
+    StopReason,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.wait import WaitRule
 
 _floats = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 _maybe_float = st.none() | _floats
@@ -54,6 +63,7 @@ hops = st.builds(
                      _maybe_float),
     jitter_ms=st.builds(JitterStats, _maybe_float, _maybe_float, _maybe_float),
     end=st.none() | st.sampled_from(HopEnd),
+    late=_small,
 )  # fmt: skip
 traces = st.builds(
     Trace,
@@ -72,6 +82,7 @@ traces = st.builds(
         timeout=st.integers(1, 60),
         size=st.none() | st.integers(0, 9000),
         tos=st.none() | st.integers(0, 255),
+        wait=st.builds(WaitRule, here=st.floats(0, 100), near=st.floats(0, 100)),
     ),
     target=st.builds(TraceTarget, input=_text, address=st.none() | _text,
                      ip_version=st.none() | st.sampled_from([4, 6])),
@@ -90,6 +101,9 @@ traces = st.builds(
         asn_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
         geo_db=st.none() | st.builds(DatabaseInfo, type=_text, built_at=_floats),
     ),
+    stop=st.none() | st.builds(Stop, reason=st.sampled_from(StopReason),
+                               unreachable=st.none() | st.sampled_from(["no-route", "host-down"])),
+    owner=st.none() | _text,
 )  # fmt: skip
 
 
@@ -100,7 +114,7 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         status=status,
         request=TraceRequest(target="example.test", ip_version=6, protocol=Protocol.TCP,
                              port=443, first_ttl=2, max_ttl=20, probes=5, interval=0.25,
-                             timeout=3, size=100, tos=16),
+                             timeout=3, size=100, tos=16, wait=WaitRule(here=2.5, near=8)),
         target=TraceTarget(input="example.test", address="2001:db8::1", ip_version=6),
         created_at=1_700_000_000.125,
         source="2001:db8::2",
@@ -115,7 +129,7 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
                                    Responder("2001:db8::b", 1)),
                 sent=5, received=5, lost=0, rtt_ms=RttStats(1.5, 1.0, 1.25, 2.0, 0.3),
                 jitter_ms=JitterStats(0.5, 0.25, 1.0)),
-            Hop(ttl=3, sent=5, lost=5),
+            Hop(ttl=3, responders=(Responder("2001:db8::c", 0),), sent=5, lost=5, late=2),
             Hop(ttl=4, responders=(Responder("2001:db8::1", 5),), sent=5, received=5,
                 rtt_ms=RttStats(9.0, 8.0, 8.5, 9.5, 0.5), end=HopEnd.DESTINATION),
         ),
@@ -124,3 +138,23 @@ def rich_trace(trace_id: str = "t-1", status: TraceStatus = TraceStatus.COMPLETE
         replica="host-a-41-9f3c",
         annotations=Sources(asn_db=DatabaseInfo("GeoLite2-ASN", 1_699_000_000.0)),
     )  # fmt: skip
+
+
+def multipath_trace(trace_id: str = "t-mp") -> Trace:
+    """A finished multipath trace with links, flows (one with a lost probe) and a stop reason."""
+    trace = rich_trace(trace_id)
+    return attrs.evolve(
+        trace,
+        request=attrs.evolve(trace.request, mode=TraceMode.MULTIPATH, confidence=99),
+        multipath=MultipathResult(
+            confidence=99,
+            links=(PathLink(1, "198.51.100.1", "198.51.100.6"),),
+            flows=(
+                FlowPath(0, 20000, (FlowHop(1, "198.51.100.1", 0.25), FlowHop(2, None, None))),
+                FlowPath(1, 20001, (FlowHop(1, "198.51.100.1", 0.5),)),
+            ),
+            probes_sent=3,
+            stop_reason="destination",
+            full_mda_hops=(2,),
+        ),
+    )

@@ -33,6 +33,8 @@ from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
+from mtrd.monitors.runs import JobsStarter
+from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
@@ -43,10 +45,24 @@ from mtrd.web.access import AccessLog, Edge
 from mtrd.web.auth import AuthGuard, BearerAuth
 from mtrd.web.connections import EdgeSite, descriptors_needed, fit_descriptors
 from mtrd.web.framing import Admission
-from mtrd.web.metrics import MeteredProber, Metrics, counter, gauge
+from mtrd.web.metrics import (
+    MeteredProber,
+    Metrics,
+    counter,
+    gauge,
+    monitor_metrics,
+    webhook_metrics,
+)
+from mtrd.web.monitor_intake import decode_spec, encode_spec
+from mtrd.web.monitor_render import monitor_bytes, webhook_body
+from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
 from mtrd.web.routes import Api
+from mtrd.webhooks.delivery import WebhookSender
+from mtrd.webhooks.http import TreqPoster
+from mtrd.webhooks.notify import MonitorWebhooks
 
 log = Logger(namespace="mtrd")
+MONITORS_FILE = "monitors-file"
 
 
 class QuietSite(EdgeSite):
@@ -131,6 +147,12 @@ def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
     for worker in pool.workers():
         outstanding.add_metric([str(worker["slot"])], worker["outstanding"])
     yield outstanding
+
+
+def _monitor_state(monitors: MonitorService, webhooks: WebhookSender) -> Iterable[Metric]:
+    yield gauge("mtrd_monitors", "Monitors held", len(monitors))
+    yield from monitor_metrics(monitors.records())
+    yield from webhook_metrics(webhooks)
 
 
 def _connection_metrics(site: EdgeSite) -> Iterable[Metric]:
@@ -291,10 +313,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     replica = replica_id()
     resolver = dns_resolver(config.dns_servers)
     annotator = _annotator(reactor, config, resolver)
+    target_resolver = TargetResolver(resolver)
     tracer = Tracer(
         reactor,
         MeteredProber(pool, metrics),
-        TargetResolver(resolver),
+        target_resolver,
         settings=RunSettings(name_grace=config.name_grace),
         annotator=annotator,
         source_ipv4=config.pool.source_ipv4,
@@ -314,12 +337,30 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         on_finished=metrics.trace_finished,
         clock=reactor,
         stop_grace=config.shutdown_grace,
+        tenant_limits=config.tenant_limits,
     )
+    # Monitors run in memory mode (their runs go through the jobs); Redis mode has none yet.
+    webhooks = WebhookSender(
+        reactor, target_resolver, TreqPoster(reactor), policy=config.webhook_policy
+    )
+    notifier = MonitorWebhooks(webhooks, webhook_body)
     shared = None
     if isinstance(config.backend, RedisStore):
         shared = _shared_parts(
             reactor, config, tracer=tracer, pool=pool, metrics=metrics, replica=replica
         )
+    # Memory mode: runs go through the jobs. Redis mode: through the shared queue, and
+    # the monitor service holds the monitors this replica runs (the director's share).
+    monitors = MonitorService(
+        reactor,
+        JobsStarter(jobs) if shared is None else shared.starter,
+        notifier=notifier,
+        max_monitors=config.max_monitors,
+        on_started=metrics.run_started,
+    )
+    shared_monitors = director = None
+    if shared is not None:
+        shared_monitors, director = _shared_monitors(reactor, config, shared, monitors, replica)
     api = Api(
         pool=pool,
         jobs=jobs,
@@ -331,8 +372,11 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         vantage=config.vantage,
         shared=None if shared is None else shared.front,
         store_health=None if shared is None else lambda: _replica_health(shared),
+        monitors=monitors,
+        webhooks=webhooks,
+        shared_monitors=shared_monitors,
     )
-    auth = BearerAuth(config.auth_tokens, config.auth_open_paths)
+    auth = BearerAuth(config.auth_tokens, config.auth_open_paths, config.admin_tenants)
     resource: Any = api.app.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
@@ -349,15 +393,22 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     if shared is None:
         metrics.watch(lambda: _state_metrics(pool, jobs, store, api))
         services = MtrdService(api, jobs, access_log, annotator)
-        parts: tuple[Any, ...] = (listener, pool, store, jobs)
+        # Stopped in reverse: monitors first (no run starts while the jobs drain), the
+        # webhook sender after the jobs (the webhooks of the last traces still go out).
+        parts: tuple[Any, ...] = (listener, pool, webhooks, store, jobs)
+        metrics.watch(lambda: _monitor_state(monitors, webhooks))
+        parts += (monitors, *_monitors_file(reactor, config, monitors))
     else:
         drain = _RunnerDrain(shared.runner, config.shutdown_grace)
         front = shared.front
         metrics.watch(lambda: _shared_metrics(pool, drain, front, api))
         services = MtrdService(api, drain, access_log, annotator)
-        # Stopped in reverse: the runner (its last writes) and the front's pollers go
-        # before the connection, the connection before the pool.
-        parts = (listener, pool, shared.connection, shared.front, shared.runner)
+        metrics.watch(lambda: _monitor_state(monitors, webhooks))
+        # Stopped in reverse: the director (its leases handed on), the monitors, the
+        # runner (its last writes) and the front's pollers go before the connection, the
+        # connection before the pool.
+        parts = (listener, pool, shared.connection, shared.front, shared.runner, webhooks)
+        parts += (monitors, director)
     metrics.watch(lambda: _annotation_metrics(annotator))
     databases = tuple(d for d in (annotator.asn_db, annotator.geo_db) if d is not None)
     for service in (*parts, *databases):
@@ -385,27 +436,68 @@ def _annotator(reactor: Any, config: ServeConfig, resolver: Any) -> Annotator:
     return Annotator(names, watched(config.asn_db), watched(config.geo_db))
 
 
-def _reload_on_hangup(reactor: Any, annotator: Annotator) -> None:
-    """SIGHUP reloads the AS and geo databases (a signal handler only hands it over)."""
+def _reload_on_hangup(reactor: Any, services: MtrdService) -> None:
+    """SIGHUP reloads the AS and geo databases and the monitors file, those there are (a
+    signal handler only hands it over to the reactor)."""
+    annotator = services.annotator
     databases = [d for d in (annotator.asn_db, annotator.geo_db) if d is not None]
-    if not databases:
+    try:
+        monitors_file: MonitorsFile | None = services.getServiceNamed(MONITORS_FILE)
+    except KeyError:
+        monitors_file = None
+    if not databases and monitors_file is None:
         return
 
     def reload() -> None:
-        log.info("SIGHUP: reloading the network databases")
+        if databases:
+            log.info("SIGHUP: reloading the network databases")
         for database in databases:
             database.reload()
+        if monitors_file is not None:
+            monitors_file.reload()
 
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 @attrs.frozen
 class _SharedParts:
-    """What Redis mode adds: the connection, the front the routes use, the runner."""
+    """What Redis mode adds: the connection, the front the routes use, the runner, and how
+    monitors start their runs."""
 
     connection: Any
     front: Any
     runner: Any
+    starter: Any
+
+
+def _monitors_file(reactor: Any, config: ServeConfig, monitors: MonitorService) -> tuple[Any, ...]:
+    """The service that keeps the monitors file's monitors, when there is a file."""
+    if config.monitors_file is None:
+        return ()
+    monitors_file = MonitorsFile(
+        config.monitors_file,
+        monitors,
+        lambda path: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), read_monitors_file, path
+        ),
+    )
+    monitors_file.setName(MONITORS_FILE)
+    return (monitors_file,)
+
+
+def _shared_monitors(
+    reactor: Any, config: ServeConfig, shared: _SharedParts, monitors: MonitorService, replica: str
+) -> tuple[Any, Any]:
+    """Redis mode's monitors: kept in Redis, and the director of this replica's share."""
+    from mtrd.monitors.shared import MonitorDirector, SharedMonitors  # noqa: PLC0415
+
+    kept = SharedMonitors(
+        shared.connection, encode=encode_spec, decode=decode_spec, max_monitors=config.max_monitors
+    )
+    director = MonitorDirector(
+        reactor, kept, monitors, replica=replica, vantage=config.vantage, render=monitor_bytes
+    )
+    return kept, director
 
 
 def _replica_health(shared: _SharedParts) -> Any:
@@ -429,12 +521,14 @@ def _shared_parts(
     replica: str,
 ) -> _SharedParts:
     """The Redis services of one replica. Imported here: memory mode loads none of it."""
+    from mtrd.monitors.shared import SharedStarter  # noqa: PLC0415
     from mtrd.tracing.redis.connection import RedisConnection  # noqa: PLC0415
     from mtrd.tracing.redis.front import SharedTraces  # noqa: PLC0415
     from mtrd.tracing.redis.queue import RedisWorkQueue  # noqa: PLC0415
     from mtrd.tracing.redis.replicas import RedisReplicas  # noqa: PLC0415
     from mtrd.tracing.redis.runner import RedisRunner  # noqa: PLC0415
     from mtrd.tracing.redis.store import RedisTraceStore  # noqa: PLC0415
+    from mtrd.tracing.redis.tenants import RedisTenants  # noqa: PLC0415
 
     backend = config.backend
     assert isinstance(backend, RedisStore)
@@ -450,13 +544,17 @@ def _shared_parts(
         vantage=config.vantage,
         replica=replica,
         max_queued=config.max_queued,
+        tenants=RedisTenants(connection, trace_store, config.tenant_limits),
     )
+    # The runner's writes (a flush tick sends every running trace's at once) go on a
+    # connection of their own: a POST's one call does not wait behind them.
+    runs = connection.lane(1)
     runner = RedisRunner(
         reactor,
         tracer,
-        trace_store,
-        RedisWorkQueue(connection, config.vantage, replica),
-        replicas,
+        RedisTraceStore(runs, reactor, config.store),
+        RedisWorkQueue(runs, config.vantage, replica),
+        RedisReplicas(runs),
         replica=replica,
         vantage=config.vantage,
         max_running=config.max_running,
@@ -464,7 +562,7 @@ def _shared_parts(
         shutdown_grace=config.shutdown_grace,
         on_finished=metrics.trace_finished,
     )
-    return _SharedParts(connection, front, runner)
+    return _SharedParts(connection, front, runner, SharedStarter(front))
 
 
 def check_descriptors(config: ServeConfig) -> str | None:
@@ -502,7 +600,7 @@ async def serve(reactor: Any, config: ServeConfig) -> None:
             "auth is off and mtrd listens on {host}: anyone who reaches it can trace",
             host=config.host,
         )
-    _reload_on_hangup(reactor, services.annotator)
+    _reload_on_hangup(reactor, services)
     _freeze_start_up()
     # The store as RedisStore.display shows it: the password is masked.
     log.info(

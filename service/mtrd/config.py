@@ -24,8 +24,11 @@ from mtrd.tracing.redis.settings import (
     parse_vantage,
 )
 from mtrd.tracing.store import StoreLimits
-from mtrd.web.auth import OPEN_BY_DEFAULT, load_tokens
+from mtrd.tracing.tenants import TenantLimits
+from mtrd.web.auth import OPEN_BY_DEFAULT, TENANT_NAME, NamedToken, load_tokens
 from mtrd.web.limits import EdgeLimits
+from mtrd.web.monitors_file import MonitorsFileError, read_monitors_file
+from mtrd.webhooks.policy import WebhookPolicy
 
 
 @attrs.frozen
@@ -43,10 +46,15 @@ class ServeConfig:
     max_queued: int = 1000
     limits: EdgeLimits = attrs.Factory(EdgeLimits)
     policy: TargetPolicy = attrs.Factory(TargetPolicy)
-    auth_tokens: tuple[bytes, ...] = ()
+    auth_tokens: tuple[NamedToken, ...] = ()
     auth_open_paths: frozenset[str] = OPEN_BY_DEFAULT
+    admin_tenants: frozenset[str] = frozenset()
+    tenant_limits: TenantLimits = attrs.Factory(TenantLimits)
     backend: StoreSetting = attrs.Factory(MemoryStore)
     vantage: str = "default"
+    max_monitors: int = 200
+    webhook_policy: WebhookPolicy = attrs.Factory(WebhookPolicy)
+    monitors_file: str | None = None
     reverse_dns: ReverseSettings | None = attrs.Factory(ReverseSettings)  # None: off
     asn_db: Loaded | None = None
     geo_db: Loaded | None = None
@@ -197,13 +205,31 @@ def _one_of(*names: str) -> Callable[[str], str]:
     return convert
 
 
-def _tokens_file(path: str) -> tuple[bytes, ...]:
+def _tenant_names(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if not TENANT_NAME.fullmatch(name):
+            raise SettingError(f"not a tenant name: {name!r}")
+    return names
+
+
+def _tokens_file(path: str) -> tuple[NamedToken, ...]:
     try:
         return load_tokens(file=path, env_value=None)
     except OSError as e:
         raise SettingError(f"cannot read {path!r}: {e.strerror or e}") from None
     except ValueError as e:
         raise SettingError(f"{path}: {e}") from None
+
+
+def _monitors_file(path: str) -> str:
+    # Read once here so that a bad file stops mtrd at start with the reason; the service
+    # reads it again when it starts, and on SIGHUP.
+    try:
+        read_monitors_file(path)
+    except MonitorsFileError as e:
+        raise SettingError(str(e)) from None
+    return path
 
 
 @attrs.frozen
@@ -252,7 +278,7 @@ OPTIONS = (
     Option("--max-connections", "1024", "open HTTP connections at most; more are answered "
            "503 and closed", _whole(1)),
     Option("--max-connections-per-client", "256", "open HTTP connections from one client "
-           "address at most; more are answered 503 and closed", _whole(1)),
+           "address (IPv6: one /64) at most; more are answered 503 and closed", _whole(1)),
     Option("--idle-timeout", "30", "seconds a connection may stay open without beginning a "
            "request", _seconds),
     Option("--header-timeout", "10", "seconds a request's headers may take from its first "
@@ -262,8 +288,19 @@ OPTIONS = (
     Option("--allow-targets", "", "comma-separated CIDRs; when set, only these may be traced",
            _networks),
     Option("--deny-targets", "", "comma-separated CIDRs that may never be traced", _networks),
-    Option("--auth-tokens-file", None, "file of bearer tokens, one per line; it and "
-           "MTRD_AUTH_TOKENS (comma-separated) turn auth on (default: off)", _tokens_file),
+    Option("--auth-tokens-file", None, "file of named bearer tokens, name:token one per "
+           "line; it and MTRD_AUTH_TOKENS (comma-separated) turn auth on (default: off)",
+           _tokens_file),
+    Option("--admin-tenants", "", "comma-separated tenant names (of tokens) that see and "
+           "may cancel every tenant's traces", _tenant_names),
+    Option("--tenant-max-running", "8", "with auth, traces of one tenant probing at once; "
+           "more wait as queued", _whole(1)),
+    Option("--tenant-max-queued", "100", "with auth, traces of one tenant waiting at most; "
+           "more get 429", _whole(0)),
+    Option("--tenant-max-probes-waiting", "1000", "with auth, probes of one tenant waiting "
+           "for a worker above which its new traces get 429", _whole(1)),
+    Option("--tenant-max-stored", "1000", "with auth, traces of one tenant kept at most; "
+           "its own oldest finished go first", _whole(1)),
     Option("--log-format", "json", "json: one object per line on stdout; text: for people",
            _one_of("json", "text")),
     Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
@@ -272,6 +309,13 @@ OPTIONS = (
            "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
     Option("--vantage", "default", "name of the place this replica's probes leave from; "
            "replicas with one vantage share its work", _vantage),
+    Option("--max-monitors", "200", "monitors at most (each re-runs a trace on a schedule)",
+           _whole(0)),
+    Option("--allow-webhooks", "", "comma-separated CIDRs; when set, webhooks may only be "
+           "sent to these", _networks),
+    Option("--deny-webhooks", "", "comma-separated CIDRs webhooks are never sent to", _networks),
+    Option("--monitors-file", None, "YAML file of monitors (read-only through the API), "
+           "loaded at start and on SIGHUP", _monitors_file),
     Option("--reverse-dns", "on", "on: look up each responder's name (PTR) through the DNS "
            "servers; off: addresses only", _on_off),
     Option("--reverse-dns-cache", "10000", "responder names kept in the cache at most",
@@ -347,6 +391,13 @@ def _switch(given: bool | None, env: Mapping[str, str], variable: str) -> bool:
     return text in _TRUE
 
 
+def _known_admins(admins: frozenset[str], tokens: tuple[NamedToken, ...]) -> frozenset[str]:
+    unknown = admins - {t.tenant for t in tokens}
+    if unknown:
+        _fail(f"--admin-tenants: no token is named {', '.join(sorted(unknown))}")
+    return admins
+
+
 def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServeConfig:
     """Build a :class:`ServeConfig` from command-line flags over the environment.
 
@@ -356,7 +407,7 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     environment = os.environ if env is None else env
     args = vars(serve_parser().parse_args(list(argv)))
     value = {option.dest: _setting(option, args[option.dest], environment) for option in OPTIONS}
-    tokens: tuple[bytes, ...] = value["auth_tokens_file"] or ()
+    tokens: tuple[NamedToken, ...] = value["auth_tokens_file"] or ()
     try:
         tokens += load_tokens(file=None, env_value=environment.get("MTRD_AUTH_TOKENS"))
     except ValueError as e:
@@ -371,6 +422,8 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         )
     except ValueError as e:
         _fail(str(e))
+    if value["monitors_file"] is not None and not isinstance(value["store"], MemoryStore):
+        _fail("--monitors-file: monitors need the in-memory store for now (not --store redis)")
     host, port = value["listen"]
     return ServeConfig(
         host=host,
@@ -395,8 +448,18 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         policy=TargetPolicy(allow=value["allow_targets"], deny=value["deny_targets"]),
         auth_tokens=tokens,
         auth_open_paths=frozenset() if protect_ops else OPEN_BY_DEFAULT,
+        admin_tenants=_known_admins(value["admin_tenants"], tokens),
+        tenant_limits=TenantLimits(
+            max_running=value["tenant_max_running"],
+            max_queued=value["tenant_max_queued"],
+            max_probes_waiting=value["tenant_max_probes_waiting"],
+            max_stored=value["tenant_max_stored"],
+        ),
         backend=value["store"],
         vantage=value["vantage"],
+        max_monitors=value["max_monitors"],
+        webhook_policy=WebhookPolicy(allow=value["allow_webhooks"], deny=value["deny_webhooks"]),
+        monitors_file=value["monitors_file"],
         reverse_dns=ReverseSettings(
             cache_size=value["reverse_dns_cache"],
             timeout=value["reverse_dns_timeout"],

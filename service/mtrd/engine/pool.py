@@ -2,7 +2,9 @@
 
 ``await pool.probe(request)`` sends one probe and gives its
 :class:`~mtrd.engine.probe.ProbeReply`. The pool queues probes beyond the
-processes' caps, sends each to the least-loaded ready process, restarts a
+processes' caps (taking turns between flows, see :mod:`mtrd.engine.fairqueue`, and
+holding each group of flows to ``max_group_share`` of the slots), sends each to the
+least-loaded ready process, restarts a
 process that dies with exponential back-off on the injected clock, reports
 readiness, and stops cleanly.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import enum
 import os
 import shutil
-from collections import deque
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger
 
 from mtrd.engine.errors import EngineStartError, NoWorkerAvailable, PoolStopped
+from mtrd.engine.fairqueue import NO_FLOW, FairQueue, Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol
 from mtrd.engine.sequence import (
     Allocation,
@@ -72,6 +75,11 @@ class PoolConfig:
     spread_above: int = 128
     grace: float = 2.0
     queue_timeout: float = 30.0
+    # The share of the pool's probe slots (size x max_outstanding) the flows of one group
+    # may hold at once. Slots are held for up to a probe's timeout and cannot be taken
+    # back: without a share, one tenant's silent probes could hold every slot for a
+    # minute. Flows without a group are not held to it.
+    max_group_share: float = 0.5
     start_timeout: float = 5.0
     restart_initial: float = 0.1
     restart_max: float = 30.0
@@ -89,6 +97,8 @@ class PoolConfig:
             raise ValueError("max_tcp_outstanding must be at least 1")
         if self.spread_above < 0:
             raise ValueError("spread_above must be at least 0")
+        if not 0 < self.max_group_share <= 1:
+            raise ValueError("max_group_share must be above 0 and at most 1")
 
 
 class PoolState(enum.Enum):
@@ -108,6 +118,7 @@ class PoolState(enum.Enum):
 class _Queued:
     request: ProbeRequest
     result: Deferred[ProbeReply]
+    flow: Flow = NO_FLOW
     expiry: IDelayedCall | None = None
 
 
@@ -145,7 +156,12 @@ class ProbePool(Service):
             _Slot(index=i, band=band)
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
-        self._queue: deque[_Queued] = deque()
+        self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
+        self._held_by_group: Counter[str] = Counter()  # probes in processes, per group
+        self._group_of: dict[Deferred[ProbeReply], str] = {}
+        self._group_cap = max(
+            1, int(self.config.max_group_share * self.config.size * self.config.max_outstanding)
+        )
         self.state = PoolState.STOPPED
         self._start_error: EngineStartError | None = None
         self._start_waiters: list[Deferred[None]] = []
@@ -250,8 +266,11 @@ class ProbePool(Service):
         """Stop the service and wait until every process has exited."""
         await self.stopService()
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send one probe; the Deferred fires with its reply or fails with ``ProbeFailed``.
+
+        Probes that wait for a process leave the queue round robin between their
+        ``flow``s (see :mod:`mtrd.engine.fairqueue`); probes without one share a flow.
 
         It never raises: a stopped pool (``PoolStopped``), a request the pool cannot
         send (``InvalidProbeRequest``) and a pool without processes
@@ -265,14 +284,16 @@ class ProbePool(Service):
                 return fail(NoWorkerAvailable(self._no_worker_reason()))
             return fail(PoolStopped("the probe pool is not running"))
         try:
-            return self._probe(request)
+            return self._probe(request, NO_FLOW if flow is None else flow)
         except Exception as e:  # every failure goes through the Deferred
             return fail(e)
 
-    def _probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def _probe(self, request: ProbeRequest, flow: Flow) -> Deferred[ProbeReply]:
         request = self._with_source(request)
-        entry = _Queued(request=request, result=Deferred(lambda _: self._cancelled(entry)))
-        if not self._queue:
+        entry = _Queued(
+            request=request, result=Deferred(lambda _: self._cancelled(entry)), flow=flow
+        )
+        if not self._queue and self._may_send(flow):
             # The common case: a process has room now, and the probe never waits.
             worker = self._pick(request)
             if worker is not None and self._dispatch(worker, entry):
@@ -302,6 +323,10 @@ class ProbePool(Service):
     def queued(self) -> int:
         """Probes waiting for a process."""
         return len(self._queue)
+
+    def queued_in(self, group: str | None) -> int:
+        """Probes of flows in ``group`` waiting for a process."""
+        return self._queue.waiting_in(group)
 
     @property
     def outstanding(self) -> int:
@@ -355,6 +380,7 @@ class ProbePool(Service):
     def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
         """Free the probe's numbers and send what waits."""
         self._ledger.release(pending.sequence, pending.udp_ports)
+        self._release_group(pending.result)
         self._pump()
 
     def worker_doubtful(self, worker: MtrPacketProcess, why: str) -> None:
@@ -373,6 +399,7 @@ class ProbePool(Service):
         """Release what the process held; restart its slot unless it was retired."""
         for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
+            self._release_group(pending.result)
         slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
@@ -491,17 +518,19 @@ class ProbePool(Service):
         return request if source is None else attrs.evolve(request, source=source)
 
     def _pump(self) -> None:
-        """Send queued probes, oldest first, while some process has room."""
+        """Send queued probes, a flow at a time, while some process has room."""
         waiting: list[_Queued] = []
         while self._queue:
-            entry = self._queue[0]
+            entry = self._queue.peek(self._may_send)
+            if entry is None:
+                break  # what waits belongs to groups that hold their share
             worker = self._pick(entry.request)
             if worker is None:
                 break
-            self._queue.popleft()
+            self._queue.popleft(self._may_send)
             if not self._dispatch(worker, entry):
                 waiting.append(entry)
-        self._queue.extendleft(reversed(waiting))
+        self._queue.put_back(waiting)
 
     def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
         """The process for the next probe: the first (in slot order) that holds fewer
@@ -557,7 +586,21 @@ class ProbePool(Service):
             udp_ports=ports,
             result=entry.result,
         )
+        group = entry.flow.group
+        if group is not None:
+            self._held_by_group[group] += 1
+            self._group_of[entry.result] = group
         return True
+
+    def _may_send(self, flow: Flow) -> bool:
+        return flow.group is None or self._held_by_group[flow.group] < self._group_cap
+
+    def _release_group(self, result: Deferred[ProbeReply]) -> None:
+        group = self._group_of.pop(result, None)
+        if group is not None:
+            self._held_by_group[group] -= 1
+            if not self._held_by_group[group]:
+                del self._held_by_group[group]
 
     def _cancelled(self, entry: _Queued) -> None:
         if entry in self._queue:

@@ -74,13 +74,24 @@ def _canonical(value: str) -> str:
     return str(address_of(value))
 
 
-def _check_address(field: str, value: str | None, version: int) -> None:
-    if value is None:
-        return
+def _plain_address(field: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    # Python reads "::1%lo ttl 3" as an address with a zone id; written to
+    # mtr-packet, everything after the space would become arguments of its own.
+    if not isinstance(value, str) or any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidProbeRequest(field, f"not an IP address: {value!r}")
     try:
         address = address_of(value)
     except ValueError:
         raise InvalidProbeRequest(field, f"not an IP address: {value!r}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise InvalidProbeRequest(field, f"zone ids are not supported: {value!r}")
+    return address
+
+
+def _check_address(field: str, value: str | None, version: int) -> None:
+    if value is None:
+        return
+    address = _plain_address(field, value)
     if address.version != version:
         raise InvalidProbeRequest(field, f"{value} is not an IPv{version} address")
 
@@ -106,6 +117,7 @@ class ProbeRequest:
     """One probe: where to, how, and how long to wait. Every value is validated.
 
     ``ip_version`` is taken from ``target`` when omitted and must agree with it.
+    Addresses with a zone id (``fe80::1%eth0``) or any whitespace are refused.
     ``port`` is the udp/tcp destination port (tcp defaults to 80 in mtr-packet);
     ``local_port`` fixes the udp source port (>= 1024). With both set, every
     udp probe keeps one 5-tuple, which keeps a trace on one ECMP path.
@@ -123,10 +135,7 @@ class ProbeRequest:
     ip_version: int = attrs.field(default=0)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            address = address_of(self.target)
-        except ValueError:
-            raise InvalidProbeRequest("target", f"not an IP address: {self.target!r}") from None
+        address = _plain_address("target", self.target)
         if self.ip_version == 0:
             object.__setattr__(self, "ip_version", address.version)
         elif self.ip_version not in (4, 6):

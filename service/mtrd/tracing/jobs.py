@@ -5,6 +5,10 @@
 first, as running ones end), keeps every record's snapshot and live channel up
 to date, and cancels or deletes on request. It knows nothing of HTTP.
 
+Each trace may have an owner (a tenant name); an owner's traces are held to
+:class:`~mtrd.tracing.tenants.TenantLimits`: at most ``max_running`` of them run (the
+next waiting trace of another owner starts instead), at most ``max_queued`` wait.
+
 It is a Twisted ``IService``: stopping it drains (what waits is cancelled, what
 runs gets ``stop_grace`` seconds, then is cancelled too).
 """
@@ -12,7 +16,7 @@ runs gets ``stop_grace`` seconds, then is cancelled too).
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import attrs
@@ -23,6 +27,7 @@ from twisted.logger import Logger
 
 from mtrd.tracing.model import LiveHop, Trace, TraceRequest
 from mtrd.tracing.store import StoreFull, TraceRecord, TraceStore
+from mtrd.tracing.tenants import DEFAULT_TENANT_LIMITS, Cap, TenantCapReached, TenantLimits
 from mtrd.tracing.tracer import Tracer
 
 
@@ -56,8 +61,10 @@ class TraceJobs(Service):
         on_finished: Callable[[Trace], None] = lambda _: None,
         clock: IReactorTime | None = None,
         stop_grace: float = 0.0,
+        tenant_limits: TenantLimits = DEFAULT_TENANT_LIMITS,
     ) -> None:
-        """``clock`` times the grace running traces get when the service stops."""
+        """``clock`` times the grace running traces get when the service stops;
+        ``tenant_limits`` apply to traces with an owner."""
         if max_running < 1 or max_queued < 0:
             raise ValueError("max_running must be at least 1 and max_queued at least 0")
         self._tracer = tracer
@@ -70,6 +77,9 @@ class TraceJobs(Service):
         self._idle: list[Deferred[None]] = []
         self._waiting: deque[TraceRecord] = deque()
         self._running: dict[str, Deferred[Trace]] = {}
+        self.tenant_limits = tenant_limits
+        self._running_by_owner: Counter[str | None] = Counter()
+        self._waiting_by_owner: Counter[str | None] = Counter()
 
     @property
     def running_traces(self) -> int:
@@ -81,13 +91,32 @@ class TraceJobs(Service):
         """Traces waiting for a running slot."""
         return len(self._waiting)
 
-    def submit(self, request: TraceRequest) -> TraceRecord:
-        """Store a new trace and start it, or queue it; raises ``StoreFull``, ``QueueFull``."""
+    def submit(self, request: TraceRequest, owner: str | None = None) -> TraceRecord:
+        """Store a new trace of ``owner`` and start it, or queue it; raises ``StoreFull``,
+        ``QueueFull``, ``TenantCapReached``."""
+        limits = self.tenant_limits
+        if (
+            owner is not None
+            and self._running_by_owner[owner] >= limits.max_running
+            and self._waiting_by_owner[owner] >= limits.max_queued
+        ):
+            raise TenantCapReached(
+                Cap.QUEUED,
+                limits.max_queued,
+                self._retry_after(),
+                f"this tenant has {self._waiting_by_owner[owner]} traces waiting beside "
+                f"{self._running_by_owner[owner]} running",
+            )
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_queued:
             raise QueueFull(self._retry_after())
-        trace = self._tracer.new(request)
-        record = self._store.add(trace, retry_after=self._retry_after)
+        trace = self._tracer.new(request, owner=owner)
+        record = self._store.add(
+            trace,
+            retry_after=self._retry_after,
+            max_owned=None if owner is None else limits.max_stored,
+        )
         self._waiting.append(record)
+        self._waiting_by_owner[owner] += 1
         self._start_waiting()
         return record
 
@@ -100,7 +129,7 @@ class TraceJobs(Service):
             self._store.remove(trace_id)
             return Deletion.REMOVED
         if record in self._waiting:
-            self._waiting.remove(record)
+            self._unqueue(record)
             self._finish(record, self._tracer.cancelled(record.trace))
         else:
             self._running[trace_id].cancel()
@@ -116,7 +145,18 @@ class TraceJobs(Service):
 
     def _start_waiting(self) -> None:
         while self._waiting and len(self._running) < self.max_running:
-            self._start(self._waiting.popleft())
+            record = next((r for r in self._waiting if self._may_start(r.trace.owner)), None)
+            if record is None:
+                return
+            self._unqueue(record)
+            self._start(record)
+
+    def _may_start(self, owner: str | None) -> bool:
+        return owner is None or self._running_by_owner[owner] < self.tenant_limits.max_running
+
+    def _unqueue(self, record: TraceRecord) -> None:
+        self._waiting.remove(record)
+        _count(self._waiting_by_owner, record.trace.owner, -1)
 
     def _start(self, record: TraceRecord) -> None:
         def updated(trace: Trace) -> None:
@@ -134,6 +174,7 @@ class TraceJobs(Service):
             on_live_hop=lambda hop: self._hop_changed(record, hop),
         )
         self._running[record.trace.id] = running
+        self._running_by_owner[record.trace.owner] += 1
         running.addCallback(self._ended, record)
         running.addErrback(self._crashed, record)
 
@@ -151,15 +192,19 @@ class TraceJobs(Service):
             self._store.update(record, attrs.evolve(record.trace, hops=hops))
 
     def _ended(self, trace: Trace, record: TraceRecord) -> None:
-        self._running.pop(trace.id, None)
+        self._stopped_running(record)
         self._finish(record, trace)
         self._start_waiting()
 
     def _crashed(self, failure: object, record: TraceRecord) -> None:
         self.log.failure("trace {id} crashed", failure, id=record.trace.id)  # type: ignore[arg-type]
-        self._running.pop(record.trace.id, None)
+        self._stopped_running(record)
         self._finish(record, self._tracer.crashed(record.trace, str(failure)))
         self._start_waiting()
+
+    def _stopped_running(self, record: TraceRecord) -> None:
+        if self._running.pop(record.trace.id, None) is not None:
+            _count(self._running_by_owner, record.trace.owner, -1)
 
     def _finish(self, record: TraceRecord, trace: Trace) -> None:
         final = attrs.evolve(trace, expires_at=self._store.expires_at())
@@ -198,6 +243,12 @@ class TraceJobs(Service):
     def _cancel_running(self) -> None:
         for running in list(self._running.values()):
             running.cancel()
+
+
+def _count(counter: Counter[str | None], owner: str | None, change: int) -> None:
+    counter[owner] += change
+    if counter[owner] <= 0:
+        del counter[owner]
 
 
 __all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]

@@ -42,6 +42,13 @@ class HopEnd(enum.StrEnum):
     HOST_DOWN = "host-down"
 
 
+class TraceMode(enum.StrEnum):
+    """How a trace probes: one flow per TTL (classic), or every load-balanced path."""
+
+    CLASSIC = "classic"
+    MULTIPATH = "multipath"
+
+
 @attrs.frozen
 class TraceRequest:
     """A trace request, normalised: every default filled in, every value checked."""
@@ -57,6 +64,8 @@ class TraceRequest:
     timeout: int = 2
     size: int | None = None
     tos: int | None = None
+    mode: TraceMode = TraceMode.CLASSIC
+    confidence: int = 95  # multipath: the chance of finding each interface, in percent
     wait: WaitRule = WaitRule()  # give a probe up before ``timeout`` (traceroute's -w)
 
 
@@ -70,6 +79,7 @@ class StopReason(enum.StrEnum):
     CANCELLED = "cancelled"
     DEADLINE = "deadline"  # the trace ran out of time
     ERROR = "error"  # any other failure (see the trace's error)
+    PROBE_LIMIT = "probe_limit"  # multipath: the trace's probe bound was reached
 
 
 @attrs.frozen
@@ -188,10 +198,13 @@ class Trace:
     error: TraceError | None = None
     vantage: str = ""  # where the trace is probed from (--vantage of the replicas there)
     replica: str | None = None  # the process that runs it; None while nobody has taken it
+    multipath: MultipathResult | None = None  # what a multipath trace learned beyond its hops
     annotations: Sources = Sources()  # the databases the responders' AS data came from
     # Why the run stopped, kept only where the status does not already say it (see
     # :attr:`stop_reason`): one trace has one value, however it was built or read back.
     stop: Stop | None = None
+    # The tenant that asked for it (an opaque name, never rendered); None without auth.
+    owner: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.stop is not None and self.stop == self._stop_from_status():
@@ -215,3 +228,52 @@ class Trace:
             deadline = self.error is not None and self.error.type == "deadline"
             return Stop(StopReason.DEADLINE if deadline else StopReason.ERROR)
         return Stop(StopReason.DESTINATION if self.destination_reached else StopReason.MAX_TTL)
+
+
+@attrs.frozen
+class PathLink:
+    """A responder at ``ttl`` that leads to ``to`` at ``ttl + 1`` on some flow."""
+
+    ttl: int
+    source: str
+    to: str
+
+
+@attrs.frozen
+class FlowHop:
+    """What one flow's probe at ``ttl`` found: a responder and its RTT, or nothing."""
+
+    ttl: int
+    address: str | None
+    rtt_ms: float | None = None
+
+
+@attrs.frozen
+class FlowPath:
+    """One flow of a multipath trace: its source port and its responder per TTL."""
+
+    flow: int
+    local_port: int
+    hops: tuple[FlowHop, ...]
+
+    @property
+    def lost(self) -> int:
+        """Probes of this flow that got no answer."""
+        return sum(1 for hop in self.hops if hop.address is None)
+
+    @property
+    def loss_pct(self) -> float:
+        """Share of this flow's probes that got no answer, in percent."""
+        return 0.0 if not self.hops else 100.0 * self.lost / len(self.hops)
+
+
+@attrs.frozen
+class MultipathResult:
+    """The links and flows a multipath trace learned, and why it stopped."""
+
+    confidence: int
+    links: tuple[PathLink, ...] = ()
+    flows: tuple[FlowPath, ...] = ()
+    probes_sent: int = 0
+    stop_reason: str | None = None
+    full_mda_hops: tuple[int, ...] = ()  # hops where MDA-Lite fell back to full MDA

@@ -19,7 +19,9 @@ the trace learns:
 A probe counts as lost once its wait is over: when mtr-packet says ``no-reply``,
 when the worker holding it died, or when the request's :class:`WaitRule` gives it
 up early because the trace already knows how long answers take (traceroute's
-adaptive wait, see :mod:`mtrd.tracing.wait`). A given-up probe stays with the pool,
+adaptive wait, see :mod:`mtrd.tracing.wait`). Its wait starts once a probe the run
+sent after it has answered: the pool sends a run's probes in order but may hold them back
+under load, so until then nothing shows this one went out. A given-up probe stays with the pool,
 which keeps its sequence until mtr-packet is done with it; should its answer still
 come, it is a *late* reply: counted per hop, its responder shown, loss and RTT
 left as they were. The run ends ``completed``
@@ -49,6 +51,7 @@ from twisted.python.failure import Failure
 
 from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import (
     DEFAULT_PORTS,
@@ -70,8 +73,8 @@ _EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error be
 class Prober(TypingProtocol):
     """What the runner needs of a probe pool."""
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
-        """Send one probe; fire with its reply."""
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
+        """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
         ...
 
 
@@ -157,10 +160,13 @@ class TraceRun:
         settings: RunSettings = RunSettings(),
         source: str | None = None,
         local_port: int | None = None,
+        flow: Flow | None = None,
         annotator: Annotating | None = None,
         wait_floor: WaitFloor | None = None,
     ) -> None:
+        """``flow`` names this run's probes to the pool, which serves flows in turn."""
         self._clock = clock
+        self._flow = flow
         self._prober = prober
         self._request = request
         self._address = address
@@ -257,7 +263,7 @@ class TraceRun:
             self._hops[ttl] = HopAccumulator(ttl=ttl)
         self._hops[ttl].record_sent()
         try:
-            result = self._prober.probe(probe)
+            result = self._prober.probe(probe, self._flow)
         except ProbeFailed as e:
             self._finish(error=TraceError("engine-unavailable", str(e)))
             return
@@ -327,11 +333,19 @@ class TraceRun:
         if not self._request.wait.adaptive:
             return
         self._rtt[sent.ttl] = rtt
-        index = bisect.bisect_left(self._answered_orders, sent.order)
-        self._answered_orders.insert(index, sent.order)
-        self._answered_wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
-        if self._in_flight:
-            self._schedule_give_up(self._in_flight.values())
+        # Only probes sent before this one can be given up on its evidence; the oldest
+        # probe in flight comes first (dicts keep insertion order, and sends go in order).
+        oldest = next(iter(self._in_flight.values()), None)
+        orders, wire = self._answered_orders, self._answered_wire
+        # Answers older than every probe in flight are evidence for none: drop them.
+        stale = len(orders) if oldest is None else bisect.bisect_left(orders, oldest.order)
+        del orders[:stale], wire[:stale]
+        if oldest is None or oldest.order > sent.order:
+            return
+        index = bisect.bisect_left(orders, sent.order)
+        orders.insert(index, sent.order)
+        wire.insert(index, max(sent.sent_at, self._clock.seconds() - rtt))
+        self._schedule_give_up(self._in_flight.values())
 
     def _wait_start(self, probe: _InFlight) -> float | None:
         """When ``probe`` surely was on the wire: when the first probe sent after it and

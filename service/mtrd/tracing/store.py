@@ -3,12 +3,16 @@
 Finished traces expire ``ttl`` seconds after they end (on the injected clock)
 while the store runs: it is a Twisted ``IService`` whose start arms the expiry
 (catching up on traces that expired while it was stopped) and whose stop disarms it.
-At ``max_traces``, adding a trace evicts the oldest finished one; when every
-stored trace is still active, :class:`StoreFull` says when to retry.
+At ``max_traces``, adding a trace evicts the oldest finished one (its owner's own
+first); when every stored trace is still active, :class:`StoreFull` says when to retry.
+A trace's owner may be held to a cap of its own (``max_owned``), where adding evicts
+the owner's oldest finished trace, or refuses with
+:class:`~mtrd.tracing.tenants.TenantCapReached`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -17,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mtrd.tracing.events import TraceChannel
 from mtrd.tracing.model import Trace, TraceStatus
+from mtrd.tracing.tenants import Cap, TenantCapReached
 
 
 class StoreFull(Exception):
@@ -91,6 +96,7 @@ class TraceStore(Service):
         self._records: dict[str, TraceRecord] = {}  # insertion order: oldest first
         self._seq = 0
         self.evictions = 0
+        self._by_owner: Counter[str | None] = Counter()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -114,10 +120,25 @@ class TraceStore(Service):
         """The record of ``trace_id``, or None if unknown or expired."""
         return self._records.get(trace_id)
 
-    def add(self, trace: Trace, retry_after: Callable[[], int]) -> TraceRecord:
-        """Store a new trace, evicting the oldest finished one if at the cap."""
+    def add(
+        self, trace: Trace, retry_after: Callable[[], int], max_owned: int | None = None
+    ) -> TraceRecord:
+        """Store a new trace, evicting the oldest finished one if at a cap: the store's, or
+        ``max_owned`` traces of the trace's owner."""
+        owner = trace.owner
+        if max_owned is not None and self._by_owner[owner] >= max_owned:
+            own = self._oldest_finished(owner)
+            if own is None:
+                raise TenantCapReached(
+                    Cap.STORED,
+                    max_owned,
+                    retry_after(),
+                    f"this tenant has {self._by_owner[owner]} traces stored, none finished",
+                )
+            self.remove(own.trace.id)
+            self.evictions += 1
         if len(self._records) >= self.limits.max_traces:
-            oldest = next((r for r in self._records.values() if r.trace.status.is_final), None)
+            oldest = self._oldest_finished(owner) or self._oldest_finished()
             if oldest is None:
                 raise StoreFull(retry_after())
             self.remove(oldest.trace.id)
@@ -125,7 +146,19 @@ class TraceStore(Service):
         self._seq += 1
         record = TraceRecord(trace=trace, channel=TraceChannel(trace.status), seq=self._seq)
         self._records[trace.id] = record
+        self._by_owner[owner] += 1
         return record
+
+    def _oldest_finished(self, owner: str | None = None) -> TraceRecord | None:
+        """The oldest finished record (of ``owner``, when one is named)."""
+        return next(
+            (
+                r
+                for r in self._records.values()
+                if r.trace.status.is_final and owner in (None, r.trace.owner)
+            ),
+            None,
+        )
 
     def update(self, record: TraceRecord, trace: Trace) -> None:
         """Replace the snapshot; a finished trace starts its expiry clock."""
@@ -147,13 +180,23 @@ class TraceStore(Service):
     def remove(self, trace_id: str) -> None:
         """Forget a trace (expired, evicted or deleted)."""
         record = self._records.pop(trace_id, None)
-        if record is not None and record.expiry is not None and record.expiry.active():
+        if record is None:
+            return
+        self._by_owner[record.trace.owner] -= 1
+        if self._by_owner[record.trace.owner] <= 0:
+            del self._by_owner[record.trace.owner]
+        if record.expiry is not None and record.expiry.active():
             record.expiry.cancel()
 
     def newest_first(
-        self, status: TraceStatus | None, limit: int, cursor: str | None
+        self,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+        visible: Callable[[Trace], bool] = lambda _: True,
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces, newest first, and the cursor of the next page (or None)."""
+        """A page of the ``visible`` traces, newest first, and the cursor of the next page
+        (or None)."""
         below = _decode_cursor(cursor) if cursor is not None else None
         page: list[Trace] = []
         last_seq = 0
@@ -161,6 +204,8 @@ class TraceStore(Service):
             if below is not None and record.seq >= below:
                 continue
             if status is not None and record.trace.status is not status:
+                continue
+            if not visible(record.trace):
                 continue
             if len(page) == limit:
                 return page, _encode_cursor(last_seq)

@@ -20,21 +20,25 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from mtrd.annotations.annotator import Annotator
+from mtrd.engine.fairqueue import Flow
 from mtrd.tracing.model import (
     Hop,
     LiveHop,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
 )
+from mtrd.tracing.multipath.run import MultipathRun, MultipathSettings
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
 from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
 from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_SETTINGS = RunSettings()
+DEFAULT_MULTIPATH = MultipathSettings()
 OPEN_POLICY = TargetPolicy()
 LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledger clashes
 
@@ -74,10 +78,12 @@ class Tracer:
         policy: TargetPolicy = OPEN_POLICY,
         vantage: str = "",
         replica: str | None = None,
+        multipath: MultipathSettings = DEFAULT_MULTIPATH,
         annotator: Annotator | None = None,
     ) -> None:
         """``annotator`` says who the responders are (names, AS); None: nobody asks."""
         self._clock = clock
+        self._multipath = multipath
         self.annotator = annotator
         self.vantage = vantage
         self.replica = replica
@@ -89,8 +95,10 @@ class Tracer:
         # One floor for every trace: late answers show the host is slow for all of them.
         self._wait_floor = WaitFloor()
 
-    def new(self, request: TraceRequest, trace_id: str | None = None) -> Trace:
-        """The queued snapshot of a trace that has not started."""
+    def new(
+        self, request: TraceRequest, trace_id: str | None = None, owner: str | None = None
+    ) -> Trace:
+        """The queued snapshot of a trace that has not started, owned by ``owner``."""
         return Trace(
             id=trace_id or new_trace_id(),
             status=TraceStatus.QUEUED,
@@ -99,6 +107,7 @@ class Tracer:
             created_at=self._clock.seconds(),
             vantage=self.vantage,
             replica=self.replica,
+            owner=owner,
         )
 
     def trace(
@@ -143,7 +152,11 @@ class Tracer:
         on_update(trace)
         request = trace.request
         try:
-            resolved = await self._resolver.resolve(request.target, request.ip_version)
+            # Only IPv4 holds a flow (see mtrd.tracing.multipath.run): resolve to IPv4.
+            family = request.ip_version
+            if request.mode is TraceMode.MULTIPATH:
+                family = 4
+            resolved = await self._resolver.resolve(request.target, family)
         except ResolutionFailed as e:
             return self._end(trace, error=TraceError("dns", str(e)))
         except CancelledError:
@@ -162,6 +175,8 @@ class Tracer:
             source=source,
         )
         on_update(trace)
+        if request.mode is TraceMode.MULTIPATH:
+            return await self._multipath_trace(trace, resolved.address, source, on_hop)
         run = TraceRun(
             clock=self._clock,
             prober=self._prober,
@@ -171,6 +186,7 @@ class Tracer:
             settings=self._settings,
             wait_floor=self._wait_floor,
             source=source,
+            flow=Flow(trace.id, group=trace.owner),
             local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
             if resolved.ip_version == 4
             else None,
@@ -181,6 +197,33 @@ class Tracer:
             trace,
             hops=outcome.hops,
             destination_reached=outcome.destination_reached,
+            stop=outcome.stop,
+        )
+        if outcome.cancelled:
+            return self._end(trace, status=TraceStatus.CANCELLED)
+        return self._end(trace, error=outcome.error)
+
+    async def _multipath_trace(
+        self, trace: Trace, address: str, source: str | None, on_hop: Callable[[LiveHop], None]
+    ) -> Trace:
+        low, high = LOCAL_PORT_RANGE
+        run = MultipathRun(
+            clock=self._clock,
+            prober=self._prober,
+            request=trace.request,
+            address=address,
+            # Each trace's flows take a block of source ports of their own.
+            first_local_port=secrets.choice(range(low, high - self._multipath.max_flows + 1)),
+            on_hop=on_hop,
+            settings=self._multipath,
+            source=source,
+        )
+        outcome = await run.start()
+        trace = attrs.evolve(
+            trace,
+            hops=outcome.hops,
+            destination_reached=outcome.destination_reached,
+            multipath=outcome.multipath,
             stop=outcome.stop,
         )
         if outcome.cancelled:

@@ -67,9 +67,6 @@ class WaitRule:
         return min(float(timeout), max(floor, seconds))
 
 
-OFF = WaitRule(here=0.0, near=0.0)
-
-
 @attrs.define
 class WaitFloor:
     """The shortest wait now, shared by the traces of one process.

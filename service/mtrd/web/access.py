@@ -49,7 +49,8 @@ def log_access(record: AccessRecord) -> None:
 
 _URL_NOT_UTF8 = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
 _KNOWN_ROUTES = frozenset(
-    {"/", "/vantage-points", "/traces", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    {"/vantage-points", "/traces", "/monitors", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    | {"/"}  # the web page
 )
 
 
@@ -58,11 +59,12 @@ def route_of(path: str) -> str:
     if path in _KNOWN_ROUTES:
         return path
     parts = path.split("?", maxsplit=1)[0].rstrip("/").split("/")
-    if len(parts) >= 3 and parts[1] == "traces":
+    if len(parts) >= 3 and parts[1] in ("traces", "monitors"):
+        collection = parts[1]
         return (
-            "/traces/{id}/events"
+            f"/{collection}/{{id}}/events"
             if parts[3:] == ["events"]
-            else ("/traces/{id}" if len(parts) == 3 else "other")
+            else (f"/{collection}/{{id}}" if len(parts) == 3 else "other")
         )
     if len(parts) >= 3 and parts[1] == "static":
         return "/static/{asset}"

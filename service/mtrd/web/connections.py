@@ -1,18 +1,19 @@
 """The HTTP site: connections capped in total and per client address, descriptors kept.
 
 Every open connection holds a file descriptor. Past ``max_connections`` in all, or
-``max_connections_per_client`` from one address, a new connection is answered ``503``
-and closed at once, so clients can never take the descriptors that mtr-packet workers
-(restarted after a crash), the listening socket, DNS and Redis need: :func:`fit_descriptors`
-checks at start that the caps leave that reserve within the process's ``RLIMIT_NOFILE``.
+``max_connections_per_client`` from one client (an IPv4 address, an IPv6 /64), a new
+connection is answered ``503`` and closed at once, so clients can never take the
+descriptors that mtr-packet workers (restarted after a crash), the listening socket, DNS
+and Redis need: :func:`fit_descriptors` checks at start that the caps leave that reserve
+within the process's ``RLIMIT_NOFILE``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -29,6 +30,20 @@ from mtrd.web.framing import (
 
 MAX_REFUSING = 64
 """Connections being refused (answered 503, closing) at once; beyond, closed unanswered."""
+
+
+def client_of(host: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host is
+    given a whole /64 to pick addresses from; an IPv4-mapped address is its IPv4 one)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class ConnectionCounts:
@@ -144,7 +159,7 @@ class EdgeSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         """A channel, or a refusal when a connection cap is reached."""
-        client = str(getattr(addr, "host", ""))
+        client = client_of(str(getattr(addr, "host", "")))
         refused = self.connections.open(client)
         if refused is not None:
             if self.refusing >= MAX_REFUSING:
@@ -162,15 +177,6 @@ class EdgeSite(Site):
 
     def log(self, request: object) -> None:
         """Leave request logging to the edge."""
-
-
-@attrs.frozen
-class Descriptors:
-    """What the process may open, and what mtrd needs."""
-
-    soft: int
-    hard: int
-    needed: int
 
 
 def descriptors_needed(max_connections: int, pool_size: int) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from mtrd.engine.probe import Protocol, address_of
-from mtrd.tracing.model import DEFAULT_PORTS, TraceRequest
+from mtrd.tracing.model import DEFAULT_PORTS, TraceMode, TraceRequest
 from mtrd.tracing.redis.settings import parse_vantage
 from mtrd.tracing.wait import MAX_FACTOR, WaitRule
 
@@ -179,6 +179,30 @@ class _Reader:
         return protocol, self.integer("port", 1, 65535, DEFAULT_PORTS[protocol])
 
 
+def _multipath(reader: _Reader, protocol: Protocol, target: str, ip_version: int | None) -> None:
+    """Refuse what cannot hold a flow (see mtrd.tracing.multipath.run), saying why."""
+    if protocol is not Protocol.UDP:
+        why = (
+            "tcp probes take their sequence number as source port, so each probe is a new flow"
+            if protocol is Protocol.TCP
+            else "icmp probes carry their sequence number in the ICMP header, which changes "
+            "the checksum a load balancer may hash, and cannot be given a flow of their own"
+        )
+        reader.errors.append(("protocol", f"multipath traces need udp: {why}"))
+    try:
+        literal_version = address_of(target).version
+    except ValueError:
+        literal_version = None
+    if 6 in (ip_version, literal_version):
+        reader.errors.append(
+            (
+                "ip_version",
+                "multipath traces need IPv4: an IPv6 udp probe cannot fix both ports (the "
+                "sequence would ride in a checksum the kernel writes), so no flow holds",
+            )
+        )
+
+
 @attrs.frozen
 class Submission:
     """A POSTed trace: the normalised request, and the vantage asked for (None: this one's)."""
@@ -201,6 +225,19 @@ def parse_submission(body: object) -> Submission:
     max_ttl = reader.integer("max_ttl", 1, MAX_TTL, max(30, first_ttl or 1))
     if first_ttl is not None and max_ttl is not None and max_ttl < first_ttl:
         reader.errors.append(("max_ttl", "must be at least first_ttl"))
+    mode = TraceMode.CLASSIC
+    try:
+        mode = TraceMode(body.get("mode", "classic"))
+    except (ValueError, TypeError):
+        reader.errors.append(("mode", "must be one of classic, multipath"))
+    confidence = body.get("confidence", 95)
+    if not _is_int(confidence) or confidence not in (95, 99):
+        reader.errors.append(("confidence", "must be 95 or 99"))
+        confidence = 95
+    elif "confidence" in body and mode is not TraceMode.MULTIPATH:
+        reader.errors.append(("confidence", "applies to multipath traces only"))
+    if mode is TraceMode.MULTIPATH:
+        _multipath(reader, protocol, target, ip_version)
     request = TraceRequest(
         target=target,
         ip_version=ip_version,
@@ -213,6 +250,8 @@ def parse_submission(body: object) -> Submission:
         timeout=reader.integer("timeout", 1, 60, 2) or 2,
         size=reader.integer("size", 0, 9000, None, nullable=True),
         tos=reader.integer("tos", 0, 255, None, nullable=True),
+        mode=mode,
+        confidence=int(confidence),
         wait=reader.wait(),
     )
     if reader.errors:

@@ -28,11 +28,17 @@ from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest
+from mtrd.monitors.alerts import destination_hop
+from mtrd.monitors.model import AlertKind, DeliveryStatus, RunResult
+from mtrd.monitors.service import MonitorRecord
 from mtrd.tracing.model import Trace
 from mtrd.tracing.rounds import Prober
+from mtrd.webhooks.delivery import WebhookSender
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 Labels = tuple[str, ...]
@@ -134,6 +140,12 @@ class Metrics:
             ("route",),
             HTTP_BUCKETS,
         )
+        self.monitor_lateness = Buckets(
+            "mtrd_monitor_run_lateness_seconds",
+            "How late monitor runs started after they were due",
+            (),
+            LATENESS_BUCKETS,
+        )
         self._state: list[Callable[[], Iterable[Metric]]] = []
         self._counted = (
             self.traces,
@@ -142,6 +154,7 @@ class Metrics:
             self.probe_rtt,
             self.http_requests,
             self.http_duration,
+            self.monitor_lateness,
         )
         self.registry.register(_StateCollector(self._collect))
 
@@ -161,6 +174,10 @@ class Metrics:
         :func:`method_label`)."""
         self.http_requests.inc((route, method_label(method), str(status)))
         self.http_duration.observe((route,), seconds)
+
+    def run_started(self, lateness: float) -> None:
+        """Count how late a monitor run started."""
+        self.monitor_lateness.observe((), max(0.0, lateness))
 
     def watch(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Add metrics computed at scrape time."""
@@ -198,10 +215,10 @@ class MeteredProber:
         self._prober = prober
         self._metrics = metrics
 
-    def probe(self, request: ProbeRequest) -> Deferred[ProbeReply]:
+    def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
         self._metrics.probe_counted(request.protocol.value)
-        result = self._prober.probe(request)
+        result = self._prober.probe(request, flow)
         result.addBoth(self._settled)
         return result
 
@@ -212,3 +229,82 @@ class MeteredProber:
             rtt = outcome.rtt_us
             self._metrics.outcome_counted(outcome.kind.value, None if rtt is None else rtt / 1e6)
         return outcome
+
+
+def monitor_metrics(records: Iterable[MonitorRecord]) -> Iterable[Metric]:
+    """Per-monitor metrics, read at scrape time. Cardinality is bounded: monitors are
+    capped, and hop series by each monitor's TTLs."""
+    labels = ["monitor"]
+    runs = CounterMetricFamily(
+        "mtrd_monitor_runs", "Monitor runs by result", labels=["monitor", "result"]
+    )
+    reached = GaugeMetricFamily(
+        "mtrd_monitor_destination_reached",
+        "1 if the last run reached the destination",
+        labels=labels,
+    )
+    loss = GaugeMetricFamily(
+        "mtrd_monitor_destination_loss_ratio",
+        "Loss at the destination in the last run",
+        labels=labels,
+    )
+    rtt = GaugeMetricFamily(
+        "mtrd_monitor_destination_rtt_seconds",
+        "Average round-trip time to the destination in the last run",
+        labels=labels,
+    )
+    hop_loss = GaugeMetricFamily(
+        "mtrd_monitor_hop_loss_ratio", "Loss at each TTL in the last run", labels=["monitor", "ttl"]
+    )
+    hop_rtt = GaugeMetricFamily(
+        "mtrd_monitor_hop_rtt_seconds",
+        "Average round-trip time at each TTL in the last run",
+        labels=["monitor", "ttl"],
+    )
+    changes = CounterMetricFamily(
+        "mtrd_monitor_path_changes", "Confirmed path changes", labels=labels
+    )
+    path = GaugeMetricFamily(
+        "mtrd_monitor_path_info", "The current path of each monitor", labels=["monitor", "path_id"]
+    )
+    alerts = GaugeMetricFamily(
+        "mtrd_monitor_alert_firing", "1 while an alert is open", labels=["monitor", "alert"]
+    )
+    for record in records:
+        name = record.spec.name
+        for result in RunResult:
+            runs.add_metric([name, result.value], record.runs_by_result.get(result, 0))
+        changes.add_metric([name], record.path_changes)
+        for kind in AlertKind:
+            alerts.add_metric([name, kind.value], 1.0 if kind in record.open_alerts else 0.0)
+        if record.path.current is not None:
+            path.add_metric([name, record.path.current.path_id], 1.0)
+        trace = record.last_trace
+        if trace is None:
+            continue
+        hop = destination_hop(trace)
+        reached.add_metric([name], 0.0 if hop is None else 1.0)
+        loss.add_metric([name], 1.0 if hop is None else hop.loss_pct / 100)
+        if hop is not None and hop.rtt_ms.avg is not None:
+            rtt.add_metric([name], hop.rtt_ms.avg / 1000)
+        for each in trace.hops:
+            ttl = str(each.ttl)
+            hop_loss.add_metric([name, ttl], each.loss_pct / 100)
+            if each.rtt_ms.avg is not None:
+                hop_rtt.add_metric([name, ttl], each.rtt_ms.avg / 1000)
+    return (runs, reached, loss, rtt, hop_loss, hop_rtt, changes, path, alerts)
+
+
+def webhook_metrics(sender: WebhookSender) -> Iterable[Metric]:
+    """The webhook sender's queue and outcomes, read at scrape time."""
+    outcomes = CounterMetricFamily(
+        "mtrd_webhook_deliveries",
+        "Webhook deliveries that ended, by result (dropped: the queue was full)",
+        labels=["result"],
+    )
+    for status in DeliveryStatus:
+        if status is not DeliveryStatus.PENDING:
+            outcomes.add_metric([status.value], sender.outcomes.get(status, 0))
+    yield outcomes
+    yield counter("mtrd_webhook_attempts", "Webhook delivery attempts", sender.attempts)
+    yield gauge("mtrd_webhooks_queued", "Webhook deliveries waiting to be sent", sender.queued)

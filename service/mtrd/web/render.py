@@ -11,15 +11,20 @@ from typing import Any
 from mtrd.annotations.model import NOTHING, Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
+    FlowHop,
+    FlowPath,
     Hop,
     HopEnd,
     JitterStats,
+    MultipathResult,
+    PathLink,
     Responder,
     RttStats,
     Stop,
     StopReason,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
@@ -74,6 +79,8 @@ def request_json(request: TraceRequest) -> dict[str, Any]:
         "timeout": request.timeout,
         "size": request.size,
         "tos": request.tos,
+        "mode": request.mode.value,
+        "confidence": request.confidence,
         "wait": {"here": request.wait.here, "near": request.wait.near},
     }
 
@@ -136,6 +143,51 @@ def hop_json(hop: Hop, forward_loss_pct: float | None = None) -> dict[str, Any]:
     }
 
 
+def multipath_json(result: MultipathResult) -> dict[str, Any]:
+    """What a multipath trace learned beyond its hops: links, flows, why it stopped."""
+    return {
+        "confidence": result.confidence,
+        "stop_reason": result.stop_reason,
+        "probes_sent": result.probes_sent,
+        "full_mda_hops": list(result.full_mda_hops),
+        "links": [{"ttl": k.ttl, "from": k.source, "to": k.to} for k in result.links],
+        "flows": [
+            {
+                "flow": f.flow,
+                "local_port": f.local_port,
+                "sent": len(f.hops),
+                "lost": f.lost,
+                "loss_pct": round(f.loss_pct, 1),
+                "hops": [
+                    {"ttl": h.ttl, "address": h.address, "rtt_ms": _ms(h.rtt_ms)} for h in f.hops
+                ],
+            }
+            for f in result.flows
+        ],
+    }
+
+
+def multipath_from_json(data: dict[str, Any] | None) -> MultipathResult | None:
+    """The inverse of :func:`multipath_json`."""
+    if data is None:
+        return None
+    return MultipathResult(
+        confidence=data["confidence"],
+        links=tuple(PathLink(k["ttl"], k["from"], k["to"]) for k in data["links"]),
+        flows=tuple(
+            FlowPath(
+                f["flow"],
+                f["local_port"],
+                tuple(FlowHop(h["ttl"], h["address"], h["rtt_ms"]) for h in f["hops"]),
+            )
+            for f in data["flows"]
+        ),
+        probes_sent=data["probes_sent"],
+        stop_reason=data["stop_reason"],
+        full_mda_hops=tuple(data["full_mda_hops"]),
+    )
+
+
 def _target_json(trace: Trace) -> dict[str, Any]:
     return {
         "input": trace.target.input,
@@ -172,6 +224,7 @@ def trace_json(trace: Trace) -> dict[str, Any]:
             "geo_db": _database_json(trace.annotations.geo_db),
         },
         "links": links(trace.id),
+        "multipath": None if trace.multipath is None else multipath_json(trace.multipath),
     }
 
 
@@ -282,6 +335,8 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
             timeout=request["timeout"],
             size=request["size"],
             tos=request["tos"],
+            mode=TraceMode(request.get("mode", "classic")),
+            confidence=request.get("confidence", 95),
             wait=_wait_from_json(request.get("wait")),
         ),
         target=TraceTarget(target["input"], target["address"], target["ip_version"]),
@@ -296,6 +351,7 @@ def trace_from_json(document: bytes | dict[str, Any]) -> Trace:
         # A server older than these fields leaves them out.
         vantage=data.get("vantage", ""),
         replica=data.get("replica"),
+        multipath=multipath_from_json(data.get("multipath")),
         annotations=Sources(
             _database_from(data.get("annotations", {}).get("asn_db")),
             _database_from(data.get("annotations", {}).get("geo_db")),

@@ -100,6 +100,13 @@ def render_report(trace: Trace, host: str = "mtrd", hosts: HostDisplay = HostDis
         _line(prefix.ljust(_PREFIX_WIDTH) + name, figures, host_width, widths, columns)
         for prefix, name, figures in rows
     )
+    if trace.multipath is not None:
+        result = trace.multipath
+        lines.append(
+            f"Multipath: {result.confidence}% confidence  Probes: {result.probes_sent}  "
+            f"Flows: {len(result.flows)}  Links: {len(result.links)}  "
+            f"Stop: {result.stop_reason or '-'}"
+        )
     if trace.error is not None:
         lines.append(f"Error: {trace.error.message} ({trace.error.type})")
     return "\n".join(lines) + "\n"

@@ -23,24 +23,41 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from mtrd.monitors.model import MonitorSource, MonitorSpec, WebhookTarget
+from mtrd.monitors.service import (
+    MonitorNameTaken,
+    MonitorNotFound,
+    MonitorReadOnly,
+    MonitorRecord,
+    MonitorService,
+    TooManyMonitors,
+)
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
 from mtrd.tracing.model import Trace, TraceRequest, TraceStatus
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.resolution import literal
-from mtrd.tracing.store import BadCursor, StoreFull, TraceStore
+from mtrd.tracing.store import BadCursor, StoreFull, TraceRecord, TraceStore
+from mtrd.tracing.tenants import Cap, TenantCapReached
+from mtrd.web.auth import tenant_of
 from mtrd.web.bodies import BodyCache
-from mtrd.web.intake import InvalidFields, nesting_depth, parse_submission
+from mtrd.web.graph import render_dot
+from mtrd.web.intake import InvalidFields, Submission, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
+from mtrd.web.monitor_intake import parse_monitor, parse_patch, parse_webhook
+from mtrd.web.monitor_render import encode_event, monitor_json, trace_webhook_body
 from mtrd.web.page import Page, wants_html, write_asset, write_shell
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, HostDisplay, render_report
 from mtrd.web.sse import EventStream
+from mtrd.webhooks.delivery import WebhookSender
+from mtrd.webhooks.policy import WebhookRefused, WebhookUnresolved
 
 if TYPE_CHECKING:
+    from mtrd.monitors.shared import SharedMonitors, StoredMonitor
     from mtrd.tracing.redis.connection import RedisHealth
     from mtrd.tracing.redis.front import SharedTraces
     from mtrd.tracing.redis.store import StoredTrace
@@ -66,6 +83,10 @@ class Readiness(Protocol):
     @property
     def queued(self) -> int:
         """Probes waiting for a worker."""
+        ...
+
+    def queued_in(self, group: str | None) -> int:
+        """Probes of one tenant's traces waiting for a worker."""
         ...
 
 
@@ -95,7 +116,16 @@ class Api:
         vantage: str = "default",
         shared: SharedTraces | None = None,
         store_health: Callable[[], RedisHealth] | None = None,
+        monitors: MonitorService | None = None,
+        webhooks: WebhookSender | None = None,
+        shared_monitors: SharedMonitors | None = None,
     ) -> None:
+        """``monitors`` serves /monitors (404 without); ``webhooks`` checks webhook URLs
+        and delivers the webhooks of traces. With Redis, ``shared_monitors`` keeps the
+        monitors and ``monitors`` holds those this replica runs."""
+        self._monitors = monitors
+        self._shared_monitors = shared_monitors
+        self._webhooks = webhooks
         self._limits = limits
         self._vantage = vantage
         self._shared = shared
@@ -118,29 +148,7 @@ class Api:
     @app.route("/traces", methods=["POST"])
     def create(self, request: IRequest) -> bytes | Deferred[bytes]:
         """Start a trace: 202 with its resource and Location."""
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise Problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the trace request as application/json",
-            )
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
-            raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
-        if nesting_depth(raw) > MAX_NESTING:
-            raise Problem(
-                400,
-                "malformed-json",
-                "Malformed JSON",
-                f"the body nests deeper than {MAX_NESTING} levels",
-            )
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Problem(400, "malformed-json", "Malformed JSON", _json_error(e)) from None
-        submission = parse_submission(body)
+        submission, webhook = _read_trace(_json_body(request, "the trace request"))
         trace_request = submission.request
         if self._shared is None and submission.vantage not in (None, self._vantage):
             raise no_live_vantage(submission.vantage, [self._vantage])
@@ -152,13 +160,23 @@ class Api:
                 "mtrd is shutting down and takes no new traces",
                 headers=(("Retry-After", "5"),),
             )
+        if webhook is not None and (self._shared is not None or self._webhooks is None):
+            raise invalid_fields([("webhook", "webhooks of traces need the in-memory store")])
         if self._shared is not None:
             # Some replica of the vantage runs it: this one's workers do not matter here.
             address = literal(trace_request.target)
             if address is not None:
                 self._policy.check(address.address)
+            # Only this replica's probes: each replica's pool serves its own runner.
+            self._check_probes_waiting(tenant_of(request).name)
             return Deferred.fromCoroutine(
-                self._create_shared(request, self._shared, submission.request, submission.vantage)
+                self._create_shared(
+                    request,
+                    self._shared,
+                    submission.request,
+                    submission.vantage,
+                    tenant_of(request).name,
+                )
             )
         if self._pool.ready_workers == 0:
             raise Problem(
@@ -179,9 +197,56 @@ class Api:
                 f"{self._pool.queued} probes wait for an mtr-packet worker; retry shortly",
                 headers=(("Retry-After", "2"),),
             )
-        record = self._jobs.submit(trace_request)
+        owner = tenant_of(request).name
+        self._check_probes_waiting(owner)
+        if webhook is not None:
+            return Deferred.fromCoroutine(
+                self._create_hooked(request, trace_request, webhook, owner)
+            )
+        record = self._jobs.submit(trace_request, owner=owner)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
         return _body(request, 202, self._bodies.body(record))
+
+    async def _create_hooked(
+        self,
+        request: IRequest,
+        trace_request: TraceRequest,
+        webhook: WebhookTarget,
+        owner: str | None,
+    ) -> bytes:
+        """A trace whose end is delivered to ``webhook`` (checked first, as for monitors)."""
+        sender = self._webhooks
+        assert sender is not None
+        await sender.check(webhook.url)
+        record = self._jobs.submit(trace_request, owner=owner)
+
+        def heard(event: Event) -> None:
+            if event.kind == "done":
+                assert isinstance(event.value, Trace)
+                trace_id = event.value.id
+                body = trace_webhook_body(event.value)
+                sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+
+        record.channel.subscribe(heard)
+        request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
+        return _body(request, 202, self._bodies.body(record))
+
+    def _check_probes_waiting(self, owner: str | None) -> None:
+        if owner is None:
+            return
+        waiting, cap = self._pool.queued_in(owner), self._jobs.tenant_limits.max_probes_waiting
+        if waiting >= cap:
+            raise TenantCapReached(
+                Cap.PROBES_WAITING, cap, 2, f"this tenant has {waiting} probes waiting"
+            )
+
+    def _visible(self, request: IRequest, trace_id: str) -> TraceRecord:
+        """The record of a trace the caller may see; 404 for any other, as for one that
+        does not exist, so ids say nothing about other tenants' traces."""
+        record = self._store.get(trace_id)
+        if record is None or not tenant_of(request).sees(record.trace):
+            raise not_found(f"trace {trace_id}")
+        return record
 
     async def _create_shared(
         self,
@@ -189,8 +254,9 @@ class Api:
         shared: SharedTraces,
         trace_request: TraceRequest,
         vantage: str | None,
+        owner: str | None,
     ) -> bytes:
-        stored = await shared.submit(trace_request, vantage)
+        stored = await shared.submit(trace_request, vantage, owner)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
         return _body(request, 202, self._stored_body(stored))
 
@@ -231,7 +297,9 @@ class Api:
             return Deferred.fromCoroutine(
                 self._listing_shared(request, self._shared, status, limit, cursor)
             )
-        page, next_cursor = self._store.newest_first(status, limit, cursor)
+        page, next_cursor = self._store.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     async def _listing_shared(
@@ -242,7 +310,9 @@ class Api:
         limit: int,
         cursor: str | None,
     ) -> bytes:
-        page, next_cursor = await shared.newest_first(status, limit, cursor)
+        page, next_cursor = await shared.newest_first(
+            status, limit, cursor, visible=tenant_of(request).sees
+        )
         return _listing(request, page, next_cursor)
 
     @app.route("/traces/<trace_id>", methods=["GET"])
@@ -250,21 +320,21 @@ class Api:
         """One trace as JSON (with an ETag), or as a text report."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         if _not_modified(request, trace_id, record.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
             return _report(request, record.full_trace(), _host_display(request))
         return _body(request, 200, self._bodies.body(record))
 
     async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
-        stored = await shared.get(trace_id)
-        if stored is None:
-            raise not_found(f"trace {trace_id}")
+        stored = await _visible_shared(request, shared, trace_id)
         if _not_modified(request, trace_id, stored.version):
             return b""
+        if _wants_dot(request.getHeader("accept")):
+            return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
             return _report(request, stored.trace, _host_display(request))
         return _body(request, 200, self._stored_body(stored))
@@ -274,6 +344,7 @@ class Api:
         """Cancel a queued or running trace (200), or remove a finished one (204)."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._delete_shared(request, self._shared, trace_id))
+        self._visible(request, trace_id)
         outcome = self._jobs.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -286,6 +357,7 @@ class Api:
         return _body(request, 200, self._bodies.body(record))
 
     async def _delete_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+        await _visible_shared(request, shared, trace_id)
         outcome = await shared.delete(trace_id)
         if outcome is None:
             raise not_found(f"trace {trace_id}")
@@ -305,9 +377,7 @@ class Api:
         """Server-sent events of one trace; Last-Event-ID resumes after that id."""
         if self._shared is not None:
             return Deferred.fromCoroutine(self._events_shared(request, self._shared, trace_id))
-        record = self._store.get(trace_id)
-        if record is None:
-            raise not_found(f"trace {trace_id}")
+        record = self._visible(request, trace_id)
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -324,8 +394,7 @@ class Api:
         return finished
 
     async def _events_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> None:
-        if await shared.get(trace_id) is None:
-            raise not_found(f"trace {trace_id}")
+        await _visible_shared(request, shared, trace_id)
         self._check_subscribers(shared.subscribers(trace_id))
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, trace_id)
@@ -355,7 +424,7 @@ class Api:
         await finished
 
     def _open_stream(
-        self, request: IRequest, trace_id: str
+        self, request: IRequest, trace_id: str, encoder: Callable[[Any], bytes] | None = None
     ) -> tuple[EventStream, Deferred[None], list[Callable[[], None]]]:
         """A new subscriber's stream, the Deferred that ends its response (cancelled when
         the client goes away), and the unsubscribe calls to make when the stream closes."""
@@ -374,6 +443,7 @@ class Api:
             heartbeat=self._heartbeat,
             max_backlog=self._limits.max_sse_backlog,
             on_close=closed,
+            encoder=encoder,
         )
         finished: Deferred[None] = Deferred(lambda _: stream.close())
         return stream, finished, subscription
@@ -392,6 +462,197 @@ class Api:
                 f"{limits.max_subscribers} in all",
                 headers=(("Retry-After", "5"),),
             )
+
+    # -- monitors -----------------------------------------------------------------------
+
+    def _monitor_service(self) -> MonitorService:
+        if self._monitors is None:
+            raise no_route("/monitors")
+        return self._monitors
+
+    def _owner(self, request: IRequest) -> str | None:  # noqa: ARG002
+        """The tenant asking; None until tenants exist (every monitor is everyone's)."""
+        return None
+
+    @app.route("/monitors", methods=["POST"])
+    def create_monitor(self, request: IRequest) -> Deferred[bytes]:
+        """Add a monitor: 201 with its resource and Location."""
+        monitors = self._monitor_service()
+        spec = parse_monitor(_json_body(request, "the monitor"))
+        return Deferred.fromCoroutine(self._create_monitor(request, monitors, spec))
+
+    async def _create_monitor(
+        self, request: IRequest, monitors: MonitorService, spec: MonitorSpec
+    ) -> bytes:
+        await self._check_monitor(spec)
+        owner = self._owner(request)
+        if self._shared_monitors is not None:
+            vantage = spec.vantage or self._vantage
+            now = self._clock.seconds()
+            stored = await self._shared_monitors.create(spec, owner, vantage, now)
+            request.setHeader(b"Location", f"/monitors/{stored.id}".encode())
+            return _json(request, 201, _not_yet_run(stored))
+        record = monitors.create(spec, owner=owner, source=MonitorSource.API)
+        request.setHeader(b"Location", f"/monitors/{record.id}".encode())
+        return _json(request, 201, monitor_json(record))
+
+    async def _check_monitor(self, spec: MonitorSpec) -> None:
+        """The target and webhook policies, as for a trace: a literal target is checked
+        now (a name when each run resolves it), a webhook URL after resolving its host."""
+        if self._shared_monitors is None and spec.vantage not in (None, self._vantage):
+            raise no_live_vantage(spec.vantage, [self._vantage])
+        address = literal(spec.request.target)
+        if address is not None:
+            self._policy.check(address.address)
+        if spec.webhook is not None:
+            if self._webhooks is None:
+                raise invalid_fields([("webhook", "webhooks are not available here")])
+            await self._webhooks.check(spec.webhook.url)
+
+    @app.route("/monitors", methods=["GET"])
+    def list_monitors(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """Every monitor the caller may see, oldest first."""
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(self._list_shared(request, self._shared_monitors))
+        listed = monitors.listing(self._owner(request))
+        return _json(request, 200, {"monitors": [monitor_json(r) for r in listed]})
+
+    async def _list_shared(self, request: IRequest, shared: SharedMonitors) -> bytes:
+        owner = self._owner(request)
+        stored = [m for m in await shared.listing() if owner is None or m.owner in (None, owner)]
+        stored.sort(key=lambda m: m.created_at)
+        states = await shared.states([m.id for m in stored])
+        documents = []
+        for monitor, state in zip(stored, states, strict=True):
+            local = self._local_monitor(monitor.id)
+            if local is not None:
+                documents.append(monitor_json(local))
+            else:
+                documents.append(_not_yet_run(monitor) if state is None else json.loads(state))
+        return _json(request, 200, {"monitors": documents})
+
+    @app.route("/monitors/<monitor_id>", methods=["GET"])
+    def show_monitor(self, request: IRequest, monitor_id: str) -> bytes | Deferred[bytes]:
+        """One monitor: settings, current path, last runs, open alerts, path history."""
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(
+                self._show_shared_monitor(request, self._shared_monitors, monitor_id)
+            )
+        record = monitors.get(monitor_id, self._owner(request))
+        return _json(request, 200, monitor_json(record))
+
+    def _local_monitor(self, monitor_id: str) -> MonitorRecord | None:
+        """The monitor if this replica runs it (Redis mode), else None."""
+        try:
+            return self._monitor_service().get(monitor_id)
+        except MonitorNotFound:
+            return None
+
+    async def _shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> StoredMonitor:
+        stored = await shared.get(monitor_id)
+        owner = self._owner(request)
+        if stored is None or (owner is not None and stored.owner not in (None, owner)):
+            raise MonitorNotFound(monitor_id)
+        return stored
+
+    async def _show_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> bytes:
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        local = self._local_monitor(monitor_id)
+        if local is not None:  # run here: the freshest view
+            return _json(request, 200, monitor_json(local))
+        (state,) = await shared.states([monitor_id])
+        if state is None:
+            return _json(request, 200, _not_yet_run(stored))
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"application/json")
+        return state
+
+    @app.route("/monitors/<monitor_id>", methods=["PATCH"])
+    def update_monitor(self, request: IRequest, monitor_id: str) -> Deferred[bytes]:
+        """Change any of a monitor's fields, ``paused`` included."""
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            body = _json_body(request, "the changes")
+            return Deferred.fromCoroutine(
+                self._update_shared(request, self._shared_monitors, monitor_id, body)
+            )
+        record = monitors.get(monitor_id, self._owner(request))
+        if record.source is MonitorSource.FILE:
+            raise MonitorReadOnly(record.spec.name)
+        spec = parse_patch(record.spec, _json_body(request, "the changes"))
+        return Deferred.fromCoroutine(self._update_monitor(request, monitors, monitor_id, spec))
+
+    async def _update_shared(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str, body: object
+    ) -> bytes:
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        spec = parse_patch(stored.spec, body)
+        await self._check_monitor(spec)
+        # The replica that runs it takes the new settings at its next sync (within a second).
+        return _json(request, 200, _not_yet_run(await shared.update(stored, spec)))
+
+    async def _update_monitor(
+        self, request: IRequest, monitors: MonitorService, monitor_id: str, spec: MonitorSpec
+    ) -> bytes:
+        await self._check_monitor(spec)
+        record = monitors.update(monitor_id, spec, self._owner(request))
+        return _json(request, 200, monitor_json(record))
+
+    @app.route("/monitors/<monitor_id>", methods=["DELETE"])
+    def delete_monitor(self, request: IRequest, monitor_id: str) -> bytes | Deferred[bytes]:
+        """Remove a monitor (204); its past runs stay as traces until they expire."""
+        monitors = self._monitor_service()
+        if self._shared_monitors is not None:
+            return Deferred.fromCoroutine(
+                self._delete_shared_monitor(request, self._shared_monitors, monitor_id)
+            )
+        monitors.delete(monitor_id, self._owner(request))
+        request.setResponseCode(204)
+        return b""
+
+    async def _delete_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> bytes:
+        await shared.delete(await self._shared_monitor(request, shared, monitor_id))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/monitors/<monitor_id>/events", methods=["GET"])
+    def monitor_events(self, request: IRequest, monitor_id: str) -> Deferred[None]:
+        """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes.
+
+        With Redis, only the replica that runs the monitor has its events."""
+        try:
+            record = self._monitor_service().get(monitor_id, self._owner(request))
+        except MonitorNotFound:
+            if self._shared_monitors is None:
+                raise
+            raise Problem(
+                409,
+                "monitor-elsewhere",
+                "Monitor runs elsewhere",
+                f"monitor {monitor_id} is not run by this replica (or does not exist); its "
+                "events are served by the replica that runs it",
+            ) from None
+        self._check_subscribers(record.channel.subscribers)
+        after = _start_events(request)
+        stream, finished, subscription = self._open_stream(request, monitor_id, encode_event)
+
+        def ended() -> None:
+            if not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        subscription.append(record.channel.subscribe(stream.send, after, ended))
+        if stream.closed and not finished.called:
+            finished.callback(None)
+        return finished
 
     # -- service ------------------------------------------------------------------------
 
@@ -494,8 +755,15 @@ class Api:
         TargetRefused,
         QueueFull,
         StoreFull,
+        TenantCapReached,
         NoLiveVantage,
         RedisUnavailable,
+        MonitorNotFound,
+        MonitorNameTaken,
+        MonitorReadOnly,
+        TooManyMonitors,
+        WebhookRefused,
+        WebhookUnresolved,
     )
     def domain_error(self, request: IRequest, failure: Failure) -> bytes:
         """An error of the trace domain, answered as :func:`problem_of` maps it."""
@@ -548,6 +816,56 @@ class Api:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
 
 
+def _not_yet_run(stored: StoredMonitor) -> dict[str, Any]:
+    """A monitor kept in Redis whose runner has not published what it saw yet."""
+    record = MonitorRecord(
+        stored.id, stored.spec, MonitorSource.API, stored.owner, stored.created_at
+    )
+    return monitor_json(record)
+
+
+def _read_trace(body: object) -> tuple[Submission, WebhookTarget | None]:
+    """A POSTed trace and its optional ``webhook``; one error names every field at fault."""
+    if not isinstance(body, dict) or "webhook" not in body:
+        return parse_submission(body), None
+    errors: list[tuple[str, str]] = []
+    raw = body["webhook"]
+    webhook = None if raw is None else parse_webhook(raw, "webhook", errors)
+    try:
+        submission = parse_submission({k: v for k, v in body.items() if k != "webhook"})
+    except InvalidFields as e:
+        raise InvalidFields(e.errors + errors) from None
+    if errors:
+        raise InvalidFields(errors)
+    return submission, webhook
+
+
+def _json_body(request: IRequest, what: str) -> object:
+    """The request's JSON body, checked: its media type, its size, its nesting."""
+    content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"send {what} as application/json",
+        )
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise Problem(413, "body-too-large", "Body too large", f"the limit is {MAX_BODY} bytes")
+    if nesting_depth(raw) > MAX_NESTING:
+        raise Problem(
+            400,
+            "malformed-json",
+            "Malformed JSON",
+            f"the body nests deeper than {MAX_NESTING} levels",
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Problem(400, "malformed-json", "Malformed JSON", _json_error(e)) from None
+
+
 def problem_of(error: Exception) -> Problem:
     """The answer to an error of the trace domain."""
     if isinstance(error, InvalidFields):
@@ -578,6 +896,14 @@ def problem_of(error: Exception) -> Problem:
             str(error),
             headers=(("Retry-After", str(error.retry_after)),),
         )
+    if isinstance(error, TenantCapReached):
+        return Problem(
+            429,
+            error.cap.value,
+            "Tenant limit reached",
+            str(error),
+            headers=(("Retry-After", str(error.retry_after)),),
+        )
     if isinstance(error, NoLiveVantage):
         return no_live_vantage(error.vantage, list(error.live))
     if isinstance(error, RedisUnavailable):
@@ -588,7 +914,34 @@ def problem_of(error: Exception) -> Problem:
             f"the shared trace store does not answer: {error}",
             headers=(("Retry-After", str(STORE_RETRY_AFTER)),),
         )
+    return _monitor_problem(error)
+
+
+def _monitor_problem(error: Exception) -> Problem:
+    """The answer to an error of the monitors."""
+    if isinstance(error, MonitorNotFound):
+        return not_found(f"monitor {error}")
+    if isinstance(error, MonitorNameTaken):
+        return Problem(409, "monitor-name-taken", "Monitor name taken", str(error),
+                       errors=(("name", "is taken"),))  # fmt: skip
+    if isinstance(error, MonitorReadOnly):
+        return Problem(409, "monitor-read-only", "Monitor is read-only", str(error))
+    if isinstance(error, TooManyMonitors):
+        return Problem(429, "too-many-monitors", "Too many monitors", str(error))
+    if isinstance(error, WebhookRefused):
+        return Problem(403, "forbidden-webhook", "Forbidden webhook", str(error),
+                       errors=(("webhook.url", error.rule),))  # fmt: skip
+    if isinstance(error, WebhookUnresolved):
+        return invalid_fields([("webhook.url", str(error))])
     raise TypeError(f"no problem answer for {error!r}")
+
+
+async def _visible_shared(request: IRequest, shared: SharedTraces, trace_id: str) -> StoredTrace:
+    """A shared trace the caller may see; 404 for any other (see ``Api._visible``)."""
+    stored = await shared.get(trace_id)
+    if stored is None or not tenant_of(request).sees(stored.trace):
+        raise not_found(f"trace {trace_id}")
+    return stored
 
 
 def no_live_vantage(vantage: str, live: list[str]) -> Problem:
@@ -640,6 +993,19 @@ def _host_display(request: IRequest) -> HostDisplay:
         raise invalid_fields(
             [("hosts", "must be one of " + ", ".join(d.value for d in HostDisplay))]
         ) from None
+
+
+def _dot(request: IRequest, trace: Trace) -> bytes:
+    request.setHeader(b"Content-Type", b"text/vnd.graphviz; charset=utf-8")
+    return render_dot(trace).encode()
+
+
+def _wants_dot(accept: str | bytes | None) -> bool:
+    if accept is None:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    types = [part.split(";")[0].strip().lower() for part in text.split(",")]
+    return bool(types) and types[0] == "text/vnd.graphviz"
 
 
 def _start_events(request: IRequest) -> int | None:

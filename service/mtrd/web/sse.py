@@ -68,8 +68,11 @@ class EventStream:
         heartbeat: float,
         max_backlog: int,
         on_close: Callable[[], None],
+        encoder: Callable[[Any], bytes] | None = None,
     ) -> None:
+        """``encoder`` writes one event (default: a trace's, see :func:`encode`)."""
         self._request = request
+        self._encoder = encoder
         self._trace_id = trace_id
         self._max_backlog = max_backlog
         self._on_close = on_close
@@ -88,9 +91,11 @@ class EventStream:
         """True once the stream ended, whichever way."""
         return self._closed
 
-    def send(self, event: Event) -> None:
+    def send(self, event: Any) -> None:
         """Write one event (or keep it while the client is not reading)."""
-        self._write(encode(self._trace_id, event))
+        self._write(
+            encode(self._trace_id, event) if self._encoder is None else self._encoder(event)
+        )
 
     def close(self) -> None:
         """Stop the heartbeat and let go of the request (the client left, or we end)."""

@@ -15,15 +15,20 @@ from typing import Any, Final
 from mtrd.annotations.model import Annotation, DatabaseInfo, Sources
 from mtrd.engine.probe import MplsLabel, Protocol
 from mtrd.tracing.model import (
+    FlowHop,
+    FlowPath,
     Hop,
     HopEnd,
     JitterStats,
+    MultipathResult,
+    PathLink,
     Responder,
     RttStats,
     Stop,
     StopReason,
     Trace,
     TraceError,
+    TraceMode,
     TraceRequest,
     TraceStatus,
     TraceTarget,
@@ -89,6 +94,47 @@ def _load(data: bytes) -> dict[str, Any]:
 
 def _trace(trace: Trace) -> dict[str, Any]:
     request = trace.request
+    document = _classic(trace)
+    # Multipath keys only where they apply: a classic trace's document is as before.
+    if request.mode is not TraceMode.CLASSIC:
+        document["mode"] = [request.mode.value, request.confidence]
+    if trace.multipath is not None:
+        document["mp"] = _multipath(trace.multipath)
+    return document
+
+
+def _multipath(result: MultipathResult) -> dict[str, Any]:
+    return {
+        "c": result.confidence,
+        "links": [[k.ttl, k.source, k.to] for k in result.links],
+        "flows": [
+            [f.flow, f.local_port, [[h.ttl, h.address, h.rtt_ms] for h in f.hops]]
+            for f in result.flows
+        ],
+        "n": result.probes_sent,
+        "stop": result.stop_reason,
+        "full": list(result.full_mda_hops),
+    }
+
+
+def _multipath_from(d: dict[str, Any] | None) -> MultipathResult | None:
+    if d is None:
+        return None
+    return MultipathResult(
+        confidence=d["c"],
+        links=tuple(PathLink(*k) for k in d["links"]),
+        flows=tuple(
+            FlowPath(flow, port, tuple(FlowHop(*h) for h in hops))
+            for flow, port, hops in d["flows"]
+        ),
+        probes_sent=d["n"],
+        stop_reason=d["stop"],
+        full_mda_hops=tuple(d["full"]),
+    )
+
+
+def _classic(trace: Trace) -> dict[str, Any]:
+    request = trace.request
     return {
         "id": trace.id,
         "status": trace.status.value,
@@ -107,6 +153,10 @@ def _trace(trace: Trace) -> dict[str, Any]:
         "ann": [_database(trace.annotations.asn_db), _database(trace.annotations.geo_db)],
         "w": [request.wait.here, request.wait.near],
         "stop": None if trace.stop is None else [trace.stop.reason.value, trace.stop.unreachable],
+        # The owning tenant, only when there is one: replicas that do not know the key
+        # read the value all the same (and a trace without an owner is shown to no tenant
+        # but admins once auth is on).
+        **({} if trace.owner is None else {"own": trace.owner}),
     }  # fmt: skip
 
 
@@ -138,6 +188,7 @@ def _trace_from(d: dict[str, Any]) -> Trace:
     created_at, started_at, finished_at, expires_at = d["times"]
     error = d["error"]
     vantage, replica = d.get("at", ("", None))
+    mode, confidence = d.get("mode", (TraceMode.CLASSIC.value, 95))
     asn_db, geo_db = d.get("ann", (None, None))
     here, near = d.get("w", (WaitRule().here, WaitRule().near))
     stop = d.get("stop")
@@ -156,6 +207,8 @@ def _trace_from(d: dict[str, Any]) -> Trace:
             timeout=timeout,
             size=size,
             tos=tos,
+            mode=TraceMode(mode),
+            confidence=confidence,
             wait=WaitRule(float(here), float(near)),
         ),
         target=TraceTarget(*d["target"]),
@@ -169,8 +222,10 @@ def _trace_from(d: dict[str, Any]) -> Trace:
         error=None if error is None else TraceError(*error),
         vantage=vantage,
         replica=replica,
+        multipath=_multipath_from(d.get("mp")),
         annotations=Sources(_database_from(asn_db), _database_from(geo_db)),
         stop=None if stop is None else Stop(StopReason(stop[0]), stop[1]),
+        owner=d.get("own"),
     )
 
 

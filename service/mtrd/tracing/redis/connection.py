@@ -43,6 +43,7 @@ __all__ = [
     "RedisCommandError",
     "RedisConnection",
     "RedisHealth",
+    "RedisLane",
     "RedisTimeout",
     "RedisTimeouts",
     "RedisUnavailable",
@@ -165,7 +166,16 @@ class RedisConnection(Service):
         is used while it is up): on loopback each write costs a system call that also
         wakes Redis, which is most of what a command costs the replica.
         """
-        connection = self._connection()
+        return await self._send(commands, 0)
+
+    def lane(self, index: int) -> RedisLane:
+        """The same calls on another connection of the pool (the ``index``-th live one,
+        counting round): bulk writes sent there do not hold up, on one connection, the
+        replies that requests wait for. Health and timeouts are this connection's."""
+        return RedisLane(self, index)
+
+    async def _send(self, commands: Sequence[Command], lane: int) -> list[Any]:
+        connection = self._connection(lane)
         replies: list[Any] = [None] * len(commands)
         errors: list[BaseException] = []
 
@@ -198,14 +208,14 @@ class RedisConnection(Service):
             raise self._translate(errors[0])
         return replies
 
-    def _connection(self) -> Any:
+    def _connection(self, lane: int) -> Any:
         factory = self._factory
         if factory is not None and self._state is ConnectionState.CONNECTED:
-            # The first live connection, not a round robin: commands of one reactor turn
-            # then share a socket write.
-            for connection in factory.pool:
-                if connection.connected and connection.transport is not None:
-                    return connection
+            # The same live connection for a lane, not a round robin: commands of one
+            # reactor turn then share a socket write.
+            live = [c for c in factory.pool if c.connected and c.transport is not None]
+            if live:
+                return live[lane % len(live)]
         reason = self._last_error or f"the connection is {self._state.value}"
         raise RedisUnavailable(f"Redis is not connected ({reason})")
 
@@ -298,6 +308,23 @@ class RedisConnection(Service):
         if password is not None and password.value:
             text = text.replace(password.value, "***")
         return text
+
+
+@attrs.frozen
+class RedisLane:
+    """Calls of a :class:`RedisConnection` on one of its other connections."""
+
+    owner: RedisConnection
+    index: int
+
+    async def execute(self, *command: Argument) -> Any:
+        """Send one command and return its reply."""
+        replies = await self.owner._send([command], self.index)
+        return replies[0]
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """As :meth:`RedisConnection.pipeline`, on this lane's connection."""
+        return await self.owner._send(commands, self.index)
 
 
 def _is_ipv4(host: str) -> bool:

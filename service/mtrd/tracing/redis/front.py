@@ -17,6 +17,7 @@ the snapshot instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -35,7 +36,9 @@ from mtrd.tracing.redis.errors import NoLiveVantage, RedisUnavailable
 from mtrd.tracing.redis.queue import RedisWorkQueue, queued
 from mtrd.tracing.redis.replicas import RedisReplicas, VantagePoint, live_replicas
 from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore, StoredTrace
+from mtrd.tracing.redis.tenants import RedisTenants
 from mtrd.tracing.store import StoreFull
+from mtrd.tracing.tenants import TenantCapReached
 
 log = Logger()
 
@@ -114,8 +117,11 @@ class SharedTraces(Service):
         max_queued: int,
         prefix: str = "mtrd",
         poll_interval: float = POLL_INTERVAL,
+        tenants: RedisTenants | None = None,
     ) -> None:
+        """``tenants`` counts owners' traces against their caps (none without it)."""
         self._redis = redis
+        self._tenants = tenants
         self._store = store
         self._replicas = replicas
         self._new_trace = new_trace
@@ -130,25 +136,33 @@ class SharedTraces(Service):
 
     # -- traces -------------------------------------------------------------------------
 
-    async def submit(self, request: TraceRequest, vantage: str | None) -> StoredTrace:
-        """Store a new trace ``queued`` and queue it for its vantage.
+    async def submit(
+        self, request: TraceRequest, vantage: str | None, owner: str | None = None
+    ) -> StoredTrace:
+        """Store a new trace of ``owner`` ``queued`` and queue it for its vantage.
 
-        Raises :class:`NoLiveVantage`, ``StoreFull`` or ``QueueFull``.
+        Raises :class:`NoLiveVantage`, ``TenantCapReached``, ``StoreFull`` or ``QueueFull``.
         """
         where = vantage or self.vantage
         now = self._clock.seconds()
-        trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None)
+        trace = attrs.evolve(self._new_trace(request), vantage=where, replica=None, owner=owner)
+        # Kept among this replica's queues only once the vantage is known to be live: names
+        # a client makes up leave nothing behind.
         queue = self._queues.get(where) or RedisWorkQueue(
             self._redis, where, self.replica, prefix=self._prefix
         )
-        # One call to Redis, a single write: the live check, the trace with its index
-        # entries, and its queue entry. What the replies refuse is undone after. The queue
-        # entry may run ahead of the trace (separate keys): a runner that claims it first
-        # finds no queued trace and drops the entry, so nothing runs that was not stored.
+        tenants = None if owner is None else self._tenants
+        admits = [] if tenants is None else tenants.admit_commands(owner or "", trace.id, now)
+        # One call to Redis, a single write: the live check, the owner's place in its
+        # tenant's caps, the trace with its index entries, and its queue entry. What the
+        # replies refuse is undone after. The queue entry may run ahead of the trace
+        # (separate keys): a runner that claims it first finds no queued trace and drops
+        # the entry, so nothing runs that was not stored.
         try:
-            live, *added, entry = await self._redis.pipeline(
+            live, *replies, entry = await self._redis.pipeline(
                 [
                     self._replicas.live_command(where, now),
+                    *admits,
                     *self._store.add_commands(trace, vantage=where, replica=self.replica),
                     queue.enqueue_command(trace.id, self._max_queued),
                 ]
@@ -156,6 +170,7 @@ class SharedTraces(Service):
         except RedisUnavailable:
             await self._forget(trace.id)
             raise
+        admitted, added = replies[: len(admits)], replies[len(admits) :]
         refused: Exception | None = None
         if not queued(entry):
             entry = None  # nothing to take back
@@ -164,17 +179,33 @@ class SharedTraces(Service):
             refused = NoLiveVantage(where, [p.name for p in points])
         elif entry is None:
             refused = QueueFull(QUEUE_RETRY_AFTER)
+        elif tenants is not None and owner is not None:
+            try:
+                await tenants.admitted(owner, trace.id, now, admitted)
+            except TenantCapReached as e:
+                refused = e
         if refused is None:
             try:
                 await self._store.added(trace, added, lambda: QUEUE_RETRY_AFTER)
             except StoreFull as e:  # the trace is removed already
                 await self._drop(queue, entry)
+                await self._withdraw(tenants, owner, trace.id)
                 raise e from None
             self._queues[where] = queue  # kept for live vantages only
             return StoredTrace(trace, 1, where, self.replica)
         await self._drop(queue, entry)
         await self._forget(trace.id)
+        await self._withdraw(tenants, owner, trace.id)
         raise refused
+
+    async def _withdraw(
+        self, tenants: RedisTenants | None, owner: str | None, trace_id: str
+    ) -> None:
+        if tenants is None or owner is None:
+            return
+        # Without Redis, the tenant's sets drop the id once its grace is over.
+        with contextlib.suppress(RedisUnavailable):
+            await tenants.withdraw(owner, trace_id)
 
     async def _drop(self, queue: RedisWorkQueue, entry: bytes | None) -> None:
         # Else a runner would take it; if Redis does not let us, the trace goes (below) and
@@ -202,10 +233,15 @@ class SharedTraces(Service):
         return attrs.evolve(stored, trace=self._who(stored))
 
     async def newest_first(
-        self, status: TraceStatus | None, limit: int, cursor: str | None
+        self,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+        visible: Callable[[Trace], bool] = lambda _: True,
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces of every replica, newest first, and the next page's cursor."""
-        return await self._store.newest_first(status, limit, cursor)
+        """A page of the ``visible`` traces of every replica, newest first, and the next
+        page's cursor."""
+        return await self._store.newest_first(status, limit, cursor, visible)
 
     async def delete(self, trace_id: str) -> Deletion | None:
         """Cancel a queued or running trace, or remove a finished one; None if unknown."""

@@ -482,13 +482,19 @@ class RedisTraceStore:
         return int(removed) > 0
 
     async def newest_first(
-        self, status: TraceStatus | None, limit: int, cursor: str | None
+        self,
+        status: TraceStatus | None,
+        limit: int,
+        cursor: str | None,
+        visible: Callable[[Trace], bool] | None = None,
     ) -> tuple[list[Trace], str | None]:
-        """A page of traces, newest first across replicas, and the next page's cursor.
+        """A page of traces (only the ``visible`` ones, when given), newest first across
+        replicas, and the next page's cursor.
 
         Queued and running traces are listed from the index of active traces, so listing
         them costs what is active, not what is stored. With a status, the statuses are read
-        first and only the documents of the page after.
+        first and only the documents of the page after (of every candidate when
+        ``visible`` must judge them: the owner is in the document).
         """
         below = "+inf" if cursor is None else f"({_decode_cursor(cursor)}"
         active = status is not None and not status.is_final
@@ -515,8 +521,10 @@ class RedisTraceStore:
                     ended.append(trace_id)
                 elif status is None or as_text(stored) == status.value:
                     wanted.append((trace_id, seq))
-            more = len(wanted) > limit - len(page)
-            wanted = wanted[: limit - len(page)]
+            room = limit - len(page)
+            if visible is None:
+                more = len(wanted) > room
+                wanted = wanted[:room]
             if status is None:
                 documents = dict(zip((trace_id for trace_id, _ in entries), replies, strict=True))
                 values = [documents[trace_id] for trace_id, _ in wanted]
@@ -526,10 +534,17 @@ class RedisTraceStore:
                 )
             else:
                 values = []
-            for (_, seq), value in zip(wanted, values, strict=True):
-                if value is None:  # gone since its status was read
-                    continue
-                page.append(codec.decode_trace(value))
+            found = [
+                (seq, codec.decode_trace(value))
+                for (_, seq), value in zip(wanted, values, strict=True)
+                if value is not None  # gone since its status was read
+            ]
+            if visible is not None:
+                found = [(seq, trace) for seq, trace in found if visible(trace)]
+                more = len(found) > room
+                found = found[:room]
+            for seq, trace in found:
+                page.append(trace)
                 last_seq = seq
             await self._forget(gone, ended)
             if more and page:

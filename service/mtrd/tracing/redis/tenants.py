@@ -1,0 +1,142 @@
+"""Per-tenant caps across replicas: every replica counts a tenant's traces in Redis.
+
+Keys (``P`` is the prefix; ``T`` the tenant name)::
+
+    P:tenant:{T}:active   sorted set: the tenant's traces admitted and maybe not final, by
+                          creation time (queued or running, on any replica)
+    P:tenant:{T}:stored   sorted set: the tenant's stored traces, by creation time
+
+A trace is added to both when it is admitted (one single-key script each, sent in the
+pipeline of the POST, so the cap holds whichever replica admits, and the layout works
+on Redis Cluster). Nothing removes
+it when it ends, is deleted or expires: at the cap, the admitting replica reads the
+status of each trace the set names, drops those that ended or are gone, evicts the
+tenant's own oldest finished trace for ``stored``, and refuses only if the cap still
+holds. An id whose trace is not written yet is kept for ``ADMIT_GRACE`` seconds (it may
+be on its way), so two replicas admitting at once cannot both slip past the cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from mtrd.tracing.model import TraceStatus
+from mtrd.tracing.redis.commands import RedisCommands, Script, as_text
+from mtrd.tracing.redis.connection import Command
+from mtrd.tracing.redis.store import EVICTION_SCAN, RedisTraceStore
+from mtrd.tracing.tenants import Cap, TenantCapReached, TenantLimits
+
+ADMIT_GRACE: Final = 60.0
+RETRY_AFTER: Final = 2
+
+# KEYS: the set. ARGV: cap, trace id, score. 1 if added, 0 at the cap.
+_ADMIT = Script("""
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+return 1
+""")
+
+
+class RedisTenants:
+    """A tenant's caps counted in Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: RedisCommands,
+        store: RedisTraceStore,
+        limits: TenantLimits,
+        *,
+        prefix: str = "mtrd",
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self.limits = limits
+        self._prefix = prefix
+
+    def key(self, owner: str, which: str) -> str:
+        """The set ``which`` (active, stored) of ``owner``."""
+        return f"{self._prefix}:tenant:{{{owner}}}:{which}"
+
+    def admit_commands(self, owner: str, trace_id: str, now: float) -> list[Command]:
+        """The commands that count a new trace of ``owner`` (active, then stored), to send
+        in a pipeline; :meth:`admitted` reads their replies.
+
+        Active traces (queued or running) are held to ``max_running + max_queued``: with
+        the shared store the runners of every replica take queued traces in turn, and the
+        tenant's queue is what may wait beyond what runs.
+        """
+        return [
+            _ADMIT.source_command([self.key(owner, which)], [cap, trace_id, now])
+            for which, cap in self._caps()
+        ]
+
+    async def admitted(self, owner: str, trace_id: str, now: float, replies: Sequence[Any]) -> None:
+        """Check what :meth:`admit_commands` did: a set at its cap drops the ids of traces
+        that ended or are gone (evicting the owner's oldest finished trace for ``stored``)
+        and is asked again; :class:`TenantCapReached` names the cap that still holds (the
+        caller then withdraws the trace)."""
+        for (which, cap), reply in zip(self._caps(), replies, strict=True):
+            if reply:
+                continue
+            key = self.key(owner, which)
+            await self._make_room(which, owner, now)
+            if await _ADMIT.run(self._redis, [key], [cap, trace_id, now]):
+                continue
+            limits = self.limits
+            if which == "active":
+                raise TenantCapReached(
+                    Cap.QUEUED,
+                    limits.max_queued,
+                    RETRY_AFTER,
+                    f"this tenant has {cap} traces queued or running across replicas "
+                    f"(with --tenant-max-running {limits.max_running})",
+                )
+            raise TenantCapReached(
+                Cap.STORED,
+                limits.max_stored,
+                RETRY_AFTER,
+                f"this tenant has {cap} traces stored, none finished",
+            )
+
+    def _caps(self) -> list[tuple[str, int]]:
+        limits = self.limits
+        return [
+            ("active", limits.max_running + limits.max_queued),
+            ("stored", limits.max_stored),
+        ]
+
+    async def withdraw(self, owner: str, trace_id: str) -> None:
+        """Uncount a trace that was admitted but not stored after all."""
+        await self._forget(owner, "active", [trace_id])
+        await self._forget(owner, "stored", [trace_id])
+
+    async def _make_room(self, which: str, owner: str, now: float) -> None:
+        # The active set is small (running + queued); of the stored set the oldest are
+        # read, as the store's own eviction reads them.
+        last = -1 if which == "active" else EVICTION_SCAN - 1
+        reply = await self._redis.execute("ZRANGE", self.key(owner, which), 0, last, "WITHSCORES")
+        entries = [(as_text(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+        statuses = await self._redis.pipeline(
+            [("HGET", self._store.trace_key(trace_id), "status") for trace_id, _ in entries]
+        )
+        dropped: list[str] = []
+        evicted = False
+        for (trace_id, admitted), status in zip(entries, statuses, strict=True):
+            if status is None:
+                if admitted < now - ADMIT_GRACE:
+                    dropped.append(trace_id)
+            elif TraceStatus(as_text(status)).is_final:
+                if which == "active":
+                    dropped.append(trace_id)
+                elif not evicted:
+                    # The tenant's own oldest finished trace makes room for its new one.
+                    await self._store.delete(trace_id)
+                    self._store.evictions += 1
+                    dropped.append(trace_id)
+                    evicted = True
+        await self._forget(owner, which, dropped)
+
+    async def _forget(self, owner: str, which: str, trace_ids: list[str]) -> None:
+        if trace_ids:
+            await self._redis.execute("ZREM", self.key(owner, which), *trace_ids)
