@@ -120,7 +120,7 @@ def guarded_server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """One mtrd with auth on: a token is needed for every API call."""
     folder = tmp_path_factory.mktemp("mtrd-auth")
     tokens = folder / "tokens"
-    tokens.write_text(TOKEN + "\n")
+    tokens.write_text(f"page:{TOKEN}\n")  # a tenant name, then its token
     with lab_mtrd(lab, folder / "mtrd.log", "--auth-tokens-file", str(tokens)) as (url, _):
         yield Server(url, TOKEN)
 
@@ -722,3 +722,28 @@ def test_monitor_view_updates_on_its_events(server: Server, browser: WebDriver) 
     wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#monitor-runs tbody tr")) == 3)
     wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#monitor-runs tbody tr")) == 4)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#runs-chart circle")) == 4
+
+
+def test_a_real_monitor_is_listed_and_its_view_follows_its_runs(
+    lab: Lab, server: Server, browser: WebDriver
+) -> None:
+    """A monitor made through the API is listed by name; its view shows its path and new runs."""
+    target = lab.targets(4)[60]
+    monitor = server.call("POST", "/monitors", {"name": "page-web-1", "target": target,
+                          "every": 1, "probes": 2, "interval": 0.2, "timeout": 1})  # fmt: skip
+    try:
+        browser.get(server.url + "/")
+        link = wait(browser, lambda b: [
+            a for a in b.find_elements(By.CSS_SELECTOR, "#monitor-list a")
+            if a.text == "page-web-1"])[0]  # fmt: skip
+        link.click()
+        wait(browser, lambda b: b.current_url.endswith(f"/ui/monitors/{monitor['id']}"))
+        wait(
+            browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#monitor-runs tbody tr")) >= 3
+        )
+        path = browser.find_elements(By.CSS_SELECTOR, "#monitor-path tbody tr")
+        assert [int(str(r.get_attribute("data-ttl"))) for r in path] == [1, 2, 3, 4]
+        assert path[-1].find_element(By.CSS_SELECTOR, ".address").text == target
+        assert console_errors(browser) == []
+    finally:
+        server.call("DELETE", f"/monitors/{monitor['id']}")
