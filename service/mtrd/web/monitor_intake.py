@@ -19,6 +19,7 @@ from mtrd.monitors.model import (
     MonitorSpec,
     WebhookTarget,
 )
+from mtrd.tracing.model import TraceMode
 from mtrd.web.intake import InvalidFields, parse_submission
 from mtrd.web.render import request_json
 from mtrd.webhooks.signing import BadSecret, secret_key
@@ -153,6 +154,8 @@ def parse_monitor(body: object) -> MonitorSpec:
 def spec_fields(spec: MonitorSpec) -> dict[str, Any]:
     """A monitor's settings as the fields :func:`parse_monitor` reads (secret included)."""
     fields: dict[str, Any] = {k: v for k, v in request_json(spec.request).items() if v is not None}
+    if spec.request.mode is TraceMode.CLASSIC:
+        del fields["confidence"]  # a multipath setting, refused on classic traces
     if spec.vantage is not None:
         fields["vantage"] = spec.vantage
     fields |= {
