@@ -734,3 +734,13 @@ async def test_report_hosts_option_must_be_known() -> None:
     )
     assert answer.code == 422
     assert answer.json()["errors"][0]["field"] == "hosts"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hosts_option_is_checked_on_json_answers_too() -> None:
+    """A bad ``?hosts=`` is a 422 also when the answer would be JSON (it is input all the same)."""
+    client = Client()
+    trace_id = (await client.post_trace(QUICK)).json()["id"]
+    answer = await client.request("GET", f"/traces/{trace_id}?hosts=fancy")
+    assert answer.code == 422
+    assert answer.json()["errors"][0]["field"] == "hosts"

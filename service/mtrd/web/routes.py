@@ -318,25 +318,28 @@ class Api:
     @app.route("/traces/<trace_id>", methods=["GET"])
     def show(self, request: IRequest, trace_id: str) -> bytes | Deferred[bytes]:
         """One trace as JSON (with an ETag), or as a text report."""
+        hosts = _host_display(request)  # checked whatever the answer's type: bad input is 422
         if self._shared is not None:
-            return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id))
+            return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id, hosts))
         record = self._visible(request, trace_id)
         if _not_modified(request, trace_id, record.version):
             return b""
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, record.full_trace(), _host_display(request))
+            return _report(request, record.full_trace(), hosts)
         return _body(request, 200, self._bodies.body(record))
 
-    async def _show_shared(self, request: IRequest, shared: SharedTraces, trace_id: str) -> bytes:
+    async def _show_shared(
+        self, request: IRequest, shared: SharedTraces, trace_id: str, hosts: HostDisplay
+    ) -> bytes:
         stored = await _visible_shared(request, shared, trace_id)
         if _not_modified(request, trace_id, stored.version):
             return b""
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
-            return _report(request, stored.trace, _host_display(request))
+            return _report(request, stored.trace, hosts)
         return _body(request, 200, self._stored_body(stored))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
