@@ -312,6 +312,95 @@ def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:
     assert sequences(reactor.spawned[16]) == [band.start]
 
 
+def test_a_successor_is_spawned_in_the_last_quarter_of_the_band() -> None:
+    """A process whose counter enters its band's last quarter gets a successor, still working."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    early = band.stop - band.usable // 4 - band.start
+    for index in range(early):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    assert len(reactor.spawned) == 16
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert len(reactor.spawned) == 17
+    assert not old.stdin_closed
+    assert len(old.probe_lines()) == early + 1
+
+
+def test_a_ready_successor_takes_over_and_the_old_process_drains() -> None:
+    """Once the successor answers, it gets the probes and the old process is retired."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    held = pool.probe(ProbeRequest("203.0.113.7"))
+    successor = reactor.spawned[16]
+    successor.answer_version()
+    assert old.stdin_closed
+    assert pool.ready_workers == 16
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert sequences(successor) == [band.start]
+    reply(old, band.usable - band.usable // 4 + 1, "reply ip-4 203.0.113.7 round-trip-time 9")
+    assert result_of(held).kind is ReplyKind.REPLY
+
+
+def test_slots_running_out_of_their_bands_together_never_leave_the_pool_unready() -> None:
+    """Two processes reaching their bands' ends at once: a ready process at every probe."""
+    pool, reactor = started_pool(CONFIG)
+    band = pool._slots[0].band
+    results = []
+    for _ in range(band.usable + 10):
+        # Two probes outstanding at once land on the two slots, which count up together.
+        pair = [pool.probe(ProbeRequest("203.0.113.7")) for _ in range(2)]
+        results.extend(pair)
+        assert pool.ready_workers == 2
+        for transport in reactor.live():
+            for token in list(transport.protocol.pending):  # type: ignore[attr-defined]
+                transport.feed(f"{token} no-reply\n")
+            if transport.protocol.version is None and not transport.stdin_closed:  # type: ignore[attr-defined]
+                reactor.advance(0.05)  # a successor starts up in a moment
+                transport.answer_version()
+    assert reactor.spawned[0].stdin_closed
+    assert reactor.spawned[1].stdin_closed
+    assert all(result_of(d).kind is ReplyKind.NO_REPLY for d in results)
+
+
+def test_a_successor_that_dies_before_it_is_ready_leaves_the_old_process_working() -> None:
+    """A successor that exits unready is not respawned per probe; the old process keeps going."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    reactor.spawned[16].exit(status=1)
+    d = pool.probe(ProbeRequest("203.0.113.7"))
+    assert len(reactor.spawned) == 17
+    assert not old.stdin_closed
+    assert pool.restarts == 0
+    reply(old, band.usable - band.usable // 4 + 1)
+    assert result_of(d).kind is ReplyKind.NO_REPLY
+
+
+def test_a_process_that_dies_while_its_successor_starts_is_replaced_by_it() -> None:
+    """The successor takes the slot of an active process that dies, with no extra restart."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    old.exit(signal=9)
+    reactor.advance(60)
+    assert len(reactor.spawned) == 17
+    reactor.spawned[16].answer_version()
+    assert pool.ready_workers == 16
+    assert pool.workers()[0]["pid"] == reactor.spawned[16].pid
+
+
 def test_draining_process_still_delivers_replies() -> None:
     """A retired process keeps answering the probes it holds."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))

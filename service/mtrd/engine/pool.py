@@ -19,6 +19,12 @@ sequence counter would wrap -- is explained in :mod:`mtrd.engine.sequence`: each
 slot counts sequence numbers in its own band, a process is retired and
 replaced before it leaves its band, and a ledger of held sequences and fixed
 udp ports keeps every outstanding probe's numbers unique.
+
+A process nearing the end of its band gets its successor early: the new process is
+spawned while the old one still takes probes, and takes over only once it answered
+its version check. Retirement therefore never leaves a slot without a ready process
+(unless the successor could not start in time), so processes of several slots that
+run out of their bands at the same moment do not leave the pool with none ready.
 """
 
 from __future__ import annotations
@@ -135,6 +141,11 @@ class _Slot:
     last_error: str | None = None
     start_failed: bool = False
     restarts: int = 0
+    # A process spawned before ``active`` runs out of its band; it takes over once ready.
+    successor: MtrPacketProcess | None = None
+    # The active process a successor was spawned for: one attempt each, so a successor
+    # that cannot start is not spawned again on every probe.
+    successor_for: MtrPacketProcess | None = None
 
     @property
     def ready(self) -> bool:
@@ -220,6 +231,7 @@ class ProbePool(Service):
             if slot.active is not None:
                 slot.draining.append(slot.active)
                 slot.active = None
+            slot.successor = None
         stopping = list(self._slot_by_worker)
         for worker in stopping:
             worker.retire()
@@ -365,6 +377,8 @@ class ProbePool(Service):
             pid=worker.pid,
         )
         slot = self._slot_of(worker)
+        if slot is not None and slot.successor is worker:
+            self._take_over(slot, worker)
         if slot is not None:
             slot.start_failed = False
             slot.last_error = None
@@ -404,6 +418,17 @@ class ProbePool(Service):
         if slot is not None:
             if worker in slot.draining:
                 slot.draining.remove(worker)
+            elif slot.successor is worker:
+                # The active process keeps working; at its band's end the slot is
+                # replaced the ordinary way.
+                slot.successor = None
+                slot.last_error = f"mtr-packet {why}"
+                self.log.error("{name} (successor) {why}", name=worker.name, why=why)
+            elif slot.active is worker and slot.successor is not None:
+                # The successor is on its way: it takes the slot instead of a restart.
+                slot.active, slot.successor = slot.successor, None
+                slot.last_error = f"mtr-packet {why}"
+                self.log.error("{name} {why}", name=worker.name, why=why)
             elif slot.active is worker:
                 slot.active = None
                 self._unexpected_exit(slot, worker, why)
@@ -453,7 +478,7 @@ class ProbePool(Service):
             else:
                 waiter.errback(error)
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: _Slot, *, successor: bool = False) -> None:
         assert self._executable is not None
         worker = MtrPacketProcess(
             name=f"worker-{slot.index}",
@@ -462,7 +487,11 @@ class ProbePool(Service):
             grace=self.config.grace,
             start_timeout=self.config.start_timeout,
         )
-        slot.active = worker
+        if successor:
+            slot.successor = worker
+            slot.successor_for = slot.active
+        else:
+            slot.active = worker
         self._slot_by_worker[worker] = slot
         try:
             self._spawner.spawnProcess(
@@ -470,9 +499,13 @@ class ProbePool(Service):
             )
         except OSError as e:
             self._slot_by_worker.pop(worker, None)
-            slot.active = None
             why = f"could not be started: {e}"
             worker.never_started(why)
+            if successor:
+                slot.successor = None
+                slot.last_error = f"mtr-packet {why}"
+                return
+            slot.active = None
             self._unexpected_exit(slot, worker, why)
             return
         if self._pid_collides(worker):
@@ -481,6 +514,8 @@ class ProbePool(Service):
                 "{name}: ICMP id collides with a live worker; replacing", name=worker.name
             )
             self._retire(worker)
+            if successor:
+                slot.successor_for = None  # another try, with another process id
 
     def _pid_collides(self, worker: MtrPacketProcess) -> bool:
         ident = worker.pid & 0xFFFF
@@ -496,11 +531,37 @@ class ProbePool(Service):
         if slot is None or worker.state is WorkerState.RETIRING:
             return
         worker.retire()
+        if slot.successor is worker:
+            slot.successor = None
+            return
         if slot.active is worker:
             slot.active = None
             slot.draining.append(worker)
             if self.state is PoolState.STARTING or self.state is PoolState.RUNNING:
-                self._spawn(slot)
+                if slot.successor is not None:
+                    slot.active, slot.successor = slot.successor, None
+                else:
+                    self._spawn(slot)
+
+    def _take_over(self, slot: _Slot, successor: MtrPacketProcess) -> None:
+        """The successor answered: it becomes the slot's process, the old one drains."""
+        slot.successor = None
+        old = slot.active
+        slot.active = successor
+        if old is not None:
+            old.retire()
+            slot.draining.append(old)
+
+    def _prepare_successor(self, slot: _Slot, worker: MtrPacketProcess, sequence: int) -> None:
+        """Spawn ``worker``'s successor once its counter is in the last quarter of the band."""
+        if (
+            sequence >= slot.band.stop - slot.band.usable // 4
+            and slot.successor is None
+            and slot.successor_for is not worker
+            and slot.active is worker
+            and self.state is PoolState.RUNNING
+        ):
+            self._spawn(slot, successor=True)
 
     def _slot_of(self, worker: MtrPacketProcess) -> _Slot | None:
         return self._slot_by_worker.get(worker)
@@ -576,6 +637,7 @@ class ProbePool(Service):
         if allocation is Plan.WAIT:
             return False
         assert isinstance(allocation, Allocation)
+        self._prepare_successor(slot, worker, allocation.sequence)
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
         self._ledger.hold(allocation.sequence, ports)
