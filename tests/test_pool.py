@@ -293,6 +293,61 @@ def test_unresponsive_worker_is_killed() -> None:
     assert reactor.spawned[0].signals == ["KILL"]
 
 
+def test_a_process_that_keeps_answering_is_not_killed_for_a_late_probe() -> None:
+    """A probe past its deadline waits on while its process answers others (a busy host)."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    late = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    other = pool.probe(ProbeRequest("203.0.113.8", timeout=1))
+    reactor.advance(2.5)
+    reply(reactor.spawned[0], 1)
+    reactor.advance(1.0)
+    assert not late.called
+    assert reactor.spawned[0].signals == []
+    reply(reactor.spawned[0], 0)
+    assert result_of(late).kind is ReplyKind.NO_REPLY
+    assert result_of(other).kind is ReplyKind.NO_REPLY
+
+
+def test_a_probe_lost_by_a_talking_process_is_given_up_after_the_patience() -> None:
+    """A process that answers others but never this probe is killed after 4 deadlines."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    lost = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    for index in range(11):
+        pool.probe(ProbeRequest("203.0.113.8", timeout=1))
+        reactor.advance(1.0)
+        reply(reactor.spawned[0], index + 1)
+        assert not lost.called
+    reactor.advance(1.0)
+    assert isinstance(failure_of(lost), WorkerUnresponsive)
+    assert reactor.spawned[0].signals == ["KILL"]
+
+
+class TurnReactor(FakeProcessReactor):
+    """Runs one reactor turn's timers at a time: calls scheduled by them wait for the next."""
+
+    def turn(self, seconds: float) -> None:
+        """Move time on and run only the calls that were due before the turn began."""
+        self.rightNow += seconds
+        due = [call for call in self.calls if call.getTime() <= self.rightNow]
+        for call in due:
+            self.calls.remove(call)
+            call.func(*call.args, **call.kw)
+
+
+def test_an_answer_read_after_a_stalled_turn_beats_the_deadline() -> None:
+    """After a stall, a deadline is judged only once the turn's pending reads are in."""
+    reactor = TurnReactor()
+    pool = ProbePool(reactor, attrs.evolve(CONFIG, size=1))
+    ensureDeferred(pool.start())
+    reactor.spawned[0].answer_version()
+    d = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    reactor.turn(10.0)  # the reactor was stalled; the answer waits in the pipe
+    reply(reactor.spawned[0], 0)  # the same turn's reads
+    reactor.turn(0)
+    assert result_of(d).kind is ReplyKind.NO_REPLY
+    assert reactor.spawned[0].signals == []
+
+
 def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:
     """Before its counter leaves the band, a process is retired and replaced."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
