@@ -174,6 +174,50 @@ def test_udp_probe_waits_while_its_fixed_port_is_an_outstanding_sequence() -> No
     assert not udp.called
 
 
+def test_a_cancelled_udp_probe_waiting_for_its_port_is_never_sent() -> None:
+    """Cancelling a udp probe that waits for its fixed port takes it out for good."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.7"))
+    udp = pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    udp.cancel()
+    assert pool.queued == 0
+    reply(transport, 0)
+    assert len(transport.probe_lines()) == 1
+    assert isinstance(failure_of(udp), CancelledError)
+
+
+def test_a_udp_probe_waiting_for_its_port_gives_up_after_queue_timeout() -> None:
+    """A udp probe whose port stays held fails with NoWorkerAvailable after queue_timeout."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    pool.probe(ProbeRequest("203.0.113.7", timeout=60))
+    udp = pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    reactor.advance(CONFIG.queue_timeout)
+    assert isinstance(failure_of(udp), NoWorkerAvailable)
+    assert pool.queued == 0
+
+
+def test_udp_probes_waiting_for_ports_are_not_retried_on_every_probe() -> None:
+    """Probes that wait for a held port are passed over until it is released, not tried again."""
+    pool, _reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    pool.probe(ProbeRequest("203.0.113.7", timeout=60))
+    for _ in range(50):
+        pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    tried = 0
+    dispatch = pool._dispatch
+
+    def counting(*args: object) -> bool:
+        nonlocal tried
+        tried += 1
+        return dispatch(*args)  # type: ignore[arg-type]
+
+    pool._dispatch = counting  # type: ignore[method-assign]
+    for _ in range(10):
+        pool.probe(ProbeRequest("203.0.113.9"))
+    assert tried == 10
+    assert pool.queued == 50
+
+
 def test_sequence_equal_to_a_fixed_udp_port_is_skipped() -> None:
     """No probe gets a sequence equal to an outstanding udp probe's fixed port."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
@@ -346,6 +390,23 @@ def test_an_answer_read_after_a_stalled_turn_beats_the_deadline() -> None:
     reactor.turn(0)
     assert result_of(d).kind is ReplyKind.NO_REPLY
     assert reactor.spawned[0].signals == []
+
+
+def test_a_late_deadline_timer_gives_grace_and_a_silent_process_is_killed_after() -> None:
+    """A timer that ran late (mtrd stalled) gives grace more; still silent then: killed."""
+    reactor = TurnReactor()
+    pool = ProbePool(reactor, attrs.evolve(CONFIG, size=1))
+    ensureDeferred(pool.start())
+    reactor.spawned[0].answer_version()
+    d = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    reactor.turn(10.0)
+    reactor.turn(0)
+    assert not d.called
+    assert reactor.spawned[0].signals == []
+    reactor.turn(2.0)
+    reactor.turn(0)
+    assert isinstance(failure_of(d), WorkerUnresponsive)
+    assert reactor.spawned[0].signals == ["KILL"]
 
 
 def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:

@@ -126,6 +126,7 @@ class _Queued:
     result: Deferred[ProbeReply]
     flow: Flow = NO_FLOW
     expiry: IDelayedCall | None = None
+    blocked_on: int | None = None  # the held sequence that is one of its fixed udp ports
 
 
 @attrs.define(eq=False)
@@ -168,6 +169,11 @@ class ProbePool(Service):
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
         self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
+        # udp probes whose fixed port is an outstanding probe's sequence wait apart, by
+        # that sequence, until it is released: retried on every pump, thousands of them
+        # would make each pump go through them all.
+        self._parked: dict[int, list[_Queued]] = {}
+        self._parked_by_group: Counter[str | None] = Counter()
         self._held_by_group: Counter[str] = Counter()  # probes in processes, per group
         self._group_of: dict[Deferred[ProbeReply], str] = {}
         self._group_cap = max(
@@ -317,6 +323,9 @@ class ProbePool(Service):
             entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
             return entry.result
         entry.expiry = self._clock.callLater(self.config.queue_timeout, self._queue_expired, entry)
+        if entry.blocked_on is not None:
+            self._park(entry)
+            return entry.result
         self._queue.append(entry)
         self._pump()
         return entry.result
@@ -334,11 +343,11 @@ class ProbePool(Service):
     @property
     def queued(self) -> int:
         """Probes waiting for a process."""
-        return len(self._queue)
+        return len(self._queue) + self._parked_by_group.total()
 
     def queued_in(self, group: str | None) -> int:
         """Probes of flows in ``group`` waiting for a process."""
-        return self._queue.waiting_in(group)
+        return self._queue.waiting_in(group) + self._parked_by_group[group]
 
     @property
     def outstanding(self) -> int:
@@ -394,6 +403,7 @@ class ProbePool(Service):
     def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
         """Free the probe's numbers and send what waits."""
         self._ledger.release(pending.sequence, pending.udp_ports)
+        self._unpark(pending.sequence)
         self._release_group(pending.result)
         self._pump()
 
@@ -413,6 +423,7 @@ class ProbePool(Service):
         """Release what the process held; restart its slot unless it was retired."""
         for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
+            self._unpark(pending.sequence)
             self._release_group(pending.result)
         slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
@@ -589,9 +600,47 @@ class ProbePool(Service):
             if worker is None:
                 break
             self._queue.popleft(self._may_send)
-            if not self._dispatch(worker, entry):
+            if self._dispatch(worker, entry):
+                continue
+            if entry.blocked_on is not None:
+                self._park(entry)
+            else:
                 waiting.append(entry)
         self._queue.put_back(waiting)
+
+    def _park(self, entry: _Queued) -> None:
+        assert entry.blocked_on is not None
+        self._parked.setdefault(entry.blocked_on, []).append(entry)
+        self._parked_by_group[entry.flow.group] += 1
+
+    def _unpark(self, sequence: int) -> None:
+        """Queue again, at the head of their flows, the probes that waited for ``sequence``."""
+        entries = self._parked.pop(sequence, None)
+        if entries is None:
+            return
+        for entry in entries:
+            entry.blocked_on = None
+            self._unparked(entry)
+        self._queue.put_back(entries)
+
+    def _unparked(self, entry: _Queued) -> None:
+        self._parked_by_group[entry.flow.group] -= 1
+        if self._parked_by_group[entry.flow.group] <= 0:
+            del self._parked_by_group[entry.flow.group]
+
+    def _take_parked(self, entry: _Queued) -> bool:
+        """Take ``entry`` out of the parked probes; False if it is not parked."""
+        if entry.blocked_on is None:
+            return False
+        parked = self._parked.get(entry.blocked_on, [])
+        if entry not in parked:
+            return False
+        parked.remove(entry)
+        if not parked:
+            del self._parked[entry.blocked_on]
+        entry.blocked_on = None
+        self._unparked(entry)
+        return True
 
     def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
         """The process for the next probe: the first (in slot order) that holds fewer
@@ -635,6 +684,7 @@ class ProbePool(Service):
                 return False
             return self._dispatch(replacement, entry)
         if allocation is Plan.WAIT:
+            entry.blocked_on = self._ledger.blocking(ports)
             return False
         assert isinstance(allocation, Allocation)
         self._prepare_successor(slot, worker, allocation.sequence)
@@ -665,15 +715,16 @@ class ProbePool(Service):
                 del self._held_by_group[group]
 
     def _cancelled(self, entry: _Queued) -> None:
-        if entry in self._queue:
+        if not self._take_parked(entry) and entry in self._queue:
             self._queue.remove(entry)
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
 
     def _queue_expired(self, entry: _Queued) -> None:
         entry.expiry = None
-        if entry in self._queue:
-            self._queue.remove(entry)
+        if self._take_parked(entry) or entry in self._queue:
+            if entry in self._queue:
+                self._queue.remove(entry)
             entry.result.errback(
                 NoWorkerAvailable(
                     f"no mtr-packet worker took the probe within {self.config.queue_timeout:g} s"
@@ -681,6 +732,8 @@ class ProbePool(Service):
             )
 
     def _fail_queue(self, reason: Exception) -> None:
+        for sequence in list(self._parked):
+            self._unpark(sequence)
         while self._queue:
             entry = self._queue.popleft()
             if entry.expiry is not None and entry.expiry.active():

@@ -188,6 +188,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: IDelayedCall | None = None
         self._second_look = False
+        self._stalled = False
         self._heard_at = self.started_at  # when the process last wrote to stdout
 
     # -- what the owner calls -------------------------------------------------
@@ -379,9 +380,10 @@ class MtrPacketProcess(protocol.ProcessProtocol):
 
         A hung process says nothing: it is judged at timeout + grace. One that keeps
         answering is only behind (a busy host) and gets ``grace`` more at a time, up to
-        ``OVERDUE_PATIENCE`` deadlines in all, so a probe it lost is still given up.
+        ``OVERDUE_PATIENCE`` deadlines in all, so a probe it lost is still given up; so
+        does every probe when the timer itself ran late (mtrd, not mtr-packet, stalled).
         """
-        self._deadline_timer = None
+        timer, self._deadline_timer = self._deadline_timer, None
         now = self.clock.seconds()
         heap, pending = self._deadlines, self.pending
         while heap and heap[0][1] not in pending:
@@ -390,10 +392,14 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             # A reactor turn runs timers before reads: after a stall the answers may sit
             # unread in the pipe. Judge once they are read.
             self._second_look = True
+            self._stalled = timer is not None and now - timer.getTime() > self.grace / 2
             self._deadline_timer = self.clock.callLater(0, self._deadlines_due)
             return
         self._second_look = False
-        talking = now - self._heard_at < self.grace
+        # A timer that ran late means this process (mtrd) was held up: the probes may
+        # have sat in its own write buffer. That is no sign of a hung mtr-packet.
+        talking = now - self._heard_at < self.grace or self._stalled
+        self._stalled = False
         overdue: list[PendingProbe] = []
         later: list[tuple[float, int]] = []
         while heap and (heap[0][0] <= now or heap[0][1] not in pending):
