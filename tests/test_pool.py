@@ -174,6 +174,50 @@ def test_udp_probe_waits_while_its_fixed_port_is_an_outstanding_sequence() -> No
     assert not udp.called
 
 
+def test_a_cancelled_udp_probe_waiting_for_its_port_is_never_sent() -> None:
+    """Cancelling a udp probe that waits for its fixed port takes it out for good."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    (transport,) = reactor.spawned
+    pool.probe(ProbeRequest("203.0.113.7"))
+    udp = pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    udp.cancel()
+    assert pool.queued == 0
+    reply(transport, 0)
+    assert len(transport.probe_lines()) == 1
+    assert isinstance(failure_of(udp), CancelledError)
+
+
+def test_a_udp_probe_waiting_for_its_port_gives_up_after_queue_timeout() -> None:
+    """A udp probe whose port stays held fails with NoWorkerAvailable after queue_timeout."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    pool.probe(ProbeRequest("203.0.113.7", timeout=60))
+    udp = pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    reactor.advance(CONFIG.queue_timeout)
+    assert isinstance(failure_of(udp), NoWorkerAvailable)
+    assert pool.queued == 0
+
+
+def test_udp_probes_waiting_for_ports_are_not_retried_on_every_probe() -> None:
+    """Probes that wait for a held port are passed over until it is released, not tried again."""
+    pool, _reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    pool.probe(ProbeRequest("203.0.113.7", timeout=60))
+    for _ in range(50):
+        pool.probe(ProbeRequest("203.0.113.8", protocol="udp", port=33434, local_port=40000))
+    tried = 0
+    dispatch = pool._dispatch
+
+    def counting(*args: object) -> bool:
+        nonlocal tried
+        tried += 1
+        return dispatch(*args)  # type: ignore[arg-type]
+
+    pool._dispatch = counting  # type: ignore[method-assign]
+    for _ in range(10):
+        pool.probe(ProbeRequest("203.0.113.9"))
+    assert tried == 10
+    assert pool.queued == 50
+
+
 def test_sequence_equal_to_a_fixed_udp_port_is_skipped() -> None:
     """No probe gets a sequence equal to an outstanding udp probe's fixed port."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
@@ -293,6 +337,78 @@ def test_unresponsive_worker_is_killed() -> None:
     assert reactor.spawned[0].signals == ["KILL"]
 
 
+def test_a_process_that_keeps_answering_is_not_killed_for_a_late_probe() -> None:
+    """A probe past its deadline waits on while its process answers others (a busy host)."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    late = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    other = pool.probe(ProbeRequest("203.0.113.8", timeout=1))
+    reactor.advance(2.5)
+    reply(reactor.spawned[0], 1)
+    reactor.advance(1.0)
+    assert not late.called
+    assert reactor.spawned[0].signals == []
+    reply(reactor.spawned[0], 0)
+    assert result_of(late).kind is ReplyKind.NO_REPLY
+    assert result_of(other).kind is ReplyKind.NO_REPLY
+
+
+def test_a_probe_lost_by_a_talking_process_is_given_up_after_the_patience() -> None:
+    """A process that answers others but never this probe is killed after 4 deadlines."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=1))
+    lost = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    for index in range(11):
+        pool.probe(ProbeRequest("203.0.113.8", timeout=1))
+        reactor.advance(1.0)
+        reply(reactor.spawned[0], index + 1)
+        assert not lost.called
+    reactor.advance(1.0)
+    assert isinstance(failure_of(lost), WorkerUnresponsive)
+    assert reactor.spawned[0].signals == ["KILL"]
+
+
+class TurnReactor(FakeProcessReactor):
+    """Runs one reactor turn's timers at a time: calls scheduled by them wait for the next."""
+
+    def turn(self, seconds: float) -> None:
+        """Move time on and run only the calls that were due before the turn began."""
+        self.rightNow += seconds
+        due = [call for call in self.calls if call.getTime() <= self.rightNow]
+        for call in due:
+            self.calls.remove(call)
+            call.func(*call.args, **call.kw)
+
+
+def test_an_answer_read_after_a_stalled_turn_beats_the_deadline() -> None:
+    """After a stall, a deadline is judged only once the turn's pending reads are in."""
+    reactor = TurnReactor()
+    pool = ProbePool(reactor, attrs.evolve(CONFIG, size=1))
+    ensureDeferred(pool.start())
+    reactor.spawned[0].answer_version()
+    d = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    reactor.turn(10.0)  # the reactor was stalled; the answer waits in the pipe
+    reply(reactor.spawned[0], 0)  # the same turn's reads
+    reactor.turn(0)
+    assert result_of(d).kind is ReplyKind.NO_REPLY
+    assert reactor.spawned[0].signals == []
+
+
+def test_a_late_deadline_timer_gives_grace_and_a_silent_process_is_killed_after() -> None:
+    """A timer that ran late (mtrd stalled) gives grace more; still silent then: killed."""
+    reactor = TurnReactor()
+    pool = ProbePool(reactor, attrs.evolve(CONFIG, size=1))
+    ensureDeferred(pool.start())
+    reactor.spawned[0].answer_version()
+    d = pool.probe(ProbeRequest("203.0.113.7", timeout=1))
+    reactor.turn(10.0)
+    reactor.turn(0)
+    assert not d.called
+    assert reactor.spawned[0].signals == []
+    reactor.turn(2.0)
+    reactor.turn(0)
+    assert isinstance(failure_of(d), WorkerUnresponsive)
+    assert reactor.spawned[0].signals == ["KILL"]
+
+
 def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:
     """Before its counter leaves the band, a process is retired and replaced."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
@@ -310,6 +426,95 @@ def test_band_end_retires_the_process_and_a_fresh_one_takes_over() -> None:
     reactor.spawned[16].answer_version()
     pool.probe(ProbeRequest("203.0.113.7"))
     assert sequences(reactor.spawned[16]) == [band.start]
+
+
+def test_a_successor_is_spawned_in_the_last_quarter_of_the_band() -> None:
+    """A process whose counter enters its band's last quarter gets a successor, still working."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    early = band.stop - band.usable // 4 - band.start
+    for index in range(early):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    assert len(reactor.spawned) == 16
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert len(reactor.spawned) == 17
+    assert not old.stdin_closed
+    assert len(old.probe_lines()) == early + 1
+
+
+def test_a_ready_successor_takes_over_and_the_old_process_drains() -> None:
+    """Once the successor answers, it gets the probes and the old process is retired."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    held = pool.probe(ProbeRequest("203.0.113.7"))
+    successor = reactor.spawned[16]
+    successor.answer_version()
+    assert old.stdin_closed
+    assert pool.ready_workers == 16
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert sequences(successor) == [band.start]
+    reply(old, band.usable - band.usable // 4 + 1, "reply ip-4 203.0.113.7 round-trip-time 9")
+    assert result_of(held).kind is ReplyKind.REPLY
+
+
+def test_slots_running_out_of_their_bands_together_never_leave_the_pool_unready() -> None:
+    """Two processes reaching their bands' ends at once: a ready process at every probe."""
+    pool, reactor = started_pool(CONFIG)
+    band = pool._slots[0].band
+    results = []
+    for _ in range(band.usable + 10):
+        # Two probes outstanding at once land on the two slots, which count up together.
+        pair = [pool.probe(ProbeRequest("203.0.113.7")) for _ in range(2)]
+        results.extend(pair)
+        assert pool.ready_workers == 2
+        for transport in reactor.live():
+            for token in list(transport.protocol.pending):  # type: ignore[attr-defined]
+                transport.feed(f"{token} no-reply\n")
+            if transport.protocol.version is None and not transport.stdin_closed:  # type: ignore[attr-defined]
+                reactor.advance(0.05)  # a successor starts up in a moment
+                transport.answer_version()
+    assert reactor.spawned[0].stdin_closed
+    assert reactor.spawned[1].stdin_closed
+    assert all(result_of(d).kind is ReplyKind.NO_REPLY for d in results)
+
+
+def test_a_successor_that_dies_before_it_is_ready_leaves_the_old_process_working() -> None:
+    """A successor that exits unready is not respawned per probe; the old process keeps going."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    reactor.spawned[16].exit(status=1)
+    d = pool.probe(ProbeRequest("203.0.113.7"))
+    assert len(reactor.spawned) == 17
+    assert not old.stdin_closed
+    assert pool.restarts == 0
+    reply(old, band.usable - band.usable // 4 + 1)
+    assert result_of(d).kind is ReplyKind.NO_REPLY
+
+
+def test_a_process_that_dies_while_its_successor_starts_is_replaced_by_it() -> None:
+    """The successor takes the slot of an active process that dies, with no extra restart."""
+    pool, reactor = started_pool(attrs.evolve(CONFIG, size=16))
+    band = pool._slots[0].band
+    old = reactor.spawned[0]
+    for index in range(band.usable - band.usable // 4 + 1):
+        pool.probe(ProbeRequest("203.0.113.7"))
+        reply(old, index)
+    old.exit(signal=9)
+    reactor.advance(60)
+    assert len(reactor.spawned) == 17
+    reactor.spawned[16].answer_version()
+    assert pool.ready_workers == 16
+    assert pool.workers()[0]["pid"] == reactor.spawned[16].pid
 
 
 def test_draining_process_still_delivers_replies() -> None:

@@ -359,11 +359,23 @@ def assert_path_matches_topology_but_silent(
             assert addresses
 
 
+@pytest.fixture
+def fresh_server(lab: Lab, tmp_path: Any) -> Iterator[Server]:
+    """An mtrd of its own: no late answers from earlier tests have raised its wait floor."""
+    with lab_mtrd(lab, tmp_path / "mtrd.log") as (url, process):
+        yield Server(url, process, Zone({}))
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_slow_router_answers_late(lab: Lab, server: Server) -> None:
+async def test_a_slow_router_answers_late(lab: Lab, fresh_server: Server) -> None:
     """r3 answers 600 ms late (its time-exceeded held in a netfilter queue): its first probe
     is given up after 10 x the destination's round trip and its answer counts as late; that
-    raises the wait's floor, so the second probe's answer is received."""
+    raises the wait's floor, so the second probe's answer is received.
+
+    On a server of its own: late answers of earlier tests (a busy host) would have raised
+    the shared wait floor above the delay, and the first answer would not be late.
+    """
+    server = fresh_server
     with lab.delayed("r3", 0.6):
         request = {"probes": 2, "interval": 0.5, "timeout": 2, "max_ttl": 12}
         trace = await finished(server, await start(server, target=lab.targets(4)[42], **request))

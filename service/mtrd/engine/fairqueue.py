@@ -93,8 +93,15 @@ class FairQueue(Generic[T]):
             flow = self._flow_of(item)
             returned.setdefault(flow, deque()).append(item)
             self._counted(flow, 1)
+        if not returned:
+            return
         for flow, front in returned.items():
-            front.extend(self._flows.pop(flow, ()))
+            # The items go in front of the flow's own deque, which is not copied: the
+            # pool puts back a few probes at a time in front of a queue of thousands.
+            rest = self._flows.pop(flow, None)
+            if rest is not None:
+                rest.extendleft(reversed(front))
+                returned[flow] = rest
         self._flows = {**returned, **self._flows}
 
     def remove(self, item: T) -> None:

@@ -19,6 +19,12 @@ sequence counter would wrap -- is explained in :mod:`mtrd.engine.sequence`: each
 slot counts sequence numbers in its own band, a process is retired and
 replaced before it leaves its band, and a ledger of held sequences and fixed
 udp ports keeps every outstanding probe's numbers unique.
+
+A process nearing the end of its band gets its successor early: the new process is
+spawned while the old one still takes probes, and takes over only once it answered
+its version check. Retirement therefore never leaves a slot without a ready process
+(unless the successor could not start in time), so processes of several slots that
+run out of their bands at the same moment do not leave the pool with none ready.
 """
 
 from __future__ import annotations
@@ -120,6 +126,7 @@ class _Queued:
     result: Deferred[ProbeReply]
     flow: Flow = NO_FLOW
     expiry: IDelayedCall | None = None
+    blocked_on: int | None = None  # the held sequence that is one of its fixed udp ports
 
 
 @attrs.define(eq=False)
@@ -135,6 +142,11 @@ class _Slot:
     last_error: str | None = None
     start_failed: bool = False
     restarts: int = 0
+    # A process spawned before ``active`` runs out of its band; it takes over once ready.
+    successor: MtrPacketProcess | None = None
+    # The active process a successor was spawned for: one attempt each, so a successor
+    # that cannot start is not spawned again on every probe.
+    successor_for: MtrPacketProcess | None = None
 
     @property
     def ready(self) -> bool:
@@ -157,6 +169,11 @@ class ProbePool(Service):
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
         self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
+        # udp probes whose fixed port is an outstanding probe's sequence wait apart, by
+        # that sequence, until it is released: retried on every pump, thousands of them
+        # would make each pump go through them all.
+        self._parked: dict[int, list[_Queued]] = {}
+        self._parked_by_group: Counter[str | None] = Counter()
         self._held_by_group: Counter[str] = Counter()  # probes in processes, per group
         self._group_of: dict[Deferred[ProbeReply], str] = {}
         self._group_cap = max(
@@ -220,6 +237,7 @@ class ProbePool(Service):
             if slot.active is not None:
                 slot.draining.append(slot.active)
                 slot.active = None
+            slot.successor = None
         stopping = list(self._slot_by_worker)
         for worker in stopping:
             worker.retire()
@@ -305,6 +323,9 @@ class ProbePool(Service):
             entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
             return entry.result
         entry.expiry = self._clock.callLater(self.config.queue_timeout, self._queue_expired, entry)
+        if entry.blocked_on is not None:
+            self._park(entry)
+            return entry.result
         self._queue.append(entry)
         self._pump()
         return entry.result
@@ -322,11 +343,11 @@ class ProbePool(Service):
     @property
     def queued(self) -> int:
         """Probes waiting for a process."""
-        return len(self._queue)
+        return len(self._queue) + self._parked_by_group.total()
 
     def queued_in(self, group: str | None) -> int:
         """Probes of flows in ``group`` waiting for a process."""
-        return self._queue.waiting_in(group)
+        return self._queue.waiting_in(group) + self._parked_by_group[group]
 
     @property
     def outstanding(self) -> int:
@@ -365,6 +386,8 @@ class ProbePool(Service):
             pid=worker.pid,
         )
         slot = self._slot_of(worker)
+        if slot is not None and slot.successor is worker:
+            self._take_over(slot, worker)
         if slot is not None:
             slot.start_failed = False
             slot.last_error = None
@@ -380,6 +403,7 @@ class ProbePool(Service):
     def probe_ended(self, worker: MtrPacketProcess, pending: PendingProbe) -> None:  # noqa: ARG002
         """Free the probe's numbers and send what waits."""
         self._ledger.release(pending.sequence, pending.udp_ports)
+        self._unpark(pending.sequence)
         self._release_group(pending.result)
         self._pump()
 
@@ -399,11 +423,23 @@ class ProbePool(Service):
         """Release what the process held; restart its slot unless it was retired."""
         for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
+            self._unpark(pending.sequence)
             self._release_group(pending.result)
         slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
                 slot.draining.remove(worker)
+            elif slot.successor is worker:
+                # The active process keeps working; at its band's end the slot is
+                # replaced the ordinary way.
+                slot.successor = None
+                slot.last_error = f"mtr-packet {why}"
+                self.log.error("{name} (successor) {why}", name=worker.name, why=why)
+            elif slot.active is worker and slot.successor is not None:
+                # The successor is on its way: it takes the slot instead of a restart.
+                slot.active, slot.successor = slot.successor, None
+                slot.last_error = f"mtr-packet {why}"
+                self.log.error("{name} {why}", name=worker.name, why=why)
             elif slot.active is worker:
                 slot.active = None
                 self._unexpected_exit(slot, worker, why)
@@ -453,7 +489,7 @@ class ProbePool(Service):
             else:
                 waiter.errback(error)
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: _Slot, *, successor: bool = False) -> None:
         assert self._executable is not None
         worker = MtrPacketProcess(
             name=f"worker-{slot.index}",
@@ -462,7 +498,11 @@ class ProbePool(Service):
             grace=self.config.grace,
             start_timeout=self.config.start_timeout,
         )
-        slot.active = worker
+        if successor:
+            slot.successor = worker
+            slot.successor_for = slot.active
+        else:
+            slot.active = worker
         self._slot_by_worker[worker] = slot
         try:
             self._spawner.spawnProcess(
@@ -470,9 +510,13 @@ class ProbePool(Service):
             )
         except OSError as e:
             self._slot_by_worker.pop(worker, None)
-            slot.active = None
             why = f"could not be started: {e}"
             worker.never_started(why)
+            if successor:
+                slot.successor = None
+                slot.last_error = f"mtr-packet {why}"
+                return
+            slot.active = None
             self._unexpected_exit(slot, worker, why)
             return
         if self._pid_collides(worker):
@@ -481,6 +525,8 @@ class ProbePool(Service):
                 "{name}: ICMP id collides with a live worker; replacing", name=worker.name
             )
             self._retire(worker)
+            if successor:
+                slot.successor_for = None  # another try, with another process id
 
     def _pid_collides(self, worker: MtrPacketProcess) -> bool:
         ident = worker.pid & 0xFFFF
@@ -496,11 +542,37 @@ class ProbePool(Service):
         if slot is None or worker.state is WorkerState.RETIRING:
             return
         worker.retire()
+        if slot.successor is worker:
+            slot.successor = None
+            return
         if slot.active is worker:
             slot.active = None
             slot.draining.append(worker)
             if self.state is PoolState.STARTING or self.state is PoolState.RUNNING:
-                self._spawn(slot)
+                if slot.successor is not None:
+                    slot.active, slot.successor = slot.successor, None
+                else:
+                    self._spawn(slot)
+
+    def _take_over(self, slot: _Slot, successor: MtrPacketProcess) -> None:
+        """The successor answered: it becomes the slot's process, the old one drains."""
+        slot.successor = None
+        old = slot.active
+        slot.active = successor
+        if old is not None:
+            old.retire()
+            slot.draining.append(old)
+
+    def _prepare_successor(self, slot: _Slot, worker: MtrPacketProcess, sequence: int) -> None:
+        """Spawn ``worker``'s successor once its counter is in the last quarter of the band."""
+        if (
+            sequence >= slot.band.stop - slot.band.usable // 4
+            and slot.successor is None
+            and slot.successor_for is not worker
+            and slot.active is worker
+            and self.state is PoolState.RUNNING
+        ):
+            self._spawn(slot, successor=True)
 
     def _slot_of(self, worker: MtrPacketProcess) -> _Slot | None:
         return self._slot_by_worker.get(worker)
@@ -528,9 +600,47 @@ class ProbePool(Service):
             if worker is None:
                 break
             self._queue.popleft(self._may_send)
-            if not self._dispatch(worker, entry):
+            if self._dispatch(worker, entry):
+                continue
+            if entry.blocked_on is not None:
+                self._park(entry)
+            else:
                 waiting.append(entry)
         self._queue.put_back(waiting)
+
+    def _park(self, entry: _Queued) -> None:
+        assert entry.blocked_on is not None
+        self._parked.setdefault(entry.blocked_on, []).append(entry)
+        self._parked_by_group[entry.flow.group] += 1
+
+    def _unpark(self, sequence: int) -> None:
+        """Queue again, at the head of their flows, the probes that waited for ``sequence``."""
+        entries = self._parked.pop(sequence, None)
+        if entries is None:
+            return
+        for entry in entries:
+            entry.blocked_on = None
+            self._unparked(entry)
+        self._queue.put_back(entries)
+
+    def _unparked(self, entry: _Queued) -> None:
+        self._parked_by_group[entry.flow.group] -= 1
+        if self._parked_by_group[entry.flow.group] <= 0:
+            del self._parked_by_group[entry.flow.group]
+
+    def _take_parked(self, entry: _Queued) -> bool:
+        """Take ``entry`` out of the parked probes; False if it is not parked."""
+        if entry.blocked_on is None:
+            return False
+        parked = self._parked.get(entry.blocked_on, [])
+        if entry not in parked:
+            return False
+        parked.remove(entry)
+        if not parked:
+            del self._parked[entry.blocked_on]
+        entry.blocked_on = None
+        self._unparked(entry)
+        return True
 
     def _pick(self, request: ProbeRequest) -> MtrPacketProcess | None:
         """The process for the next probe: the first (in slot order) that holds fewer
@@ -574,8 +684,10 @@ class ProbePool(Service):
                 return False
             return self._dispatch(replacement, entry)
         if allocation is Plan.WAIT:
+            entry.blocked_on = self._ledger.blocking(ports)
             return False
         assert isinstance(allocation, Allocation)
+        self._prepare_successor(slot, worker, allocation.sequence)
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
         self._ledger.hold(allocation.sequence, ports)
@@ -603,15 +715,16 @@ class ProbePool(Service):
                 del self._held_by_group[group]
 
     def _cancelled(self, entry: _Queued) -> None:
-        if entry in self._queue:
+        if not self._take_parked(entry) and entry in self._queue:
             self._queue.remove(entry)
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
 
     def _queue_expired(self, entry: _Queued) -> None:
         entry.expiry = None
-        if entry in self._queue:
-            self._queue.remove(entry)
+        if self._take_parked(entry) or entry in self._queue:
+            if entry in self._queue:
+                self._queue.remove(entry)
             entry.result.errback(
                 NoWorkerAvailable(
                     f"no mtr-packet worker took the probe within {self.config.queue_timeout:g} s"
@@ -619,6 +732,8 @@ class ProbePool(Service):
             )
 
     def _fail_queue(self, reason: Exception) -> None:
+        for sequence in list(self._parked):
+            self._unpark(sequence)
         while self._queue:
             entry = self._queue.popleft()
             if entry.expiry is not None and entry.expiry.active():

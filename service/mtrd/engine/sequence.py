@@ -167,6 +167,10 @@ class SequenceLedger:
             sequence += 1
         return Plan.EXHAUSTED
 
+    def blocking(self, udp_ports: tuple[int, ...]) -> int | None:
+        """The first of ``udp_ports`` that an outstanding probe holds as its sequence."""
+        return next((port for port in udp_ports if port in self._held), None)
+
     def hold(self, sequence: int, udp_ports: tuple[int, ...]) -> None:
         """Record that a probe now holds ``sequence`` and these fixed udp values."""
         if sequence in self._held:

@@ -37,6 +37,9 @@ from mtrd.engine.sequence import SequenceSpace
 MAX_LINE = 4096
 _BURN_REPLY = f"{CONTROL_TOKEN} invalid-argument"
 STDERR_LINES_KEPT = 5
+# How many deadlines (timeout + grace) a probe may take while its process keeps
+# answering others: a busy host delays replies, a lost probe is still given up.
+OVERDUE_PATIENCE = 4
 
 # Replies after which the mirror of the process's sequence counter may be off:
 # these can come from before mtr-packet allocated a sequence.
@@ -92,6 +95,7 @@ class PendingProbe:
     sequence: int
     udp_ports: tuple[int, ...]
     result: Deferred[ProbeReply]
+    sent_at: float = 0.0
 
     def settle(self, outcome: ProbeReply | Exception) -> None:
         """Give the caller its outcome unless it already gave up (cancelled)."""
@@ -183,6 +187,9 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         # are skipped when they come up, and swept out when they pile up.
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: IDelayedCall | None = None
+        self._second_look = False
+        self._stalled = False
+        self._heard_at = self.started_at  # when the process last wrote to stdout
 
     # -- what the owner calls -------------------------------------------------
 
@@ -205,7 +212,12 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         token = self._next_token
         self._next_token += 1
         pending = PendingProbe(
-            token=token, request=request, sequence=sequence, udp_ports=udp_ports, result=result
+            token=token,
+            request=request,
+            sequence=sequence,
+            udp_ports=udp_ports,
+            result=result,
+            sent_at=self.clock.seconds(),
         )
         self._watch(token, request.timeout + self.grace)
         self.pending[token] = pending
@@ -260,6 +272,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         """Frame replies by newline; several may come in one read, one may be split."""
+        self._heard_at = self.clock.seconds()
         self._buffer += data
         if b"\n" not in self._buffer:
             if len(self._buffer) > MAX_LINE:
@@ -363,24 +376,54 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             timer.reset(seconds)
 
     def _deadlines_due(self) -> None:
-        self._deadline_timer = None
+        """Fail the probes past their deadline, unless the process shows it is alive.
+
+        A hung process says nothing: it is judged at timeout + grace. One that keeps
+        answering is only behind (a busy host) and gets ``grace`` more at a time, up to
+        ``OVERDUE_PATIENCE`` deadlines in all, so a probe it lost is still given up; so
+        does every probe when the timer itself ran late (mtrd, not mtr-packet, stalled).
+        """
+        timer, self._deadline_timer = self._deadline_timer, None
         now = self.clock.seconds()
         heap, pending = self._deadlines, self.pending
+        while heap and heap[0][1] not in pending:
+            heapq.heappop(heap)
+        if heap and heap[0][0] <= now and not self._second_look:
+            # A reactor turn runs timers before reads: after a stall the answers may sit
+            # unread in the pipe. Judge once they are read.
+            self._second_look = True
+            self._stalled = timer is not None and now - timer.getTime() > self.grace / 2
+            self._deadline_timer = self.clock.callLater(0, self._deadlines_due)
+            return
+        self._second_look = False
+        # A timer that ran late means this process (mtrd) was held up: the probes may
+        # have sat in its own write buffer. That is no sign of a hung mtr-packet.
+        talking = now - self._heard_at < self.grace or self._stalled
+        self._stalled = False
         overdue: list[PendingProbe] = []
+        later: list[tuple[float, int]] = []
         while heap and (heap[0][0] <= now or heap[0][1] not in pending):
             _, token = heapq.heappop(heap)
             probe = pending.get(token)
-            if probe is not None:
+            if probe is None:
+                continue
+            limit = probe.sent_at + OVERDUE_PATIENCE * (probe.request.timeout + self.grace)
+            if talking and now < limit:
+                later.append((min(now + self.grace, limit), token))
+            else:
                 overdue.append(probe)
+        for entry in later:
+            heapq.heappush(heap, entry)
         if heap:
             self._deadline_timer = self.clock.callLater(heap[0][0] - now, self._deadlines_due)
         for probe in overdue:
             self._probe_overdue(probe)
 
     def _probe_overdue(self, pending: PendingProbe) -> None:
+        waited = self.clock.seconds() - pending.sent_at
         why = (
-            f"mtr-packet worker {self.name} gave no answer within the probe's timeout "
-            f"({pending.request.timeout} s) plus {self.grace:g} s"
+            f"mtr-packet worker {self.name} gave no answer within {waited:g} s "
+            f"(the probe's timeout is {pending.request.timeout} s, the grace {self.grace:g} s)"
         )
         pending.settle(WorkerUnresponsive(why))
         self.owner.worker_unresponsive(self, why)
