@@ -74,6 +74,29 @@ class StoredTrace:
     vantage: str
     replica: str
 
+    def placed(self) -> Trace:
+        """The trace naming where it runs.
+
+        Format-1 values carry no vantage, and a runner may save its snapshots without
+        naming itself: the hash knows both (its replica field names the runner once a
+        replica took the trace).
+        """
+        trace = self.trace
+        if not trace.vantage:
+            trace = attrs.evolve(trace, vantage=self.vantage)
+        if trace.replica is None and trace.status is not TraceStatus.QUEUED and self.replica:
+            trace = attrs.evolve(trace, replica=self.replica)
+        return trace
+
+
+# What a listing reads of each trace: the document and where it runs (see StoredTrace.placed).
+_LISTED: Final = ("value", "vantage", "replica")
+
+
+def _listed(reply: Sequence[Any]) -> Trace:
+    value, vantage, replica = reply
+    return StoredTrace(codec.decode_trace(value), 0, as_text(vantage), as_text(replica)).placed()
+
 
 @attrs.frozen
 class Saved:
@@ -509,12 +532,13 @@ class RedisTraceStore:
                 return page, None
             entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
             # Without a status every entry is wanted: the documents are read straight away.
-            field = "status" if status is not None else "value"
+            fields = ("status",) if status is not None else _LISTED
             replies = await self._redis.pipeline(
-                [("HGET", self.trace_key(trace_id), field) for trace_id, _ in entries]
+                [("HMGET", self.trace_key(trace_id), *fields) for trace_id, _ in entries]
             )
             gone, ended, wanted = [], [], []
-            for (trace_id, seq), stored in zip(entries, replies, strict=True):
+            for (trace_id, seq), reply in zip(entries, replies, strict=True):
+                stored = reply[0]
                 if stored is None:
                     gone.append(trace_id)
                 elif active and TraceStatus(as_text(stored)).is_final:
@@ -530,14 +554,14 @@ class RedisTraceStore:
                 values = [documents[trace_id] for trace_id, _ in wanted]
             elif wanted:
                 values = await self._redis.pipeline(
-                    [("HGET", self.trace_key(trace_id), "value") for trace_id, _ in wanted]
+                    [("HMGET", self.trace_key(trace_id), *_LISTED) for trace_id, _ in wanted]
                 )
             else:
                 values = []
             found = [
-                (seq, codec.decode_trace(value))
+                (seq, _listed(value))
                 for (_, seq), value in zip(wanted, values, strict=True)
-                if value is not None  # gone since its status was read
+                if value[0] is not None  # gone since its status was read
             ]
             if visible is not None:
                 found = [(seq, trace) for seq, trace in found if visible(trace)]
