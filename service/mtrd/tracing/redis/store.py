@@ -186,6 +186,20 @@ if cancel and cancel ~= '0' then return {version, 1, written} end
 return {version, 0, written}
 """)
 
+# KEYS: trace. ARGV: value, status, runner. A final snapshot rewritten by the runner that
+# wrote it (a name that came after the end): the new version, nil if the trace is gone, 0
+# if it is not that runner's final snapshot (ended by a reaper, or still running). The
+# expiry is left as the end set it.
+_SAVE_LATE = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[3]
+   or redis.call('HGET', KEYS[1], 'status') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'version', 1)
+""")
+
 # KEYS: trace. ARGV: replica. The trace (value, version, vantage, replica) if this replica
 # may now run the queued trace, else nil. The trace comes with the take: a read after it
 # could fail and leave a trace taken that nobody runs.
@@ -400,6 +414,22 @@ class RedisTraceStore:
             raise NotRunning(trace.id)
         version, cancel, _written = reply
         return Saved(int(version), cancel=bool(int(cancel)))
+
+    async def save_late(self, trace: Trace, runner: str) -> int | None:
+        """Rewrite the final snapshot ``runner`` wrote with ``trace`` (names that came
+        after the end); its new version, or None if the trace is gone. Raises
+        :class:`NotRunning`, having written nothing, when the stored trace is not that
+        runner's end (a reaper's, or a status that differs)."""
+        reply = await _SAVE_LATE.run(
+            self._redis,
+            [self.trace_key(trace.id)],
+            [codec.encode_trace(trace), trace.status.value, runner],
+        )
+        if reply is None:
+            return None
+        if int(reply) == 0:
+            raise NotRunning(trace.id)
+        return int(reply)
 
     async def cancel_requested(self, trace_id: str) -> bool:
         """Whether a cancel of the trace was asked for (the runner checks between saves)."""
