@@ -401,10 +401,13 @@ class RedisTraceStore:
         """A fenced save (as :meth:`save_running`) and the runner's events of the trace
         (as :meth:`append_events`) in one call; None if the trace is gone. Raises
         :class:`NotRunning`, having written nothing, when the trace does not run there."""
-        args: list[Any] = [codec.encode_trace(trace), trace.status.value,
+        snapshot = codec.encode_trace(trace)
+        args: list[Any] = [snapshot, trace.status.value,
                            self._expiry_ms(trace), runner, self._events_kept]  # fmt: skip
         for event_id, kind, value in events:
-            args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
+            # The end's done event carries the final snapshot itself: encoded once.
+            encoded = snapshot if value is trace else codec.encode_event(kind, value)
+            args += [f"0-{event_id}", kind, encoded]
         reply, _ = await together(
             _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args), self._ended(trace)
         )
