@@ -396,11 +396,12 @@ BOUNDS = {
     "responder addresses are interned and hop values have no weakref slot (26.9 KB before "
     "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
     "would save about 2.3 KB; a packed form of finished hops more",
-    "redis": "POST latency in a closed loop of 8 connections: a POST is one Redis call now "
-    "(was 6), a trace about 4 (was about 15), and the replica's CPU per trace is about twice "
-    "the memory store's (was 4-6 times), yet each call waits for a reactor "
-    "turn and a wake-up of redis-server on 2 shared cores: under load a POST took 18 ms "
-    "(p50, server side) against none in memory. See bench/results/redis-throughput.md",
+    "redis": "CPU: traces/s = CPU share / CPU per trace. The memory replica is bound by one "
+    "core (0.9 of a core on a quiet machine); the Redis replica uses 1.05-1.4x its CPU per "
+    "trace and gets less CPU (0.55-0.9 of a core) because it idles while redis-server, "
+    "sharing the 2 cores, answers a POST (p50 9-14 ms server side against 1 ms); under "
+    "load (average 5+) both get a share, and the ratio swings 0.4-0.9 batch to batch. "
+    "See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
     "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
