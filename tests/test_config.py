@@ -111,6 +111,7 @@ BAD_VALUES = [
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
     ("--store", "redis://:hunter2@cache:99999/0", "bad host or port"),
     ("--vantage", "edge 1", "a vantage name is 1-63 letters"),
+    ("--store-backlog", "0", "expected seconds"),
     ("--max-monitors", "-1", "expected a whole number >= 0"),
     ("--allow-webhooks", "10.0.0.0/33", "not a CIDR"),
     ("--deny-webhooks", "bogus", "not a CIDR: 'bogus'"),
@@ -256,6 +257,7 @@ def test_unknown_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         ("--store-ttl", "1.5", 1.5),
         ("--max-queued", "0", 0),
         ("--log-format", "text", "text"),
+        ("--store-backlog", "90", 90.0),
     ],
 )
 def test_good_values_are_read(flag: str, value: str, expected: object) -> None:
@@ -267,6 +269,7 @@ def test_good_values_are_read(flag: str, value: str, expected: object) -> None:
         "--store-ttl": lambda c: c.store.ttl,
         "--max-queued": lambda c: c.max_queued,
         "--log-format": lambda c: c.log_format,
+        "--store-backlog": lambda c: c.store_backlog,
     }[flag]
     assert read(parse_serve_args([flag, value], env={})) == expected
     assert read(parse_serve_args([], env={_variable(flag): value})) == expected

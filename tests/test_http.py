@@ -678,6 +678,15 @@ async def test_trace_says_its_vantage_and_replica() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_listing_says_each_traces_vantage_and_replica() -> None:
+    """A trace in GET /traces names its vantage and replica, as the trace resource does."""
+    client = Client()
+    await client.post_trace(QUICK)
+    listed = (await client.request("GET", "/traces")).json()["traces"]
+    assert [(t["vantage"], t["replica"]) for t in listed] == [("default", REPLICA)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_post_to_this_vantage_by_name_is_accepted() -> None:
     """A POST naming this process's vantage is taken like one naming none."""
     answer = await Client().post_trace({**QUICK, "vantage": "default"})

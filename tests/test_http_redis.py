@@ -235,6 +235,17 @@ async def test_listing_is_newest_first_across_replicas_with_a_cursor(pair: Pair)
 
 
 @pytest_twisted.ensureDeferred
+async def test_listing_names_the_replica_once_one_has_taken_the_trace(pair: Pair) -> None:
+    """In the list on B a queued trace has no replica; once A's runner takes it, it has."""
+    trace_id = (await pair.a.post_trace(QUICK)).json()["id"]
+    queued = (await pair.b.request("GET", "/traces")).json()["traces"]
+    assert [(t["id"], t["replica"]) for t in queued] == [(trace_id, None)]
+    await _started(pair.a, trace_id)
+    running = (await pair.b.request("GET", "/traces")).json()["traces"]
+    assert [(t["id"], t["replica"]) for t in running] == [(trace_id, RUNNER)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_cursor_is_422_in_redis_mode(pair: Pair) -> None:
     """A cursor that is not a number is 422 naming cursor."""
     answer = await pair.a.request("GET", "/traces?cursor=nope")

@@ -14,7 +14,7 @@ from mtrd.tracing.redis.connection import (
     RedisTimeout,
     RedisUnavailable,
 )
-from mtrd.tracing.redis.store import CancelOutcome, RedisTraceStore
+from mtrd.tracing.redis.store import CancelOutcome, NotRunning, RedisTraceStore
 from mtrd.tracing.store import BadCursor, StoreFull, StoreLimits
 from twisted.internet import reactor
 
@@ -471,3 +471,38 @@ async def test_a_runners_events_go_in_one_call_and_a_repeat_is_skipped(
     page = await store.events_after("a", 0)
     assert [e.id for e in page.events] == [2, 3, 4, 5]
     assert await store.append_events("gone", batch) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_save_rewrites_the_runners_end_keeping_its_expiry(
+    redis: RedisConnection,
+) -> None:
+    """save_late replaces the final snapshot its runner wrote: a new version, same expiry."""
+    store = store_on(redis, ttl=60)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="")
+    assert await store.take("a", "r1")
+    assert await store.save(rich_trace("a", DONE), runner="r1") == 2
+    await redis.execute("PEXPIRE", store.trace_key("a"), 30_000)
+    later = attrs.evolve(rich_trace("a", DONE), hops=())
+    assert await store.save_late(later, "r1") == 3
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace, stored.version) == (later, 3)
+    assert 0 < int(await redis.execute("PTTL", store.trace_key("a"))) <= 30_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_save_leaves_an_end_that_is_not_the_runners(redis: RedisConnection) -> None:
+    """save_late refuses another runner's end or another status, and a gone trace is None."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="")
+    assert await store.take("a", "r1")
+    assert await store.save(rich_trace("a", TraceStatus.FAILED)) == 2
+    with pytest.raises(NotRunning):
+        await store.save_late(rich_trace("a", DONE), "r1")
+    with pytest.raises(NotRunning):
+        await store.save_late(rich_trace("a", TraceStatus.FAILED), "r2")
+    assert await store.save_late(rich_trace("ghost", DONE), "r1") is None
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace.status, stored.version) == (TraceStatus.FAILED, 2)

@@ -53,6 +53,12 @@ class FakeStore:
     async def get(self, trace_id: str) -> StoredTrace | None:
         return self.stored
 
+    async def save_late(self, trace: Trace, runner: str) -> int | None:
+        if self.away:
+            raise RedisTimeout("Redis did not answer within 2 s")
+        self.writes.append(("late", trace.status, trace.hops))
+        return len(self.writes)
+
 
 def writer(store: FakeStore) -> TraceWriter:
     queued = attrs.evolve(rich_trace("t", TraceStatus.QUEUED), hops=(), error=None)
@@ -210,3 +216,42 @@ async def test_a_name_after_the_end_goes_into_the_final_snapshot_not_after_done(
     await w.flush(0.0)
     assert w.trace.hops == (named,)
     assert [kind for kind, *_ in store.writes if kind in ("hop", "done")][-1] == "done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_after_the_end_was_written_rewrites_the_final_snapshot() -> None:
+    """Once the end is in Redis, a name makes a late save of the final snapshot, no event."""
+    store = FakeStore()
+    w = writer(store)
+    w.update(running(w))
+    bare = Hop(1, (Responder("198.51.100.1", 1),), 1, 1)
+    w.finish(attrs.evolve(w.trace, status=TraceStatus.COMPLETED, hops=(bare,)))
+    await w.flush(0.0)
+    written = len(store.writes)
+    named = Hop(1, (Responder("198.51.100.1", 1, (), Annotation("gw.example.net")),), 1, 1)
+    w.hop(named)
+    assert w.pending
+    assert await w.flush(1.0) is Flushed.WRITTEN
+    assert store.writes[written:] == [("late", TraceStatus.COMPLETED, (named,))]
+    assert not w.pending
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_save_that_landed_before_is_not_written_again() -> None:
+    """The end found in Redis as held is not rewritten; one with an older name is."""
+    store = FakeStore()
+    w = writer(store)
+    final = rich_trace("t", TraceStatus.COMPLETED)
+    w.finish(final)
+    store.not_running = True
+    store.stored = StoredTrace(final, 3, "fra", "r1")
+    await w.flush(0.0)
+    assert not w.pending
+    older = StoredTrace(attrs.evolve(final, hops=()), 3, "fra", "r1")
+    w2 = writer(store)
+    w2.finish(final)
+    store.stored = older
+    await w2.flush(0.0)
+    assert w2.pending
+    await w2.flush(1.0)
+    assert store.writes[-1] == ("late", TraceStatus.COMPLETED, final.hops)

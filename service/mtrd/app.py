@@ -560,6 +560,7 @@ def _shared_parts(
         max_running=config.max_running,
         ready=lambda: pool.ready_workers > 0,
         shutdown_grace=config.shutdown_grace,
+        store_backlog=config.store_backlog,
         on_finished=metrics.trace_finished,
     )
     return _SharedParts(connection, front, runner, SharedStarter(front))

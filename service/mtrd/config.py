@@ -59,6 +59,7 @@ class ServeConfig:
     asn_db: Loaded | None = None
     geo_db: Loaded | None = None
     name_grace: float = 1.0
+    store_backlog: float = 30.0  # Redis mode: see RedisRunner
 
 
 class SettingError(ValueError):
@@ -309,6 +310,8 @@ OPTIONS = (
            "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)", _store),
     Option("--vantage", "default", "name of the place this replica's probes leave from; "
            "replicas with one vantage share its work", _vantage),
+    Option("--store-backlog", "30", "with Redis, seconds a running trace's updates are held "
+           "while Redis does not take them; past it the trace ends failed", _seconds),
     Option("--max-monitors", "200", "monitors at most (each re-runs a trace on a schedule)",
            _whole(0)),
     Option("--allow-webhooks", "", "comma-separated CIDRs; when set, webhooks may only be "
@@ -470,4 +473,5 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         asn_db=value["asn_db"],
         geo_db=value["geo_db"],
         name_grace=value["names_grace"],
+        store_backlog=value["store_backlog"],
     )

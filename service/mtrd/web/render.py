@@ -265,6 +265,8 @@ def summary_json(trace: Trace) -> dict[str, Any]:
         "id": trace.id,
         "status": trace.status.value,
         "target": _target_json(trace),
+        "vantage": trace.vantage,
+        "replica": trace.replica,
         "created_at": rfc3339(trace.created_at),
         "finished_at": rfc3339(trace.finished_at),
         "destination_reached": trace.destination_reached,

@@ -230,7 +230,7 @@ class SharedTraces(Service):
         stored = await self._store.get(trace_id)
         if stored is None:
             return None
-        return attrs.evolve(stored, trace=self._who(stored))
+        return attrs.evolve(stored, trace=stored.placed())
 
     async def newest_first(
         self,
@@ -255,18 +255,6 @@ class SharedTraces(Service):
     async def vantage_points(self) -> list[VantagePoint]:
         """Every vantage with a live replica."""
         return await self._replicas.vantage_points(self._clock.seconds())
-
-    @staticmethod
-    def _who(stored: StoredTrace) -> Trace:
-        # Format-1 values carry no vantage, and a runner may save its snapshots without
-        # naming itself: the hash knows both (its replica field names the runner once a
-        # replica took the trace).
-        trace = stored.trace
-        if not trace.vantage:
-            trace = attrs.evolve(trace, vantage=stored.vantage)
-        if trace.replica is None and trace.status is not TraceStatus.QUEUED and stored.replica:
-            trace = attrs.evolve(trace, replica=stored.replica)
-        return trace
 
     # -- events -------------------------------------------------------------------------
 
@@ -333,7 +321,7 @@ class SharedTraces(Service):
             if stored is None:
                 return after
             base = page.events[0].id - 1 if page.events else after
-            events = _from_snapshot(self._who(stored), base) + _coalesced(page.events)
+            events = _from_snapshot(stored.placed(), base) + _coalesced(page.events)
         else:
             events = _coalesced(page.events)
         seen = after

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import attrs
 from twisted.application.service import Service
@@ -59,7 +60,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mtrd.tracing.model import Trace, TraceError, TraceStatus
+from mtrd.tracing.model import LiveHop, Trace, TraceError, TraceStatus
 from mtrd.tracing.redis.commands import together
 from mtrd.tracing.redis.connection import RedisCommandError, RedisUnavailable
 from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
@@ -391,10 +392,17 @@ class RedisRunner(Service):
             writer.update(trace)
 
         job.running = self._tracer.trace(
-            queued.request, queued=queued, on_update=updated, on_live_hop=writer.hop
+            queued.request, queued=queued, on_update=updated, on_live_hop=partial(self._hop, job)
         )
         job.running.addErrback(self._crashed, job)
         job.running.addCallback(self._ended, job)
+
+    def _hop(self, job: _Job, hop: LiveHop) -> None:
+        job.writer.hop(hop)
+        if job.finished and job.ending is not _Ending.ABANDONED:
+            # A name after the end: written at once, even once the job is forgotten
+            # (the end is in Redis), into the final snapshot.
+            self._flush(job)
 
     def _crashed(self, failure: Failure, job: _Job) -> Trace:
         self.log.failure("trace {id} crashed", failure, id=job.trace_id)

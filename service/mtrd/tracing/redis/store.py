@@ -74,6 +74,29 @@ class StoredTrace:
     vantage: str
     replica: str
 
+    def placed(self) -> Trace:
+        """The trace naming where it runs.
+
+        Format-1 values carry no vantage, and a runner may save its snapshots without
+        naming itself: the hash knows both (its replica field names the runner once a
+        replica took the trace).
+        """
+        trace = self.trace
+        if not trace.vantage:
+            trace = attrs.evolve(trace, vantage=self.vantage)
+        if trace.replica is None and trace.status is not TraceStatus.QUEUED and self.replica:
+            trace = attrs.evolve(trace, replica=self.replica)
+        return trace
+
+
+# What a listing reads of each trace: the document and where it runs (see StoredTrace.placed).
+_LISTED: Final = ("value", "vantage", "replica")
+
+
+def _listed(reply: Sequence[Any]) -> Trace:
+    value, vantage, replica = reply
+    return StoredTrace(codec.decode_trace(value), 0, as_text(vantage), as_text(replica)).placed()
+
 
 @attrs.frozen
 class Saved:
@@ -161,6 +184,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel and cancel ~= '0' then return {version, 1, written} end
 return {version, 0, written}
+""")
+
+# KEYS: trace. ARGV: value, status, runner. A final snapshot rewritten by the runner that
+# wrote it (a name that came after the end): the new version, nil if the trace is gone, 0
+# if it is not that runner's final snapshot (ended by a reaper, or still running). The
+# expiry is left as the end set it.
+_SAVE_LATE = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'runner') ~= ARGV[3]
+   or redis.call('HGET', KEYS[1], 'status') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'version', 1)
 """)
 
 # KEYS: trace. ARGV: replica. The trace (value, version, vantage, replica) if this replica
@@ -364,10 +401,13 @@ class RedisTraceStore:
         """A fenced save (as :meth:`save_running`) and the runner's events of the trace
         (as :meth:`append_events`) in one call; None if the trace is gone. Raises
         :class:`NotRunning`, having written nothing, when the trace does not run there."""
-        args: list[Any] = [codec.encode_trace(trace), trace.status.value,
+        snapshot = codec.encode_trace(trace)
+        args: list[Any] = [snapshot, trace.status.value,
                            self._expiry_ms(trace), runner, self._events_kept]  # fmt: skip
         for event_id, kind, value in events:
-            args += [f"0-{event_id}", kind, codec.encode_event(kind, value)]
+            # The end's done event carries the final snapshot itself: encoded once.
+            encoded = snapshot if value is trace else codec.encode_event(kind, value)
+            args += [f"0-{event_id}", kind, encoded]
         reply, _ = await together(
             _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args), self._ended(trace)
         )
@@ -377,6 +417,22 @@ class RedisTraceStore:
             raise NotRunning(trace.id)
         version, cancel, _written = reply
         return Saved(int(version), cancel=bool(int(cancel)))
+
+    async def save_late(self, trace: Trace, runner: str) -> int | None:
+        """Rewrite the final snapshot ``runner`` wrote with ``trace`` (names that came
+        after the end); its new version, or None if the trace is gone. Raises
+        :class:`NotRunning`, having written nothing, when the stored trace is not that
+        runner's end (a reaper's, or a status that differs)."""
+        reply = await _SAVE_LATE.run(
+            self._redis,
+            [self.trace_key(trace.id)],
+            [codec.encode_trace(trace), trace.status.value, runner],
+        )
+        if reply is None:
+            return None
+        if int(reply) == 0:
+            raise NotRunning(trace.id)
+        return int(reply)
 
     async def cancel_requested(self, trace_id: str) -> bool:
         """Whether a cancel of the trace was asked for (the runner checks between saves)."""
@@ -509,12 +565,13 @@ class RedisTraceStore:
                 return page, None
             entries = [(as_text(batch[i]), int(batch[i + 1])) for i in range(0, len(batch), 2)]
             # Without a status every entry is wanted: the documents are read straight away.
-            field = "status" if status is not None else "value"
+            fields = ("status",) if status is not None else _LISTED
             replies = await self._redis.pipeline(
-                [("HGET", self.trace_key(trace_id), field) for trace_id, _ in entries]
+                [("HMGET", self.trace_key(trace_id), *fields) for trace_id, _ in entries]
             )
             gone, ended, wanted = [], [], []
-            for (trace_id, seq), stored in zip(entries, replies, strict=True):
+            for (trace_id, seq), reply in zip(entries, replies, strict=True):
+                stored = reply[0]
                 if stored is None:
                     gone.append(trace_id)
                 elif active and TraceStatus(as_text(stored)).is_final:
@@ -530,14 +587,14 @@ class RedisTraceStore:
                 values = [documents[trace_id] for trace_id, _ in wanted]
             elif wanted:
                 values = await self._redis.pipeline(
-                    [("HGET", self.trace_key(trace_id), "value") for trace_id, _ in wanted]
+                    [("HMGET", self.trace_key(trace_id), *_LISTED) for trace_id, _ in wanted]
                 )
             else:
                 values = []
             found = [
-                (seq, codec.decode_trace(value))
+                (seq, _listed(value))
                 for (_, seq), value in zip(wanted, values, strict=True)
-                if value is not None  # gone since its status was read
+                if value[0] is not None  # gone since its status was read
             ]
             if visible is not None:
                 found = [(seq, trace) for seq, trace in found if visible(trace)]

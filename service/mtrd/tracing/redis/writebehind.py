@@ -11,6 +11,9 @@ writes the snapshot (with the current hops) and then the events in id order in o
 ids given explicitly: subscribers on every replica see the same ids, and Redis refuses an
 id that does not grow (a second writer cannot slip events in).
 
+A name that comes after the final snapshot was written rewrites that snapshot (a new
+version, so a new ETag, as in the memory store; no event follows ``done``).
+
 While Redis does not answer, the changes stay held; the memory that takes is bounded by
 the trace's hops (one held change each), whatever the outage lasts. ``held_since`` says
 since when a flush has failed, so that the runner can end the trace past its bound.
@@ -52,6 +55,7 @@ class TraceWriter:
     _hop_events: dict[int, int] = attrs.field(factory=dict)  # TTL -> id of its held change
     _events: dict[int, tuple[str, TraceStatus | LiveHop | Trace]] = attrs.field(factory=dict)
     _dirty: bool = True
+    _end_written: bool = False  # the final snapshot is in Redis: later names rewrite it
 
     @property
     def pending(self) -> bool:
@@ -112,17 +116,22 @@ class TraceWriter:
         held for the next flush.
         """
         outcome = Flushed.WRITTEN
+        if self._dirty and self._end_written:
+            return await self._flush_late(now)
         if self._dirty:
             self._dirty = False
             held = sorted(self._events.items())
+            snapshot = self.snapshot()
             try:
-                saved = await self._store.write_running(
-                    self.snapshot(), self._runner, _written(held)
-                )
+                saved = await self._store.write_running(snapshot, self._runner, _written(held))
             except NotRunning:
-                if not await self._landed_before():
+                landed = await self._landed_before()
+                if landed is None:
                     return Flushed.NOT_RUNNING
-                # The snapshot is there; the events go below, on their own.
+                # The snapshot is there; the events go below, on their own. Names that
+                # came since that write follow as a late rewrite.
+                self._end_written = True
+                self._dirty = landed != self.trace
             except Exception:
                 self._dirty = True
                 raise
@@ -135,6 +144,7 @@ class TraceWriter:
                     self._events.pop(event_id, None)
                 # What changed while the write was under way waits for the next flush.
                 self.last_saved = now
+                self._end_written = snapshot.status.is_final
                 return outcome
             self.last_saved = now
         if self._events:
@@ -145,19 +155,39 @@ class TraceWriter:
                 self._events.pop(event_id, None)
         return outcome
 
-    async def _landed_before(self) -> bool:
-        """Whether the final snapshot refused now is there already: a save that timed out
-        while Redis was paused is carried out when it resumes, and the retry then finds
-        the trace ended. Anything else that ended it (a reaper) is not this snapshot."""
+    async def _flush_late(self, now: float) -> Flushed:
+        """Rewrite the final snapshot: a name came after it was written. As the memory
+        store does, the stored trace and its version (so its ETag) change; the event
+        stream ended with ``done`` and gets nothing more."""
+        self._dirty = False
+        try:
+            saved = await self._store.save_late(self.trace, self._runner)
+        except NotRunning:
+            return Flushed.NOT_RUNNING
+        except Exception:
+            self._dirty = True
+            raise
+        if saved is None:
+            return Flushed.GONE
+        self.last_saved = now
+        return Flushed.WRITTEN
+
+    async def _landed_before(self) -> Trace | None:
+        """The final snapshot refused now if it is there already (as stored): a save that
+        timed out while Redis was paused is carried out when it resumes, and the retry
+        then finds the trace ended. Anything else that ended it (a reaper) is not this
+        snapshot: None."""
         if not self.trace.status.is_final:
-            return False
+            return None
         stored = await self._store.get(self.trace.id)
-        return (
+        if (
             stored is not None
             and stored.replica == self._runner
             and stored.trace.status is self.trace.status
             and stored.trace.error == self.trace.error
-        )
+        ):
+            return stored.trace
+        return None
 
     def _take_id(self) -> int:
         taken = self._next_id
