@@ -549,10 +549,11 @@ def _shared_parts(
     # The runner's writes (a flush tick sends every running trace's at once) go on a
     # connection of their own: a POST's one call does not wait behind them.
     runs = connection.lane(1)
+    runs_store = RedisTraceStore(runs, reactor, config.store)
     runner = RedisRunner(
         reactor,
         tracer,
-        RedisTraceStore(runs, reactor, config.store),
+        runs_store,
         RedisWorkQueue(runs, config.vantage, replica),
         RedisReplicas(runs),
         replica=replica,
@@ -561,6 +562,7 @@ def _shared_parts(
         ready=lambda: pool.ready_workers > 0,
         shutdown_grace=config.shutdown_grace,
         on_finished=metrics.trace_finished,
+        tenants=RedisTenants(runs, runs_store, config.tenant_limits),
     )
     return _SharedParts(connection, front, runner, SharedStarter(front))
 

@@ -5,6 +5,8 @@ Keys (``P`` is the prefix; ``T`` the tenant name)::
     P:tenant:{T}:active   sorted set: the tenant's traces admitted and maybe not final, by
                           creation time (queued or running, on any replica)
     P:tenant:{T}:stored   sorted set: the tenant's stored traces, by creation time
+    P:tenant:{T}:running  sorted set: the tenant's traces a runner reserved a place for
+                          (taking or running, on any replica), by reservation time
 
 A trace is added to both when it is admitted (one single-key script each, sent in the
 pipeline of the POST, so the cap holds whichever replica admits, and the layout works
@@ -14,6 +16,14 @@ status of each trace the set names, drops those that ended or are gone, evicts t
 tenant's own oldest finished trace for ``stored``, and refuses only if the cap still
 holds. An id whose trace is not written yet is kept for ``ADMIT_GRACE`` seconds (it may
 be on its way), so two replicas admitting at once cannot both slip past the cap.
+
+The running set holds ``--tenant-max-running`` for the runners of every replica: a
+runner reserves a place (:meth:`RedisTenants.reserve_running`, one single-key script)
+before it takes a claimed trace, and gives it back when the trace ends or the take
+fails (:meth:`RedisTenants.ran`). It heals like the others: at the cap, ids whose trace
+ended or is gone are dropped (a lost replica's traces end ``replica_lost`` by the
+reaper), and so is a reservation whose trace nobody took within ``TAKE_GRACE`` (the
+reserving replica died between the two steps).
 """
 
 from __future__ import annotations
@@ -29,9 +39,21 @@ from mtrd.tracing.tenants import Cap, TenantCapReached, TenantLimits
 
 ADMIT_GRACE: Final = 60.0
 RETRY_AFTER: Final = 2
+# A runner reserves, then takes in its next call: a reservation not followed by a take
+# for this long belongs to a replica that died in between.
+TAKE_GRACE: Final = 10.0
 
 # KEYS: the set. ARGV: cap, trace id, score. 1 if added, 0 at the cap.
 _ADMIT = Script("""
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+return 1
+""")
+
+
+# KEYS: the running set. ARGV: cap, trace id, score. 1 if reserved (or already), 0 at cap.
+_RESERVE = Script("""
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
@@ -110,6 +132,33 @@ class RedisTenants:
         """Uncount a trace that was admitted but not stored after all."""
         await self._forget(owner, "active", [trace_id])
         await self._forget(owner, "stored", [trace_id])
+
+    async def reserve_running(self, owner: str, trace_id: str, now: float) -> bool:
+        """Reserve one of ``owner``'s running places for a trace about to be taken; False
+        while ``max_running`` of its traces run (or are being taken) on any replica."""
+        key, cap = self.key(owner, "running"), self.limits.max_running
+        if await _RESERVE.run(self._redis, [key], [cap, trace_id, now]):
+            return True
+        await self._heal_running(owner, now)
+        return bool(await _RESERVE.run(self._redis, [key], [cap, trace_id, now]))
+
+    async def ran(self, owner: str, *trace_ids: str) -> None:
+        """The traces no longer run (ended, or not taken after all): their places are free."""
+        await self._forget(owner, "running", list(trace_ids))
+
+    async def _heal_running(self, owner: str, now: float) -> None:
+        reply = await self._redis.execute("ZRANGE", self.key(owner, "running"), 0, -1, "WITHSCORES")
+        entries = [(as_text(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+        states = await self._redis.pipeline(
+            [("HMGET", self._store.trace_key(t), "status", "runner") for t, _ in entries]
+        )
+        dropped = []
+        for (trace_id, reserved), (status, runner) in zip(entries, states, strict=True):
+            ended = status is None or TraceStatus(as_text(status)).is_final
+            never_taken = runner is None and reserved < now - TAKE_GRACE
+            if ended or never_taken:
+                dropped.append(trace_id)
+        await self._forget(owner, "running", dropped)
 
     async def _make_room(self, which: str, owner: str, now: float) -> None:
         # The active set is small (running + queued); of the stored set the oldest are
