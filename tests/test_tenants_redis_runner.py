@@ -22,6 +22,7 @@ from tests.redis_server import RedisServer
 from tests.redis_support import connected, sleep
 from tests.test_jobs import ROUTERS, StaticResolver
 from tests.test_redis_runner import runner, status_of, wait_for
+from tests.test_tenants_redis import _close, _pair, post
 
 pytestmark = pytest.mark.redis  # a real redis-server, started by the test
 
@@ -151,3 +152,57 @@ async def test_a_reservation_never_taken_is_dropped_after_the_grace(
         assert await tenants.reserve_running("alice", trace_id, now)
     assert not await tenants.reserve_running("alice", ids[2], now + TAKE_GRACE / 2)
     assert await tenants.reserve_running("alice", ids[2], now + TAKE_GRACE + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_probes_waiting_on_every_replica_count_against_the_cap(
+    redis_server: RedisServer,
+) -> None:
+    """600 + 500 of alice's probes wait on two replicas: her POST on a third is 429; bob's not."""
+    fronts = await _pair(redis_server, TenantLimits(max_probes_waiting=1000))
+    try:
+        now = reactor.seconds()  # type: ignore[attr-defined]
+        tenants = RedisTenants(fronts.a.connection, fronts.a.store, TenantLimits())
+        await tenants.publish_probes("r1", {"alice": 600}, set(), now, 5.0)
+        await tenants.publish_probes("r2", {"alice": 500, "bob": 10}, set(), now, 5.0)
+        refused = await post(fronts.b, "alice")
+        assert refused.code == 429
+        assert refused.json()["type"] == "urn:mtrd:problem:tenant-max-probes-waiting"
+        assert (await post(fronts.b, "bob")).code == 202
+    finally:
+        await _close(fronts)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_replicas_probes_stop_counting_with_its_lease(
+    redis_server: RedisServer,
+) -> None:
+    """Probes published by a replica whose lease lapsed count for nothing."""
+    fronts = await _pair(redis_server, TenantLimits(max_probes_waiting=1000))
+    try:
+        long_ago = reactor.seconds() - 10  # type: ignore[attr-defined]
+        tenants = RedisTenants(fronts.a.connection, fronts.a.store, TenantLimits())
+        await tenants.publish_probes("gone", {"alice": 5000}, set(), long_ago, 5.0)
+        assert (await post(fronts.b, "alice")).code == 202
+    finally:
+        await _close(fronts)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_runner_beats_its_pools_probes_per_tenant(redis: RedisConnection) -> None:
+    """Each beat publishes the pool's waiting probes per tenant, and drops a tenant at zero."""
+    waiting = {"alice": 7}
+    r = runner(redis, "r1", tenants=tenants_of(redis), probes_waiting=lambda: dict(waiting))
+    r.startService()
+    key = tenants_of(redis).key("alice", "probes")
+    deadline = reactor.seconds() + 3  # type: ignore[attr-defined]
+    while not await redis.execute("HEXISTS", key, "r1"):
+        assert reactor.seconds() < deadline  # type: ignore[attr-defined]
+        await sleep(0.05)
+    shown = (await redis.execute("HGET", key, "r1")).split()[0]
+    waiting.clear()
+    while await redis.execute("HEXISTS", key, "r1"):
+        assert reactor.seconds() < deadline  # type: ignore[attr-defined]
+        await sleep(0.05)
+    await r.stopService()
+    assert shown == b"7"

@@ -563,6 +563,7 @@ def _shared_parts(
         shutdown_grace=config.shutdown_grace,
         on_finished=metrics.trace_finished,
         tenants=RedisTenants(runs, runs_store, config.tenant_limits),
+        probes_waiting=pool.queued_by_group,
     )
     return _SharedParts(connection, front, runner, SharedStarter(front))
 

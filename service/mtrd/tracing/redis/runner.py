@@ -150,6 +150,7 @@ class RedisRunner(Service):
         store_backlog: float = STORE_BACKLOG,
         on_finished: Callable[[Trace], None] = lambda _: None,
         tenants: RedisTenants | None = None,
+        probes_waiting: Callable[[], dict[str, int]] = dict,
     ) -> None:
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
@@ -167,6 +168,8 @@ class RedisRunner(Service):
         self.store_backlog = store_backlog
         self._on_finished = on_finished
         self._tenants = tenants
+        self._probes_waiting = probes_waiting
+        self._probes_published: set[str] = set()  # tenants counted in the last beat
         self._put_back: set[str] = set()  # traces sent back (tenant at cap) since a pause
         self._backoff = 0.0
         self._paused_until = 0.0
@@ -268,6 +271,7 @@ class RedisRunner(Service):
                 await self._queue.create()
                 self._group_ready = True
             await self._replicas.beat(beat, sent)
+            await self._publish_probes(sent)
         except Exception as e:
             if not self._beat_failing:
                 self.log.warn("heartbeat did not reach Redis: {error}", error=e)
@@ -278,6 +282,14 @@ class RedisRunner(Service):
         self._beat_failing = False
         self._registered = True
         self._last_beat = sent  # the lease runs from when the beat was sent
+
+    async def _publish_probes(self, now: float) -> None:
+        if self._tenants is None:
+            return
+        waiting = self._probes_waiting()
+        gone = self._probes_published - set(waiting)
+        await self._tenants.publish_probes(self.replica, waiting, gone, now, self.lease)
+        self._probes_published = set(waiting)
 
     async def _claim(self) -> None:
         if self.state is not RunnerState.RUNNING or self.fenced or not self._ready():

@@ -7,6 +7,8 @@ Keys (``P`` is the prefix; ``T`` the tenant name)::
     P:tenant:{T}:stored   sorted set: the tenant's stored traces, by creation time
     P:tenant:{T}:running  sorted set: the tenant's traces a runner reserved a place for
                           (taking or running, on any replica), by reservation time
+    P:tenant:{T}:probes   hash: replica -> "<probes waiting> <lease deadline, ms>", what
+                          each replica's pool holds of the tenant's probes (heartbeat)
 
 A trace is added to both when it is admitted (one single-key script each, sent in the
 pipeline of the POST, so the cap holds whichever replica admits, and the layout works
@@ -24,6 +26,13 @@ fails (:meth:`RedisTenants.ran`). It heals like the others: at the cap, ids whos
 ended or is gone are dropped (a lost replica's traces end ``replica_lost`` by the
 reaper), and so is a reservation whose trace nobody took within ``TAKE_GRACE`` (the
 reserving replica died between the two steps).
+
+Probes waiting are counted where they wait, in each replica's pool: every heartbeat
+publishes the replica's count per tenant with its lease deadline
+(:meth:`RedisTenants.publish_probes_commands`), and a POST reads the tenant's hash in its
+one pipeline and sums the counts of replicas whose lease holds (a lost replica's figure
+drops out with its lease). The sum is as old as the last beats (a fifth of a lease):
+traces admitted within that time add probes it does not show yet.
 """
 
 from __future__ import annotations
@@ -133,6 +142,47 @@ class RedisTenants:
         await self._forget(owner, "active", [trace_id])
         await self._forget(owner, "stored", [trace_id])
 
+    def probes_command(self, owner: str) -> Command:
+        """The command that reads ``owner``'s probes waiting on every replica, to send in
+        the POST's pipeline; :func:`probes_waiting` sums its reply."""
+        return ("HGETALL", self.key(owner, "probes"))
+
+    def publish_probes_commands(
+        self, replica: str, waiting: dict[str, int], gone: set[str], now: float, lease: float
+    ) -> list[Command]:
+        """What a heartbeat sends of its pool's probes waiting per tenant: a count with its
+        lease deadline for each tenant in ``waiting``; the field removed for each tenant
+        in ``gone`` (counted in the last beat, none waiting now)."""
+        deadline = round((now + lease) * 1000)
+        commands: list[Command] = []
+        for owner, count in sorted(waiting.items()):
+            key = self.key(owner, "probes")
+            commands.append(("HSET", key, replica, f"{count} {deadline}"))
+            # A tenant nobody beats for two leases leaves no key behind.
+            commands.append(("PEXPIRE", key, round(2 * lease * 1000)))
+        commands.extend(("HDEL", self.key(owner, "probes"), replica) for owner in sorted(gone))
+        return commands
+
+    async def publish_probes(
+        self, replica: str, waiting: dict[str, int], gone: set[str], now: float, lease: float
+    ) -> None:
+        """Send :meth:`publish_probes_commands` (nothing when there is nothing to say)."""
+        commands = self.publish_probes_commands(replica, waiting, gone, now, lease)
+        if commands:
+            await self._redis.pipeline(commands)
+
+    def check_probes(self, reply: Any, now: float) -> None:
+        """Raise :class:`TenantCapReached` when the tenant has ``max_probes_waiting`` probes
+        waiting across replicas (``reply``: that of :meth:`probes_command`)."""
+        waiting, cap = probes_waiting(reply, now), self.limits.max_probes_waiting
+        if waiting >= cap:
+            raise TenantCapReached(
+                Cap.PROBES_WAITING,
+                cap,
+                RETRY_AFTER,
+                f"this tenant has {waiting} probes waiting across replicas",
+            )
+
     async def reserve_running(self, owner: str, trace_id: str, now: float) -> bool:
         """Reserve one of ``owner``'s running places for a trace about to be taken; False
         while ``max_running`` of its traces run (or are being taken) on any replica."""
@@ -189,3 +239,16 @@ class RedisTenants:
     async def _forget(self, owner: str, which: str, trace_ids: list[str]) -> None:
         if trace_ids:
             await self._redis.execute("ZREM", self.key(owner, which), *trace_ids)
+
+
+def probes_waiting(reply: Any, now: float) -> int:
+    """The probes waiting in a reply to :meth:`RedisTenants.probes_command`, summed over the
+    replicas whose lease holds at ``now``."""
+    at = round(now * 1000)
+    fields = list(reply or [])
+    total = 0
+    for value in fields[1::2]:
+        count, deadline = as_text(value).split()
+        if int(deadline) > at:
+            total += int(count)
+    return total
