@@ -93,9 +93,9 @@ class RedisTenants:
         """The commands that count a new trace of ``owner`` (active, then stored), to send
         in a pipeline; :meth:`admitted` reads their replies.
 
-        Active traces (queued or running) are held to ``max_running + max_queued``: with
-        the shared store the runners of every replica take queued traces in turn, and the
-        tenant's queue is what may wait beyond what runs.
+        Active traces (queued or running) are held to ``max_running + max_queued``: at
+        most ``max_running`` of them run (the runners reserve places in the running set),
+        and the tenant's queue is what may wait beyond that.
         """
         return [
             _ADMIT.source_command([self.key(owner, which)], [cap, trace_id, now])
