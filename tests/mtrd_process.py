@@ -149,14 +149,21 @@ class Replica:
             process.wait()
 
 
-def wait_registered(url: str, expected: dict[str, int], limit: float = 10.0) -> None:
+def wait_registered(
+    url: str, expected: dict[str, int], limit: float = 10.0, token: str | None = None
+) -> None:
     """Block until ``url``'s GET /vantage-points lists at least ``expected`` live replicas per
-    vantage (heartbeats reach Redis a moment after /readyz may say ready)."""
+    vantage (heartbeats reach Redis a moment after /readyz may say ready); ``token`` is sent
+    as the bearer token when auth is on."""
+    auth = [] if token is None else ["-H", f"Authorization: Bearer {token}"]
     deadline = time.monotonic() + limit
     listed: dict[str, int] = {}
     while time.monotonic() < deadline:
         result = subprocess.run(
-            ["curl", "-s", f"{url}/vantage-points"], capture_output=True, text=True, check=False
+            ["curl", "-s", *auth, f"{url}/vantage-points"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         try:
             points = json.loads(result.stdout)["vantage_points"]
@@ -171,7 +178,12 @@ def wait_registered(url: str, expected: dict[str, int], limit: float = 10.0) -> 
 
 @contextmanager
 def replicas(
-    lab: Lab, store: str, log_dir: Path, places: list[tuple[str, str]], *flags: str
+    lab: Lab,
+    store: str,
+    log_dir: Path,
+    places: list[tuple[str, str]],
+    *flags: str,
+    token: str | None = None,
 ) -> Iterator[list[Replica]]:
     """Replicas on ``store``, one per ``(vantage, lab node)`` in ``places``, each on its own
     port, ready and listed by GET /vantage-points; every one is stopped afterwards whatever
@@ -190,7 +202,7 @@ def replicas(
         expected: dict[str, int] = {}
         for vantage, _ in places:
             expected[vantage] = expected.get(vantage, 0) + 1
-        wait_registered(started[0].url, expected)
+        wait_registered(started[0].url, expected, token=token)
         yield started
     finally:
         for replica in started:

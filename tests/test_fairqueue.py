@@ -50,6 +50,16 @@ def test_waiting_items_are_counted_per_group() -> None:
     assert (queue.waiting_in("g"), bool(queue)) == (0, False)
 
 
+def test_waiting_items_are_listed_per_named_group() -> None:
+    """waiting_by_group counts each named group's items and leaves out flows of no group."""
+    queue: FairQueue[tuple[str, int]] = FairQueue(
+        lambda item: Flow(item[0], group=None if item[0] == "x" else item[0])
+    )
+    for item in [("a", 1), ("a", 2), ("b", 1), ("x", 1)]:
+        queue.append(item)
+    assert queue.waiting_by_group() == {"a": 2, "b": 1}
+
+
 def test_an_empty_queue_has_nothing_to_take() -> None:
     """peek on an empty queue gives None; popleft raises IndexError, as a deque's would."""
     queue: FairQueue[int] = FairQueue(lambda _: NO_FLOW)

@@ -549,10 +549,11 @@ def _shared_parts(
     # The runner's writes (a flush tick sends every running trace's at once) go on a
     # connection of their own: a POST's one call does not wait behind them.
     runs = connection.lane(1)
+    runs_store = RedisTraceStore(runs, reactor, config.store)
     runner = RedisRunner(
         reactor,
         tracer,
-        RedisTraceStore(runs, reactor, config.store),
+        runs_store,
         RedisWorkQueue(runs, config.vantage, replica),
         RedisReplicas(runs),
         replica=replica,
@@ -562,6 +563,8 @@ def _shared_parts(
         shutdown_grace=config.shutdown_grace,
         store_backlog=config.store_backlog,
         on_finished=metrics.trace_finished,
+        tenants=RedisTenants(runs, runs_store, config.tenant_limits),
+        probes_waiting=pool.queued_by_group,
     )
     return _SharedParts(connection, front, runner, SharedStarter(front))
 

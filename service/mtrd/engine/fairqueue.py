@@ -58,6 +58,10 @@ class FairQueue(Generic[T]):
         """How many items of flows in ``group`` wait."""
         return self._by_group[group]
 
+    def waiting_by_group(self) -> dict[str, int]:
+        """How many items wait, per named group (groups with none left out)."""
+        return {group: n for group, n in self._by_group.items() if group is not None}
+
     def append(self, item: T) -> None:
         """Queue ``item`` at the end of its flow."""
         flow = self._flow_of(item)

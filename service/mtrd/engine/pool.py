@@ -349,6 +349,11 @@ class ProbePool(Service):
         """Probes of flows in ``group`` waiting for a process."""
         return self._queue.waiting_in(group) + self._parked_by_group[group]
 
+    def queued_by_group(self) -> dict[str, int]:
+        """Probes waiting for a process, per named group (a tenant): what a Redis runner
+        publishes in its heartbeat."""
+        return self._queue.waiting_by_group()
+
     @property
     def outstanding(self) -> int:
         """Probes written to a process and not yet answered."""

@@ -153,6 +153,9 @@ class SharedTraces(Service):
         )
         tenants = None if owner is None else self._tenants
         admits = [] if tenants is None else tenants.admit_commands(owner or "", trace.id, now)
+        if tenants is not None:
+            # Read with the rest: the tenant's probes waiting on every replica.
+            admits.append(tenants.probes_command(owner or ""))
         # One call to Redis, a single write: the live check, the owner's place in its
         # tenant's caps, the trace with its index entries, and its queue entry. What the
         # replies refuse is undone after. The queue entry may run ahead of the trace
@@ -171,6 +174,7 @@ class SharedTraces(Service):
             await self._forget(trace.id)
             raise
         admitted, added = replies[: len(admits)], replies[len(admits) :]
+        probes = admitted.pop() if tenants is not None else None
         refused: Exception | None = None
         if not queued(entry):
             entry = None  # nothing to take back
@@ -181,6 +185,7 @@ class SharedTraces(Service):
             refused = QueueFull(QUEUE_RETRY_AFTER)
         elif tenants is not None and owner is not None:
             try:
+                tenants.check_probes(probes, now)
                 await tenants.admitted(owner, trace.id, now, admitted)
             except TenantCapReached as e:
                 refused = e

@@ -16,6 +16,13 @@
   at once at the end (a snapshot and its events in one call);
 - stops a trace within a second of a cancel asked for in Redis (field ``cancel``, read
   on every save, and on its own when a trace has had nothing to save for half a second);
+- holds each tenant to ``--tenant-max-running`` across replicas (with ``tenants``): before
+  it takes a claimed trace it reserves a place in the tenant's running set in Redis
+  (:meth:`RedisTenants.reserve_running`); a trace whose tenant is at its cap goes back to
+  the end of the queue (released as on shutdown: never lost, never doubled), so the
+  traces behind it still run. A replica that keeps meeting only such traces (it sees one
+  it put back already) stops claiming for a back-off, doubling from 0.2 s to 1 s, reset
+  when it starts a trace. The place is given back when the trace ends or is not taken;
 - reaps: lost replicas of its vantage get their running traces failed ``replica_lost``,
   their claims idle for a lease are taken over and started here, and they are forgotten.
 
@@ -49,8 +56,9 @@ group itself when it starts.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
+from typing import Any
 
 import attrs
 from twisted.application.service import Service
@@ -66,6 +74,7 @@ from mtrd.tracing.redis.connection import RedisCommandError, RedisUnavailable
 from mtrd.tracing.redis.queue import Claim, RedisWorkQueue
 from mtrd.tracing.redis.replicas import LEASE, RedisReplicas, ReplicaBeat
 from mtrd.tracing.redis.store import RedisTraceStore, StoredTrace
+from mtrd.tracing.redis.tenants import RedisTenants
 from mtrd.tracing.redis.writebehind import Flushed, TraceWriter
 from mtrd.tracing.tracer import Tracer
 
@@ -79,6 +88,10 @@ CANCEL_CHECK = 0.5
 # How long a running trace's updates are held while Redis does not take them; past it the
 # trace ends failed (``store_unavailable``), written once Redis is back.
 STORE_BACKLOG = 30.0
+# Claiming pauses this long (doubling up to MAX_BACKOFF) while the queue holds only traces
+# whose tenants are at their running cap.
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 1.0
 
 
 class RunnerState(enum.Enum):
@@ -137,6 +150,8 @@ class RedisRunner(Service):
         shutdown_grace: float = 0.0,
         store_backlog: float = STORE_BACKLOG,
         on_finished: Callable[[Trace], None] = lambda _: None,
+        tenants: RedisTenants | None = None,
+        probes_waiting: Callable[[], dict[str, int]] = dict,
     ) -> None:
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
@@ -153,6 +168,13 @@ class RedisRunner(Service):
         self.shutdown_grace = shutdown_grace
         self.store_backlog = store_backlog
         self._on_finished = on_finished
+        self._tenants = tenants
+        self._probes_waiting = probes_waiting
+        self._probes_published: set[str] = set()  # tenants counted in the last beat
+        self._put_back: set[str] = set()  # traces sent back (tenant at cap) since a pause
+        self._backoff = 0.0
+        self._paused_until = 0.0
+        self.put_back = 0  # traces sent back to the queue for a tenant cap, in all
         self.state = RunnerState.STOPPED
         self._jobs: dict[str, _Job] = {}
         self._claimed: dict[str, Claim] = {}  # by entry: claimed, not started yet
@@ -250,6 +272,7 @@ class RedisRunner(Service):
                 await self._queue.create()
                 self._group_ready = True
             await self._replicas.beat(beat, sent)
+            await self._publish_probes(sent)
         except Exception as e:
             if not self._beat_failing:
                 self.log.warn("heartbeat did not reach Redis: {error}", error=e)
@@ -261,10 +284,20 @@ class RedisRunner(Service):
         self._registered = True
         self._last_beat = sent  # the lease runs from when the beat was sent
 
+    async def _publish_probes(self, now: float) -> None:
+        if self._tenants is None:
+            return
+        waiting = self._probes_waiting()
+        gone = self._probes_published - set(waiting)
+        await self._tenants.publish_probes(self.replica, waiting, gone, now, self.lease)
+        self._probes_published = set(waiting)
+
     async def _claim(self) -> None:
         if self.state is not RunnerState.RUNNING or self.fenced or not self._ready():
             return
         if not self._group_ready or self.room < 1:
+            return
+        if self._clock.seconds() < self._paused_until:
             return
         try:
             claims = await self._queue.claim(self.room)
@@ -352,6 +385,9 @@ class RedisRunner(Service):
         await self._replicas.started(self.replica, *(claim.trace_id for claim in claims))
         if self.state is not RunnerState.RUNNING:
             return False
+        claims, owners = await self._within_tenant_caps(claims)
+        if not claims:
+            return True
 
         async def take(claim: Claim) -> tuple[Claim, StoredTrace | None] | None:
             try:
@@ -368,11 +404,14 @@ class RedisRunner(Service):
         # Whether the take won or not (a cancelled trace, another replica first), the entry
         # leaves the queue; a trace not taken leaves the running set.
         not_taken = [claim.trace_id for claim, stored in answered if stored is None]
+        if any(stored is not None for _, stored in answered):
+            self._backoff = 0.0
         if not answered:
             return True
         calls = [self._queue.started(*(claim for claim, _ in answered))]
         if not_taken:
             calls.append(self._replicas.finished(self.replica, *not_taken))
+            calls.extend(self._ran(owners, not_taken))
         try:
             await together(*calls)
         except RedisUnavailable as e:
@@ -380,6 +419,53 @@ class RedisRunner(Service):
             # take then fails and it is acknowledged.
             self.log.warn("{n} claims not acknowledged: {error}", n=len(answered), error=e)
         return True
+
+    async def _within_tenant_caps(self, claims: list[Claim]) -> tuple[list[Claim], dict[str, str]]:
+        """The claims whose tenants have a running place (reserved now), with their owners
+        by trace id; the others go back to the queue."""
+        tenants = self._tenants
+        if tenants is None:
+            return claims, {}
+        found = await together(*(self._store.get(claim.trace_id) for claim in claims))
+        now = self._clock.seconds()
+        kept: list[Claim] = []
+        capped: list[Claim] = []
+        owners: dict[str, str] = {}
+        for claim, stored in zip(claims, found, strict=True):
+            owner = None if stored is None else stored.trace.owner
+            if owner is None:
+                kept.append(claim)  # no tenant, or gone (the take then fails)
+            elif await tenants.reserve_running(owner, claim.trace_id, now):
+                owners[claim.trace_id] = owner
+                kept.append(claim)
+            else:
+                capped.append(claim)
+        if capped:
+            await self._send_back(capped, now)
+        return kept, owners
+
+    async def _send_back(self, capped: list[Claim], now: float) -> None:
+        ids = [claim.trace_id for claim in capped]
+        await self._replicas.finished(self.replica, *ids)
+        # Released as on shutdown: a new entry at the end, the old one gone, in one step.
+        await self._queue.release(capped)
+        self.put_back += len(capped)
+        if self._put_back.intersection(ids):
+            # Round the queue once with nothing to start: wait before the next read.
+            self._backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, 2 * self._backoff))
+            self._paused_until = now + self._backoff
+            self._put_back.clear()
+        self._put_back.update(ids)
+
+    def _ran(self, owners: dict[str, str], trace_ids: list[str]) -> list[Coroutine[Any, Any, None]]:
+        tenants = self._tenants
+        if tenants is None:
+            return []
+        by_owner: dict[str, list[str]] = {}
+        for trace_id in trace_ids:
+            if trace_id in owners:
+                by_owner.setdefault(owners[trace_id], []).append(trace_id)
+        return [tenants.ran(owner, *ids) for owner, ids in by_owner.items()]
 
     def _run(self, queued: Trace) -> None:
         writer = TraceWriter(queued, self._store, self.replica)
@@ -491,13 +577,15 @@ class RedisRunner(Service):
     def _forget(self, job: _Job) -> None:
         if self._jobs.pop(job.trace_id, None) is None:
             return
-        Deferred.fromCoroutine(self._finished_in_redis(job.trace_id))
+        Deferred.fromCoroutine(self._finished_in_redis(job.trace_id, job.writer.trace.owner))
         if not job.done.called:
             job.done.callback(None)
 
-    async def _finished_in_redis(self, trace_id: str) -> None:
+    async def _finished_in_redis(self, trace_id: str, owner: str | None) -> None:
         try:
             await self._replicas.finished(self.replica, trace_id)
+            if self._tenants is not None and owner is not None:
+                await self._tenants.ran(owner, trace_id)
         except Exception as e:
             # The reaper of another replica deals with it once this one is gone.
             self.log.warn(
