@@ -106,6 +106,7 @@ BAD_VALUES = [
     ("--tenant-max-queued", "-1", "expected a whole number >= 0"),
     ("--tenant-max-probes-waiting", "0", "expected a whole number >= 1"),
     ("--tenant-max-stored", "none", "expected a whole number >= 1"),
+    ("--tenant-max-monitors", "0", "expected a whole number >= 1"),
     ("--log-format", "bogus", "expected json or text, got 'bogus'"),
     ("--shutdown-grace", "0", "expected seconds"),
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
@@ -219,6 +220,13 @@ def test_tenant_caps_come_from_flags() -> None:
     assert config.tenant_limits == TenantLimits(
         max_running=2, max_queued=0, max_probes_waiting=50, max_stored=9
     )
+
+
+def test_the_tenant_monitors_cap_comes_from_its_flag_or_variable() -> None:
+    """--tenant-max-monitors and MTRD_TENANT_MAX_MONITORS set one tenant's monitors cap."""
+    flag = parse_serve_args(["--tenant-max-monitors", "3"], env={})
+    variable = parse_serve_args([], env={"MTRD_TENANT_MAX_MONITORS": "4"})
+    assert (flag.tenant_limits.max_monitors, variable.tenant_limits.max_monitors) == (3, 4)
 
 
 @pytest.mark.parametrize(("text", "protected"), [("1", True), ("Yes", True), ("off", False)])

@@ -44,6 +44,7 @@ class NoRuns:
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
         on_refused("not in this test")
 

@@ -356,6 +356,8 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         JobsStarter(jobs) if shared is None else shared.starter,
         notifier=notifier,
         max_monitors=config.max_monitors,
+        # In Redis mode the shared monitors hold the per-tenant cap for the deployment.
+        max_per_owner=config.tenant_limits.max_monitors if shared is None else None,
         on_started=metrics.run_started,
     )
     shared_monitors = director = None
@@ -492,7 +494,11 @@ def _shared_monitors(
     from mtrd.monitors.shared import MonitorDirector, SharedMonitors  # noqa: PLC0415
 
     kept = SharedMonitors(
-        shared.connection, encode=encode_spec, decode=decode_spec, max_monitors=config.max_monitors
+        shared.connection,
+        encode=encode_spec,
+        decode=decode_spec,
+        max_monitors=config.max_monitors,
+        max_per_owner=config.tenant_limits.max_monitors,
     )
     director = MonitorDirector(
         reactor, kept, monitors, replica=replica, vantage=config.vantage, render=monitor_bytes

@@ -51,9 +51,11 @@ class TraceStarter(Protocol):
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
-        """Start a trace; ``on_done`` gets it once final, ``on_refused`` why it could not
-        start (a full queue or store, no live vantage). Either may be called at once."""
+        """Start a trace owned by ``owner`` (the monitor's); ``on_done`` gets it once final,
+        ``on_refused`` why it could not start (a full queue or store, a tenant's cap, no live
+        vantage). Either may be called at once."""
         ...
 
 
@@ -99,9 +101,22 @@ class TooManyMonitors(Exception):
     """The cap on monitors (in all, or of one owner) is reached."""
 
     def __init__(self, cap: int, owner: str | None) -> None:
-        whose = "in all" if owner is None else f"for {owner}"
-        super().__init__(f"at most {cap} monitors {whose}")
+        if owner is None:
+            super().__init__(f"at most {cap} monitors in all")
+        else:
+            super().__init__(
+                f"at most {cap} monitors for {owner} (per-tenant cap --tenant-max-monitors {cap})"
+            )
         self.cap = cap
+        self.owner = owner
+
+
+def visible(monitor_owner: str | None, asker: str | None) -> bool:
+    """Whether a monitor of ``monitor_owner`` shows to ``asker`` (None: anyone, or an admin).
+
+    Like traces: a tenant sees its own monitors only; the operator's (file) monitors have
+    no owner, so only admins, or everyone without auth, see them and their runs."""
+    return asker is None or monitor_owner == asker
 
 
 @attrs.frozen
@@ -212,13 +227,13 @@ class MonitorService(Service):
     def get(self, monitor_id: str, owner: str | None = None) -> MonitorRecord:
         """The monitor ``monitor_id`` if ``owner`` may see it; raises MonitorNotFound."""
         record = self._records.get(monitor_id)
-        if record is None or (owner is not None and record.owner not in (None, owner)):
+        if record is None or not visible(record.owner, owner):
             raise MonitorNotFound(monitor_id)
         return record
 
     def listing(self, owner: str | None = None) -> list[MonitorRecord]:
         """The monitors ``owner`` may see, oldest first."""
-        return [r for r in self._records.values() if owner is None or r.owner in (None, owner)]
+        return [r for r in self._records.values() if visible(r.owner, owner)]
 
     def records(self) -> Iterator[MonitorRecord]:
         """Every monitor, oldest first."""
@@ -316,7 +331,7 @@ class MonitorService(Service):
                 self._record_run(record, Run(None, due, now, RunResult.REFUSED, now))
 
         self._on_started(now - due)
-        self._starter.start(spec.request, spec.vantage, done, refused)
+        self._starter.start(spec.request, spec.vantage, done, refused, record.owner)
 
     def _ended(self, record: MonitorRecord, started: Run, trace: Trace) -> None:
         if self._records.get(record.id) is not record:

@@ -87,13 +87,16 @@ class SharedMonitors:
         encode: Callable[[MonitorSpec], bytes],
         decode: Callable[[bytes], MonitorSpec],
         max_monitors: int = 200,
+        max_per_owner: int | None = None,
         prefix: str = "mtrd",
     ) -> None:
-        """``encode`` and ``decode`` turn settings into bytes and back (the web's JSON)."""
+        """``encode`` and ``decode`` turn settings into bytes and back (the web's JSON);
+        ``max_per_owner`` caps each named owner's monitors across the deployment."""
         self._redis = redis
         self._encode = encode
         self._decode = decode
         self.max_monitors = max_monitors
+        self.max_per_owner = max_per_owner
         self._prefix = prefix
 
     def _key(self, monitor_id: str) -> str:
@@ -114,6 +117,9 @@ class SharedMonitors:
     def _names(self) -> str:
         return f"{self._prefix}:monitor-names"
 
+    def _owned(self, owner: str) -> str:
+        return f"{self._prefix}:monitor-owner:{owner}"
+
     async def create(
         self, spec: MonitorSpec, owner: str | None, vantage: str, now: float
     ) -> StoredMonitor:
@@ -124,6 +130,16 @@ class SharedMonitors:
         if await self._redis.execute("SCARD", self._ids) >= self.max_monitors:
             await self._redis.execute("HDEL", self._names, spec.name)
             raise TooManyMonitors(self.max_monitors, None)
+        if owner is not None and self.max_per_owner is not None:
+            # Take the place first, then count: two creations racing on two replicas may
+            # both be refused at the cap, but never both pass it.
+            owned = self._owned(owner)
+            _, count = await self._redis.pipeline([("SADD", owned, monitor_id), ("SCARD", owned)])
+            if int(count) > self.max_per_owner:
+                await self._redis.pipeline(
+                    [("SREM", owned, monitor_id), ("HDEL", self._names, spec.name)]
+                )
+                raise TooManyMonitors(self.max_per_owner, owner)
         fields = ("spec", self._encode(spec), "owner", owner or "", "vantage", vantage,
                   "created_at", repr(now), "version", 1)  # fmt: skip
         await self._redis.pipeline(
@@ -159,11 +175,13 @@ class SharedMonitors:
 
     async def delete(self, stored: StoredMonitor) -> None:
         """Forget a monitor; its runner drops it at its next sync."""
+        owned = [] if stored.owner is None else [("SREM", self._owned(stored.owner), stored.id)]
         await self._redis.pipeline(
             [
                 ("DEL", self._key(stored.id), self._state_key(stored.id)),
                 ("SREM", self._ids, stored.id),
                 ("HDEL", self._names, stored.spec.name),
+                *owned,
             ]
         )
 
@@ -219,15 +237,21 @@ class SharedStarter:
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
-        """Queue the trace; ``on_done`` gets it once final, ``on_refused`` why not."""
-        started = Deferred.fromCoroutine(self._start(request, vantage, on_done))
+        """Queue the trace as ``owner``'s; ``on_done`` gets it once final, ``on_refused``
+        why not."""
+        started = Deferred.fromCoroutine(self._start(request, vantage, on_done, owner))
         started.addErrback(lambda failure: on_refused(str(failure.value)))
 
     async def _start(
-        self, request: TraceRequest, vantage: str | None, on_done: Callable[[Trace], None]
+        self,
+        request: TraceRequest,
+        vantage: str | None,
+        on_done: Callable[[Trace], None],
+        owner: str | None,
     ) -> None:
-        stored = await self._front.submit(request, vantage)
+        stored = await self._front.submit(request, vantage, owner)
 
         def heard(event: Event) -> None:
             if event.kind == "done":

@@ -31,6 +31,7 @@ from mtrd.monitors.service import (
     MonitorRecord,
     MonitorService,
     TooManyMonitors,
+    visible,
 )
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
@@ -467,9 +468,11 @@ class Api:
             raise no_route("/monitors")
         return self._monitors
 
-    def _owner(self, request: IRequest) -> str | None:  # noqa: ARG002
-        """The tenant asking; None until tenants exist (every monitor is everyone's)."""
-        return None
+    def _owner(self, request: IRequest) -> str | None:
+        """Whose monitors the caller may see: its tenant's, or None for every monitor
+        (an admin, or anyone without auth)."""
+        tenant = tenant_of(request)
+        return None if tenant.admin else tenant.name
 
     @app.route("/monitors", methods=["POST"])
     def create_monitor(self, request: IRequest) -> Deferred[bytes]:
@@ -482,7 +485,7 @@ class Api:
         self, request: IRequest, monitors: MonitorService, spec: MonitorSpec
     ) -> bytes:
         await self._check_monitor(spec)
-        owner = self._owner(request)
+        owner = tenant_of(request).name  # an admin's monitors are its own too
         if self._shared_monitors is not None:
             vantage = spec.vantage or self._vantage
             now = self._clock.seconds()
@@ -517,7 +520,7 @@ class Api:
 
     async def _list_shared(self, request: IRequest, shared: SharedMonitors) -> bytes:
         owner = self._owner(request)
-        stored = [m for m in await shared.listing() if owner is None or m.owner in (None, owner)]
+        stored = [m for m in await shared.listing() if visible(m.owner, owner)]
         stored.sort(key=lambda m: m.created_at)
         states = await shared.states([m.id for m in stored])
         documents = []
@@ -552,7 +555,7 @@ class Api:
     ) -> StoredMonitor:
         stored = await shared.get(monitor_id)
         owner = self._owner(request)
-        if stored is None or (owner is not None and stored.owner not in (None, owner)):
+        if stored is None or not visible(stored.owner, owner):
             raise MonitorNotFound(monitor_id)
         return stored
 
@@ -900,6 +903,8 @@ def _monitor_problem(error: Exception) -> Problem:
     if isinstance(error, MonitorReadOnly):
         return Problem(409, "monitor-read-only", "Monitor is read-only", str(error))
     if isinstance(error, TooManyMonitors):
+        if error.owner is not None:
+            return Problem(429, Cap.MONITORS.value, "Tenant limit reached", str(error))
         return Problem(429, "too-many-monitors", "Too many monitors", str(error))
     if isinstance(error, WebhookRefused):
         return Problem(403, "forbidden-webhook", "Forbidden webhook", str(error),
