@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
-from mtrd.monitors.model import MonitorSpec
+from mtrd.monitors.model import Alerts, MonitorSpec
 from mtrd.monitors.service import MonitorNameTaken, MonitorService, TooManyMonitors
 from mtrd.monitors.shared import MonitorDirector, SharedMonitors
 from mtrd.tracing.jobs import TraceJobs
@@ -19,6 +20,7 @@ from mtrd.tracing.redis.connection import RedisConnection
 from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.monitor_intake import decode_spec, encode_spec
+from mtrd.web.monitor_memory import decode_memory, encode_memory
 from mtrd.web.monitor_render import monitor_bytes
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
@@ -26,6 +28,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from tests.monitor_values import run_trace
 from tests.openapi import validate_response
 from tests.redis_server import RedisServer
 from tests.redis_support import connected, sleep, wait_until
@@ -33,6 +36,7 @@ from tests.test_http import BASE, Answer, FakePool
 
 pytestmark = pytest.mark.redis
 REQUEST = TraceRequest("203.0.113.7", probes=1, timeout=1)
+HOP = "198.51.100.1"
 
 
 class NoRuns:
@@ -255,3 +259,77 @@ async def wait_until_async(read: Any, check: Callable[[Any], bool], seconds: flo
             return value
         assert time.monotonic() < deadline, f"not met in time: {value}"
         await sleep(0.05)
+
+
+class SamePath:
+    """A starter whose runs end at once, each seeing the same path."""
+
+    def start(
+        self,
+        request: TraceRequest,
+        vantage: str | None,
+        on_done: Callable[[Trace], None],
+        on_refused: Callable[[str], None],
+        owner: str | None = None,
+    ) -> None:
+        trace = attrs.evolve(run_trace(HOP, "203.0.113.7"), request=request)
+        reactor.callLater(0, on_done, trace)  # type: ignore[attr-defined]
+
+
+def remembering(redis: RedisConnection, name: str) -> MonitorDirector:
+    """A replica whose runs see one path, keeping what its monitors saw in Redis."""
+    monitors = MonitorService(reactor, SamePath(), rng=random.Random(1))  # type: ignore[arg-type]
+    monitors.startService()
+    return MonitorDirector(
+        reactor,  # type: ignore[arg-type]
+        shared(redis),
+        monitors,
+        replica=name,
+        vantage="default",
+        render=monitor_bytes,
+        lease=1.0,
+        sync_every=0.1,
+        encode_memory=encode_memory,
+        decode_memory=decode_memory,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moved_monitor_continues_from_what_its_runner_saw(redis: RedisConnection) -> None:
+    """A runs the monitor and keeps its memory; after A stops, B continues its path, runs
+    and event numbering instead of starting afresh."""
+    kept = shared(redis)
+    every_second = MonitorSpec("gw", REQUEST, every=1.0, jitter=0.0, alerts=Alerts(loss_pct=1))
+    stored = await kept.create(every_second, None, "default", 0.0)
+    first, second = remembering(redis, "a"), remembering(redis, "b")
+    first.startService()
+    try:
+        await wait_until(lambda: first.held == [stored.id])
+
+        async def memory() -> Any:
+            data = await kept.memory(stored.id)
+            return None if data is None else decode_memory(data)
+
+        seen = await wait_until_async(memory, lambda m: m is not None and len(m.runs) >= 1)
+        await first.stopService()
+        second.startService()
+        await wait_until(lambda: second.held == [stored.id])
+        record = second._monitors.get(stored.id)
+        assert record.path.current is not None
+        assert record.path.current.path_id == seen.path.current.path_id
+        assert list(record.runs)[: len(seen.runs)] == list(seen.runs)
+        assert record.channel.last_id >= seen.next_event_id - 1
+    finally:
+        await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_monitors_memory_goes_with_it(redis: RedisConnection) -> None:
+    """DELETE removes the kept memory, and a late runner cannot write it back."""
+    kept = shared(redis)
+    stored = await kept.create(spec(), None, "default", 0.0)
+    assert await kept.put_memory(stored.id, b"{}")
+    await kept.delete(stored)
+    assert await kept.memory(stored.id) is None
+    assert not await kept.put_memory(stored.id, b"{}")
+    assert await kept.memory(stored.id) is None

@@ -54,6 +54,7 @@ from mtrd.web.metrics import (
     webhook_metrics,
 )
 from mtrd.web.monitor_intake import decode_spec, encode_spec
+from mtrd.web.monitor_memory import decode_memory, encode_memory
 from mtrd.web.monitor_render import monitor_bytes, webhook_body
 from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
 from mtrd.web.routes import Api
@@ -501,7 +502,14 @@ def _shared_monitors(
         max_per_owner=config.tenant_limits.max_monitors,
     )
     director = MonitorDirector(
-        reactor, kept, monitors, replica=replica, vantage=config.vantage, render=monitor_bytes
+        reactor,
+        kept,
+        monitors,
+        replica=replica,
+        vantage=config.vantage,
+        render=monitor_bytes,
+        encode_memory=encode_memory,
+        decode_memory=decode_memory,
     )
     return kept, director
 

@@ -127,6 +127,23 @@ class PathChangeRecord:
     change: PathChange
 
 
+@attrs.frozen
+class MonitorMemory:
+    """What a monitor has seen, kept so that another runner continues from it (Redis mode):
+    its path (and the candidate being confirmed), last runs, path history, open alerts,
+    counts, and the id its next event gets. ``spec_version`` is the version of the settings
+    the path was followed under: a runner given other settings starts the path afresh."""
+
+    path: PathState = attrs.Factory(PathState)
+    runs: tuple[Run, ...] = ()
+    history: tuple[PathChangeRecord, ...] = ()
+    open_alerts: tuple[tuple[AlertKind, float], ...] = ()
+    runs_by_result: tuple[tuple[RunResult, int], ...] = ()
+    path_changes: int = 0
+    next_event_id: int = 1
+    spec_version: int = 0
+
+
 @attrs.define(eq=False)
 class MonitorRecord:
     """One monitor and everything the service knows of it."""
@@ -160,6 +177,30 @@ class MonitorRecord:
         self._deliveries[delivery.event_id] = delivery
         while len(self._deliveries) > KEEP_DELIVERIES:
             del self._deliveries[next(iter(self._deliveries))]
+
+    def memory(self, spec_version: int = 0) -> MonitorMemory:
+        """What this monitor has seen, as a value."""
+        return MonitorMemory(
+            path=self.path,
+            runs=tuple(self.runs),
+            history=tuple(self.history),
+            open_alerts=tuple(sorted(self.open_alerts.items())),
+            runs_by_result=tuple(sorted(self.runs_by_result.items())),
+            path_changes=self.path_changes,
+            next_event_id=self.channel.last_id + 1,
+            spec_version=spec_version,
+        )
+
+    def recall(self, memory: MonitorMemory, *, same_settings: bool = True) -> None:
+        """Continue from what another runner saw (its path only under the same settings)."""
+        if same_settings:
+            self.path = memory.path
+        self.runs.extend(memory.runs)
+        self.history.extend(memory.history)
+        self.open_alerts = dict(memory.open_alerts)
+        self.runs_by_result = dict(memory.runs_by_result)
+        self.path_changes = memory.path_changes
+        self.channel = MonitorChannel(next_id=memory.next_event_id)
 
     def count(self, result: RunResult) -> None:
         """Count one run by its result."""

@@ -12,8 +12,10 @@ dies stops renewing: its leases expire within ``lease`` seconds and another repl
 the vantage takes each monitor at its next sync. A monitor's runs are ordinary traces,
 queued for its vantage through the shared trace store (:class:`SharedStarter`).
 
-What a monitor has seen (runs, path, alerts, events) lives in the replica that runs it: a
-monitor that moves starts its path afresh on the new replica.
+What a monitor has seen (path, runs, path history, open alerts, event numbering) is kept
+in Redis by its runner after each change, in one key next to its settings (one hash tag per
+monitor): a monitor that moves continues on the new replica from the stored path and
+alerts. Its event stream is still served by the replica that runs it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from twisted.logger import Logger
 
 from mtrd.monitors.model import MonitorSource, MonitorSpec
 from mtrd.monitors.service import (
+    MonitorMemory,
     MonitorNameTaken,
     MonitorNotFound,
     MonitorRecord,
@@ -62,6 +65,12 @@ return 1
 _DROP_LEASE = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
+""")
+# KEYS: monitor, memory. ARGV: memory. Keep it only while the monitor exists: a runner that
+# has not yet heard of a deletion must not leave its memory behind.
+_KEEP_MEMORY = Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[2], ARGV[1]) return 1 end
+return 0
 """)
 
 
@@ -108,6 +117,9 @@ class SharedMonitors:
 
     def _state_key(self, monitor_id: str) -> str:
         return f"{self._prefix}:monitor:{{{monitor_id}}}:state"
+
+    def _memory_key(self, monitor_id: str) -> str:
+        return f"{self._prefix}:monitor:{{{monitor_id}}}:memory"
 
     @property
     def _ids(self) -> str:
@@ -176,9 +188,10 @@ class SharedMonitors:
     async def delete(self, stored: StoredMonitor) -> None:
         """Forget a monitor; its runner drops it at its next sync."""
         owned = [] if stored.owner is None else [("SREM", self._owned(stored.owner), stored.id)]
+        keys = (self._key(stored.id), self._state_key(stored.id), self._memory_key(stored.id))
         await self._redis.pipeline(
             [
-                ("DEL", self._key(stored.id), self._state_key(stored.id)),
+                ("DEL", *keys),
                 ("SREM", self._ids, stored.id),
                 ("HDEL", self._names, stored.spec.name),
                 *owned,
@@ -195,6 +208,16 @@ class SharedMonitors:
     async def put_state(self, monitor_id: str, state: bytes, ttl: float) -> None:
         """Publish what a monitor looks like here, for ``ttl`` seconds."""
         await self._redis.execute("SET", self._state_key(monitor_id), state, "PX", int(ttl * 1000))
+
+    async def put_memory(self, monitor_id: str, memory: bytes) -> bool:
+        """Keep what the monitor has seen (while it exists); True if kept."""
+        keys = [self._key(monitor_id), self._memory_key(monitor_id)]
+        return bool(await _KEEP_MEMORY.run(self._redis, keys, [memory]))
+
+    async def memory(self, monitor_id: str) -> bytes | None:
+        """What the monitor's last runner kept of what it saw, or None."""
+        reply = await self._redis.execute("GET", self._memory_key(monitor_id))
+        return None if reply is None else reply if isinstance(reply, bytes) else reply.encode()
 
     async def take_lease(self, monitor_id: str, replica: str, lease: float) -> bool:
         """Take or renew the monitor's lease; True while this replica holds it."""
@@ -275,8 +298,12 @@ class MonitorDirector(Service):
         render: Callable[[MonitorRecord], bytes],
         lease: float = LEASE,
         sync_every: float = SYNC_EVERY,
+        encode_memory: Callable[[MonitorMemory], bytes] | None = None,
+        decode_memory: Callable[[bytes], MonitorMemory] | None = None,
     ) -> None:
-        """``render`` gives what a monitor looks like (the web's resource)."""
+        """``render`` gives what a monitor looks like (the web's resource); with
+        ``encode_memory`` and ``decode_memory`` what each monitor saw is kept in Redis and
+        a new runner continues from it."""
         self._clock = clock
         self._shared = shared
         self._monitors = monitors
@@ -285,6 +312,9 @@ class MonitorDirector(Service):
         self._render = render
         self.lease = lease
         self._versions: dict[str, int] = {}
+        self._encode_memory = encode_memory
+        self._decode_memory = decode_memory
+        self._remembered: dict[str, tuple[int, int]] = {}  # id -> (record version, last event)
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._sync_safely()))
         self._loop.clock = clock
         self._sync_every = sync_every
@@ -332,21 +362,51 @@ class MonitorDirector(Service):
                 if monitor_id in self._versions:
                     self._drop(monitor_id)  # someone else took it: we were cut off
                 continue
-            self._run(monitor)
+            await self._run(monitor)
             record = self._monitors.get(monitor_id)
             await self._shared.put_state(monitor_id, self._render(record), 2 * self.lease)
+            await self._remember(record, monitor.version)
 
-    def _run(self, monitor: StoredMonitor) -> None:
+    async def _remember(self, record: MonitorRecord, spec_version: int) -> None:
+        if self._encode_memory is None:
+            return
+        mark = (record.version, record.channel.last_id)
+        if self._remembered.get(record.id) == mark:
+            return  # nothing seen since the last time
+        memory = self._encode_memory(record.memory(spec_version))
+        await self._shared.put_memory(record.id, memory)
+        self._remembered[record.id] = mark
+
+    async def _recalled(self, monitor: StoredMonitor) -> MonitorMemory | None:
+        if self._decode_memory is None:
+            return None
+        kept = await self._shared.memory(monitor.id)
+        if kept is None:
+            return None
+        try:
+            return self._decode_memory(kept)
+        except Exception:
+            # Unreadable (another release's format?): the monitor starts afresh.
+            log.failure("monitor {id}: kept memory unreadable", id=monitor.id)
+            return None
+
+    async def _run(self, monitor: StoredMonitor) -> None:
         version = self._versions.get(monitor.id)
         if version is None:
-            self._monitors.create(
+            memory = await self._recalled(monitor)
+            if monitor.id in self._versions:
+                return  # another sync took it on meanwhile
+            record = self._monitors.create(
                 monitor.spec, monitor.owner, MonitorSource.API, monitor_id=monitor.id
             )
+            if memory is not None:
+                record.recall(memory, same_settings=memory.spec_version == monitor.version)
         elif version != monitor.version:
             self._monitors.update(monitor.id, monitor.spec, force=True)
         self._versions[monitor.id] = monitor.version
 
     def _drop(self, monitor_id: str) -> None:
         self._versions.pop(monitor_id, None)
+        self._remembered.pop(monitor_id, None)
         with contextlib.suppress(MonitorNotFound):
             self._monitors.delete(monitor_id, force=True)
