@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+import treq
 from mtrd.monitors.model import Alerts, MonitorSpec
 from mtrd.monitors.service import MonitorNameTaken, MonitorService, TooManyMonitors
 from mtrd.monitors.shared import MonitorDirector, SharedMonitors
@@ -21,7 +22,7 @@ from mtrd.tracing.store import TraceStore
 from mtrd.tracing.tracer import Tracer
 from mtrd.web.monitor_intake import decode_spec, encode_spec
 from mtrd.web.monitor_memory import decode_memory, encode_memory
-from mtrd.web.monitor_render import monitor_bytes
+from mtrd.web.monitor_render import encode_event, monitor_bytes
 from mtrd.web.routes import Api
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -221,7 +222,7 @@ class Edge:
 @pytest_twisted.ensureDeferred
 async def test_the_api_answers_from_redis_on_every_replica(redis: RedisConnection) -> None:
     """POST on one replica; the other shows it, once run with what its runner published;
-    PATCH and DELETE reach it; events are served where it runs (409 elsewhere)."""
+    PATCH and DELETE reach it."""
     runner, other = replica(redis, "a"), replica(redis, "b", "fra")
     runner.startService()
     here, there = Edge(redis, runner), Edge(redis, other)
@@ -241,8 +242,6 @@ async def test_the_api_answers_from_redis_on_every_replica(redis: RedisConnectio
         patched = await there.request("PATCH", f"/monitors/{monitor_id}", {"every": 10})
         assert patched.json()["every"] == 10.0
         await wait_until(lambda: runner._monitors.get(monitor_id).spec.every == 10.0)
-        elsewhere = await there.request("GET", f"/monitors/{monitor_id}/events")
-        assert elsewhere.code == 409
         assert (await there.request("DELETE", f"/monitors/{monitor_id}")).code == 204
         await wait_until(lambda: runner.held == [])
         assert (await here.request("GET", f"/monitors/{monitor_id}")).code == 404
@@ -291,6 +290,7 @@ def remembering(redis: RedisConnection, name: str) -> MonitorDirector:
         sync_every=0.1,
         encode_memory=encode_memory,
         decode_memory=decode_memory,
+        encode_event=encode_event,
     )
 
 
@@ -333,3 +333,42 @@ async def test_a_deleted_monitors_memory_goes_with_it(redis: RedisConnection) ->
     assert await kept.memory(stored.id) is None
     assert not await kept.put_memory(stored.id, b"{}")
     assert await kept.memory(stored.id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_replica_streams_a_monitors_events(redis: RedisConnection) -> None:
+    """B, which does not run the monitor, streams its events from the log A keeps in
+    Redis, resuming after Last-Event-ID, and ends the stream when it is deleted."""
+    kept = shared(redis)
+    stored = await kept.create(MonitorSpec("gw", REQUEST, every=1.0, jitter=0.0), None,
+                               "default", 0.0)  # fmt: skip
+    runner = remembering(redis, "a")
+    there = Edge(redis, replica(redis, "b", "fra"))
+    runner.startService()
+    try:
+        await wait_until(lambda: runner.held == [stored.id])
+        path = f"/monitors/{stored.id}/events"
+        response = await there.pumped(
+            there.stub.request("GET", BASE + path, headers={"Last-Event-ID": "1"})
+        )
+        assert response.code == 200
+        chunks: list[bytes] = []
+        done = treq.collect(response, chunks.append)
+        await wait_until(
+            lambda: there.stub.flush() or b"".join(chunks).count(b"event: run") >= 2, 10.0
+        )
+        await kept.delete(stored)
+        await there.pumped(done)
+        ids = [line for line in b"".join(chunks).split(b"\n") if line.startswith(b"id: ")]
+        assert ids[:2] == [b"id: 2", b"id: 3"]
+    finally:
+        await runner.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_replica_answers_404_for_an_unknown_monitors_events(
+    redis: RedisConnection,
+) -> None:
+    """A replica that runs no such monitor answers 404, not a stream."""
+    there = Edge(redis, replica(redis, "b"))
+    assert (await there.request("GET", "/monitors/m-nothing/events")).code == 404

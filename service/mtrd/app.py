@@ -55,7 +55,7 @@ from mtrd.web.metrics import (
 )
 from mtrd.web.monitor_intake import decode_spec, encode_spec
 from mtrd.web.monitor_memory import decode_memory, encode_memory
-from mtrd.web.monitor_render import monitor_bytes, webhook_body
+from mtrd.web.monitor_render import encode_event, monitor_bytes, webhook_body
 from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
@@ -510,6 +510,7 @@ def _shared_monitors(
         render=monitor_bytes,
         encode_memory=encode_memory,
         decode_memory=decode_memory,
+        encode_event=encode_event,
     )
     return kept, director
 

@@ -15,7 +15,8 @@ queued for its vantage through the shared trace store (:class:`SharedStarter`).
 What a monitor has seen (path, runs, path history, open alerts, event numbering) is kept
 in Redis by its runner after each change, in one key next to its settings (one hash tag per
 monitor): a monitor that moves continues on the new replica from the stored path and
-alerts. Its event stream is still served by the replica that runs it.
+alerts. Its runner also appends each event (already encoded for the event stream) to a
+short log in Redis, which any replica's event stream follows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mtrd.monitors.events import MonitorEvent
 from mtrd.monitors.model import MonitorSource, MonitorSpec
 from mtrd.monitors.service import (
     MonitorMemory,
@@ -49,6 +52,8 @@ from mtrd.tracing.redis.front import SharedTraces
 log = Logger(namespace="mtrd.monitors")
 LEASE = 5.0
 SYNC_EVERY = 1.0
+KEEP_EVENTS = 256  # events kept in Redis per monitor, for other replicas and resumes
+EVENTS_TTL = 86400  # seconds a monitor's event log outlives its last event
 
 # KEYS: lease. ARGV: replica, lease_ms. 1 if this replica holds the lease now, else 0.
 _TAKE_LEASE = Script("""
@@ -121,6 +126,9 @@ class SharedMonitors:
     def _memory_key(self, monitor_id: str) -> str:
         return f"{self._prefix}:monitor:{{{monitor_id}}}:memory"
 
+    def _events_key(self, monitor_id: str) -> str:
+        return f"{self._prefix}:monitor:{{{monitor_id}}}:events"
+
     @property
     def _ids(self) -> str:
         return f"{self._prefix}:monitors"
@@ -188,7 +196,12 @@ class SharedMonitors:
     async def delete(self, stored: StoredMonitor) -> None:
         """Forget a monitor; its runner drops it at its next sync."""
         owned = [] if stored.owner is None else [("SREM", self._owned(stored.owner), stored.id)]
-        keys = (self._key(stored.id), self._state_key(stored.id), self._memory_key(stored.id))
+        keys = (
+            self._key(stored.id),
+            self._state_key(stored.id),
+            self._memory_key(stored.id),
+            self._events_key(stored.id),
+        )
         await self._redis.pipeline(
             [
                 ("DEL", *keys),
@@ -218,6 +231,33 @@ class SharedMonitors:
         """What the monitor's last runner kept of what it saw, or None."""
         reply = await self._redis.execute("GET", self._memory_key(monitor_id))
         return None if reply is None else reply if isinstance(reply, bytes) else reply.encode()
+
+    async def append_event(self, monitor_id: str, event_id: int, data: bytes) -> None:
+        """Add one event to the monitor's log (the last ``KEEP_EVENTS`` are kept)."""
+        key = self._events_key(monitor_id)
+        await self._redis.pipeline(
+            [
+                ("RPUSH", key, b"%d " % event_id + data),
+                ("LTRIM", key, -KEEP_EVENTS, -1),
+                ("EXPIRE", key, EVENTS_TTL),
+            ]
+        )
+
+    async def events_after(self, monitor_id: str, after: int) -> list[tuple[int, bytes]] | None:
+        """The logged events with an id above ``after``, oldest first; None once the
+        monitor is gone."""
+        exists, entries = await self._redis.pipeline(
+            [("EXISTS", self._key(monitor_id)), ("LRANGE", self._events_key(monitor_id), 0, -1)]
+        )
+        if not exists:
+            return None
+        found = []
+        for entry in entries:
+            raw = entry if isinstance(entry, bytes) else entry.encode()
+            number, _, data = raw.partition(b" ")
+            if int(number) > after:
+                found.append((int(number), data))
+        return found
 
     async def take_lease(self, monitor_id: str, replica: str, lease: float) -> bool:
         """Take or renew the monitor's lease; True while this replica holds it."""
@@ -300,10 +340,12 @@ class MonitorDirector(Service):
         sync_every: float = SYNC_EVERY,
         encode_memory: Callable[[MonitorMemory], bytes] | None = None,
         decode_memory: Callable[[bytes], MonitorMemory] | None = None,
+        encode_event: Callable[[MonitorEvent], bytes] | None = None,
     ) -> None:
         """``render`` gives what a monitor looks like (the web's resource); with
         ``encode_memory`` and ``decode_memory`` what each monitor saw is kept in Redis and
-        a new runner continues from it."""
+        a new runner continues from it; with ``encode_event`` each event goes to the
+        monitor's log in Redis too."""
         self._clock = clock
         self._shared = shared
         self._monitors = monitors
@@ -314,6 +356,7 @@ class MonitorDirector(Service):
         self._versions: dict[str, int] = {}
         self._encode_memory = encode_memory
         self._decode_memory = decode_memory
+        self._encode_event = encode_event
         self._remembered: dict[str, tuple[int, int]] = {}  # id -> (record version, last event)
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._sync_safely()))
         self._loop.clock = clock
@@ -401,9 +444,26 @@ class MonitorDirector(Service):
             )
             if memory is not None:
                 record.recall(memory, same_settings=memory.spec_version == monitor.version)
+            if self._encode_event is not None:
+                record.channel.subscribe(self._logger(monitor.id, self._encode_event))
         elif version != monitor.version:
             self._monitors.update(monitor.id, monitor.spec, force=True)
         self._versions[monitor.id] = monitor.version
+
+    def _logger(
+        self, monitor_id: str, encode: Callable[[MonitorEvent], bytes]
+    ) -> Callable[[MonitorEvent], None]:
+        def log_event(event: MonitorEvent) -> None:
+            kept = Deferred.fromCoroutine(
+                self._shared.append_event(monitor_id, event.id, encode(event))
+            )
+            kept.addErrback(not_kept)
+
+        def not_kept(failure: Failure) -> None:
+            # Lost when Redis does not answer: this replica's own stream still has it.
+            log.failure("monitor {id}: event not kept", failure, id=monitor_id)
+
+        return log_event
 
     def _drop(self, monitor_id: str) -> None:
         self._versions.pop(monitor_id, None)

@@ -18,6 +18,7 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
 OPEN_POLICY = TargetPolicy()
 STORE_RETRY_AFTER = 1  # seconds: Redis reconnects with back-off from 0.2 s
+MONITOR_EVENTS_POLL = 0.5  # seconds between reads of a monitor's event log in Redis
 
 
 class Readiness(Protocol):
@@ -627,19 +629,18 @@ class Api:
     def monitor_events(self, request: IRequest, monitor_id: str) -> Deferred[None]:
         """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes.
 
-        With Redis, only the replica that runs the monitor has its events."""
+        With Redis, a replica that does not run the monitor follows the log of events its
+        runner keeps in Redis."""
         try:
             record = self._monitor_service().get(monitor_id, self._owner(request))
         except MonitorNotFound:
             if self._shared_monitors is None:
                 raise
-            raise Problem(
-                409,
-                "monitor-elsewhere",
-                "Monitor runs elsewhere",
-                f"monitor {monitor_id} is not run by this replica (or does not exist); its "
-                "events are served by the replica that runs it",
-            ) from None
+            shared = self._shared_monitors
+            visible = Deferred.fromCoroutine(self._shared_monitor(request, shared, monitor_id))
+            return visible.addCallback(
+                lambda _: self._follow_shared_monitor(request, shared, monitor_id)
+            )
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, monitor_id, encode_event)
@@ -652,6 +653,40 @@ class Api:
         subscription.append(record.channel.subscribe(stream.send, after, ended))
         if stream.closed and not finished.called:
             finished.callback(None)
+        return finished
+
+    def _follow_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> Deferred[None]:
+        """Follow the monitor's event log in Redis (its runner is another replica)."""
+        self._check_subscribers(0)
+        after = _start_events(request)
+        stream, finished, subscription = self._open_stream(request, monitor_id, lambda b: b)
+        last = [0 if after is None else after]
+
+        def ended() -> None:
+            if poll.running:
+                poll.stop()
+            if not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        async def read() -> None:
+            try:
+                events = await shared.events_after(monitor_id, last[0])
+            except Exception:
+                events = []  # Redis did not answer: try again at the next poll
+            if events is None:  # deleted
+                ended()
+                return
+            for event_id, data in events:
+                last[0] = event_id
+                stream.send(data)
+
+        poll = LoopingCall(lambda: Deferred.fromCoroutine(read()))
+        poll.clock = self._clock
+        subscription.append(lambda: poll.stop() if poll.running else None)
+        poll.start(MONITOR_EVENTS_POLL, now=True)
         return finished
 
     # -- service ------------------------------------------------------------------------
