@@ -313,13 +313,9 @@ def test_store_and_vantage_reach_the_config() -> None:
     assert str(config.backend) == "redis://cache:6380/2"
 
 
-def test_a_monitors_file_needs_the_memory_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--monitors-file with --store redis stops mtrd with the reason (no silent ignore)."""
+def test_a_monitors_file_goes_with_the_redis_store(tmp_path: Path) -> None:
+    """--monitors-file with --store redis is taken (each replica keeps the file in Redis)."""
     monitors = tmp_path / "monitors.yaml"
     monitors.write_text("monitors: []\n")
     argv = ["--monitors-file", str(monitors), "--store", "redis://127.0.0.1:6379/0"]
-    with pytest.raises(SystemExit):
-        parse_serve_args(argv, env={})
-    assert "in-memory store" in capsys.readouterr().err
+    assert parse_serve_args(argv, env={}).monitors_file == str(monitors)

@@ -372,3 +372,45 @@ async def test_another_replica_answers_404_for_an_unknown_monitors_events(
     """A replica that runs no such monitor answers 404, not a stream."""
     there = Edge(redis, replica(redis, "b"))
     assert (await there.request("GET", "/monitors/m-nothing/events")).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_monitors_are_kept_in_redis_and_run_once(redis: RedisConnection) -> None:
+    """Two replicas load one file: its monitor is kept once, as a file monitor, and runs on
+    one of them; dropped from the file, it is deleted."""
+    first, second = replica(redis, "a"), replica(redis, "b")
+    wanted = [("m-file-gw-1", spec("gw"))]
+    first.file_monitors = second.file_monitors = wanted
+    first.startService()
+    second.startService()
+    try:
+        await wait_until(lambda: len(first.held) + len(second.held) == 1)
+        (stored,) = await shared(redis).listing()
+        assert (stored.id, stored.source.value) == ("m-file-gw-1", "file")
+        first.file_monitors = second.file_monitors = []
+        await wait_until(lambda: first.held == second.held == [])
+        assert await shared(redis).listing() == []
+    finally:
+        await first.stopService()
+        await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_monitors_are_read_only_on_every_replica(redis: RedisConnection) -> None:
+    """PATCH and DELETE of a file monitor kept in Redis answer 409."""
+    await shared(redis).keep_file_monitors([("m-file-gw-1", spec("gw"))], "default", 0.0)
+    there = Edge(redis, replica(redis, "b"))
+    patched = await there.request("PATCH", "/monitors/m-file-gw-1", {"paused": True})
+    deleted = await there.request("DELETE", "/monitors/m-file-gw-1")
+    assert (patched.code, deleted.code) == (409, 409)
+    shown = await there.request("GET", "/monitors/m-file-gw-1")
+    assert shown.json()["source"] == "file"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_monitor_does_not_take_an_api_monitors_name(redis: RedisConnection) -> None:
+    """A file monitor whose name an API monitor holds is not kept (the API one stays)."""
+    kept = shared(redis)
+    api = await kept.create(spec("gw"), None, "default", 0.0)
+    await kept.keep_file_monitors([("m-file-gw-1", spec("gw"))], "default", 0.0)
+    assert [m.id for m in await kept.listing()] == [api.id]

@@ -33,6 +33,7 @@ from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
+from mtrd.monitors.model import MonitorSpec
 from mtrd.monitors.runs import JobsStarter
 from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
@@ -56,7 +57,7 @@ from mtrd.web.metrics import (
 from mtrd.web.monitor_intake import decode_spec, encode_spec
 from mtrd.web.monitor_memory import decode_memory, encode_memory
 from mtrd.web.monitor_render import encode_event, monitor_bytes, webhook_body
-from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
+from mtrd.web.monitors_file import MonitorsFile, file_monitor_id, read_monitors_file
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
 from mtrd.webhooks.http import TreqPoster
@@ -411,7 +412,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         # runner (its last writes) and the front's pollers go before the connection, the
         # connection before the pool.
         parts = (listener, pool, shared.connection, shared.front, shared.runner, webhooks)
-        parts += (monitors, director)
+        parts += (monitors, director, *_monitors_file(reactor, config, monitors, director))
     metrics.watch(lambda: _annotation_metrics(annotator))
     databases = tuple(d for d in (annotator.asn_db, annotator.geo_db) if d is not None)
     for service in (*parts, *databases):
@@ -473,16 +474,24 @@ class _SharedParts:
     starter: Any
 
 
-def _monitors_file(reactor: Any, config: ServeConfig, monitors: MonitorService) -> tuple[Any, ...]:
-    """The service that keeps the monitors file's monitors, when there is a file."""
+def _monitors_file(
+    reactor: Any, config: ServeConfig, monitors: MonitorService, director: Any = None
+) -> tuple[Any, ...]:
+    """The service that keeps the monitors file's monitors, when there is a file. With
+    Redis, the ``director`` keeps them in Redis at each sync (one replica runs each)."""
     if config.monitors_file is None:
         return ()
+
+    def to_director(specs: list[MonitorSpec]) -> None:
+        director.file_monitors = [(file_monitor_id(spec.name), spec) for spec in specs]
+
     monitors_file = MonitorsFile(
         config.monitors_file,
         monitors,
         lambda path: threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), read_monitors_file, path
         ),
+        apply=None if director is None else to_director,
     )
     monitors_file.setName(MONITORS_FILE)
     return (monitors_file,)

@@ -424,8 +424,6 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         )
     except ValueError as e:
         _fail(str(e))
-    if value["monitors_file"] is not None and not isinstance(value["store"], MemoryStore):
-        _fail("--monitors-file: monitors need the in-memory store for now (not --store redis)")
     host, port = value["listen"]
     return ServeConfig(
         host=host,

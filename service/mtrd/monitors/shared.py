@@ -89,6 +89,7 @@ class StoredMonitor:
     vantage: str
     created_at: float
     version: int
+    source: MonitorSource = MonitorSource.API
 
 
 class SharedMonitors:
@@ -211,6 +212,43 @@ class SharedMonitors:
             ]
         )
 
+    async def keep_file_monitors(
+        self, wanted: Sequence[tuple[str, MonitorSpec]], vantage: str, now: float
+    ) -> bool:
+        """Make the file monitors kept in Redis those of ``wanted`` (id, settings): the
+        file's content wins over what another replica wrote. True if anything changed."""
+        current = {m.id: m for m in await self.listing()}
+        changed = False
+        for monitor_id, spec in wanted:
+            where = spec.vantage or vantage
+            kept = current.get(monitor_id)
+            if kept is not None and (kept.spec, kept.vantage) == (spec, where):
+                continue
+            holder = await self._redis.execute("HGET", self._names, spec.name)
+            if holder is not None and as_text(holder) != monitor_id:
+                log.warn("monitors file: {name} not applied: an API monitor has this name",
+                         name=spec.name)  # fmt: skip
+                continue
+            key = self._key(monitor_id)
+            fields = ("spec", self._encode(spec), "owner", "", "vantage", where,
+                      "source", MonitorSource.FILE.value)  # fmt: skip
+            await self._redis.pipeline(
+                [
+                    ("HSET", self._names, spec.name, monitor_id),
+                    ("HSETNX", key, "created_at", repr(now)),
+                    ("HSET", key, *fields),
+                    ("HINCRBY", key, "version", 1),
+                    ("SADD", self._ids, monitor_id),
+                ]
+            )
+            changed = True
+        names = {monitor_id for monitor_id, _ in wanted}
+        for monitor in current.values():
+            if monitor.source is MonitorSource.FILE and monitor.id not in names:
+                await self.delete(monitor)
+                changed = True
+        return changed
+
     async def states(self, monitor_ids: Sequence[str]) -> list[bytes | None]:
         """What each monitor looks like on the replica that runs it (None: nobody yet)."""
         if not monitor_ids:
@@ -285,6 +323,7 @@ class SharedMonitors:
             vantage=as_text(fields.get("vantage")),
             created_at=float(as_text(fields.get("created_at")) or 0),
             version=int(as_text(fields.get("version")) or 1),
+            source=MonitorSource(as_text(fields.get("source")) or MonitorSource.API.value),
         )
 
 
@@ -358,6 +397,9 @@ class MonitorDirector(Service):
         self._decode_memory = decode_memory
         self._encode_event = encode_event
         self._remembered: dict[str, tuple[int, int]] = {}  # id -> (record version, last event)
+        # The monitors file's monitors (id, settings), kept in Redis at each sync; None
+        # without a file (this replica then leaves file monitors as they are).
+        self.file_monitors: list[tuple[str, MonitorSpec]] | None = None
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._sync_safely()))
         self._loop.clock = clock
         self._sync_every = sync_every
@@ -396,6 +438,10 @@ class MonitorDirector(Service):
 
     async def sync(self) -> None:
         """Take, renew and drop leases; run what is held; publish its state."""
+        if self.file_monitors is not None:
+            await self._shared.keep_file_monitors(
+                self.file_monitors, self.vantage, self._clock.seconds()
+            )
         stored = {m.id: m for m in await self._shared.listing() if m.vantage == self.vantage}
         for monitor_id in list(self._versions):
             if monitor_id not in stored:
@@ -440,7 +486,7 @@ class MonitorDirector(Service):
             if monitor.id in self._versions:
                 return  # another sync took it on meanwhile
             record = self._monitors.create(
-                monitor.spec, monitor.owner, MonitorSource.API, monitor_id=monitor.id
+                monitor.spec, monitor.owner, monitor.source, monitor_id=monitor.id
             )
             if memory is not None:
                 record.recall(memory, same_settings=memory.spec_version == monitor.version)

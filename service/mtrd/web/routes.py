@@ -597,6 +597,8 @@ class Api:
         self, request: IRequest, shared: SharedMonitors, monitor_id: str, body: object
     ) -> bytes:
         stored = await self._shared_monitor(request, shared, monitor_id)
+        if stored.source is MonitorSource.FILE:
+            raise MonitorReadOnly(stored.spec.name)
         spec = parse_patch(stored.spec, body)
         await self._check_monitor(spec)
         # The replica that runs it takes the new settings at its next sync (within a second).
@@ -624,7 +626,10 @@ class Api:
     async def _delete_shared_monitor(
         self, request: IRequest, shared: SharedMonitors, monitor_id: str
     ) -> bytes:
-        await shared.delete(await self._shared_monitor(request, shared, monitor_id))
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        if stored.source is MonitorSource.FILE:
+            raise MonitorReadOnly(stored.spec.name)
+        await shared.delete(stored)
         request.setResponseCode(204)
         return b""
 
@@ -856,9 +861,7 @@ class Api:
 
 def _not_yet_run(stored: StoredMonitor) -> dict[str, Any]:
     """A monitor kept in Redis whose runner has not published what it saw yet."""
-    record = MonitorRecord(
-        stored.id, stored.spec, MonitorSource.API, stored.owner, stored.created_at
-    )
+    record = MonitorRecord(stored.id, stored.spec, stored.source, stored.owner, stored.created_at)
     return monitor_json(record)
 
 
