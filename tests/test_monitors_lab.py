@@ -329,3 +329,35 @@ async def test_with_redis_a_killed_replicas_monitor_goes_on_elsewhere(
             assert [run["result"] for run in shown["runs"]][:2] == ["reached", "reached"]
     finally:
         redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_redis_a_monitors_file_runs_once_across_replicas(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Two replicas of one vantage load one monitors file: its monitor is kept once in
+    Redis, read-only on both, and runs on one replica only."""
+    redis = RedisServer(require_redis_server())
+    redis.start()
+    monitors_file = tmp_path / "monitors.yaml"
+    monitors_file.write_text(FILE % lab.targets(4)[45])
+    try:
+        places = [("lab-c", "c"), ("lab-c", "c")]
+        flags = ("--monitors-file", str(monitors_file))
+        with replicas(lab, redis.url, tmp_path, places, *flags) as pair:
+            servers = [Server(r.url, r.process, tmp_path) for r in pair]  # type: ignore[arg-type]
+
+            async def ran() -> Any:
+                counts = [await runs_here(r.url, "from-file") for r in pair]
+                return counts if max(counts) >= 2 else None
+
+            counts = await wait_for(ran, 20)
+            assert sorted(counts)[0] == 0  # the other replica never ran it
+            for server in servers:
+                _, listing = await call(server, "GET", "/monitors")
+                assert [m["source"] for m in listing["monitors"]] == ["file"]
+                monitor_id = listing["monitors"][0]["id"]
+                code, _ = await call(server, "DELETE", f"/monitors/{monitor_id}")
+                assert code == 409
+    finally:
+        redis.close()
