@@ -163,8 +163,8 @@ class Api:
                 "mtrd is shutting down and takes no new traces",
                 headers=(("Retry-After", "5"),),
             )
-        if webhook is not None and (self._shared is not None or self._webhooks is None):
-            raise invalid_fields([("webhook", "webhooks of traces need the in-memory store")])
+        if webhook is not None and self._webhooks is None:
+            raise invalid_fields([("webhook", "webhooks are not available here")])
         if self._shared is not None:
             # Some replica of the vantage runs it: this one's workers do not matter here.
             address = literal(trace_request.target)
@@ -179,6 +179,7 @@ class Api:
                     submission.request,
                     submission.vantage,
                     tenant_of(request).name,
+                    webhook=webhook,
                 )
             )
         if self._pool.ready_workers == 0:
@@ -258,8 +259,19 @@ class Api:
         trace_request: TraceRequest,
         vantage: str | None,
         owner: str | None,
+        *,
+        webhook: WebhookTarget | None = None,
     ) -> bytes:
+        sender = self._webhooks
+        if webhook is not None:
+            assert sender is not None
+            await sender.check(webhook.url)
         stored = await shared.submit(trace_request, vantage, owner)
+        if webhook is not None:
+            assert sender is not None
+            # The replica that took the POST follows the trace (wherever it runs) and
+            # delivers its end; if this replica stops first, the webhook is not sent.
+            await shared.follow(stored.trace.id, None, _deliver_end(sender, webhook), _nothing)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
         return _body(request, 202, self._stored_body(stored))
 
@@ -857,6 +869,23 @@ class Api:
 
     def _render(self, request: IRequest, problem: Problem) -> bytes:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
+
+
+def _deliver_end(sender: WebhookSender, webhook: WebhookTarget) -> Callable[[Event], None]:
+    """A trace subscriber that delivers the trace's end to ``webhook``."""
+
+    def heard(event: Event) -> None:
+        if event.kind == "done":
+            assert isinstance(event.value, Trace)
+            trace_id = event.value.id
+            body = trace_webhook_body(event.value)
+            sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+
+    return heard
+
+
+def _nothing() -> None:
+    """Nothing to do when a followed trace's stream ends."""
 
 
 def _not_yet_run(stored: StoredMonitor) -> dict[str, Any]:
