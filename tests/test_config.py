@@ -106,6 +106,7 @@ BAD_VALUES = [
     ("--tenant-max-queued", "-1", "expected a whole number >= 0"),
     ("--tenant-max-probes-waiting", "0", "expected a whole number >= 1"),
     ("--tenant-max-stored", "none", "expected a whole number >= 1"),
+    ("--tenant-max-monitors", "0", "expected a whole number >= 1"),
     ("--log-format", "bogus", "expected json or text, got 'bogus'"),
     ("--shutdown-grace", "0", "expected seconds"),
     ("--store", "postgres://db", "the store is 'memory' or a redis:// or rediss:// URL"),
@@ -222,6 +223,13 @@ def test_tenant_caps_come_from_flags() -> None:
     )
 
 
+def test_the_tenant_monitors_cap_comes_from_its_flag_or_variable() -> None:
+    """--tenant-max-monitors and MTRD_TENANT_MAX_MONITORS set one tenant's monitors cap."""
+    flag = parse_serve_args(["--tenant-max-monitors", "3"], env={})
+    variable = parse_serve_args([], env={"MTRD_TENANT_MAX_MONITORS": "4"})
+    assert (flag.tenant_limits.max_monitors, variable.tenant_limits.max_monitors) == (3, 4)
+
+
 @pytest.mark.parametrize(("text", "protected"), [("1", True), ("Yes", True), ("off", False)])
 def test_protect_ops_variable_reads_yes_and_no(text: str, protected: bool) -> None:
     """MTRD_AUTH_PROTECT_OPS takes 1/0, true/false, yes/no, on/off in any case."""
@@ -308,13 +316,9 @@ def test_store_and_vantage_reach_the_config() -> None:
     assert str(config.backend) == "redis://cache:6380/2"
 
 
-def test_a_monitors_file_needs_the_memory_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--monitors-file with --store redis stops mtrd with the reason (no silent ignore)."""
+def test_a_monitors_file_goes_with_the_redis_store(tmp_path: Path) -> None:
+    """--monitors-file with --store redis is taken (each replica keeps the file in Redis)."""
     monitors = tmp_path / "monitors.yaml"
     monitors.write_text("monitors: []\n")
     argv = ["--monitors-file", str(monitors), "--store", "redis://127.0.0.1:6379/0"]
-    with pytest.raises(SystemExit):
-        parse_serve_args(argv, env={})
-    assert "in-memory store" in capsys.readouterr().err
+    assert parse_serve_args(argv, env={}).monitors_file == str(monitors)

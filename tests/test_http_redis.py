@@ -71,6 +71,7 @@ class Front:
         limits: EdgeLimits | None = None,
         tenant_limits: TenantLimits | None = None,
         auth: BearerAuth | None = None,
+        webhooks: Any = None,
     ) -> None:
         """With ``tenant_limits`` the fronts count tenants in Redis; with ``auth`` the
         resource is behind the auth guard."""
@@ -106,6 +107,7 @@ class Front:
             limits=limits or EdgeLimits(),
             shared=self.shared,
             store_health=connection.health,
+            webhooks=webhooks,
         )
         resource: Any = self.api.app.resource()
         self.stub = StubTreq(resource if auth is None else AuthGuard(resource, auth))

@@ -55,6 +55,7 @@ class ScriptedStarter:
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
         if self.refuse:
             on_refused(str(QueueFull(1)))

@@ -285,7 +285,8 @@ async def test_with_redis_a_killed_replicas_monitor_goes_on_elsewhere(
     lab: Lab, tmp_path: Path
 ) -> None:
     """Two replicas of one vantage: one runs the monitor; SIGKILL it and the other takes the
-    monitor within the lease (5 s) and a sync, and its runs go on."""
+    monitor within the lease (5 s) and a sync, and its runs go on after those the first
+    replica kept in Redis (not afresh)."""
     redis = RedisServer(require_redis_server())
     redis.start()
     try:
@@ -302,14 +303,23 @@ async def test_with_redis_a_killed_replicas_monitor_goes_on_elsewhere(
 
             victim = await wait_for(runner, 20)
             (survivor,) = [r for r in pair if r is not victim]
+            before = await runs_here(victim.url, "lab-moves")
             victim.kill()
             killed_at = reactor.seconds()
 
             async def moved() -> Any:
-                return await runs_here(survivor.url, "lab-moves") >= 2
+                return await runs_here(survivor.url, "lab-moves") >= 1
 
             await wait_for(moved, 20)
             assert reactor.seconds() - killed_at < 5.0 + 1.0 + 4.0  # lease + sync + slack
+            # The counts carried over (the first replica keeps them after each run, so at
+            # most the run of its last second is missing); then new runs add to them.
+            assert await runs_here(survivor.url, "lab-moves") >= before - 1
+
+            async def went_on() -> Any:
+                return await runs_here(survivor.url, "lab-moves") >= before + 2
+
+            await wait_for(went_on, 20)
             code, shown = await call(
                 Server(survivor.url, survivor.process, tmp_path),  # type: ignore[arg-type]
                 "GET",
@@ -317,5 +327,37 @@ async def test_with_redis_a_killed_replicas_monitor_goes_on_elsewhere(
             )
             assert code == 200
             assert [run["result"] for run in shown["runs"]][:2] == ["reached", "reached"]
+    finally:
+        redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_redis_a_monitors_file_runs_once_across_replicas(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Two replicas of one vantage load one monitors file: its monitor is kept once in
+    Redis, read-only on both, and runs on one replica only."""
+    redis = RedisServer(require_redis_server())
+    redis.start()
+    monitors_file = tmp_path / "monitors.yaml"
+    monitors_file.write_text(FILE % lab.targets(4)[45])
+    try:
+        places = [("lab-c", "c"), ("lab-c", "c")]
+        flags = ("--monitors-file", str(monitors_file))
+        with replicas(lab, redis.url, tmp_path, places, *flags) as pair:
+            servers = [Server(r.url, r.process, tmp_path) for r in pair]  # type: ignore[arg-type]
+
+            async def ran() -> Any:
+                counts = [await runs_here(r.url, "from-file") for r in pair]
+                return counts if max(counts) >= 2 else None
+
+            counts = await wait_for(ran, 20)
+            assert sorted(counts)[0] == 0  # the other replica never ran it
+            for server in servers:
+                _, listing = await call(server, "GET", "/monitors")
+                assert [m["source"] for m in listing["monitors"]] == ["file"]
+                monitor_id = listing["monitors"][0]["id"]
+                code, _ = await call(server, "DELETE", f"/monitors/{monitor_id}")
+                assert code == 409
     finally:
         redis.close()

@@ -33,6 +33,7 @@ from mtrd.config import ServeConfig
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
+from mtrd.monitors.model import MonitorSpec
 from mtrd.monitors.runs import JobsStarter
 from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
@@ -54,8 +55,9 @@ from mtrd.web.metrics import (
     webhook_metrics,
 )
 from mtrd.web.monitor_intake import decode_spec, encode_spec
-from mtrd.web.monitor_render import monitor_bytes, webhook_body
-from mtrd.web.monitors_file import MonitorsFile, read_monitors_file
+from mtrd.web.monitor_memory import decode_memory, encode_memory
+from mtrd.web.monitor_render import encode_event, monitor_bytes, webhook_body
+from mtrd.web.monitors_file import MonitorsFile, file_monitor_id, read_monitors_file
 from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
 from mtrd.webhooks.http import TreqPoster
@@ -356,6 +358,8 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         JobsStarter(jobs) if shared is None else shared.starter,
         notifier=notifier,
         max_monitors=config.max_monitors,
+        # In Redis mode the shared monitors hold the per-tenant cap for the deployment.
+        max_per_owner=config.tenant_limits.max_monitors if shared is None else None,
         on_started=metrics.run_started,
     )
     shared_monitors = director = None
@@ -408,7 +412,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         # runner (its last writes) and the front's pollers go before the connection, the
         # connection before the pool.
         parts = (listener, pool, shared.connection, shared.front, shared.runner, webhooks)
-        parts += (monitors, director)
+        parts += (monitors, director, *_monitors_file(reactor, config, monitors, director))
     metrics.watch(lambda: _annotation_metrics(annotator))
     databases = tuple(d for d in (annotator.asn_db, annotator.geo_db) if d is not None)
     for service in (*parts, *databases):
@@ -470,16 +474,24 @@ class _SharedParts:
     starter: Any
 
 
-def _monitors_file(reactor: Any, config: ServeConfig, monitors: MonitorService) -> tuple[Any, ...]:
-    """The service that keeps the monitors file's monitors, when there is a file."""
+def _monitors_file(
+    reactor: Any, config: ServeConfig, monitors: MonitorService, director: Any = None
+) -> tuple[Any, ...]:
+    """The service that keeps the monitors file's monitors, when there is a file. With
+    Redis, the ``director`` keeps them in Redis at each sync (one replica runs each)."""
     if config.monitors_file is None:
         return ()
+
+    def to_director(specs: list[MonitorSpec]) -> None:
+        director.file_monitors = [(file_monitor_id(spec.name), spec) for spec in specs]
+
     monitors_file = MonitorsFile(
         config.monitors_file,
         monitors,
         lambda path: threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), read_monitors_file, path
         ),
+        apply=None if director is None else to_director,
     )
     monitors_file.setName(MONITORS_FILE)
     return (monitors_file,)
@@ -492,10 +504,22 @@ def _shared_monitors(
     from mtrd.monitors.shared import MonitorDirector, SharedMonitors  # noqa: PLC0415
 
     kept = SharedMonitors(
-        shared.connection, encode=encode_spec, decode=decode_spec, max_monitors=config.max_monitors
+        shared.connection,
+        encode=encode_spec,
+        decode=decode_spec,
+        max_monitors=config.max_monitors,
+        max_per_owner=config.tenant_limits.max_monitors,
     )
     director = MonitorDirector(
-        reactor, kept, monitors, replica=replica, vantage=config.vantage, render=monitor_bytes
+        reactor,
+        kept,
+        monitors,
+        replica=replica,
+        vantage=config.vantage,
+        render=monitor_bytes,
+        encode_memory=encode_memory,
+        decode_memory=decode_memory,
+        encode_event=encode_event,
     )
     return kept, director
 

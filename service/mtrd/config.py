@@ -302,6 +302,8 @@ OPTIONS = (
            "for a worker above which its new traces get 429", _whole(1)),
     Option("--tenant-max-stored", "1000", "with auth, traces of one tenant kept at most; "
            "its own oldest finished go first", _whole(1)),
+    Option("--tenant-max-monitors", "20", "with auth, monitors of one tenant at most; "
+           "more get 429", _whole(1)),
     Option("--log-format", "json", "json: one object per line on stdout; text: for people",
            _one_of("json", "text")),
     Option("--shutdown-grace", "10", "on SIGTERM, seconds running traces may finish before "
@@ -425,8 +427,6 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         )
     except ValueError as e:
         _fail(str(e))
-    if value["monitors_file"] is not None and not isinstance(value["store"], MemoryStore):
-        _fail("--monitors-file: monitors need the in-memory store for now (not --store redis)")
     host, port = value["listen"]
     return ServeConfig(
         host=host,
@@ -457,6 +457,7 @@ def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
             max_queued=value["tenant_max_queued"],
             max_probes_waiting=value["tenant_max_probes_waiting"],
             max_stored=value["tenant_max_stored"],
+            max_monitors=value["tenant_max_monitors"],
         ),
         backend=value["store"],
         vantage=value["vantage"],

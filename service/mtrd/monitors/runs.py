@@ -7,6 +7,7 @@ from collections.abc import Callable
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import QueueFull, StoreFull, TraceJobs
 from mtrd.tracing.model import Trace, TraceRequest
+from mtrd.tracing.tenants import TenantCapReached
 
 
 class JobsStarter:
@@ -21,12 +22,13 @@ class JobsStarter:
         vantage: str | None,  # noqa: ARG002  # one vantage in memory mode: this process's
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
-        """Submit the trace; ``on_done`` gets the final trace, ``on_refused`` a full queue
-        or store."""
+        """Submit the trace as ``owner``'s; ``on_done`` gets the final trace, ``on_refused``
+        a full queue or store, or the owner's cap."""
         try:
-            record = self._jobs.submit(request)
-        except (QueueFull, StoreFull) as e:
+            record = self._jobs.submit(request, owner=owner)
+        except (QueueFull, StoreFull, TenantCapReached) as e:
             on_refused(str(e))
             return
 

@@ -51,9 +51,11 @@ class TraceStarter(Protocol):
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
-        """Start a trace; ``on_done`` gets it once final, ``on_refused`` why it could not
-        start (a full queue or store, no live vantage). Either may be called at once."""
+        """Start a trace owned by ``owner`` (the monitor's); ``on_done`` gets it once final,
+        ``on_refused`` why it could not start (a full queue or store, a tenant's cap, no live
+        vantage). Either may be called at once."""
         ...
 
 
@@ -99,9 +101,22 @@ class TooManyMonitors(Exception):
     """The cap on monitors (in all, or of one owner) is reached."""
 
     def __init__(self, cap: int, owner: str | None) -> None:
-        whose = "in all" if owner is None else f"for {owner}"
-        super().__init__(f"at most {cap} monitors {whose}")
+        if owner is None:
+            super().__init__(f"at most {cap} monitors in all")
+        else:
+            super().__init__(
+                f"at most {cap} monitors for {owner} (per-tenant cap --tenant-max-monitors {cap})"
+            )
         self.cap = cap
+        self.owner = owner
+
+
+def visible(monitor_owner: str | None, asker: str | None) -> bool:
+    """Whether a monitor of ``monitor_owner`` shows to ``asker`` (None: anyone, or an admin).
+
+    Like traces: a tenant sees its own monitors only; the operator's (file) monitors have
+    no owner, so only admins, or everyone without auth, see them and their runs."""
+    return asker is None or monitor_owner == asker
 
 
 @attrs.frozen
@@ -110,6 +125,23 @@ class PathChangeRecord:
 
     at: float
     change: PathChange
+
+
+@attrs.frozen
+class MonitorMemory:
+    """What a monitor has seen, kept so that another runner continues from it (Redis mode):
+    its path (and the candidate being confirmed), last runs, path history, open alerts,
+    counts, and the id its next event gets. ``spec_version`` is the version of the settings
+    the path was followed under: a runner given other settings starts the path afresh."""
+
+    path: PathState = attrs.Factory(PathState)
+    runs: tuple[Run, ...] = ()
+    history: tuple[PathChangeRecord, ...] = ()
+    open_alerts: tuple[tuple[AlertKind, float], ...] = ()
+    runs_by_result: tuple[tuple[RunResult, int], ...] = ()
+    path_changes: int = 0
+    next_event_id: int = 1
+    spec_version: int = 0
 
 
 @attrs.define(eq=False)
@@ -145,6 +177,30 @@ class MonitorRecord:
         self._deliveries[delivery.event_id] = delivery
         while len(self._deliveries) > KEEP_DELIVERIES:
             del self._deliveries[next(iter(self._deliveries))]
+
+    def memory(self, spec_version: int = 0) -> MonitorMemory:
+        """What this monitor has seen, as a value."""
+        return MonitorMemory(
+            path=self.path,
+            runs=tuple(self.runs),
+            history=tuple(self.history),
+            open_alerts=tuple(sorted(self.open_alerts.items())),
+            runs_by_result=tuple(sorted(self.runs_by_result.items())),
+            path_changes=self.path_changes,
+            next_event_id=self.channel.last_id + 1,
+            spec_version=spec_version,
+        )
+
+    def recall(self, memory: MonitorMemory, *, same_settings: bool = True) -> None:
+        """Continue from what another runner saw (its path only under the same settings)."""
+        if same_settings:
+            self.path = memory.path
+        self.runs.extend(memory.runs)
+        self.history.extend(memory.history)
+        self.open_alerts = dict(memory.open_alerts)
+        self.runs_by_result = dict(memory.runs_by_result)
+        self.path_changes = memory.path_changes
+        self.channel = MonitorChannel(next_id=memory.next_event_id)
 
     def count(self, result: RunResult) -> None:
         """Count one run by its result."""
@@ -212,13 +268,13 @@ class MonitorService(Service):
     def get(self, monitor_id: str, owner: str | None = None) -> MonitorRecord:
         """The monitor ``monitor_id`` if ``owner`` may see it; raises MonitorNotFound."""
         record = self._records.get(monitor_id)
-        if record is None or (owner is not None and record.owner not in (None, owner)):
+        if record is None or not visible(record.owner, owner):
             raise MonitorNotFound(monitor_id)
         return record
 
     def listing(self, owner: str | None = None) -> list[MonitorRecord]:
         """The monitors ``owner`` may see, oldest first."""
-        return [r for r in self._records.values() if owner is None or r.owner in (None, owner)]
+        return [r for r in self._records.values() if visible(r.owner, owner)]
 
     def records(self) -> Iterator[MonitorRecord]:
         """Every monitor, oldest first."""
@@ -316,7 +372,7 @@ class MonitorService(Service):
                 self._record_run(record, Run(None, due, now, RunResult.REFUSED, now))
 
         self._on_started(now - due)
-        self._starter.start(spec.request, spec.vantage, done, refused)
+        self._starter.start(spec.request, spec.vantage, done, refused, record.owner)
 
     def _ended(self, record: MonitorRecord, started: Run, trace: Trace) -> None:
         if self._records.get(record.id) is not record:

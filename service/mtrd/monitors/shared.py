@@ -12,8 +12,11 @@ dies stops renewing: its leases expire within ``lease`` seconds and another repl
 the vantage takes each monitor at its next sync. A monitor's runs are ordinary traces,
 queued for its vantage through the shared trace store (:class:`SharedStarter`).
 
-What a monitor has seen (runs, path, alerts, events) lives in the replica that runs it: a
-monitor that moves starts its path afresh on the new replica.
+What a monitor has seen (path, runs, path history, open alerts, event numbering) is kept
+in Redis by its runner after each change, in one key next to its settings (one hash tag per
+monitor): a monitor that moves continues on the new replica from the stored path and
+alerts. Its runner also appends each event (already encoded for the event stream) to a
+short log in Redis, which any replica's event stream follows.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mtrd.monitors.events import MonitorEvent
 from mtrd.monitors.model import MonitorSource, MonitorSpec
 from mtrd.monitors.service import (
+    MonitorMemory,
     MonitorNameTaken,
     MonitorNotFound,
     MonitorRecord,
@@ -46,6 +52,8 @@ from mtrd.tracing.redis.front import SharedTraces
 log = Logger(namespace="mtrd.monitors")
 LEASE = 5.0
 SYNC_EVERY = 1.0
+KEEP_EVENTS = 256  # events kept in Redis per monitor, for other replicas and resumes
+EVENTS_TTL = 86400  # seconds a monitor's event log outlives its last event
 
 # KEYS: lease. ARGV: replica, lease_ms. 1 if this replica holds the lease now, else 0.
 _TAKE_LEASE = Script("""
@@ -63,6 +71,12 @@ _DROP_LEASE = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """)
+# KEYS: monitor, memory. ARGV: memory. Keep it only while the monitor exists: a runner that
+# has not yet heard of a deletion must not leave its memory behind.
+_KEEP_MEMORY = Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[2], ARGV[1]) return 1 end
+return 0
+""")
 
 
 @attrs.frozen
@@ -75,6 +89,7 @@ class StoredMonitor:
     vantage: str
     created_at: float
     version: int
+    source: MonitorSource = MonitorSource.API
 
 
 class SharedMonitors:
@@ -87,13 +102,16 @@ class SharedMonitors:
         encode: Callable[[MonitorSpec], bytes],
         decode: Callable[[bytes], MonitorSpec],
         max_monitors: int = 200,
+        max_per_owner: int | None = None,
         prefix: str = "mtrd",
     ) -> None:
-        """``encode`` and ``decode`` turn settings into bytes and back (the web's JSON)."""
+        """``encode`` and ``decode`` turn settings into bytes and back (the web's JSON);
+        ``max_per_owner`` caps each named owner's monitors across the deployment."""
         self._redis = redis
         self._encode = encode
         self._decode = decode
         self.max_monitors = max_monitors
+        self.max_per_owner = max_per_owner
         self._prefix = prefix
 
     def _key(self, monitor_id: str) -> str:
@@ -106,6 +124,12 @@ class SharedMonitors:
     def _state_key(self, monitor_id: str) -> str:
         return f"{self._prefix}:monitor:{{{monitor_id}}}:state"
 
+    def _memory_key(self, monitor_id: str) -> str:
+        return f"{self._prefix}:monitor:{{{monitor_id}}}:memory"
+
+    def _events_key(self, monitor_id: str) -> str:
+        return f"{self._prefix}:monitor:{{{monitor_id}}}:events"
+
     @property
     def _ids(self) -> str:
         return f"{self._prefix}:monitors"
@@ -113,6 +137,9 @@ class SharedMonitors:
     @property
     def _names(self) -> str:
         return f"{self._prefix}:monitor-names"
+
+    def _owned(self, owner: str) -> str:
+        return f"{self._prefix}:monitor-owner:{owner}"
 
     async def create(
         self, spec: MonitorSpec, owner: str | None, vantage: str, now: float
@@ -124,6 +151,16 @@ class SharedMonitors:
         if await self._redis.execute("SCARD", self._ids) >= self.max_monitors:
             await self._redis.execute("HDEL", self._names, spec.name)
             raise TooManyMonitors(self.max_monitors, None)
+        if owner is not None and self.max_per_owner is not None:
+            # Take the place first, then count: two creations racing on two replicas may
+            # both be refused at the cap, but never both pass it.
+            owned = self._owned(owner)
+            _, count = await self._redis.pipeline([("SADD", owned, monitor_id), ("SCARD", owned)])
+            if int(count) > self.max_per_owner:
+                await self._redis.pipeline(
+                    [("SREM", owned, monitor_id), ("HDEL", self._names, spec.name)]
+                )
+                raise TooManyMonitors(self.max_per_owner, owner)
         fields = ("spec", self._encode(spec), "owner", owner or "", "vantage", vantage,
                   "created_at", repr(now), "version", 1)  # fmt: skip
         await self._redis.pipeline(
@@ -159,13 +196,58 @@ class SharedMonitors:
 
     async def delete(self, stored: StoredMonitor) -> None:
         """Forget a monitor; its runner drops it at its next sync."""
+        owned = [] if stored.owner is None else [("SREM", self._owned(stored.owner), stored.id)]
+        keys = (
+            self._key(stored.id),
+            self._state_key(stored.id),
+            self._memory_key(stored.id),
+            self._events_key(stored.id),
+        )
         await self._redis.pipeline(
             [
-                ("DEL", self._key(stored.id), self._state_key(stored.id)),
+                ("DEL", *keys),
                 ("SREM", self._ids, stored.id),
                 ("HDEL", self._names, stored.spec.name),
+                *owned,
             ]
         )
+
+    async def keep_file_monitors(
+        self, wanted: Sequence[tuple[str, MonitorSpec]], vantage: str, now: float
+    ) -> bool:
+        """Make the file monitors kept in Redis those of ``wanted`` (id, settings): the
+        file's content wins over what another replica wrote. True if anything changed."""
+        current = {m.id: m for m in await self.listing()}
+        changed = False
+        for monitor_id, spec in wanted:
+            where = spec.vantage or vantage
+            kept = current.get(monitor_id)
+            if kept is not None and (kept.spec, kept.vantage) == (spec, where):
+                continue
+            holder = await self._redis.execute("HGET", self._names, spec.name)
+            if holder is not None and as_text(holder) != monitor_id:
+                log.warn("monitors file: {name} not applied: an API monitor has this name",
+                         name=spec.name)  # fmt: skip
+                continue
+            key = self._key(monitor_id)
+            fields = ("spec", self._encode(spec), "owner", "", "vantage", where,
+                      "source", MonitorSource.FILE.value)  # fmt: skip
+            await self._redis.pipeline(
+                [
+                    ("HSET", self._names, spec.name, monitor_id),
+                    ("HSETNX", key, "created_at", repr(now)),
+                    ("HSET", key, *fields),
+                    ("HINCRBY", key, "version", 1),
+                    ("SADD", self._ids, monitor_id),
+                ]
+            )
+            changed = True
+        names = {monitor_id for monitor_id, _ in wanted}
+        for monitor in current.values():
+            if monitor.source is MonitorSource.FILE and monitor.id not in names:
+                await self.delete(monitor)
+                changed = True
+        return changed
 
     async def states(self, monitor_ids: Sequence[str]) -> list[bytes | None]:
         """What each monitor looks like on the replica that runs it (None: nobody yet)."""
@@ -177,6 +259,43 @@ class SharedMonitors:
     async def put_state(self, monitor_id: str, state: bytes, ttl: float) -> None:
         """Publish what a monitor looks like here, for ``ttl`` seconds."""
         await self._redis.execute("SET", self._state_key(monitor_id), state, "PX", int(ttl * 1000))
+
+    async def put_memory(self, monitor_id: str, memory: bytes) -> bool:
+        """Keep what the monitor has seen (while it exists); True if kept."""
+        keys = [self._key(monitor_id), self._memory_key(monitor_id)]
+        return bool(await _KEEP_MEMORY.run(self._redis, keys, [memory]))
+
+    async def memory(self, monitor_id: str) -> bytes | None:
+        """What the monitor's last runner kept of what it saw, or None."""
+        reply = await self._redis.execute("GET", self._memory_key(monitor_id))
+        return None if reply is None else reply if isinstance(reply, bytes) else reply.encode()
+
+    async def append_event(self, monitor_id: str, event_id: int, data: bytes) -> None:
+        """Add one event to the monitor's log (the last ``KEEP_EVENTS`` are kept)."""
+        key = self._events_key(monitor_id)
+        await self._redis.pipeline(
+            [
+                ("RPUSH", key, b"%d " % event_id + data),
+                ("LTRIM", key, -KEEP_EVENTS, -1),
+                ("EXPIRE", key, EVENTS_TTL),
+            ]
+        )
+
+    async def events_after(self, monitor_id: str, after: int) -> list[tuple[int, bytes]] | None:
+        """The logged events with an id above ``after``, oldest first; None once the
+        monitor is gone."""
+        exists, entries = await self._redis.pipeline(
+            [("EXISTS", self._key(monitor_id)), ("LRANGE", self._events_key(monitor_id), 0, -1)]
+        )
+        if not exists:
+            return None
+        found = []
+        for entry in entries:
+            raw = entry if isinstance(entry, bytes) else entry.encode()
+            number, _, data = raw.partition(b" ")
+            if int(number) > after:
+                found.append((int(number), data))
+        return found
 
     async def take_lease(self, monitor_id: str, replica: str, lease: float) -> bool:
         """Take or renew the monitor's lease; True while this replica holds it."""
@@ -204,6 +323,7 @@ class SharedMonitors:
             vantage=as_text(fields.get("vantage")),
             created_at=float(as_text(fields.get("created_at")) or 0),
             version=int(as_text(fields.get("version")) or 1),
+            source=MonitorSource(as_text(fields.get("source")) or MonitorSource.API.value),
         )
 
 
@@ -219,15 +339,21 @@ class SharedStarter:
         vantage: str | None,
         on_done: Callable[[Trace], None],
         on_refused: Callable[[str], None],
+        owner: str | None = None,
     ) -> None:
-        """Queue the trace; ``on_done`` gets it once final, ``on_refused`` why not."""
-        started = Deferred.fromCoroutine(self._start(request, vantage, on_done))
+        """Queue the trace as ``owner``'s; ``on_done`` gets it once final, ``on_refused``
+        why not."""
+        started = Deferred.fromCoroutine(self._start(request, vantage, on_done, owner))
         started.addErrback(lambda failure: on_refused(str(failure.value)))
 
     async def _start(
-        self, request: TraceRequest, vantage: str | None, on_done: Callable[[Trace], None]
+        self,
+        request: TraceRequest,
+        vantage: str | None,
+        on_done: Callable[[Trace], None],
+        owner: str | None,
     ) -> None:
-        stored = await self._front.submit(request, vantage)
+        stored = await self._front.submit(request, vantage, owner)
 
         def heard(event: Event) -> None:
             if event.kind == "done":
@@ -251,8 +377,14 @@ class MonitorDirector(Service):
         render: Callable[[MonitorRecord], bytes],
         lease: float = LEASE,
         sync_every: float = SYNC_EVERY,
+        encode_memory: Callable[[MonitorMemory], bytes] | None = None,
+        decode_memory: Callable[[bytes], MonitorMemory] | None = None,
+        encode_event: Callable[[MonitorEvent], bytes] | None = None,
     ) -> None:
-        """``render`` gives what a monitor looks like (the web's resource)."""
+        """``render`` gives what a monitor looks like (the web's resource); with
+        ``encode_memory`` and ``decode_memory`` what each monitor saw is kept in Redis and
+        a new runner continues from it; with ``encode_event`` each event goes to the
+        monitor's log in Redis too."""
         self._clock = clock
         self._shared = shared
         self._monitors = monitors
@@ -261,6 +393,13 @@ class MonitorDirector(Service):
         self._render = render
         self.lease = lease
         self._versions: dict[str, int] = {}
+        self._encode_memory = encode_memory
+        self._decode_memory = decode_memory
+        self._encode_event = encode_event
+        self._remembered: dict[str, tuple[int, int]] = {}  # id -> (record version, last event)
+        # The monitors file's monitors (id, settings), kept in Redis at each sync; None
+        # without a file (this replica then leaves file monitors as they are).
+        self.file_monitors: list[tuple[str, MonitorSpec]] | None = None
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._sync_safely()))
         self._loop.clock = clock
         self._sync_every = sync_every
@@ -299,6 +438,10 @@ class MonitorDirector(Service):
 
     async def sync(self) -> None:
         """Take, renew and drop leases; run what is held; publish its state."""
+        if self.file_monitors is not None:
+            await self._shared.keep_file_monitors(
+                self.file_monitors, self.vantage, self._clock.seconds()
+            )
         stored = {m.id: m for m in await self._shared.listing() if m.vantage == self.vantage}
         for monitor_id in list(self._versions):
             if monitor_id not in stored:
@@ -308,21 +451,68 @@ class MonitorDirector(Service):
                 if monitor_id in self._versions:
                     self._drop(monitor_id)  # someone else took it: we were cut off
                 continue
-            self._run(monitor)
+            await self._run(monitor)
             record = self._monitors.get(monitor_id)
             await self._shared.put_state(monitor_id, self._render(record), 2 * self.lease)
+            await self._remember(record, monitor.version)
 
-    def _run(self, monitor: StoredMonitor) -> None:
+    async def _remember(self, record: MonitorRecord, spec_version: int) -> None:
+        if self._encode_memory is None:
+            return
+        mark = (record.version, record.channel.last_id)
+        if self._remembered.get(record.id) == mark:
+            return  # nothing seen since the last time
+        memory = self._encode_memory(record.memory(spec_version))
+        await self._shared.put_memory(record.id, memory)
+        self._remembered[record.id] = mark
+
+    async def _recalled(self, monitor: StoredMonitor) -> MonitorMemory | None:
+        if self._decode_memory is None:
+            return None
+        kept = await self._shared.memory(monitor.id)
+        if kept is None:
+            return None
+        try:
+            return self._decode_memory(kept)
+        except Exception:
+            # Unreadable (another release's format?): the monitor starts afresh.
+            log.failure("monitor {id}: kept memory unreadable", id=monitor.id)
+            return None
+
+    async def _run(self, monitor: StoredMonitor) -> None:
         version = self._versions.get(monitor.id)
         if version is None:
-            self._monitors.create(
-                monitor.spec, monitor.owner, MonitorSource.API, monitor_id=monitor.id
+            memory = await self._recalled(monitor)
+            if monitor.id in self._versions:
+                return  # another sync took it on meanwhile
+            record = self._monitors.create(
+                monitor.spec, monitor.owner, monitor.source, monitor_id=monitor.id
             )
+            if memory is not None:
+                record.recall(memory, same_settings=memory.spec_version == monitor.version)
+            if self._encode_event is not None:
+                record.channel.subscribe(self._logger(monitor.id, self._encode_event))
         elif version != monitor.version:
             self._monitors.update(monitor.id, monitor.spec, force=True)
         self._versions[monitor.id] = monitor.version
 
+    def _logger(
+        self, monitor_id: str, encode: Callable[[MonitorEvent], bytes]
+    ) -> Callable[[MonitorEvent], None]:
+        def log_event(event: MonitorEvent) -> None:
+            kept = Deferred.fromCoroutine(
+                self._shared.append_event(monitor_id, event.id, encode(event))
+            )
+            kept.addErrback(not_kept)
+
+        def not_kept(failure: Failure) -> None:
+            # Lost when Redis does not answer: this replica's own stream still has it.
+            log.failure("monitor {id}: event not kept", failure, id=monitor_id)
+
+        return log_event
+
     def _drop(self, monitor_id: str) -> None:
         self._versions.pop(monitor_id, None)
+        self._remembered.pop(monitor_id, None)
         with contextlib.suppress(MonitorNotFound):
             self._monitors.delete(monitor_id, force=True)

@@ -36,6 +36,7 @@ class Cap(enum.Enum):
     QUEUED = "tenant-max-queued"
     PROBES_WAITING = "tenant-max-probes-waiting"
     STORED = "tenant-max-stored"
+    MONITORS = "tenant-max-monitors"
 
 
 @attrs.frozen
@@ -46,12 +47,14 @@ class TenantLimits:
     while the tenant has ``max_probes_waiting`` probes waiting for a worker, or holds
     ``max_stored`` traces none of which has finished (a finished one of its own is
     evicted to make room: one tenant's traffic never pushes out another's results).
+    It may keep ``max_monitors`` monitors.
     """
 
     max_running: int = 8
     max_queued: int = 100
     max_probes_waiting: int = 1000
     max_stored: int = 1000
+    max_monitors: int = 20  # monitors of one tenant (each re-runs a trace on a schedule)
 
     def __attrs_post_init__(self) -> None:
         for cap, value in self.by_cap().items():
@@ -66,6 +69,7 @@ class TenantLimits:
             Cap.QUEUED: self.max_queued,
             Cap.PROBES_WAITING: self.max_probes_waiting,
             Cap.STORED: self.max_stored,
+            Cap.MONITORS: self.max_monitors,
         }
 
 

@@ -109,23 +109,26 @@ class MonitorsFile(Service):
         path: str,
         monitors: MonitorService,
         read_later: Callable[[str], Deferred[list[MonitorSpec]]],
+        apply: Callable[[list[MonitorSpec]], None] | None = None,
     ) -> None:
-        """``read_later`` reads the file off the reactor (a thread in production)."""
+        """``read_later`` reads the file off the reactor (a thread in production);
+        ``apply`` takes the monitors instead of the service (Redis mode: the director)."""
         self._path = path
         self._monitors = monitors
         self._read_later = read_later
+        self._apply = apply or (lambda specs: apply_monitors_file(monitors, specs))
 
     def startService(self) -> None:
         """Load the file (at start the reactor serves nobody yet: reading here is fine)."""
         super().startService()  # type: ignore[no-untyped-call]
-        apply_monitors_file(self._monitors, read_monitors_file(self._path))
+        self._apply(read_monitors_file(self._path))
 
     def reload(self) -> Deferred[None]:
         """Read the file again and apply it; a bad file is logged and changes nothing."""
         reading = self._read_later(self._path)
 
         def apply(specs: list[MonitorSpec]) -> None:
-            apply_monitors_file(self._monitors, specs)
+            self._apply(specs)
             log.info(
                 "monitors file {path} reloaded: {count} monitors", path=self._path, count=len(specs)
             )

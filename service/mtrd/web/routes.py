@@ -18,6 +18,7 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -31,6 +32,7 @@ from mtrd.monitors.service import (
     MonitorRecord,
     MonitorService,
     TooManyMonitors,
+    visible,
 )
 from mtrd.tracing.events import Event
 from mtrd.tracing.jobs import Deletion, QueueFull, TraceJobs
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.yaml"
 OPEN_POLICY = TargetPolicy()
 STORE_RETRY_AFTER = 1  # seconds: Redis reconnects with back-off from 0.2 s
+MONITOR_EVENTS_POLL = 0.5  # seconds between reads of a monitor's event log in Redis
 
 
 class Readiness(Protocol):
@@ -160,8 +163,8 @@ class Api:
                 "mtrd is shutting down and takes no new traces",
                 headers=(("Retry-After", "5"),),
             )
-        if webhook is not None and (self._shared is not None or self._webhooks is None):
-            raise invalid_fields([("webhook", "webhooks of traces need the in-memory store")])
+        if webhook is not None and self._webhooks is None:
+            raise invalid_fields([("webhook", "webhooks are not available here")])
         if self._shared is not None:
             # Some replica of the vantage runs it: this one's workers do not matter here.
             address = literal(trace_request.target)
@@ -176,6 +179,7 @@ class Api:
                     submission.request,
                     submission.vantage,
                     tenant_of(request).name,
+                    webhook=webhook,
                 )
             )
         if self._pool.ready_workers == 0:
@@ -255,8 +259,19 @@ class Api:
         trace_request: TraceRequest,
         vantage: str | None,
         owner: str | None,
+        *,
+        webhook: WebhookTarget | None = None,
     ) -> bytes:
+        sender = self._webhooks
+        if webhook is not None:
+            assert sender is not None
+            await sender.check(webhook.url)
         stored = await shared.submit(trace_request, vantage, owner)
+        if webhook is not None:
+            assert sender is not None
+            # The replica that took the POST follows the trace (wherever it runs) and
+            # delivers its end; if this replica stops first, the webhook is not sent.
+            await shared.follow(stored.trace.id, None, _deliver_end(sender, webhook), _nothing)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
         return _body(request, 202, self._stored_body(stored))
 
@@ -473,9 +488,11 @@ class Api:
             raise no_route("/monitors")
         return self._monitors
 
-    def _owner(self, request: IRequest) -> str | None:  # noqa: ARG002
-        """The tenant asking; None until tenants exist (every monitor is everyone's)."""
-        return None
+    def _owner(self, request: IRequest) -> str | None:
+        """Whose monitors the caller may see: its tenant's, or None for every monitor
+        (an admin, or anyone without auth)."""
+        tenant = tenant_of(request)
+        return None if tenant.admin else tenant.name
 
     @app.route("/monitors", methods=["POST"])
     def create_monitor(self, request: IRequest) -> Deferred[bytes]:
@@ -488,7 +505,7 @@ class Api:
         self, request: IRequest, monitors: MonitorService, spec: MonitorSpec
     ) -> bytes:
         await self._check_monitor(spec)
-        owner = self._owner(request)
+        owner = tenant_of(request).name  # an admin's monitors are its own too
         if self._shared_monitors is not None:
             vantage = spec.vantage or self._vantage
             now = self._clock.seconds()
@@ -523,7 +540,7 @@ class Api:
 
     async def _list_shared(self, request: IRequest, shared: SharedMonitors) -> bytes:
         owner = self._owner(request)
-        stored = [m for m in await shared.listing() if owner is None or m.owner in (None, owner)]
+        stored = [m for m in await shared.listing() if visible(m.owner, owner)]
         stored.sort(key=lambda m: m.created_at)
         states = await shared.states([m.id for m in stored])
         documents = []
@@ -558,7 +575,7 @@ class Api:
     ) -> StoredMonitor:
         stored = await shared.get(monitor_id)
         owner = self._owner(request)
-        if stored is None or (owner is not None and stored.owner not in (None, owner)):
+        if stored is None or not visible(stored.owner, owner):
             raise MonitorNotFound(monitor_id)
         return stored
 
@@ -595,6 +612,8 @@ class Api:
         self, request: IRequest, shared: SharedMonitors, monitor_id: str, body: object
     ) -> bytes:
         stored = await self._shared_monitor(request, shared, monitor_id)
+        if stored.source is MonitorSource.FILE:
+            raise MonitorReadOnly(stored.spec.name)
         spec = parse_patch(stored.spec, body)
         await self._check_monitor(spec)
         # The replica that runs it takes the new settings at its next sync (within a second).
@@ -622,7 +641,10 @@ class Api:
     async def _delete_shared_monitor(
         self, request: IRequest, shared: SharedMonitors, monitor_id: str
     ) -> bytes:
-        await shared.delete(await self._shared_monitor(request, shared, monitor_id))
+        stored = await self._shared_monitor(request, shared, monitor_id)
+        if stored.source is MonitorSource.FILE:
+            raise MonitorReadOnly(stored.spec.name)
+        await shared.delete(stored)
         request.setResponseCode(204)
         return b""
 
@@ -630,19 +652,18 @@ class Api:
     def monitor_events(self, request: IRequest, monitor_id: str) -> Deferred[None]:
         """Server-sent events of one monitor: run, path_change, alert; Last-Event-ID resumes.
 
-        With Redis, only the replica that runs the monitor has its events."""
+        With Redis, a replica that does not run the monitor follows the log of events its
+        runner keeps in Redis."""
         try:
             record = self._monitor_service().get(monitor_id, self._owner(request))
         except MonitorNotFound:
             if self._shared_monitors is None:
                 raise
-            raise Problem(
-                409,
-                "monitor-elsewhere",
-                "Monitor runs elsewhere",
-                f"monitor {monitor_id} is not run by this replica (or does not exist); its "
-                "events are served by the replica that runs it",
-            ) from None
+            shared = self._shared_monitors
+            visible = Deferred.fromCoroutine(self._shared_monitor(request, shared, monitor_id))
+            return visible.addCallback(
+                lambda _: self._follow_shared_monitor(request, shared, monitor_id)
+            )
         self._check_subscribers(record.channel.subscribers)
         after = _start_events(request)
         stream, finished, subscription = self._open_stream(request, monitor_id, encode_event)
@@ -655,6 +676,40 @@ class Api:
         subscription.append(record.channel.subscribe(stream.send, after, ended))
         if stream.closed and not finished.called:
             finished.callback(None)
+        return finished
+
+    def _follow_shared_monitor(
+        self, request: IRequest, shared: SharedMonitors, monitor_id: str
+    ) -> Deferred[None]:
+        """Follow the monitor's event log in Redis (its runner is another replica)."""
+        self._check_subscribers(0)
+        after = _start_events(request)
+        stream, finished, subscription = self._open_stream(request, monitor_id, lambda b: b)
+        last = [0 if after is None else after]
+
+        def ended() -> None:
+            if poll.running:
+                poll.stop()
+            if not finished.called:
+                stream.close()
+                finished.callback(None)
+
+        async def read() -> None:
+            try:
+                events = await shared.events_after(monitor_id, last[0])
+            except Exception:
+                events = []  # Redis did not answer: try again at the next poll
+            if events is None:  # deleted
+                ended()
+                return
+            for event_id, data in events:
+                last[0] = event_id
+                stream.send(data)
+
+        poll = LoopingCall(lambda: Deferred.fromCoroutine(read()))
+        poll.clock = self._clock
+        subscription.append(lambda: poll.stop() if poll.running else None)
+        poll.start(MONITOR_EVENTS_POLL, now=True)
         return finished
 
     # -- service ------------------------------------------------------------------------
@@ -819,11 +874,26 @@ class Api:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
 
 
+def _deliver_end(sender: WebhookSender, webhook: WebhookTarget) -> Callable[[Event], None]:
+    """A trace subscriber that delivers the trace's end to ``webhook``."""
+
+    def heard(event: Event) -> None:
+        if event.kind == "done":
+            assert isinstance(event.value, Trace)
+            trace_id = event.value.id
+            body = trace_webhook_body(event.value)
+            sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+
+    return heard
+
+
+def _nothing() -> None:
+    """Nothing to do when a followed trace's stream ends."""
+
+
 def _not_yet_run(stored: StoredMonitor) -> dict[str, Any]:
     """A monitor kept in Redis whose runner has not published what it saw yet."""
-    record = MonitorRecord(
-        stored.id, stored.spec, MonitorSource.API, stored.owner, stored.created_at
-    )
+    record = MonitorRecord(stored.id, stored.spec, stored.source, stored.owner, stored.created_at)
     return monitor_json(record)
 
 
@@ -930,6 +1000,8 @@ def _monitor_problem(error: Exception) -> Problem:
     if isinstance(error, MonitorReadOnly):
         return Problem(409, "monitor-read-only", "Monitor is read-only", str(error))
     if isinstance(error, TooManyMonitors):
+        if error.owner is not None:
+            return Problem(429, Cap.MONITORS.value, "Tenant limit reached", str(error))
         return Problem(429, "too-many-monitors", "Too many monitors", str(error))
     if isinstance(error, WebhookRefused):
         return Problem(403, "forbidden-webhook", "Forbidden webhook", str(error),
