@@ -191,6 +191,43 @@ async def test_ipv6_routers_are_named_in_json_events_and_report(lab: Lab, server
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_multipath_trace_names_every_responder_and_its_graph_nodes(
+    lab: Lab, server: Server
+) -> None:
+    """A multipath trace annotates both load-balanced routers and the rest, and its DOT
+    graph labels nodes ``name (address)`` with their AS."""
+    target = lab.targets(4)[105]
+    body = {"target": target, "mode": "multipath", "protocol": "udp", "max_ttl": 8, "timeout": 1}
+    code, answer = await call(server, "POST", "/traces", json=body)
+    assert code == 202, answer
+    trace_id = str(json.loads(answer)["id"])
+    stream = await events(server, trace_id)
+    kind, final = stream[-1]
+    assert kind == "done"
+    assert final["status"] == "completed", final["error"]
+    responders = by_address(final)
+    assert {"198.51.100.6", "198.51.100.10"} <= set(responders)
+    assert responders["198.51.100.1"]["hostname"] == "r1.lab.example"
+    assert responders[target]["hostname"] == "d.lab.example"
+    for address in ("198.51.100.6", "198.51.100.10", lab.r3_address(4)):
+        assert responders[address]["hostname"] is None
+        assert responders[address]["asn"] == 64500
+    assert responders[target]["asn"] == 64501
+    named_hops = [h for k, h in stream if k == "hop" and h["ttl"] == 1]
+    assert named_hops[-1]["responders"][0]["hostname"] == "r1.lab.example"
+
+    code, dot = await call(
+        server, "GET", f"/traces/{trace_id}", headers={"Accept": "text/vnd.graphviz"}
+    )
+    assert code == 200
+    text = dot.decode()
+    assert '[label="r1.lab.example (198.51.100.1)\\nAS64500 Example Transit\\nTTL 1"]' in text
+    assert f'[label="d.lab.example ({target})\\nAS64501 Example Hosting\\nTTL 4"]' in text
+    assert "<script>" not in text
+    assert "\x1b" not in text
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_hostile_name_is_counted(lab: Lab, server: Server) -> None:
     """The dropped PTR answer shows in mtrd_reverse_dns_rejected."""
     await start(server, lab.targets(4)[101])
