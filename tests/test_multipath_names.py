@@ -11,6 +11,7 @@ from mtrd.tracing.model import Hop, TraceMode, TraceRequest
 from mtrd.tracing.multipath.run import MultipathOutcome, MultipathRun, MultipathSettings
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
 
 from tests.multipath_network import diamond
 from tests.test_multipath_run import TARGET, SimulatedProber
@@ -133,3 +134,24 @@ def test_cancelling_during_the_grace_ends_at_once_as_completed() -> None:
     outcome: MultipathOutcome = done.result  # type: ignore[attr-defined]
     assert not outcome.cancelled
     assert outcome.multipath.stop_reason == "destination"
+
+
+def test_a_lookup_that_fails_is_logged_and_ends_the_wait() -> None:
+    """A lookup failing unexpectedly is logged; the outcome does not wait for it."""
+    clock, annotator, hops = Clock(), FakeAnnotator(), []
+    logged: list[LogEvent] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        _, done = start(clock, annotator, hops, grace=5.0)
+        clock.pump([0.01] * 300)
+        assert not done.called
+        failing = list(annotator.pending)
+        for address in failing[1:]:
+            annotator.name(address, None)
+        annotator.pending.pop(failing[0]).errback(RuntimeError("resolver broke"))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert done.called
+    failures = [e for e in logged if e.get("log_failure") is not None]
+    assert [e["address"] for e in failures] == [failing[0]]
+    assert failures[0]["log_failure"].check(RuntimeError)
