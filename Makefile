@@ -77,6 +77,9 @@ $(RUN_STAMP): pyproject.toml
 os-deps-run:
 	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(RUN_OS_PACKAGES))"
 
+# The web page's tests drive Debian's chromium through its chromedriver.
+TEST_OS_PACKAGES += chromedriver:chromium-driver chromium:chromium
+
 os-deps-test:
 	@$(MAKE) --no-print-directory os-packages PACKAGES="$(call missing,$(TEST_OS_PACKAGES))"
 

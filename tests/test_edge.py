@@ -34,6 +34,7 @@ from tests.test_http import QUICK, Client
 TOKEN = b"s3cret-token-0123456789"
 ROUTES = {"/traces", "/traces/{id}", "/traces/{id}/events", "/healthz", "/readyz", "/metrics"}
 ROUTES |= {"/openapi.yaml", "/vantage-points", "other"}
+ROUTES |= {"/", "/ui/traces/{id}", "/ui/monitors/{id}", "/static/{asset}"}  # the web page
 
 
 class Edgeway:

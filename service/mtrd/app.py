@@ -383,7 +383,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     if auth.enabled:
         resource = AuthGuard(resource, auth)
     access_log = AccessLog(sys.stdout, config.log_format, reactor)
-    admission = Admission(authorized=auth.allows, limits=config.limits)
+    admission = Admission(authorized=auth.admits, limits=config.limits)
     site = QuietSite(
         Edge(resource, reactor, metrics, access_log), admission=admission, reactor=reactor
     )

@@ -50,6 +50,7 @@ def log_access(record: AccessRecord) -> None:
 _URL_NOT_UTF8 = Problem(400, "bad-request", "Bad request", "the URL is not valid UTF-8")
 _KNOWN_ROUTES = frozenset(
     {"/vantage-points", "/traces", "/monitors", "/healthz", "/readyz", "/metrics", "/openapi.yaml"}
+    | {"/"}  # the web page
 )
 
 
@@ -65,6 +66,10 @@ def route_of(path: str) -> str:
             if parts[3:] == ["events"]
             else (f"/{collection}/{{id}}" if len(parts) == 3 else "other")
         )
+    if len(parts) >= 3 and parts[1] == "static":
+        return "/static/{asset}"
+    if len(parts) == 4 and parts[1] == "ui" and parts[2] in ("traces", "monitors"):
+        return f"/ui/{parts[2]}/{{id}}"
     joined = "/".join(parts) or "/"
     return joined if joined in _KNOWN_ROUTES else "other"
 

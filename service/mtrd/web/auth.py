@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from mtrd.tracing.tenants import ANYONE, Tenant
+from mtrd.web.page import is_page_path, is_page_request
 from mtrd.web.problems import Problem, write_problem
 
 OPEN_BY_DEFAULT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -118,6 +119,12 @@ class BearerAuth:
             return None
         return Tenant(matched.tenant, admin=matched.tenant in self.admins)
 
+    def admits(self, path: str, authorization: bytes | None) -> bool:
+        """True when a request may be read on, before its body: the page's paths pass here
+        (:class:`AuthGuard` decides on them, with their Accept header), the rest as
+        :meth:`allows` says."""
+        return is_page_path(path) or self.allows(path, authorization)
+
 
 _TENANT_ATTRIBUTE = "_mtrd_tenant"
 
@@ -130,7 +137,11 @@ def tenant_of(request: IRequest) -> Tenant:
 
 
 class AuthGuard(Resource):
-    """Answers 401 problem+json to requests without a valid token; passes the rest on."""
+    """Answers 401 problem+json to requests without a valid token; passes the rest on.
+
+    The web page and its files pass without one: they hold no data, and the page's
+    scripts send the token its user enters.
+    """
 
     isLeaf = True
 
@@ -142,6 +153,8 @@ class AuthGuard(Resource):
     def render(self, request: Any) -> Any:
         """Check the token, then let the inner resource answer."""
         path = request.path.decode("utf-8", "replace")
+        if is_page_request(path, request.getHeader(b"accept")):
+            return self._inner.render(request)  # the page: no data, no tenant needed
         tenant = self._auth.tenant(path, request.getHeader(b"authorization"))
         if tenant is not None:
             setattr(request, _TENANT_ATTRIBUTE, tenant)

@@ -48,6 +48,7 @@ from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, Edg
 from mtrd.web.metrics import Metrics
 from mtrd.web.monitor_intake import parse_monitor, parse_patch, parse_webhook
 from mtrd.web.monitor_render import encode_event, monitor_json, trace_webhook_body
+from mtrd.web.page import Page, wants_html, write_asset, write_shell
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
 from mtrd.web.report import LOCAL_HOST, HostDisplay, render_report
@@ -108,6 +109,7 @@ class Api:
         store: TraceStore,
         clock: IReactorTime,
         heartbeat: float = 15.0,
+        page: Page | None = None,
         metrics: Metrics | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         policy: TargetPolicy = OPEN_POLICY,
@@ -129,6 +131,7 @@ class Api:
         self._shared = shared
         self._store_health = store_health
         self._openapi = OPENAPI.read_bytes()  # read once, not on the reactor per request
+        self._page = Page.load() if page is None else page
         self._policy = policy
         self._pool = pool
         self._jobs = jobs
@@ -711,6 +714,30 @@ class Api:
             raise no_route("/metrics")
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self._metrics.exposition()
+
+    # -- the web page ---------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """The page for a browser; any other client gets the 404 it always got here."""
+        if wants_html(request.getHeader("accept")):
+            return write_shell(request, self._page)
+        raise no_route("/")
+
+    @app.route("/ui/<view>/<name>", methods=["GET"])
+    def shared_page(self, request: IRequest, view: str, name: str) -> bytes:
+        """The shareable address of a trace or a monitor: the page, which then reads it."""
+        if view not in ("traces", "monitors") or not name:
+            raise no_route(request.path.decode("utf-8", "replace"))
+        return write_shell(request, self._page)
+
+    @app.route("/static/<digest>/<name>", methods=["GET"])
+    def static(self, request: IRequest, digest: str, name: str) -> bytes:
+        """A file of the page, by the digest of its release."""
+        asset = self._page.asset(digest, name)
+        if asset is None:
+            raise no_route(request.path.decode("utf-8", "replace"))
+        return write_asset(request, asset)
 
     # -- errors: the one place they become HTTP answers ----------------------------------
     # Klein tries the handlers in the order they are declared: the catch-all comes last.
