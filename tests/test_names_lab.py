@@ -1,6 +1,7 @@
 """Names and AS numbers of the lab's routers, end to end: ``mtrd serve`` with the tests' DNS
-server answering PTR queries (a hostile name for r3, none at all for r2a and r2b) and MaxMind
-DB files built for the lab's documentation addresses."""
+server answering PTR queries (a hostile name for r3, none at all for r2a and r2b over IPv4;
+over IPv6 r2a and r2b have names and r3 the hostile one) and MaxMind DB files built for the
+lab's documentation addresses."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ reactor: Any = global_reactor
 QUICK = {"probes": 3, "interval": 0.2, "timeout": 1, "max_ttl": 8}
 HOSTILE = "<script>alert(1)</script>\x1b[2J.lab.example"
 GRACE = 0.5
+# PTR names of the lab's IPv6 routers (tests/lab/topology.py): r1, r2a and r2b.
+IPV6_NAMES = {
+    "2001:db8:1::1": "r1-v6.lab.example.",
+    "2001:db8:2::2": "r2a-v6.lab.example.",
+    "2001:db8:3::2": "r2b-v6.lab.example.",
+}
 SILENT_TIMEOUT = 3.0
 
 
@@ -45,6 +52,9 @@ def server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     r1, r2a, r2b, r3 = ("198.51.100.1", "198.51.100.6", "198.51.100.10", lab.r3_address(4))
     pointers = {r1: "r1.lab.example.", r3: HOSTILE}
     pointers.update(dict.fromkeys(lab.targets(4)[100:110], "d.lab.example."))
+    pointers.update(IPV6_NAMES)
+    pointers[lab.r3_address(6)] = HOSTILE
+    pointers.update(dict.fromkeys(lab.targets(6)[100:110], "d6.lab.example."))
     zone = Zone({}, pointers=pointers, silent=frozenset({r2a, r2b}))
     dns_port, dns_number = listen(reactor, zone)
     folder = tmp_path_factory.mktemp("names")
@@ -141,6 +151,80 @@ async def test_names_and_as_numbers_in_json_events_and_report(lab: Lab, server: 
     )
     assert "r1.lab.example" not in numeric.decode()
     await wait_for_silence(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv6_routers_are_named_in_json_events_and_report(lab: Lab, server: Server) -> None:
+    """Over IPv6, r1, r2a/r2b and the target have their PTR names and AS; r3's hostile name
+    is dropped."""
+    target = lab.targets(6)[100]
+    trace_id = await start(server, target)
+    stream = await events(server, trace_id)
+    kind, final = stream[-1]
+    assert kind == "done"
+    assert final["status"] == "completed", final["error"]
+    assert final["target"]["ip_version"] == 6
+    responders = by_address(final)
+    r1 = responders["2001:db8:1::1"]
+    assert (r1["hostname"], r1["asn"], r1["as_name"], r1["prefix"]) == (
+        "r1-v6.lab.example", 64500, "Example Transit", "2001:db8::/32",
+    )  # fmt: skip
+    second = [r["address"] for r in final["hops"][1]["responders"]]
+    assert second
+    for address in second:
+        assert responders[address]["hostname"] == IPV6_NAMES[address].rstrip(".")
+    assert responders[target]["hostname"] == "d6.lab.example"
+    assert responders[lab.r3_address(6)]["hostname"] is None
+    assert responders[lab.r3_address(6)]["asn"] == 64500
+    named_hops = [h for k, h in stream if k == "hop" and h["ttl"] == 1]
+    assert named_hops[-1]["responders"][0]["hostname"] == "r1-v6.lab.example"
+
+    code, report = await call(
+        server, "GET", f"/traces/{trace_id}", headers={"Accept": "text/plain"}
+    )
+    assert code == 200
+    text = report.decode()
+    assert "r1-v6.lab.example (2001:db8:1::1)" in text
+    assert "d6.lab.example" in text
+    assert "<script>" not in text
+    assert "\x1b" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_multipath_trace_names_every_responder_and_its_graph_nodes(
+    lab: Lab, server: Server
+) -> None:
+    """A multipath trace annotates both load-balanced routers and the rest, and its DOT
+    graph labels nodes ``name (address)`` with their AS."""
+    target = lab.targets(4)[105]
+    body = {"target": target, "mode": "multipath", "protocol": "udp", "max_ttl": 8, "timeout": 1}
+    code, answer = await call(server, "POST", "/traces", json=body)
+    assert code == 202, answer
+    trace_id = str(json.loads(answer)["id"])
+    stream = await events(server, trace_id)
+    kind, final = stream[-1]
+    assert kind == "done"
+    assert final["status"] == "completed", final["error"]
+    responders = by_address(final)
+    assert {"198.51.100.6", "198.51.100.10"} <= set(responders)
+    assert responders["198.51.100.1"]["hostname"] == "r1.lab.example"
+    assert responders[target]["hostname"] == "d.lab.example"
+    for address in ("198.51.100.6", "198.51.100.10", lab.r3_address(4)):
+        assert responders[address]["hostname"] is None
+        assert responders[address]["asn"] == 64500
+    assert responders[target]["asn"] == 64501
+    named_hops = [h for k, h in stream if k == "hop" and h["ttl"] == 1]
+    assert named_hops[-1]["responders"][0]["hostname"] == "r1.lab.example"
+
+    code, dot = await call(
+        server, "GET", f"/traces/{trace_id}", headers={"Accept": "text/vnd.graphviz"}
+    )
+    assert code == 200
+    text = dot.decode()
+    assert '[label="r1.lab.example (198.51.100.1)\\nAS64500 Example Transit\\nTTL 1"]' in text
+    assert f'[label="d.lab.example ({target})\\nAS64501 Example Hosting\\nTTL 4"]' in text
+    assert "<script>" not in text
+    assert "\x1b" not in text
 
 
 @pytest_twisted.ensureDeferred

@@ -37,6 +37,7 @@ from mtrd.monitors.model import MonitorSpec
 from mtrd.monitors.runs import JobsStarter
 from mtrd.monitors.service import MonitorService
 from mtrd.tracing.jobs import TraceJobs
+from mtrd.tracing.multipath.run import MultipathSettings
 from mtrd.tracing.redis.settings import RedisStore
 from mtrd.tracing.resolution import TargetResolver, dns_resolver
 from mtrd.tracing.rounds import RunSettings
@@ -321,6 +322,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         MeteredProber(pool, metrics),
         target_resolver,
         settings=RunSettings(name_grace=config.name_grace),
+        multipath=MultipathSettings(name_grace=config.name_grace),
         annotator=annotator,
         source_ipv4=config.pool.source_ipv4,
         source_ipv6=config.pool.source_ipv6,

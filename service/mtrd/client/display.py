@@ -1,7 +1,9 @@
 """What ``mtrd trace`` shows: a live table on a terminal, plain lines elsewhere, or JSON.
 
 On a terminal the table is redrawn in place (at most ten times a second); otherwise
-each hop update is one plain line and the full table follows at the end.
+each hop update is one plain line and the full table follows at the end. The table
+lists every responder of a hop; a multipath trace's table is followed by one line per
+flow: its source port, loss, the round-trip time of its farthest answer, and its path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "LiveTable",
     "PlainLines",
     "display_for",
+    "flow_summary",
     "hop_line",
 ]
 
@@ -46,6 +49,30 @@ def _named(address: str, annotation: Annotation | None) -> str:
     if annotation is None or annotation.hostname is None:
         return address
     return f"{annotation.hostname}({address})"
+
+
+def flow_summary(trace: Trace, hosts: HostDisplay = HostDisplay.BOTH) -> str:
+    """Each flow of a multipath trace on a line, ``""`` for other traces; paths show
+    addresses, or names where known with ``hosts`` name."""
+    if trace.multipath is None or not trace.multipath.flows:
+        return ""
+    by_name = {
+        (hop.ttl, r.address): r.annotation.hostname
+        for hop in trace.hops
+        for r in hop.responders
+        if hosts is HostDisplay.NAME and r.annotation is not None and r.annotation.hostname
+    }
+    lines = [f"Flow paths: {len(trace.multipath.flows)}", " Flow   Port   Loss%    RTT  Path"]
+    for flow in trace.multipath.flows:
+        shown = [
+            "*" if h.address is None else by_name.get((h.ttl, h.address), h.address)
+            for h in flow.hops
+        ]
+        path = " > ".join(shown)
+        answered = [h.rtt_ms for h in flow.hops if h.rtt_ms is not None]
+        rtt = "-" if not answered else f"{answered[-1]:.1f}"
+        lines.append(f"{flow.flow:5d} {flow.local_port:6d} {flow.loss_pct:6.1f}% {rtt:>6}  {path}")
+    return "\n".join(lines) + "\n"
 
 
 class Display(Protocol):
@@ -80,8 +107,9 @@ class PlainLines:
             self._out.flush()
 
     def finished(self, trace: Trace, document: str) -> None:  # noqa: ARG002 - the table is ours
-        """Print the report table."""
+        """Print the report table (and a multipath trace's flows)."""
         self._out.write("\n" + render_report(trace, hosts=self._hosts))
+        self._out.write(flow_summary(trace, self._hosts))
         self._out.flush()
 
 
@@ -120,9 +148,11 @@ class LiveTable:
             self._draw(trace)
 
     def finished(self, trace: Trace, document: str) -> None:  # noqa: ARG002 - the table is ours
-        """Draw the final table at once."""
+        """Draw the final table at once (and a multipath trace's flows after it)."""
         self.stop()
         self._draw(trace)
+        self._out.write(flow_summary(trace, self._hosts))
+        self._out.flush()
 
     def stop(self) -> None:
         """Drop a redraw still waiting."""

@@ -32,11 +32,24 @@ class TraceOptions:
     json: bool = False
     token: str | None = None
     hosts: str = "both"  # how the tables name responders: both, address (-n) or name
+    mode: str | None = None  # classic, or multipath (every load-balanced path)
+    confidence: int | None = None  # multipath only: 95 or 99
 
     def request_body(self) -> dict[str, Any]:
         """The POST /traces body: the target and only the fields that were given."""
         body: dict[str, Any] = {"target": self.target}
-        for field in ("protocol", "port", "probes", "ip_version", "max_ttl", "interval", "timeout"):
+        fields = (
+            "protocol",
+            "port",
+            "probes",
+            "ip_version",
+            "max_ttl",
+            "interval",
+            "timeout",
+            "mode",
+            "confidence",
+        )
+        for field in fields:
             value = getattr(self, field)
             if value is not None:
                 body[field] = value
@@ -95,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=float, help="seconds between rounds")
     parser.add_argument("--timeout", type=int, help="seconds each probe waits for its answer")
     parser.add_argument(
+        "--mode",
+        choices=("classic", "multipath"),
+        help="multipath: find every load-balanced router at every TTL (IPv4 udp), and show "
+        "each flow's path at the end",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=int,
+        choices=(95, 99),
+        help="multipath only: the confidence, in percent, of finding each router (default 95)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print only the final trace resource as JSON"
     )
     parser.add_argument(
@@ -133,6 +158,8 @@ def parse_args(argv: Sequence[str]) -> TraceOptions:
         timeout=ns.timeout,
         json=ns.json,
         hosts=ns.hosts,
+        mode=ns.mode,
+        confidence=ns.confidence,
         # A bearer token for a server with auth on; kept off the command line on purpose.
         token=os.environ.get("MTRD_TOKEN") or None,
     )

@@ -217,6 +217,7 @@ class Tracer:
             on_hop=on_hop,
             settings=self._multipath,
             source=source,
+            annotator=self.annotator,
         )
         outcome = await run.start()
         trace = attrs.evolve(

@@ -13,6 +13,12 @@ sequence (which changes the checksum), IPv6 udp as one of its ports (and with
 both ports fixed no reply can be matched, since the kernel writes the IPv6
 checksum): each probe is a new flow.
 
+With an annotator, each responder is annotated (name, AS) when the run first sees
+it, as a classic run does (:mod:`mtrd.tracing.rounds`): what is known at once goes
+into the hop with the reply, a name still being looked up follows later and the hops
+it answered at are published again. No probe waits for a name; once the discovery is
+over, the outcome waits at most ``name_grace`` seconds for lookups still out.
+
 Each batch the discovery asks for goes out with probes ``spacing`` seconds
 apart (routers rate-limit their ICMP errors; a burst would look like loss);
 the next batch waits for the previous one to settle.
@@ -30,6 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.tracing.model import (
@@ -46,7 +53,7 @@ from mtrd.tracing.model import (
     TraceRequest,
 )
 from mtrd.tracing.multipath.discovery import Answer, FlowProbe, MultipathDiscovery
-from mtrd.tracing.rounds import DEFAULT_MAX_UNKNOWN, Prober
+from mtrd.tracing.rounds import DEFAULT_MAX_UNKNOWN, Annotating, Prober
 from mtrd.tracing.stats import HopAccumulator
 
 MULTIPATH_PORT = 33434  # the udp destination port of every flow, unless the request names one
@@ -64,6 +71,7 @@ class MultipathSettings:
     spacing: float = PROBE_SPACING
     max_unknown: int = DEFAULT_MAX_UNKNOWN
     deadline_slack: float = 40.0
+    name_grace: float = 1.0  # how long the end waits for names still being looked up
 
     def deadline(self, request: TraceRequest) -> float:
         """Seconds after which the run fails: every probe spaced out, plus a wait per hop
@@ -125,6 +133,7 @@ class MultipathRun:
         on_hop: Callable[[LiveHop], None] = lambda _: None,
         settings: MultipathSettings = MultipathSettings(),
         source: str | None = None,
+        annotator: Annotating | None = None,
     ) -> None:
         self._clock = clock
         self._prober = prober
@@ -148,6 +157,10 @@ class MultipathRun:
         self._deadline_passed = False
         self._over = False  # once set, late replies are dropped
         self._unreachable_kind: str | None = None  # the last ICMP unreachable's kind
+        self._annotator = annotator
+        self._annotations: dict[str, Annotation] = {}  # by address, once first seen
+        self._lookups: set[Deferred[Annotation]] = set()
+        self._names_done: Deferred[None] | None = None  # fired when the last lookup is back
 
     def start(self) -> Deferred[MultipathOutcome]:
         """Run the discovery; the Deferred fires with the outcome (never fails)."""
@@ -168,20 +181,43 @@ class MultipathRun:
         run.cancel()
 
     async def _run(self) -> MultipathOutcome:
+        error: TraceError | None = None
+        cancelled = False
         try:
             while batch := self.discovery.next_batch():
                 await self._send(batch)
         except _Stop as stop:
             self._give_up()
-            return self._outcome(error=stop.error)
+            error = stop.error
         except CancelledError:
             self._give_up()
             if self._deadline_passed:
                 seconds = self._settings.deadline(self._request)
                 why = f"the trace did not finish within {seconds:g} s"
-                return self._outcome(error=TraceError("deadline", why))
-            return self._outcome(cancelled=True)
-        return self._outcome()
+                error = TraceError("deadline", why)
+            else:
+                cancelled = True
+        if not cancelled:
+            await self._wait_for_names()
+        return self._outcome(error=error, cancelled=cancelled)
+
+    async def _wait_for_names(self) -> None:
+        """Wait for the lookups still out, at most ``name_grace`` seconds; cancelling
+        the run stops the wait."""
+        grace = self._settings.name_grace
+        if not self._lookups or grace <= 0:
+            return
+        waited: Deferred[None] = Deferred()
+        self._names_done = waited
+        timer = self._clock.callLater(grace, self._names_back)
+        try:
+            await waited
+        except CancelledError:
+            pass  # the names just stop being waited for
+        finally:
+            self._names_done = None
+            if timer.active():
+                timer.cancel()
 
     def _give_up(self) -> None:
         self._over = True
@@ -249,6 +285,8 @@ class MultipathRun:
             and (reply.kind is ReplyKind.TTL_EXPIRED or end is not None)
         ):
             hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
+            if self._annotator is not None:
+                self._annotate(hop, reply.address)
             if end is not None and end is not HopEnd.DESTINATION:
                 self._unreachable_kind = reply.kind.value
             self._answered(probe, hop, Answer(reply.address, end), reply.rtt_ms)
@@ -267,6 +305,44 @@ class MultipathRun:
         address = None if answer is None else answer.address
         self._flows[probe.flow][probe.ttl] = FlowHop(probe.ttl, address, rtt_ms)
         self._on_hop(hop)
+
+    # -- annotations -----------------------------------------------------------------------
+
+    def _annotate(self, hop: HopAccumulator, address: str) -> None:
+        annotation = self._annotations.get(address)
+        if annotation is None:
+            assert self._annotator is not None
+            annotation, later = self._annotator.annotate(address)
+            self._annotations[address] = annotation
+            if later is not None:
+                self._lookups.add(later)
+                later.addCallback(self._named, address, later)
+                later.addErrback(self._naming_failed, address, later)
+        if not annotation.empty:
+            hop.annotate(address, annotation)
+
+    def _named(self, annotation: Annotation, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self._annotations[address] = annotation
+        # Published even once the run is over: whoever keeps the trace updates it.
+        for ttl in sorted(self._hops):
+            hop = self._hops[ttl]
+            if hop.annotate(address, annotation):
+                self._on_hop(hop)
+        if not self._lookups:
+            self._names_back()
+
+    def _naming_failed(self, failure: Failure, address: str, later: Deferred[Annotation]) -> None:
+        self._lookups.discard(later)
+        self.log.failure("annotating {address} failed", failure, address=address)
+        if not self._lookups:
+            self._names_back()
+
+    def _names_back(self) -> None:
+        """End the wait for names (every lookup is back, or the grace is over)."""
+        waited = self._names_done
+        if waited is not None and not waited.called:
+            waited.callback(None)
 
     def _outcome(
         self, *, error: TraceError | None = None, cancelled: bool = False
