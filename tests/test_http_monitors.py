@@ -23,6 +23,7 @@ from mtrd.web.routes import Api
 from mtrd.webhooks.delivery import WebhookSender
 from mtrd.webhooks.notify import MonitorWebhooks
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 
 from tests.openapi import validate_response, validate_schema
 from tests.test_http import BASE, Answer, Client
@@ -357,3 +358,49 @@ async def test_metrics_show_each_monitor() -> None:
 def test_monitor_paths_are_one_metrics_label_each(path: str, route: str) -> None:
     """Monitor ids do not become metric labels: each path maps to its route template."""
     assert route_of(path) == route
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trace_shows_its_webhook_delivery_without_the_secret() -> None:
+    """GET /traces/{id} shows the webhook's URL and delivery state, never its secret."""
+    client = MonitorClient()
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET}
+    body = {"target": "203.0.113.7", "probes": 2, "interval": 0.5, "max_ttl": 8, "webhook": hook}
+    created = await client.send("POST", "/traces", body)
+    assert created.json()["webhook"] == {"url": "http://198.51.100.9/hook", "deliveries": []}
+    client.run_for(5)
+    shown = await client.request("GET", f"/traces/{created.json()['id']}")
+    validate_schema("Trace", shown.json())
+    (delivery,) = shown.json()["webhook"]["deliveries"]
+    assert delivery["event_id"] == f"{created.json()['id']}.done"
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+    assert SECRET not in shown.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_that_ends_changes_the_trace_etag() -> None:
+    """A delivery pending on a finished trace, once answered, shows with a new ETag."""
+    client = MonitorClient()
+    answer: Deferred[int] = Deferred()
+    client.receiver.answers.append(answer)
+    hook = {"url": "http://198.51.100.9/hook", "secret": SECRET}
+    body = {"target": "203.0.113.7", "probes": 2, "interval": 0.5, "max_ttl": 8, "webhook": hook}
+    trace_id = (await client.send("POST", "/traces", body)).json()["id"]
+    client.run_for(5)
+    pending = await client.request("GET", f"/traces/{trace_id}")
+    assert pending.json()["webhook"]["deliveries"][0]["status"] == "pending"
+    answer.callback(200)
+    tag = pending.header("etag")
+    assert tag is not None
+    shown = await client.request("GET", f"/traces/{trace_id}", headers={"If-None-Match": tag})
+    assert shown.code == 200
+    assert shown.json()["webhook"]["deliveries"][0]["status"] == "delivered"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trace_without_webhook_has_no_webhook_field() -> None:
+    """A trace POSTed without a webhook shows no webhook member."""
+    client = MonitorClient()
+    body = {"target": "203.0.113.7", "probes": 2, "interval": 0.5, "max_ttl": 8}
+    created = (await client.send("POST", "/traces", body)).json()
+    assert "webhook" not in created

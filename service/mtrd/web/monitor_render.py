@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from mtrd.monitors.events import AlertChange, MonitorEvent
-from mtrd.monitors.model import Run
+from mtrd.monitors.model import Delivery, Run
 from mtrd.monitors.path import Path, PathChange
 from mtrd.monitors.service import MonitorRecord
 from mtrd.tracing.model import Trace
@@ -143,17 +143,7 @@ def monitor_json(record: MonitorRecord) -> dict[str, Any]:
             {"at": rfc3339(entry.at), "change": change_json(entry.change)}
             for entry in reversed(record.history)
         ],
-        "deliveries": [
-            {
-                "event_id": d.event_id,
-                "type": d.kind,
-                "status": d.status.value,
-                "attempts": d.attempts,
-                "at": rfc3339(d.at),
-                "detail": d.detail,
-            }
-            for d in reversed(record.deliveries)
-        ],
+        "deliveries": [delivery_json(d) for d in reversed(record.deliveries)],
         "links": monitor_links(record.id),
     }
 
@@ -161,3 +151,21 @@ def monitor_json(record: MonitorRecord) -> dict[str, Any]:
 def monitor_bytes(record: MonitorRecord) -> bytes:
     """The monitor resource as compact JSON (what Redis mode publishes for other replicas)."""
     return json.dumps(monitor_json(record), separators=(",", ":")).encode()
+
+
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """One webhook delivery's state, as monitors and traces show it."""
+    return {
+        "event_id": delivery.event_id,
+        "type": delivery.kind,
+        "status": delivery.status.value,
+        "attempts": delivery.attempts,
+        "at": rfc3339(delivery.at),
+        "detail": delivery.detail,
+    }
+
+
+def trace_hook_json(url: str, deliveries: list[Delivery]) -> dict[str, Any]:
+    """A trace's webhook as its resource shows it: the URL (never the secret) and the
+    deliveries' states, newest first."""
+    return {"url": url, "deliveries": [delivery_json(d) for d in reversed(deliveries)]}

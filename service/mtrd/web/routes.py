@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from mtrd.monitors.model import MonitorSource, MonitorSpec, WebhookTarget
+from mtrd.monitors.model import Delivery, MonitorSource, MonitorSpec, WebhookTarget
 from mtrd.monitors.service import (
     MonitorNameTaken,
     MonitorNotFound,
@@ -49,7 +49,12 @@ from mtrd.web.intake import InvalidFields, Submission, nesting_depth, parse_subm
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
 from mtrd.web.metrics import Metrics
 from mtrd.web.monitor_intake import parse_monitor, parse_patch, parse_webhook
-from mtrd.web.monitor_render import encode_event, monitor_json, trace_webhook_body
+from mtrd.web.monitor_render import (
+    encode_event,
+    monitor_json,
+    trace_hook_json,
+    trace_webhook_body,
+)
 from mtrd.web.page import Page, wants_html, write_asset, write_shell
 from mtrd.web.problems import Problem, invalid_fields, no_route, not_found, write_problem
 from mtrd.web.render import summary_json
@@ -143,6 +148,7 @@ class Api:
         self._heartbeat = heartbeat
         self._metrics = metrics
         self._bodies = BodyCache()
+        self._trace_hooks: dict[str, _TraceHook] = {}  # memory mode: by trace id
         self.draining = False
         self.sse_subscribers = 0
 
@@ -223,17 +229,34 @@ class Api:
         assert sender is not None
         await sender.check(webhook.url)
         record = self._jobs.submit(trace_request, owner=owner)
+        hook = _TraceHook(webhook.url)
+        self._keep_hook(record.trace.id, hook)
 
         def heard(event: Event) -> None:
             if event.kind == "done":
                 assert isinstance(event.value, Trace)
                 trace_id = event.value.id
                 body = trace_webhook_body(event.value)
-                sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+                sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body, hook.heard)
 
         record.channel.subscribe(heard)
         request.setHeader(b"Location", f"/traces/{record.trace.id}".encode())
-        return _body(request, 202, self._bodies.body(record))
+        return _body(request, 202, self._hooked(record.trace.id, self._bodies.body(record)))
+
+    def _keep_hook(self, trace_id: str, hook: _TraceHook) -> None:
+        """Remember a trace's webhook, forgetting those of traces the store let go."""
+        for gone in [t for t in self._trace_hooks if self._store.get(t) is None]:
+            del self._trace_hooks[gone]
+        self._trace_hooks[trace_id] = hook
+
+    def _hooked(self, trace_id: str, body: bytes) -> bytes:
+        """The trace resource with its webhook's state, for a trace that has one."""
+        hook = self._trace_hooks.get(trace_id)
+        if hook is None:
+            return body
+        resource = json.loads(body)
+        resource["webhook"] = trace_hook_json(hook.url, list(hook.deliveries.values()))
+        return json.dumps(resource, separators=(",", ":")).encode()
 
     def _check_probes_waiting(self, owner: str | None) -> None:
         if owner is None:
@@ -337,13 +360,16 @@ class Api:
         if self._shared is not None:
             return Deferred.fromCoroutine(self._show_shared(request, self._shared, trace_id, hosts))
         record = self._visible(request, trace_id)
-        if _not_modified(request, trace_id, record.version):
+        hook = self._trace_hooks.get(trace_id)
+        # A delivery's news changes the resource but not the trace's version.
+        version = record.version if hook is None else f"{record.version}.{hook.changes}"
+        if _not_modified(request, trace_id, version):
             return b""
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, record.full_trace())
         if _prefers_text(request.getHeader("accept")):
             return _report(request, record.full_trace(), hosts)
-        return _body(request, 200, self._bodies.body(record))
+        return _body(request, 200, self._hooked(trace_id, self._bodies.body(record)))
 
     async def _show_shared(
         self, request: IRequest, shared: SharedTraces, trace_id: str, hosts: HostDisplay
@@ -368,6 +394,7 @@ class Api:
             raise not_found(f"trace {trace_id}")
         if outcome is Deletion.REMOVED:
             self._bodies.forget(trace_id)
+            self._trace_hooks.pop(trace_id, None)
             request.setResponseCode(204)
             return b""
         record = self._store.get(trace_id)
@@ -874,6 +901,19 @@ class Api:
         return write_problem(request, problem, request.path.decode("utf-8", "replace"))
 
 
+@attrs.define
+class _TraceHook:
+    """A trace's webhook URL and its deliveries' latest states (memory mode)."""
+
+    url: str
+    deliveries: dict[str, Delivery] = attrs.Factory(dict)  # by event id
+    changes: int = 0
+
+    def heard(self, delivery: Delivery) -> None:
+        self.deliveries[delivery.event_id] = delivery
+        self.changes += 1
+
+
 def _deliver_end(sender: WebhookSender, webhook: WebhookTarget) -> Callable[[Event], None]:
     """A trace subscriber that delivers the trace's end to ``webhook``."""
 
@@ -1041,7 +1081,7 @@ def _listing(request: IRequest, page: list[Trace], next_cursor: str | None) -> b
     )
 
 
-def _not_modified(request: IRequest, trace_id: str, version: int) -> bool:
+def _not_modified(request: IRequest, trace_id: str, version: int | str) -> bool:
     """Set the ETag; True (and 304) when the client has this version already."""
     etag = f'"{trace_id}.{version}"'
     request.setHeader(b"ETag", etag.encode())
