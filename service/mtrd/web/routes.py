@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from zlib import crc32
 
 import attrs
 from klein import Klein
@@ -254,9 +255,9 @@ class Api:
         hook = self._trace_hooks.get(trace_id)
         if hook is None:
             return body
-        resource = json.loads(body)
-        resource["webhook"] = trace_hook_json(hook.url, list(hook.deliveries.values()))
-        return json.dumps(resource, separators=(",", ":")).encode()
+        return _with_webhook(
+            body, _compact(trace_hook_json(hook.url, list(hook.deliveries.values())))
+        )
 
     def _check_probes_waiting(self, owner: str | None) -> None:
         if owner is None:
@@ -292,11 +293,16 @@ class Api:
         stored = await shared.submit(trace_request, vantage, owner)
         if webhook is not None:
             assert sender is not None
+            trace_id = stored.trace.id
+            state = _HookWriter(shared, trace_id, webhook.url)
+            await shared.set_webhook(trace_id, state.state(None))
+            stored = attrs.evolve(stored, webhook=state.state(None))
             # The replica that took the POST follows the trace (wherever it runs) and
             # delivers its end; if this replica stops first, the webhook is not sent.
-            await shared.follow(stored.trace.id, None, _deliver_end(sender, webhook), _nothing)
+            delivering = _deliver_end(sender, webhook, state.heard)
+            await shared.follow(trace_id, None, delivering, _nothing)
         request.setHeader(b"Location", f"/traces/{stored.trace.id}".encode())
-        return _body(request, 202, self._stored_body(stored))
+        return _body(request, 202, _with_webhook(self._stored_body(stored), stored.webhook))
 
     def _stored_body(self, stored: StoredTrace) -> bytes:
         return self._bodies.rendered(stored.trace.id, stored.version, lambda: stored.trace)
@@ -375,13 +381,17 @@ class Api:
         self, request: IRequest, shared: SharedTraces, trace_id: str, hosts: HostDisplay
     ) -> bytes:
         stored = await _visible_shared(request, shared, trace_id)
-        if _not_modified(request, trace_id, stored.version):
+        hook = stored.webhook
+        # A delivery's news changes the resource but not the trace's version; the tag
+        # must be the same whichever replica answers.
+        version = stored.version if hook is None else f"{stored.version}.{crc32(hook.encode()):08x}"
+        if _not_modified(request, trace_id, version):
             return b""
         if _wants_dot(request.getHeader("accept")):
             return _dot(request, stored.trace)
         if _prefers_text(request.getHeader("accept")):
             return _report(request, stored.trace, hosts)
-        return _body(request, 200, self._stored_body(stored))
+        return _body(request, 200, _with_webhook(self._stored_body(stored), hook))
 
     @app.route("/traces/<trace_id>", methods=["DELETE"])
     def delete(self, request: IRequest, trace_id: str) -> bytes | Deferred[bytes]:
@@ -914,7 +924,63 @@ class _TraceHook:
         self.changes += 1
 
 
-def _deliver_end(sender: WebhookSender, webhook: WebhookTarget) -> Callable[[Event], None]:
+@attrs.define
+class _HookWriter:
+    """Writes the state of a trace's webhook to Redis, one write at a time and the latest
+    last, so a slow write never overwrites newer news (Redis mode)."""
+
+    shared: SharedTraces
+    trace_id: str
+    url: str
+    _next: str | None = None
+    _writing: bool = False
+
+    def state(self, delivery: Delivery | None) -> str:
+        return _compact(trace_hook_json(self.url, [] if delivery is None else [delivery]))
+
+    def heard(self, delivery: Delivery) -> None:
+        self._next = self.state(delivery)
+        if not self._writing:
+            Deferred.fromCoroutine(self._write())
+
+    async def _write(self) -> None:
+        self._writing = True
+        try:
+            while self._next is not None:
+                state, self._next = self._next, None
+                try:
+                    await self.shared.set_webhook(self.trace_id, state)
+                except RedisUnavailable as e:
+                    _log.warn(
+                        "cannot record trace {id}'s webhook state: {error}",
+                        id=self.trace_id,
+                        error=e,
+                    )
+        finally:
+            self._writing = False
+
+
+_log = Logger()
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _with_webhook(body: bytes, state: str | None) -> bytes:
+    """The trace resource with its webhook's state (JSON text) as ``webhook``."""
+    if state is None:
+        return body
+    resource = json.loads(body)
+    resource["webhook"] = json.loads(state)
+    return _compact(resource).encode()
+
+
+def _deliver_end(
+    sender: WebhookSender,
+    webhook: WebhookTarget,
+    on_status: Callable[[Delivery], None] = lambda _: None,
+) -> Callable[[Event], None]:
     """A trace subscriber that delivers the trace's end to ``webhook``."""
 
     def heard(event: Event) -> None:
@@ -922,7 +988,7 @@ def _deliver_end(sender: WebhookSender, webhook: WebhookTarget) -> Callable[[Eve
             assert isinstance(event.value, Trace)
             trace_id = event.value.id
             body = trace_webhook_body(event.value)
-            sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body)
+            sender.deliver(webhook, f"{trace_id}.done", "trace.finished", body, on_status)
 
     return heard
 

@@ -237,6 +237,10 @@ class SharedTraces(Service):
             return None
         return attrs.evolve(stored, trace=stored.placed())
 
+    async def set_webhook(self, trace_id: str, state: str) -> bool:
+        """Write the state of the trace's webhook where every replica reads it."""
+        return await self._store.set_webhook(trace_id, state)
+
     async def newest_first(
         self,
         status: TraceStatus | None,

@@ -73,6 +73,9 @@ class StoredTrace:
     version: int
     vantage: str
     replica: str
+    # The state of the trace's webhook, as the web layer wrote it (opaque here); None
+    # when the trace has no webhook.
+    webhook: str | None = None
 
     def placed(self) -> Trace:
         """The trace naming where it runs.
@@ -208,6 +211,14 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 if redis.call('HSETNX', KEYS[1], 'runner', ARGV[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'replica', ARGV[1])
 return redis.call('HMGET', KEYS[1], 'value', 'version', 'vantage', 'replica')
+""")
+
+# KEYS: trace. ARGV: webhook state. 1 if written, 0 if the trace is gone: a late
+# delivery must not bring a deleted trace's hash back.
+_SET_WEBHOOK = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook', ARGV[1])
+return 1
 """)
 
 # KEYS: trace, events. ARGV: kind, value, kept, id ('0-N', or '0-*' for the next). The
@@ -518,14 +529,23 @@ class RedisTraceStore:
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace and its version, or None if unknown, deleted or expired."""
-        value, version, vantage, replica = await self._redis.execute(
-            "HMGET", self.trace_key(trace_id), "value", "version", "vantage", "replica"
+        value, version, vantage, replica, webhook = await self._redis.execute(
+            "HMGET", self.trace_key(trace_id), "value", "version", "vantage", "replica", "webhook"
         )
         if value is None:
             return None
         return StoredTrace(
-            codec.decode_trace(value), int(version), as_text(vantage), as_text(replica)
+            codec.decode_trace(value),
+            int(version),
+            as_text(vantage),
+            as_text(replica),
+            None if webhook is None else as_text(webhook),
         )
+
+    async def set_webhook(self, trace_id: str, state: str) -> bool:
+        """Write the state of the trace's webhook; False if the trace is gone."""
+        reply = await _SET_WEBHOOK.run(self._redis, [self.trace_key(trace_id)], [state])
+        return int(reply) == 1
 
     async def delete(self, trace_id: str) -> bool:
         """Forget a trace and its events; False if there was nothing to forget."""
