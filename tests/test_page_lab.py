@@ -870,4 +870,23 @@ def test_form_sends_a_multipath_trace_with_its_confidence(
     assert trace["multipath"]["confidence"] == 99
     wait(browser, lambda b: b.find_element(By.ID, "multipath").is_displayed(), limit=60)
     assert browser.find_elements(By.CSS_SELECTOR, "#diamond .responder")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.find_element(By.ID, "multipath").screenshot(str(ARTIFACTS / "multipath-trace.png"))
     assert console_errors(browser) == []
+
+
+def test_js_diamond_layout_orders_a_column_by_the_rows_leading_to_it(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """A responder reached from the lower of two routers is drawn lower, so lines do not cross."""
+    rows = in_module(
+        script_browser,
+        server,
+        "diamond.js",
+        """(d) => d.layoutDiamond(
+      [{ttl: 1, responders: [{address: "a"}, {address: "b"}]},
+       {ttl: 2, responders: [{address: "y"}, {address: "x"}]}],
+      [{ttl: 1, from: "a", to: "x"}, {ttl: 1, from: "b", to: "y"}]
+    ).nodes.filter((n) => n.ttl === 2).map((n) => n.address)""",
+    )
+    assert rows == ["x", "y"]

@@ -18,8 +18,8 @@ function node(parent, name, attributes, text) {
   return made;
 }
 
-/** Where each responder and link goes: responders in a column per TTL (in the hop's order,
- *  centred on the widest column), links from one column to the next. A link's end that no hop
+/** Where each responder and link goes: responders in a column per TTL (centred on the
+ *  tallest column), links from one column to the next. A link's end that no hop
  *  lists still gets a node, so no line hangs loose. Pure: numbers only, no DOM. */
 export function layoutDiamond(hops, links) {
   const columns = new Map();
@@ -41,8 +41,20 @@ export function layoutDiamond(hops, links) {
   const height = PAD.top + PAD.bottom + ROW * tallest;
   const nodes = [];
   const at = new Map();
+  // Each column is ordered by the mean row of the responders leading to it (a barycentre
+  // sort), so a diamond's lines cross only where the flows really do.
+  const rowOf = new Map();
   ttls.forEach((ttl, i) => {
     const column = [...columns.get(ttl)];
+    const before = (address) => {
+      const rows = links.filter((l) => l.ttl === ttl - 1 && l.to === address)
+        .map((l) => rowOf.get(`${ttl - 1} ${l.from}`)).filter((r) => r !== undefined);
+      return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
+    };
+    const order = new Map(column.map(([address], j) => [address, [before(address), j]]));
+    const rank = ([address]) => order.get(address);
+    column.sort((a, b) => rank(a)[0] - rank(b)[0] || rank(a)[1] - rank(b)[1]);
+    column.forEach(([address], j) => rowOf.set(`${ttl} ${address}`, j));
     const top = PAD.top + (ROW * (tallest - column.length)) / 2 + ROW / 2;
     column.forEach(([address, name], j) => {
       const placed = { ttl, address, name, x: PAD.left + COLUMN * i, y: top + ROW * j };
