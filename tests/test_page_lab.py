@@ -747,3 +747,146 @@ def test_a_real_monitor_is_listed_and_its_view_follows_its_runs(
         assert console_errors(browser) == []
     finally:
         server.call("DELETE", f"/monitors/{monitor['id']}")
+
+
+# -- multipath: the diamond and the flows, from a canned finished trace -----------------------
+
+
+def test_js_diamond_layout_puts_a_column_per_ttl_and_links_between_them(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """Responders stand in a column per TTL, centred; each link joins its two nodes."""
+    layout = in_module(
+        script_browser,
+        server,
+        "diamond.js",
+        """(d) => d.layoutDiamond(
+      [{ttl: 1, responders: [{address: "a"}]},
+       {ttl: 2, responders: [{address: "b"}, {address: "c"}]}],
+      [{ttl: 1, from: "a", to: "b"}, {ttl: 1, from: "a", to: "c"},
+       {ttl: 2, from: "c", to: "d"}])""",
+    )
+    place = {n["address"]: (n["ttl"], n["x"], n["y"]) for n in layout["nodes"]}
+    assert layout["ttls"] == [1, 2, 3]
+    assert place["b"][1] == place["c"][1] > place["a"][1]
+    assert place["b"][2] < place["a"][2] < place["c"][2]
+    assert place["d"] == (3, place["d"][1], place["a"][2])  # a link's end no hop listed
+    ends = [((e["x1"], e["y1"]), (e["x2"], e["y2"])) for e in layout["edges"]]
+    assert ends[1] == (place["a"][1:], place["c"][1:])
+
+
+def _multipath_trace() -> dict[str, Any]:
+    """A finished multipath trace: one router, a diamond of two (one hostile name), the target."""
+
+    def responder(address: str, hostname: str | None = None) -> dict[str, Any]:
+        return {"address": address, "hostname": hostname}
+
+    def hop(ttl: int, *responders: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ttl": ttl,
+            "responders": list(responders),
+            "loss_pct": 0.0,
+            "sent": 4,
+            "rtt_ms": {"last": 1.0, "avg": 1.0, "best": 1.0, "worst": 1.0, "stdev": 0.0},
+        }
+
+    def flow(number: int, middle: str, rtt: float | None) -> dict[str, Any]:
+        return {
+            "flow": number,
+            "local_port": 40000 + number,
+            "sent": 3,
+            "lost": 0 if rtt else 1,
+            "loss_pct": 0.0 if rtt else 33.3,
+            "hops": [
+                {"ttl": 1, "address": "198.51.100.1", "rtt_ms": 0.5},
+                {"ttl": 2, "address": middle, "rtt_ms": 1.0},
+                {"ttl": 3, "address": "203.0.113.9" if rtt else None, "rtt_ms": rtt},
+            ],
+        }
+
+    return {
+        "id": "mp1", "status": "completed", "mode": "multipath", "stop_reason": "destination",
+        "destination_reached": True, "unreachable_kind": None, "error": None, "vantage": None,
+        "target": {"input": "203.0.113.9", "address": "203.0.113.9"},
+        "started_at": "2026-12-01T00:00:00.000Z", "finished_at": "2026-12-01T00:00:02.000Z",
+        "hops": [hop(1, responder("198.51.100.1")),
+                 hop(2, responder("198.51.100.5", HOSTILE), responder("198.51.100.6")),
+                 hop(3, responder("203.0.113.9"))],
+        "multipath": {
+            "confidence": 95, "stop_reason": "destination", "probes_sent": 12,
+            "full_mda_hops": [],
+            "links": [{"ttl": 1, "from": "198.51.100.1", "to": "198.51.100.5"},
+                      {"ttl": 1, "from": "198.51.100.1", "to": "198.51.100.6"},
+                      {"ttl": 2, "from": "198.51.100.5", "to": "203.0.113.9"},
+                      {"ttl": 2, "from": "198.51.100.6", "to": "203.0.113.9"}],
+            "flows": [flow(0, "198.51.100.5", 2.25), flow(1, "198.51.100.6", None)],
+        },
+    }  # fmt: skip
+
+
+_CANNED_TRACE = """
+const trace = %s;
+window.fetch = async (url) => url === "/traces/mp1"
+  ? new Response(JSON.stringify(trace),
+    {status: 200, headers: {"Content-Type": "application/json"}})
+  : new Response("{}", {status: 404});
+"""
+
+
+def test_multipath_trace_view_draws_the_diamond_and_lists_the_flows(
+    server: Server, browser: WebDriver
+) -> None:
+    """A finished multipath trace shows each responder as a node, each link as a line, a row per
+    flow, and a hostile name as text."""
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": _CANNED_TRACE % json.dumps(_multipath_trace())},
+    )
+    browser.get(server.url + "/ui/traces/mp1")
+    wait(browser, lambda b: b.find_element(By.ID, "multipath").is_displayed())
+    labels = browser.find_elements(By.CSS_SELECTOR, "#diamond .responder text")
+    assert [t.text for t in labels] == ["198.51.100.1", HOSTILE, "198.51.100.6", "203.0.113.9"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#diamond .links line")) == 4
+    flows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#flows tbody tr")]
+    assert flows == ["0 40000 3 0.0% 2.3", "1 40001 3 33.3% 1.0"]
+    assert browser.find_elements(By.CSS_SELECTOR, "#diamond image, #diamond script") == []
+    assert browser.execute_script("return window.pwned === undefined")
+    assert console_errors(browser) == []
+
+
+def test_form_sends_a_multipath_trace_with_its_confidence(
+    lab: Lab, server: Server, browser: WebDriver
+) -> None:
+    """Choosing multipath sets udp and sends mode and confidence; the trace runs as multipath."""
+    browser.get(server.url + "/")
+    wait(browser, lambda b: b.find_element(By.ID, "start").is_displayed())
+    browser.find_element(By.ID, "target").send_keys(lab.targets(4)[61])
+    Select(browser.find_element(By.ID, "mode")).select_by_value("multipath")
+    assert Select(browser.find_element(By.ID, "protocol")).first_selected_option.text == "UDP"
+    Select(browser.find_element(By.ID, "confidence")).select_by_value("99")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda b: "/ui/traces/" in b.current_url)
+    trace = server.finished(browser.current_url.rsplit("/", 1)[1], limit=60)
+    assert trace["multipath"]["confidence"] == 99
+    wait(browser, lambda b: b.find_element(By.ID, "multipath").is_displayed(), limit=60)
+    assert browser.find_elements(By.CSS_SELECTOR, "#diamond .responder")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.find_element(By.ID, "multipath").screenshot(str(ARTIFACTS / "multipath-trace.png"))
+    assert console_errors(browser) == []
+
+
+def test_js_diamond_layout_orders_a_column_by_the_rows_leading_to_it(
+    server: Server, script_browser: WebDriver
+) -> None:
+    """A responder reached from the lower of two routers is drawn lower, so lines do not cross."""
+    rows = in_module(
+        script_browser,
+        server,
+        "diamond.js",
+        """(d) => d.layoutDiamond(
+      [{ttl: 1, responders: [{address: "a"}, {address: "b"}]},
+       {ttl: 2, responders: [{address: "y"}, {address: "x"}]}],
+      [{ttl: 1, from: "a", to: "x"}, {ttl: 1, from: "b", to: "y"}]
+    ).nodes.filter((n) => n.ttl === 2).map((n) => n.address)""",
+    )
+    assert rows == ["x", "y"]

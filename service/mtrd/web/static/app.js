@@ -3,6 +3,7 @@
 
 import { ApiError, NeedsToken, call, follow, hasToken, setToken, text } from "./api.js";
 import { drawChart } from "./chart.js";
+import { drawDiamond, flowRows } from "./diamond.js";
 import { $, element, link, show } from "./dom.js";
 import { MonitorView } from "./monitors.js";
 import {
@@ -54,6 +55,16 @@ async function startView() {
     $("port").disabled = protocol === "icmp";
     $("port").value = protocol === "icmp" ? "" : DEFAULT_PORTS[protocol];
   };
+  $("mode").onchange = () => {
+    // Multipath holds a flow only with udp: picking it sets the protocol that can.
+    const multipath = $("mode").value === "multipath";
+    $("confidence").disabled = !multipath;
+    $("probes").disabled = multipath;
+    if (multipath && $("protocol").value !== "udp") {
+      $("protocol").value = "udp";
+      $("protocol").onchange();
+    }
+  };
   $("trace-form").onsubmit = (event) => {
     event.preventDefault();
     guarded(submit);
@@ -65,7 +76,10 @@ async function startView() {
 async function submit() {
   const body = { target: $("target").value.trim(), protocol: $("protocol").value };
   if (body.protocol !== "icmp" && $("port").value) body.port = Number($("port").value);
-  if ($("probes").value) body.probes = Number($("probes").value);
+  if ($("mode").value === "multipath") {
+    body.mode = "multipath";
+    body.confidence = Number($("confidence").value);
+  } else if ($("probes").value) body.probes = Number($("probes").value);
   if (!$("vantage-field").hidden) body.vantage = $("vantage").value;
   $("submit").disabled = true;
   try {
@@ -160,6 +174,17 @@ class TraceView {
     for (const hop of this.hops.values()) this.row(hop);
     this.status(trace);
     this.chart();
+    this.multipath(trace.multipath);
+  }
+
+  multipath(result) {
+    // Links and flows come with the finished trace; until then the hops table shows every
+    // responder found so far.
+    $("multipath").hidden = !result;
+    if (!result) return;
+    drawDiamond($("diamond"), [...this.hops.values()].sort((a, b) => a.ttl - b.ttl),
+      result.links);
+    flowRows($("flows").tBodies[0], result.flows);
   }
 
   status(trace) {
