@@ -63,6 +63,7 @@ from mtrd.tracing.model import (
     TraceError,
     TraceRequest,
 )
+from mtrd.tracing.naming import Annotating, HopNames
 from mtrd.tracing.stats import HopAccumulator
 from mtrd.tracing.wait import WaitFloor
 
@@ -75,14 +76,6 @@ class Prober(TypingProtocol):
 
     def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
-        ...
-
-
-class Annotating(TypingProtocol):
-    """What the runner needs to say who responders are (mtrd.annotations.Annotator)."""
-
-    def annotate(self, address: str) -> tuple[Annotation, Deferred[Annotation] | None]:
-        """What is known of ``address`` now, and a Deferred for the rest if any."""
         ...
 
 
@@ -201,9 +194,9 @@ class TraceRun:
         self._deadline: IDelayedCall | None = None
         self._sending = False
         self._over = False
-        self._annotator = annotator
-        self._annotations: dict[str, Annotation] = {}  # by address, once first seen
-        self._lookups: set[Deferred[Annotation]] = set()
+        self._names = (
+            None if annotator is None else HopNames(annotator, self._named, self._names_settled)
+        )
         self._ending: tuple[TraceError | None, bool] | None = None  # the outcome, in grace
         self._grace: IDelayedCall | None = None
         self._delivered = False
@@ -318,8 +311,8 @@ class TraceRun:
         self._wait_floor.late(now - started, now)
         hop = self._hops[ttl]
         hop.record_late(reply.address, reply.mpls, end)
-        if self._annotator is not None:
-            self._annotate(hop, reply.address)
+        if self._names is not None:
+            self._names.annotate(hop, reply.address)
         if end is not None:
             self._note_end(ttl, end, reply.kind)
             self._known_limit = None
@@ -436,8 +429,8 @@ class TraceRun:
                 hop.record_lost()
             else:
                 hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
-                if self._annotator is not None:
-                    self._annotate(hop, reply.address)
+                if self._names is not None:
+                    self._names.annotate(hop, reply.address)
                 self._note_end(ttl, end, reply.kind)
         elif reply.kind in _LOST or reply.kind is ReplyKind.UNKNOWN:
             hop.record_lost()
@@ -458,34 +451,15 @@ class TraceRun:
 
     # -- annotations -----------------------------------------------------------------------
 
-    def _annotate(self, hop: HopAccumulator, address: str) -> None:
-        annotation = self._annotations.get(address)
-        if annotation is None:
-            assert self._annotator is not None
-            annotation, later = self._annotator.annotate(address)
-            self._annotations[address] = annotation
-            if later is not None:
-                self._lookups.add(later)
-                later.addCallback(self._named, address, later)
-                later.addErrback(self._naming_failed, address, later)
-        if not annotation.empty:
-            hop.annotate(address, annotation)
-
-    def _named(self, annotation: Annotation, address: str, later: Deferred[Annotation]) -> None:
-        self._lookups.discard(later)
-        self._annotations[address] = annotation
+    def _named(self, address: str, annotation: Annotation) -> None:
         limit = self._limit()
         for ttl in sorted(self._hops):
             hop = self._hops[ttl]
             if hop.annotate(address, annotation) and ttl <= limit:
                 self._on_hop(hop)
-        if self._ending is not None and not self._lookups:
-            self._deliver()
 
-    def _naming_failed(self, failure: Failure, address: str, later: Deferred[Annotation]) -> None:
-        self._lookups.discard(later)
-        self.log.failure("annotating {address} failed", failure, address=address)
-        if self._ending is not None and not self._lookups:
+    def _names_settled(self) -> None:
+        if self._ending is not None:
             self._deliver()
 
     # -- how it ends --------------------------------------------------------------------------
@@ -587,7 +561,8 @@ class TraceRun:
         for result in [*self._in_flight, *self._given_up]:
             result.cancel()
         self._ending = (error, cancelled)
-        if self._lookups and not cancelled and self._settings.name_grace > 0:
+        waiting = self._names is not None and self._names.pending
+        if waiting and not cancelled and self._settings.name_grace > 0:
             self._grace = self._clock.callLater(self._settings.name_grace, self._deliver)
         else:
             self._deliver()

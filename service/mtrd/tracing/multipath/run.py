@@ -53,7 +53,8 @@ from mtrd.tracing.model import (
     TraceRequest,
 )
 from mtrd.tracing.multipath.discovery import Answer, FlowProbe, MultipathDiscovery
-from mtrd.tracing.rounds import DEFAULT_MAX_UNKNOWN, Annotating, Prober
+from mtrd.tracing.naming import Annotating, HopNames
+from mtrd.tracing.rounds import DEFAULT_MAX_UNKNOWN, Prober
 from mtrd.tracing.stats import HopAccumulator
 
 MULTIPATH_PORT = 33434  # the udp destination port of every flow, unless the request names one
@@ -157,9 +158,9 @@ class MultipathRun:
         self._deadline_passed = False
         self._over = False  # once set, late replies are dropped
         self._unreachable_kind: str | None = None  # the last ICMP unreachable's kind
-        self._annotator = annotator
-        self._annotations: dict[str, Annotation] = {}  # by address, once first seen
-        self._lookups: set[Deferred[Annotation]] = set()
+        self._names = (
+            None if annotator is None else HopNames(annotator, self._named, self._names_back)
+        )
         self._names_done: Deferred[None] | None = None  # fired when the last lookup is back
 
     def start(self) -> Deferred[MultipathOutcome]:
@@ -205,7 +206,7 @@ class MultipathRun:
         """Wait for the lookups still out, at most ``name_grace`` seconds; cancelling
         the run stops the wait."""
         grace = self._settings.name_grace
-        if not self._lookups or grace <= 0:
+        if self._names is None or not self._names.pending or grace <= 0:
             return
         waited: Deferred[None] = Deferred()
         self._names_done = waited
@@ -285,8 +286,8 @@ class MultipathRun:
             and (reply.kind is ReplyKind.TTL_EXPIRED or end is not None)
         ):
             hop.record_reply(reply.address, reply.rtt_us, reply.mpls, end)
-            if self._annotator is not None:
-                self._annotate(hop, reply.address)
+            if self._names is not None:
+                self._names.annotate(hop, reply.address)
             if end is not None and end is not HopEnd.DESTINATION:
                 self._unreachable_kind = reply.kind.value
             self._answered(probe, hop, Answer(reply.address, end), reply.rtt_ms)
@@ -308,35 +309,12 @@ class MultipathRun:
 
     # -- annotations -----------------------------------------------------------------------
 
-    def _annotate(self, hop: HopAccumulator, address: str) -> None:
-        annotation = self._annotations.get(address)
-        if annotation is None:
-            assert self._annotator is not None
-            annotation, later = self._annotator.annotate(address)
-            self._annotations[address] = annotation
-            if later is not None:
-                self._lookups.add(later)
-                later.addCallback(self._named, address, later)
-                later.addErrback(self._naming_failed, address, later)
-        if not annotation.empty:
-            hop.annotate(address, annotation)
-
-    def _named(self, annotation: Annotation, address: str, later: Deferred[Annotation]) -> None:
-        self._lookups.discard(later)
-        self._annotations[address] = annotation
+    def _named(self, address: str, annotation: Annotation) -> None:
         # Published even once the run is over: whoever keeps the trace updates it.
         for ttl in sorted(self._hops):
             hop = self._hops[ttl]
             if hop.annotate(address, annotation):
                 self._on_hop(hop)
-        if not self._lookups:
-            self._names_back()
-
-    def _naming_failed(self, failure: Failure, address: str, later: Deferred[Annotation]) -> None:
-        self._lookups.discard(later)
-        self.log.failure("annotating {address} failed", failure, address=address)
-        if not self._lookups:
-            self._names_back()
 
     def _names_back(self) -> None:
         """End the wait for names (every lookup is back, or the grace is over)."""
