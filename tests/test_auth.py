@@ -100,7 +100,7 @@ def test_short_tokens_are_refused() -> None:
 async def test_missing_token_is_401_problem_with_www_authenticate() -> None:
     """A request without a valid token gets 401, a WWW-Authenticate challenge, a problem."""
     client = Client()
-    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([NAMED])))
+    stub = StubTreq(AuthGuard(client.api.resource(), BearerAuth([NAMED])))
     refused = await stub.get(f"{BASE}/traces")
     assert refused.code == 401
     assert refused.headers.getRawHeaders("www-authenticate") == ['Bearer realm="mtrd"']

@@ -563,7 +563,7 @@ def in_memory_server(**network: Any) -> InMemoryServer:
     tracer = Tracer(clock, fake, StaticResolver())  # type: ignore[arg-type]
     jobs = TraceJobs(tracer, store, max_running=8, max_queued=100)
     api = Api(pool=FakePool(), jobs=jobs, store=store, clock=clock)  # type: ignore[arg-type]
-    return InMemoryServer(clock, StubTreq(api.app.resource()), store, jobs)
+    return InMemoryServer(clock, StubTreq(api.resource()), store, jobs)
 
 
 QUICK = ["203.0.113.7", "--probes", "2", "--interval", "0.05", "--max-ttl", "8"]

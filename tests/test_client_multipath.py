@@ -45,7 +45,7 @@ def _server() -> tuple[Clock, StubTreq, SimulatedProber]:
     tracer = Tracer(clock, prober, StaticResolver())  # type: ignore[arg-type]
     jobs = TraceJobs(tracer, store, max_running=8, max_queued=100)
     api = Api(pool=FakePool(), jobs=jobs, store=store, clock=clock)  # type: ignore[arg-type]
-    return clock, StubTreq(api.app.resource()), prober
+    return clock, StubTreq(api.resource()), prober
 
 
 def _trace(argv: list[str]) -> tuple[int, str, str, SimulatedProber]:

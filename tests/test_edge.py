@@ -45,7 +45,7 @@ class Edgeway:
         self.clock = self.client.clock
         self.records: list[AccessRecord] = []
         self.edge = Edge(
-            self.client.api.app.resource(),
+            self.client.api.resource(),
             self.clock,
             self.client.metrics,
             self.records.append,

@@ -108,7 +108,7 @@ class Client:
             limits=limits or EdgeLimits(),
             policy=policy or TargetPolicy(),
         )
-        self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
+        self.stub = StubTreq(Edge(self.api.resource(), self.clock, self.metrics))
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
         response = await self.stub.request(method, BASE + path, **kwargs)

@@ -59,7 +59,7 @@ class MonitorClient(Client):
             monitors=self.monitors,
             webhooks=self.webhooks,
         )
-        self.stub = StubTreq(Edge(self.api.app.resource(), self.clock, self.metrics))
+        self.stub = StubTreq(Edge(self.api.resource(), self.clock, self.metrics))
 
     async def post_monitor(self, body: object) -> Answer:
         return await self.send("POST", "/monitors", body)

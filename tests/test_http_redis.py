@@ -109,7 +109,7 @@ class Front:
             store_health=connection.health,
             webhooks=webhooks,
         )
-        resource: Any = self.api.app.resource()
+        resource: Any = self.api.resource()
         self.stub = StubTreq(resource if auth is None else AuthGuard(resource, auth))
 
     async def pumped(self, d: Deferred[Any], seconds: float = 5.0) -> Any:

@@ -261,7 +261,7 @@ async def test_a_stalled_subscriber_does_not_slow_the_trace_or_the_others(
 
 @asynccontextmanager
 async def listening(client: Client) -> AsyncIterator[int]:
-    site = QuietSite(Edge(client.api.app.resource(), reactor, None))
+    site = QuietSite(Edge(client.api.resource(), reactor, None))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     try:
         yield port.getHost().port

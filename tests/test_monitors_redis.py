@@ -196,7 +196,7 @@ class Edge:
             monitors=director._monitors,
             shared_monitors=shared(redis),
         )
-        self.stub = StubTreq(self.api.app.resource())
+        self.stub = StubTreq(self.api.resource())
 
     async def pumped(self, d: Deferred[Any]) -> Any:
         results: list[Any] = []

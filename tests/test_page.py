@@ -214,7 +214,7 @@ def test_page_requests_are_the_shell_and_its_files() -> None:
 async def test_with_auth_the_page_needs_no_token_but_the_api_does() -> None:
     """With auth on, the page and its files pass without a token; the API still needs one."""
     client = Client()
-    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
+    stub = StubTreq(AuthGuard(client.api.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
     for path in ("/", "/ui/traces/abc", f"/static/{PAGE.digest}/app.js"):
         answer = await stub.get(BASE + path, headers=HTML)
         assert answer.code == 200, path
@@ -227,7 +227,7 @@ async def test_with_auth_the_page_needs_no_token_but_the_api_does() -> None:
 async def test_with_auth_root_is_401_for_an_api_client_as_before() -> None:
     """With auth on, / for a non-browser is refused without a token, as it was before."""
     client = Client()
-    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
+    stub = StubTreq(AuthGuard(client.api.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
     answer = await stub.get(BASE + "/", headers={"Accept": "application/json"})
     assert answer.code == 401
 

@@ -42,7 +42,7 @@ async def test_a_domain_error_a_route_lets_through_is_mapped_by_the_app() -> Non
 async def test_auth_writes_its_401_with_the_same_renderer() -> None:
     """The auth guard's 401 body is the renderer's bytes for UNAUTHORIZED."""
     client = Client()
-    stub = StubTreq(AuthGuard(client.api.app.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
+    stub = StubTreq(AuthGuard(client.api.resource(), BearerAuth([NamedToken("ops", TOKEN)])))
     refused = await stub.get(f"{BASE}/traces")
     assert refused.code == 401
     assert await refused.content() == UNAUTHORIZED.render("/traces")

@@ -31,7 +31,7 @@ class Tenants:
         )
         self.client.stub = StubTreq(
             Edge(
-                AuthGuard(self.client.api.app.resource(), auth),
+                AuthGuard(self.client.api.resource(), auth),
                 self.client.clock,
                 self.client.metrics,
             )

@@ -29,7 +29,7 @@ class MonitorTenants:
         )
         self.client.stub = StubTreq(
             Edge(
-                AuthGuard(self.client.api.app.resource(), auth),
+                AuthGuard(self.client.api.resource(), auth),
                 self.client.clock,
                 self.client.metrics,
             )

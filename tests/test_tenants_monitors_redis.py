@@ -47,7 +47,7 @@ class AuthEdge(Edge):
     def __init__(self, redis: RedisConnection, name: str, per_owner: int | None = None) -> None:
         super().__init__(redis, replica(redis, name))
         self.api._shared_monitors = kept(redis, per_owner)
-        self.stub = StubTreq(AuthGuard(self.api.app.resource(), AUTH))
+        self.stub = StubTreq(AuthGuard(self.api.resource(), AUTH))
 
     async def as_(self, tenant: str, method: str, path: str, body: object = None) -> Answer:
         """A request with ``tenant``'s token."""

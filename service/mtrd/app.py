@@ -383,7 +383,7 @@ def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
         shared_monitors=shared_monitors,
     )
     auth = BearerAuth(config.auth_tokens, config.auth_open_paths, config.admin_tenants)
-    resource: Any = api.app.resource()
+    resource: Any = api.resource()
     if auth.enabled:
         resource = AuthGuard(resource, auth)
     access_log = AccessLog(sys.stdout, config.log_format, reactor)

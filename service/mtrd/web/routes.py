@@ -1,7 +1,7 @@
 """The HTTP edge: parses requests, calls the trace jobs, renders answers.
 
 Only this module knows Klein. Errors become problem+json answers in one place:
-the ``handle_errors`` handlers of :class:`Api`. Routes raise :class:`Problem`, or let
+the ``handle_errors`` handler of :class:`Api`. Routes raise :class:`Problem`, or let
 the domain's errors (a full queue, a refused target, invalid fields, ...) propagate;
 :func:`problem_of` says which answer each of those is.
 """
@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from mtrd.monitors.model import Delivery, MonitorSource, MonitorSpec, WebhookTarget
@@ -45,6 +46,7 @@ from mtrd.tracing.store import BadCursor, StoreFull, TraceRecord, TraceStore
 from mtrd.tracing.tenants import Cap, TenantCapReached
 from mtrd.web.auth import tenant_of
 from mtrd.web.bodies import BodyCache
+from mtrd.web.direct import DirectRoutes
 from mtrd.web.graph import render_dot
 from mtrd.web.intake import InvalidFields, Submission, nesting_depth, parse_submission
 from mtrd.web.limits import DEFAULT_LIMITS, MAX_BODY, MAX_LIST, MAX_NESTING, EdgeLimits
@@ -152,6 +154,11 @@ class Api:
         self._trace_hooks: dict[str, _TraceHook] = {}  # memory mode: by trace id
         self.draining = False
         self.sse_subscribers = 0
+
+    def resource(self) -> Resource:
+        """The resource that answers this API: the polling routes directly
+        (:class:`~mtrd.web.direct.DirectRoutes`), every other request through Klein."""
+        return DirectRoutes(self, self.app.resource())
 
     # -- traces -------------------------------------------------------------------------
 
@@ -835,46 +842,38 @@ class Api:
         return write_asset(request, asset)
 
     # -- errors: the one place they become HTTP answers ----------------------------------
-    # Klein tries the handlers in the order they are declared: the catch-all comes last.
 
-    @app.handle_errors(Problem)
-    def problem(self, request: IRequest, failure: Failure) -> bytes:
-        """A problem a route raised, answered as it says."""
-        problem = failure.value
-        assert isinstance(problem, Problem)
-        return self._render(request, problem)
-
-    @app.handle_errors(
-        InvalidFields,
-        BadCursor,
-        TargetRefused,
-        QueueFull,
-        StoreFull,
-        TenantCapReached,
-        NoLiveVantage,
-        RedisUnavailable,
-        MonitorNotFound,
-        MonitorNameTaken,
-        MonitorReadOnly,
-        TooManyMonitors,
-        WebhookRefused,
-        WebhookUnresolved,
-    )
-    def domain_error(self, request: IRequest, failure: Failure) -> bytes:
-        """An error of the trace domain, answered as :func:`problem_of` maps it."""
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        """Whatever a route raised, answered as problem+json: the problem it raised, a
+        domain error as :func:`problem_of` maps it, werkzeug's routing errors, and 500
+        for a fault of mtrd's own. Klein calls this; so do the direct routes
+        (:mod:`mtrd.web.direct`), which answer the polling routes without Klein."""
         error = failure.value
-        assert isinstance(error, Exception)
-        return self._render(request, problem_of(error))
+        if isinstance(error, Problem):
+            return self._render(request, error)
+        if isinstance(error, DOMAIN_ERRORS):
+            return self._render(request, problem_of(error))
+        if isinstance(error, NotFound):
+            return self._render(request, no_route(request.path.decode("utf-8", "replace")))
+        if isinstance(error, MethodNotAllowed):
+            return self._wrong_method(request, error)
+        if isinstance(error, HTTPException):
+            # Other errors werkzeug raises while routing (e.g. a path it cannot decode).
+            status = error.code or 400
+            return self._render(
+                request,
+                Problem(status, "bad-request", error.name, error.description or "a bad request"),
+            )
+        self.log.failure("unhandled error answering {path}", failure, path=request.path)
+        return self._render(
+            request,
+            Problem(500, "internal-error", "Internal error", "mtrd failed to answer; see its log"),
+        )
 
-    @app.handle_errors(NotFound)
-    def unknown_route(self, request: IRequest, failure: Failure) -> bytes:  # noqa: ARG002
-        """404 problem for a path mtrd does not serve."""
-        return self._render(request, no_route(request.path.decode("utf-8", "replace")))
-
-    @app.handle_errors(MethodNotAllowed)
-    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+    def _wrong_method(self, request: IRequest, error: MethodNotAllowed) -> bytes:
         """405 problem naming the allowed methods."""
-        allowed = sorted(getattr(failure.value, "valid_methods", None) or [])
+        allowed = sorted(error.valid_methods or [])
         method = request.method.decode("ascii", "replace")
         return self._render(
             request,
@@ -885,26 +884,6 @@ class Api:
                 f"{method} is not allowed here; use {', '.join(allowed)}",
                 headers=(("Allow", ", ".join(allowed)),),
             ),
-        )
-
-    @app.handle_errors(HTTPException)
-    def http_error(self, request: IRequest, failure: Failure) -> bytes:
-        """Other errors werkzeug raises while routing (e.g. a path it cannot decode)."""
-        error = failure.value
-        assert isinstance(error, HTTPException)
-        status = error.code or 400
-        return self._render(
-            request,
-            Problem(status, "bad-request", error.name, error.description or "a bad request"),
-        )
-
-    @app.handle_errors(Exception)
-    def crashed(self, request: IRequest, failure: Failure) -> bytes:
-        """500 problem for a fault of mtrd's own; the traceback goes to the log."""
-        self.log.failure("unhandled error answering {path}", failure, path=request.path)
-        return self._render(
-            request,
-            Problem(500, "internal-error", "Internal error", "mtrd failed to answer; see its log"),
         )
 
     def _render(self, request: IRequest, problem: Problem) -> bytes:
@@ -1043,6 +1022,25 @@ def _json_body(request: IRequest, what: str) -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise Problem(400, "malformed-json", "Malformed JSON", _json_error(e)) from None
+
+
+DOMAIN_ERRORS = (
+    InvalidFields,
+    BadCursor,
+    TargetRefused,
+    QueueFull,
+    StoreFull,
+    TenantCapReached,
+    NoLiveVantage,
+    RedisUnavailable,
+    MonitorNotFound,
+    MonitorNameTaken,
+    MonitorReadOnly,
+    TooManyMonitors,
+    WebhookRefused,
+    WebhookUnresolved,
+)
+"""The errors of the trace and monitor domains that :func:`problem_of` answers."""
 
 
 def problem_of(error: Exception) -> Problem:
