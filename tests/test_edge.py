@@ -311,6 +311,43 @@ def test_a_keep_alive_connection_is_idle_again_after_an_answer() -> None:
     assert transport.disconnecting
 
 
+def test_a_request_begun_late_in_the_idle_time_gets_its_whole_header_time() -> None:
+    """The header deadline counts from the request's first byte, however long the
+    connection was idle before it."""
+    way = Edgeway(limits=EdgeLimits(idle_timeout=30, header_timeout=10))
+    channel, transport = way.connect()
+    way.clock.advance(25)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")
+    way.clock.advance(9.9)
+    assert transport.value() == b""
+    way.clock.advance(0.2)
+    assert status_of(transport.value()) == 408
+
+
+def test_requests_on_a_connection_do_not_make_a_timer_each() -> None:
+    """A keep-alive connection's requests share its one timer: it is made again only when
+    it fires (at most every shortest timeout), never per request; none outlives the
+    connection."""
+    way = Edgeway(limits=EdgeLimits(idle_timeout=30, header_timeout=10, body_timeout=10))
+    channel, transport = way.connect()
+    made = []
+    call_later = way.clock.callLater
+
+    def counted(delay: float, *args: Any, **kwargs: Any) -> Any:
+        made.append(delay)
+        return call_later(delay, *args, **kwargs)
+
+    channel.callLater = counted
+    for _ in range(50):
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        way.clock.advance(0.5)
+        assert len([c for c in way.clock.getDelayedCalls() if c.active()]) <= 1
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 50
+    assert len(made) <= 3  # 25 s of requests: the timer fired twice at most
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert not [c for c in way.clock.getDelayedCalls() if c.active()]
+
+
 def test_a_refused_connection_lingers_then_is_aborted() -> None:
     """After a refusal the connection reads and drops what comes, then ends by LINGER."""
 

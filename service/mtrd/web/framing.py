@@ -187,6 +187,8 @@ class ProblemChannel(http.HTTPChannel):
     totalHeadersSize = MAX_HEADER_BYTES
     phase = Phase.IDLE
     _deadline: IDelayedCall | None = None
+    _due: float | None = None  # when the current phase is over; None: no deadline
+    _seconds: Callable[[], float]
     _linger = False
 
     # -- phases and their deadlines ------------------------------------------------------
@@ -201,21 +203,58 @@ class ProblemChannel(http.HTTPChannel):
         self._enter(Phase.IDLE)
 
     def _enter(self, phase: Phase) -> None:
+        """Start ``phase`` and its deadline.
+
+        Phases change several times per request; a timer made and cancelled for each is
+        a share of a small request's CPU (bench/results/peers.md). So one timer serves
+        them all: it fires at most the shortest timeout after it was armed, before any
+        phase begun since can be due, and then expires the phase or waits on for it.
+        """
         self.phase = phase
-        self._disarm()
         limits = self._limits
-        expire: tuple[float, Callable[[], None]] | None = {
-            Phase.IDLE: (limits.idle_timeout, self._idle_expired),
-            Phase.HEADERS: (limits.header_timeout, self._headers_expired),
-            Phase.BODY: (limits.body_timeout, self._body_expired),
+        timeout = {
+            Phase.IDLE: limits.idle_timeout,
+            Phase.HEADERS: limits.header_timeout,
+            Phase.BODY: limits.body_timeout,
         }.get(phase)
-        if expire is not None:
-            self._deadline = self.callLater(*expire)
+        if timeout is None:
+            self._due = None  # a timer still armed finds nothing due
+            return
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            self._due = self._seconds() + timeout
+            return
+        self._arm(timeout)
+        self._due = self._seconds() + timeout
+
+    def _arm(self, seconds: float) -> None:
+        limits = self._limits
+        shortest = min(limits.idle_timeout, limits.header_timeout, limits.body_timeout)
+        deadline: Any = self.callLater(min(seconds, shortest), self._expire)
+        self._deadline = deadline
+        self._seconds = deadline.seconds  # the clock the timers run on
+
+    def _expire(self) -> None:
+        self._deadline = None
+        due = self._due
+        if due is None:
+            return
+        left = due - self._seconds()
+        if left > 0:
+            self._arm(left)
+            return
+        self._due = None
+        {
+            Phase.IDLE: self._idle_expired,
+            Phase.HEADERS: self._headers_expired,
+            Phase.BODY: self._body_expired,
+        }[self.phase]()
 
     def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        self._due = None
 
     def dataReceived(self, data: bytes) -> None:
         """The first byte of a request starts its header deadline."""
