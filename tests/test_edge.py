@@ -348,6 +348,26 @@ def test_requests_on_a_connection_do_not_make_a_timer_each() -> None:
     assert not [c for c in way.clock.getDelayedCalls() if c.active()]
 
 
+def test_the_local_address_is_asked_of_the_transport_once_per_connection() -> None:
+    """Every request records the local address; the connection asks its transport once."""
+
+    class Counting(StringTransport):
+        asked = 0
+
+        def getHost(self) -> Any:  # noqa: N802 - Twisted's name
+            self.asked += 1
+            return super().getHost()
+
+    way = Edgeway()
+    channel, _ = way.connect()
+    transport = Counting()
+    channel.makeConnection(transport)
+    for _ in range(3):
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+    assert transport.asked == 1
+
+
 def test_a_refused_connection_lingers_then_is_aborted() -> None:
     """After a refusal the connection reads and drops what comes, then ends by LINGER."""
 

@@ -190,6 +190,7 @@ class ProblemChannel(http.HTTPChannel):
     _due: float | None = None  # when the current phase is over; None: no deadline
     _seconds: Callable[[], float]
     _linger = False
+    _host: Any = None
 
     # -- phases and their deadlines ------------------------------------------------------
 
@@ -201,6 +202,13 @@ class ProblemChannel(http.HTTPChannel):
         """Start the idle deadline: a connection must begin a request in time."""
         super().connectionMade()
         self._enter(Phase.IDLE)
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the socket once: twisted.web asks for
+        it with every request, and a TCP transport makes a system call each time."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def _enter(self, phase: Phase) -> None:
         """Start ``phase`` and its deadline.
