@@ -203,7 +203,7 @@ class ProblemChannel(http.HTTPChannel):
         super().connectionMade()
         self._enter(Phase.IDLE)
 
-    def getHost(self) -> Any:
+    def getHost(self) -> Any:  # noqa: N802 - Twisted's name
         """The connection's local address, asked of the socket once: twisted.web asks for
         it with every request, and a TCP transport makes a system call each time."""
         if self._host is None:
