@@ -33,7 +33,9 @@ from mtrd.tracing.stats import forward_loss
 from mtrd.tracing.wait import WaitRule
 
 # One encoder for every render: json.dumps builds a new one per call when given options.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# What it encodes is always a fresh tree of dicts and lists, never a cycle: no need to
+# track every container on the way (a share of a render, bench/results/peers.md).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 def rfc3339(seconds: float | None) -> str | None:
