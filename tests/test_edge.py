@@ -28,6 +28,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from tests.test_http import QUICK, Client
 
@@ -366,6 +368,31 @@ def test_the_local_address_is_asked_of_the_transport_once_per_connection() -> No
         channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
     assert transport.value().count(b"HTTP/1.1 200 OK") == 3
     assert transport.asked == 1
+
+
+def test_a_response_head_is_written_in_one_piece_as_twisted_writes_it() -> None:
+    """The head goes to the transport as one write, the same bytes twisted.web writes."""
+
+    class Recording(StringTransport):
+        pieces: list[bytes]
+
+        def write(self, data: bytes) -> None:
+            self.pieces = [*getattr(self, "pieces", []), data]
+            super().write(data)
+
+        def writeSequence(self, seq: Any) -> None:  # noqa: N802 - Twisted's name
+            self.pieces = [*getattr(self, "pieces", []), *seq]
+            super().writeSequence(seq)
+
+    headers = Headers({b"Content-Type": [b"application/json"], b"Vary": [b"Accept", b"X"]})
+    ours = Edgeway().connect()[0]
+    recording = Recording()
+    ours.makeConnection(recording)
+    ours.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+    twisteds, theirs = HTTPChannel(), StringTransport()
+    twisteds.makeConnection(theirs)
+    twisteds.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+    assert recording.pieces == [theirs.value()]
 
 
 def test_a_refused_connection_lingers_then_is_aborted() -> None:
