@@ -190,6 +190,44 @@ def test_claims_only_as_many_as_there_is_room_for() -> None:
     assert s.replicas.beats[-1].running == 2
 
 
+def test_a_trace_queued_here_is_claimed_at_once_not_at_the_next_tick() -> None:
+    """Told that a trace was queued for its vantage, the runner claims within the turn's
+    end, not 100 ms later at its claim tick."""
+    s = setup()
+    s.runner.startService()
+    assert s.queue.rooms == [2]  # the first tick's claim: nothing queued yet
+    s.clock.advance(0.01)
+    s.submit()
+    s.runner.work_queued("fra")
+    assert s.runner.running_traces == 0  # claimed at the end of the turn, with others
+    s.clock.advance(0)
+    assert s.runner.running_traces == 1
+    assert s.queue.rooms == [2, 2]
+
+
+def test_a_trace_queued_for_another_vantage_waits_for_the_tick() -> None:
+    """A trace queued for some other vantage is not this runner's to claim at once."""
+    s = setup()
+    s.runner.startService()
+    s.submit()
+    s.runner.work_queued("nyc")
+    s.clock.advance(0)
+    assert s.runner.running_traces == 0
+
+
+def test_claimed_traces_start_a_batch_at_a_time() -> None:
+    """Forty queued traces with room for all: claimed and started 16 in one pass, then 16
+    and 8 right after, not at the next tick (a burst of starts overflows the probe
+    workers' sockets)."""
+    s = setup(max_running=40)
+    for _ in range(40):
+        s.submit()
+    s.runner.startService()
+    assert (s.queue.rooms, s.runner.running_traces) == ([16], 16)
+    s.clock.advance(0)
+    assert (s.queue.rooms, s.runner.running_traces) == ([16, 16, 8], 40)
+
+
 def test_a_trace_younger_than_a_flush_interval_is_not_written_yet() -> None:
     """The start waits for the flush ticks: nothing of a trace 40 ms old is in Redis, and
     it is written once it is older than an interval."""

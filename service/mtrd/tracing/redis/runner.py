@@ -82,6 +82,11 @@ from mtrd.tracing.tracer import Tracer
 # lost after five missed beats, and reaped within a beat of that.
 BEATS_PER_LEASE = 5
 CLAIM_INTERVAL = 0.1
+# The most traces claimed, so started, at once. Each start sends a round of probes at once,
+# and every reply reaches every raw socket of the probe workers: a few hundred replies in
+# one burst overflow the workers' receive buffers (a whole round lost, the trace then waits
+# out its timeout). A full batch is followed by another claim at once.
+CLAIM_BATCH = 16
 FLUSH_INTERVAL = 0.05
 # A running trace with nothing to save is asked about a cancel at least this often.
 CANCEL_CHECK = 0.5
@@ -184,6 +189,9 @@ class RedisRunner(Service):
         self._registered = False
         self._loops: dict[str, LoopingCall] = {}
         self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
+        self._steps: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._claim_soon_call: IDelayedCall | None = None
+        self._claim_again = False  # asked for while a claim was under way
         self._failing: set[str] = set()  # loops whose last pass met Redis away
 
     @property
@@ -215,12 +223,11 @@ class RedisRunner(Service):
         self._registered = False
         self._last_beat = self._clock.seconds()
         beat = self.lease / BEATS_PER_LEASE
-        self._loops = {
-            "beat": self._loop("beat", self._beat, beat),
-            "claim": self._loop("claim", self._claim, CLAIM_INTERVAL),
-            "flush": self._loop("flush", self._flush_all, FLUSH_INTERVAL),
-            "reap": self._loop("reap", self._reap, beat),
-        }
+        self._loops = {}
+        self._loop("beat", self._beat, beat)
+        self._loop("claim", self._claim, CLAIM_INTERVAL)
+        self._loop("flush", self._flush_all, FLUSH_INTERVAL)
+        self._loop("reap", self._reap, beat)
 
     def stopService(self) -> Deferred[None]:
         """Stop claiming, give back what is claimed, drain, and leave; see the module."""
@@ -229,37 +236,62 @@ class RedisRunner(Service):
 
     # -- the loops -------------------------------------------------------------------------
 
-    def _loop(self, name: str, step: Callable[[], Awaitable[None]], interval: float) -> LoopingCall:
-        async def guarded() -> None:
-            try:
-                await step()
-            except RedisUnavailable as e:
-                # Redis away: said once, not on every pass until it is back.
-                if name not in self._failing:
-                    self.log.warn("Redis runner, {loop} loop: {error}", loop=name, error=e)
-                self._failing.add(name)
-            except Exception:
-                self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
-            else:
-                self._failing.discard(name)
+    def work_queued(self, vantage: str) -> None:
+        """A trace was just queued for ``vantage`` (by this replica's front): when it is
+        this replica's, claim now rather than at the next tick. Traces then start about
+        as they come, not a tick's worth at once."""
+        if vantage == self.vantage:
+            self._claim_soon()
 
-        def run() -> Deferred[None] | None:
-            if name in self._busy:  # the last pass still waits on Redis
-                return None
-            passing = Deferred.fromCoroutine(guarded())
-            self._busy[name] = passing
-            passing.addBoth(self._passed, name)
-            return None
+    def _claim_soon(self) -> None:
+        if self.state is not RunnerState.RUNNING or "claim" not in self._loops:
+            return
+        if "claim" in self._busy:
+            self._claim_again = True  # when the claim under way is done
+        elif self._claim_soon_call is None:
+            # At the end of this turn: the traces queued in it are claimed together.
+            self._claim_soon_call = self._clock.callLater(0, self._claim_now)
 
-        loop = LoopingCall(run)
+    def _claim_now(self) -> None:
+        self._claim_soon_call = None
+        if "claim" in self._loops:
+            self._pass("claim")
+
+    def _loop(self, name: str, step: Callable[[], Awaitable[None]], interval: float) -> None:
+        self._steps[name] = step
+        loop = LoopingCall(self._pass, name)
         loop.clock = self._clock
+        # Listed before its first pass, which runs now: that pass may ask for another.
+        self._loops[name] = loop
         loop.start(interval, now=True).addErrback(
             lambda f: self.log.failure("the {loop} loop stopped", f, loop=name)
         )
-        return loop
+
+    def _pass(self, name: str) -> None:
+        if name in self._busy:  # the last pass still waits on Redis
+            return
+        passing = Deferred.fromCoroutine(self._guarded(name))
+        self._busy[name] = passing
+        passing.addBoth(self._passed, name)
+
+    async def _guarded(self, name: str) -> None:
+        try:
+            await self._steps[name]()
+        except RedisUnavailable as e:
+            # Redis away: said once, not on every pass until it is back.
+            if name not in self._failing:
+                self.log.warn("Redis runner, {loop} loop: {error}", loop=name, error=e)
+            self._failing.add(name)
+        except Exception:
+            self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
+        else:
+            self._failing.discard(name)
 
     def _passed(self, _: object, name: str) -> None:
         self._busy.pop(name, None)
+        if name == "claim" and self._claim_again:
+            self._claim_again = False
+            self._claim_soon()
 
     async def _beat(self) -> None:
         beat = ReplicaBeat(
@@ -299,8 +331,9 @@ class RedisRunner(Service):
             return
         if self._clock.seconds() < self._paused_until:
             return
+        room = min(self.room, CLAIM_BATCH)
         try:
-            claims = await self._queue.claim(self.room)
+            claims = await self._queue.claim(room)
         except RedisCommandError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -308,6 +341,8 @@ class RedisRunner(Service):
             self._group_ready = False
             return
         await self._start_claims(claims)
+        if len(claims) == room:
+            self._claim_again = True  # more may be waiting
 
     async def _reap(self) -> None:
         if self.state is not RunnerState.RUNNING:
@@ -324,9 +359,12 @@ class RedisRunner(Service):
             await self._replicas.forget(self.vantage, lost)
         if not self._group_ready:
             return
-        if self.room > 0 and self._ready() and not self.fenced:
-            claims = await self._queue.take_over(self.room, self.lease)
+        while self.room > 0 and self._ready() and not self.fenced:
+            room = min(self.room, CLAIM_BATCH)  # started at once: see CLAIM_BATCH
+            claims = await self._queue.take_over(room, self.lease)
             await self._start_claims(claims)
+            if len(claims) < room or self.state is not RunnerState.RUNNING:
+                break
         # Gone replicas leave the group; a live one reads every 100 ms, never idle this long.
         await self._queue.forget_idle_consumers(2 * self.lease)
 
@@ -601,6 +639,9 @@ class RedisRunner(Service):
         claiming = [self._busy[name] for name in ("claim", "reap") if name in self._busy]
         for name in ("claim", "reap"):
             self._loops.pop(name).stop()
+        if self._claim_soon_call is not None:
+            self._claim_soon_call.cancel()
+            self._claim_soon_call = None
         if claiming:
             await DeferredList(claiming)
         await self._release()
