@@ -171,7 +171,7 @@ class SharedTraces(Service):
                     self._replicas.live_command(where, now),
                     *admits,
                     *self._store.add_commands(trace, vantage=where, replica=self.replica),
-                    queue.enqueue_command(trace.id, self._max_queued),
+                    queue.enqueue_command(trace.id, self._max_queued, owner=owner),
                 ]
             )
         except RedisUnavailable:

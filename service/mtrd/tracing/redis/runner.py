@@ -464,13 +464,19 @@ class RedisRunner(Service):
         tenants = self._tenants
         if tenants is None:
             return claims, {}
-        found = await together(*(self._store.get(claim.trace_id) for claim in claims))
+        # The entry says the owner; one queued by an older replica does not: read the trace.
+        unsaid = [claim for claim in claims if not claim.says_owner]
+        found = await together(*(self._store.get(claim.trace_id) for claim in unsaid))
+        read = {
+            claim.trace_id: None if stored is None else stored.trace.owner
+            for claim, stored in zip(unsaid, found, strict=True)
+        }
         now = self._clock.seconds()
         kept: list[Claim] = []
         capped: list[Claim] = []
         owners: dict[str, str] = {}
-        for claim, stored in zip(claims, found, strict=True):
-            owner = None if stored is None else stored.trace.owner
+        for claim in claims:
+            owner = claim.owner if claim.says_owner else read[claim.trace_id]
             if owner is None:
                 kept.append(claim)  # no tenant, or gone (the take then fails)
             elif await tenants.reserve_running(owner, claim.trace_id, now):
