@@ -43,6 +43,9 @@ class FakeStore:
         self.runners[trace_id] = replica
         return await self.get(trace_id)
 
+    async def take_many(self, trace_ids: list[str], replica: str) -> list[StoredTrace | None]:
+        return [await self.take(trace_id, replica) for trace_id in trace_ids]
+
     async def get(self, trace_id: str) -> StoredTrace | None:
         self._check()
         trace = self.traces.get(trace_id)
@@ -115,6 +118,7 @@ class FakeReplicas:
         self.lost_calls = 0
         self.lost_fails = False
         self.forgotten: list[str] = []
+        self.finished_calls: list[list[str]] = []
 
     async def beat(self, beat: ReplicaBeat, now: float) -> None:
         if self.away:
@@ -131,7 +135,7 @@ class FakeReplicas:
         pass
 
     async def finished(self, replica: str, *trace_ids: str) -> None:
-        pass
+        self.finished_calls.append(sorted(trace_ids))
 
     async def running(self, replica: str) -> list[str]:
         return []
@@ -322,6 +326,19 @@ def test_stopping_gives_running_traces_the_grace_then_cancels_them() -> None:
     assert s.store.traces[trace_id].status is TraceStatus.CANCELLED
     assert s.replicas.forgotten == ["r1"]
     assert s.runner.state is RunnerState.STOPPED
+
+
+def test_traces_that_end_in_one_turn_leave_the_running_set_in_one_call() -> None:
+    """Two traces cancelled at the same flush tick end together: one call takes both out
+    of this replica's running set, after their final writes."""
+    s = setup()
+    ids = [s.submit() for _ in range(2)]
+    s.runner.startService()
+    s.pump(0.2)
+    s.store.cancel.update(ids)
+    s.pump(0.6)
+    assert [s.store.traces[i].status for i in ids] == [TraceStatus.CANCELLED] * 2
+    assert s.replicas.finished_calls == [sorted(ids)]
 
 
 def test_a_stopped_runner_starts_again() -> None:

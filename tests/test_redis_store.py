@@ -506,3 +506,42 @@ async def test_a_late_save_leaves_an_end_that_is_not_the_runners(redis: RedisCon
     stored = await store.get("a")
     assert stored is not None
     assert (stored.trace.status, stored.version) == (TraceStatus.FAILED, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_take_many_takes_only_the_queued_traces_nobody_took(redis: RedisConnection) -> None:
+    """Of a batch of takes in one call, only a queued trace nobody took is taken; a trace
+    taken elsewhere, a running one and a gone one are not."""
+    store = store_on(redis)
+    for trace_id in ("q1", "q2"):
+        await store.add(rich_trace(trace_id, QUEUED), never, vantage="v", replica="front")
+    await store.add(rich_trace("r", RUNNING), never, vantage="v", replica="front")
+    assert await store.take("q2", "other")
+    taken = await store.take_many(["q1", "q2", "r", "gone"], "r1")
+    assert [None if t is None else (t.trace.id, t.replica) for t in taken] == [
+        ("q1", "r1"), None, None, None
+    ]  # fmt: skip
+    stored = await store.get("q2")
+    assert stored is not None
+    assert stored.replica == "other"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_write_after_a_script_flush_lands_and_leaves_the_active_index(
+    redis: RedisConnection,
+) -> None:
+    """The runner's last write of a trace, on a Redis that forgot its scripts, is sent
+    again whole: the trace is final and off the index of active traces."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="front")
+    assert await store.take("a", "r1")
+    active = "mtrd:{index}:active"
+    assert await redis.execute("ZSCORE", active, "a") is not None
+    await redis.execute("SCRIPT", "FLUSH")
+    final = rich_trace("a", TraceStatus.COMPLETED)
+    saved = await store.write_running(final, "r1", [(2, "done", final)])
+    assert saved is not None
+    assert await redis.execute("ZSCORE", active, "a") is None
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace.status, stored.version) == (TraceStatus.COMPLETED, 2)

@@ -192,6 +192,8 @@ class RedisRunner(Service):
         self._steps: dict[str, Callable[[], Awaitable[None]]] = {}
         self._claim_soon_call: IDelayedCall | None = None
         self._claim_again = False  # asked for while a claim was under way
+        self._leaving: list[tuple[str, str | None]] = []  # ended: (trace id, owner)
+        self._leave_call: IDelayedCall | None = None
         self._failing: set[str] = set()  # loops whose last pass met Redis away
 
     @property
@@ -427,15 +429,13 @@ class RedisRunner(Service):
         if not claims:
             return True
 
-        async def take(claim: Claim) -> tuple[Claim, StoredTrace | None] | None:
-            try:
-                return claim, await self._store.take(claim.trace_id, self.replica)
-            except Exception as e:
-                # Left claimed: after a lease it is taken over (here or elsewhere).
-                self.log.warn("trace {id}: could not take it: {error}", id=claim.trace_id, error=e)
-                return None
-
-        answered = [outcome for outcome in await together(*map(take, claims)) if outcome]
+        try:
+            taken = await self._store.take_many([c.trace_id for c in claims], self.replica)
+        except Exception as e:
+            # Left claimed: after a lease they are taken over (here or elsewhere).
+            self.log.warn("could not take {n} claimed traces: {error}", n=len(claims), error=e)
+            return True
+        answered: list[tuple[Claim, StoredTrace | None]] = list(zip(claims, taken, strict=True))
         for _, stored in answered:
             if stored is not None:
                 self._run(stored.trace)
@@ -621,19 +621,34 @@ class RedisRunner(Service):
     def _forget(self, job: _Job) -> None:
         if self._jobs.pop(job.trace_id, None) is None:
             return
-        Deferred.fromCoroutine(self._finished_in_redis(job.trace_id, job.writer.trace.owner))
+        # The traces that end in one reactor turn leave the running set in one call. Its
+        # end is in Redis already: a reaper that still finds the trace there leaves it be.
+        self._leaving.append((job.trace_id, job.writer.trace.owner))
+        if self._leave_call is None:
+            self._leave_call = self._clock.callLater(0, self._leave)
         if not job.done.called:
             job.done.callback(None)
 
-    async def _finished_in_redis(self, trace_id: str, owner: str | None) -> None:
+    def _leave(self) -> Deferred[None]:
+        if self._leave_call is not None and self._leave_call.active():
+            self._leave_call.cancel()
+        self._leave_call = None
+        leaving, self._leaving = self._leaving, []
+        return Deferred.fromCoroutine(self._finished_in_redis(leaving))
+
+    async def _finished_in_redis(self, leaving: list[tuple[str, str | None]]) -> None:
+        if not leaving:
+            return
+        ids = [trace_id for trace_id, _ in leaving]
+        owners = {trace_id: owner for trace_id, owner in leaving if owner is not None}
         try:
-            await self._replicas.finished(self.replica, trace_id)
-            if self._tenants is not None and owner is not None:
-                await self._tenants.ran(owner, trace_id)
+            await together(
+                self._replicas.finished(self.replica, *ids), *self._ran(owners, list(owners))
+            )
         except Exception as e:
-            # The reaper of another replica deals with it once this one is gone.
+            # The reaper of another replica deals with them once this one is gone.
             self.log.warn(
-                "trace {id}: could not leave the running set: {error}", id=trace_id, error=e
+                "{n} traces could not leave the running set: {error}", n=len(ids), error=e
             )
 
     # -- stopping --------------------------------------------------------------------------
@@ -655,6 +670,7 @@ class RedisRunner(Service):
         for loop in self._loops.values():  # beat and flush: until the last write
             loop.stop()
         self._loops = {}
+        await self._leave()
         clean = not self._jobs
         if clean:
             try:
