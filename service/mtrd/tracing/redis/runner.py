@@ -8,8 +8,10 @@
   fail its traces, so it ends them itself (failed, ``store_unavailable``; the fenced save
   of that end is refused if a reaper got there first);
 - claims queued traces of its vantage only while it has room and its pool is ready
-  (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections),
-  takes what it claimed in one batch (:meth:`RedisTraceStore.take`, which returns the
+  (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections;
+  also as soon as this replica's front queued a trace for its vantage, see
+  :meth:`RedisRunner.work_queued`; at most ``CLAIM_BATCH`` at a time, the next batch read
+  at once), takes what it claimed in one batch (:meth:`RedisTraceStore.take`, which returns the
   trace; a lost race or a cancelled trace is skipped and its entry acknowledged), and
   runs each with the :class:`Tracer`, writing its
   snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, and
