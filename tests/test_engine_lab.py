@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -312,9 +313,14 @@ def naive_pair_replies(lab: Lab, count: int) -> list[str]:
         assert busy.stdin is not None
         silent.stdin.write(
             "".join(
-                f"{t} send-probe ip-4 {blackhole} ttl 10 timeout 2\n" for t in range(2, count + 2)
+                f"{t} send-probe ip-4 {blackhole} ttl 10 timeout 4\n" for t in range(2, count + 2)
             )
         )
+        silent.stdin.flush()
+        # The busy process's replies come back within a millisecond: they can only be taken
+        # for the silent process's probes once those are out. Its probes wait 4 s; give
+        # it one (a process that starts slowly, under load, steals nothing otherwise).
+        time.sleep(1.0)
         busy.stdin.write(
             "".join(
                 f"{t} send-probe ip-4 {target} ttl 3 protocol tcp"
@@ -322,12 +328,12 @@ def naive_pair_replies(lab: Lab, count: int) -> list[str]:
                 for t in range(2, count + 2)
             )
         )
-        silent.stdin.close()
-        busy.stdin.close()
         assert silent.stdout is not None
         assert busy.stdout is not None
-        out = silent.stdout.read()  # mtr-packet exits once its probes are done (2 s)
-        busy.stdout.read()
+        busy.stdin.close()
+        busy.stdout.read()  # every tcp probe answered while the silent ones were still out
+        silent.stdin.close()
+        out = silent.stdout.read()
     finally:
         for process in (silent, busy):
             if process.poll() is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import mtrd
 import pytest
+from mtrd.engine.codec import format_probe
 from mtrd.engine.errors import InvalidProbeRequest
 from mtrd.engine.probe import ProbeRequest, Protocol
 
@@ -89,3 +90,31 @@ def test_zone_ids_and_whitespace_are_refused_by_the_library_api(fields: dict[str
     with pytest.raises(mtrd.InvalidProbeRequest) as caught:
         mtrd.ProbeRequest(**fields)
     assert caught.value.field == ("source" if "source" in fields else "target")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"target": "203.0.113.7"},
+        {"target": "2001:db8::7", "protocol": "udp", "port": 33434, "size": 64, "tos": 8},
+        {"target": "203.0.113.7", "protocol": "udp", "local_port": 2000, "source": "192.0.2.1"},
+    ],
+)
+def test_at_ttl_is_the_same_request_built_with_that_ttl(fields: dict[str, Any]) -> None:
+    """A trace's probe at another TTL equals one built from scratch, and says its own TTL
+    on the wire even when the first one's command line was written already."""
+    first = ProbeRequest(**fields, ttl=1)
+    format_probe(7, first)
+    other = first.at_ttl(9)
+    assert other == ProbeRequest(**fields, ttl=9)
+    assert format_probe(7, other) == format_probe(7, ProbeRequest(**fields, ttl=9))
+    assert b" ttl 9 " in format_probe(7, other)
+    assert format_probe(7, first) == format_probe(7, ProbeRequest(**fields, ttl=1))
+
+
+@pytest.mark.parametrize("ttl", [0, 256, True])
+def test_at_ttl_checks_the_ttl(ttl: int) -> None:
+    """The TTL is the one value at_ttl changes: it is checked as the constructor checks it."""
+    with pytest.raises(InvalidProbeRequest) as caught:
+        ProbeRequest("203.0.113.7").at_ttl(ttl)
+    assert caught.value.field == "ttl"

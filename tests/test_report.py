@@ -121,6 +121,27 @@ def test_no_forward_loss_column_when_every_loss_carries_on() -> None:
     assert table(trace(answered(1, "198.51.100.1"), lossy))[0].endswith("StDev")
 
 
+def test_late_answers_get_a_late_column_last() -> None:
+    """A hop whose answer came after its probe was given up counts it under Late; a
+    trace without late answers has no such column."""
+    late = Hop(
+        ttl=2, responders=(Responder("198.51.100.6", 1),), sent=3, received=2, lost=1, late=1
+    )
+    header, *rows = table(trace(answered(1, "198.51.100.1"), late))
+    assert header.endswith("StDev Late")
+    assert rows[1].endswith(" 1")
+    assert len(rows[1]) == len(header)
+    assert len(rows[0]) < len(header)
+    assert "Late" not in table(trace(answered(1, "198.51.100.1")))[0]
+
+
+def test_late_and_forward_loss_columns_together() -> None:
+    """Fwd% comes before Late when both are shown."""
+    late = Hop(ttl=3, responders=(Responder("192.0.2.7", 1),), sent=2, received=1, lost=1, late=1)
+    header, *_ = table(trace(answered(1, "198.51.100.1"), silent(2), late))
+    assert header.endswith("StDev   Fwd% Late")
+
+
 def test_target_line_says_why_the_trace_stopped() -> None:
     """An unreachable stop names its ICMP kind on the Target line."""
     stopped = attrs.evolve(

@@ -170,6 +170,7 @@ class TraceRun:
         self._wait_floor = wait_floor or WaitFloor()
         self._hops: dict[int, HopAccumulator] = {}
         self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
+        self._template: ProbeRequest | None = None  # the first, checked in full
         self._in_flight: dict[Deferred[ProbeReply], _InFlight] = {}
         # Answers to these are late; each with when its wait started.
         self._given_up: dict[Deferred[ProbeReply], float] = {}
@@ -265,11 +266,13 @@ class TraceRun:
         result.addBoth(self._settled, ttl, result)
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
+        if self._template is not None:
+            return self._template.at_ttl(ttl)
         request = self._request
         port = request.port
         if port is None and request.protocol in DEFAULT_PORTS:
             port = DEFAULT_PORTS[request.protocol]
-        return ProbeRequest(
+        self._template = ProbeRequest(
             target=self._address,
             ttl=ttl,
             protocol=request.protocol,
@@ -280,6 +283,7 @@ class TraceRun:
             size=request.size,
             tos=request.tos,
         )
+        return self._template
 
     # -- replies ---------------------------------------------------------------------------
 

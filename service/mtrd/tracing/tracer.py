@@ -43,6 +43,11 @@ OPEN_POLICY = TargetPolicy()
 LOCAL_PORT_RANGE = (20000, 32999)  # below mtr-packet's sequence range: no ledger clashes
 
 
+def _random_local_port() -> int:
+    low, high = LOCAL_PORT_RANGE
+    return low + secrets.randbelow(high - low)
+
+
 def new_trace_id() -> str:
     """An unguessable trace id (128 random bits, URL-safe)."""
     return secrets.token_urlsafe(16)
@@ -187,9 +192,7 @@ class Tracer:
             wait_floor=self._wait_floor,
             source=source,
             flow=Flow(trace.id, group=trace.owner),
-            local_port=secrets.choice(range(*LOCAL_PORT_RANGE))
-            if resolved.ip_version == 4
-            else None,
+            local_port=_random_local_port() if resolved.ip_version == 4 else None,
             annotator=self.annotator,
         )
         outcome = await run.start()

@@ -22,7 +22,9 @@ mtr stops one hop after the last answer): the JSON has every TTL.
 
 Where some hop's loss does not carry on to the hops after it (a router rate-limiting
 its own replies), a ``Fwd%`` column follows ``StDev`` with the forward loss of each hop
-where it differs from ``Loss%``, blank elsewhere. A finished trace's ``Target`` line
+where it differs from ``Loss%``, blank elsewhere. Where some hop answered a probe after it
+was given up (a late reply: not counted in ``Loss%`` or the times), a ``Late`` column comes
+last with how many, blank elsewhere. A finished trace's ``Target`` line
 ends with ``Stopped:`` and why (and the ICMP kind when a router answered unreachable).
 """
 
@@ -59,6 +61,7 @@ _FIGURES = (
     ("StDev", 1, 5),
 )
 _FORWARD = ("Fwd%", 1, 6)
+_LATE = ("Late", 1, 4)
 _PREFIX_WIDTH = len("255.|-- ")
 _HOST_WIDTH = 24  # mtr's titles start at column 33
 _SILENT = "???"
@@ -75,12 +78,17 @@ def render_report(trace: Trace, host: str = "mtrd", hosts: HostDisplay = HostDis
     shown = _shown_hops(trace.hops)
     forward = forward_loss(trace.hops)[: len(shown)]
     differs = [f"{f:.1f}" != f"{hop.loss_pct:.1f}" for f, hop in zip(forward, shown, strict=True)]
-    columns = (*_FIGURES, _FORWARD) if any(differs) else _FIGURES
+    with_forward = any(differs)
+    with_late = any(hop.late for hop in shown)
+    columns = (*_FIGURES, *((_FORWARD,) if with_forward else ()), *((_LATE,) if with_late else ()))
     for hop, fwd, differ in zip(shown, forward, differs, strict=True):
         hop_rows = _hop_rows(hop, hosts, with_as=with_as)
-        if any(differs):
-            prefix, name, figures = hop_rows[0]
-            hop_rows[0] = (prefix, name, (*figures, f"{fwd:.1f}%" if differ else ""))
+        prefix, name, figures = hop_rows[0]
+        if with_forward:
+            figures = (*figures, f"{fwd:.1f}%" if differ else "")
+        if with_late:
+            figures = (*figures, str(hop.late) if hop.late else "")
+        hop_rows[0] = (prefix, name, figures)
         rows.extend(hop_rows)
     header_host = f"HOST: {host}"
     host_width = max(
