@@ -181,7 +181,7 @@ async def pair(redis_server: RedisServer) -> AsyncIterator[Pair]:
 
 async def _started(front: Front, trace_id: str) -> Trace:
     """What a runner does on taking a trace: take it, save it running."""
-    assert await front.store.take(trace_id, RUNNER)
+    assert (await front.store.take_many([trace_id], RUNNER))[0]
     stored = await front.store.get(trace_id)
     assert stored is not None
     running = attrs.evolve(stored.trace, status=TraceStatus.RUNNING, started_at=1.0)

@@ -142,15 +142,15 @@ async def test_only_one_replica_takes_a_trace(redis: RedisConnection) -> None:
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
     await store.add(rich_trace("r", TraceStatus.RUNNING), lambda: 1, vantage="fra", replica="r0")
-    taken = await store.take("q", "r1")
+    taken = (await store.take_many(["q"], "r1"))[0]
     assert taken is not None
     assert (taken.trace.id, taken.replica) == ("q", "r1")
-    assert await store.take("q", "r2") is None
+    assert (await store.take_many(["q"], "r2"))[0] is None
     stored = await store.get("q")
     assert stored is not None
     assert stored.replica == "r1"
-    assert await store.take("r", "r1") is None
-    assert await store.take("gone", "r1") is None
+    assert (await store.take_many(["r"], "r1"))[0] is None
+    assert (await store.take_many(["gone"], "r1"))[0] is None
 
 
 @pytest_twisted.ensureDeferred
@@ -186,7 +186,7 @@ async def test_fenced_save_only_by_the_runner(redis: RedisConnection) -> None:
     """A save naming a runner succeeds for the replica that took the trace, not another."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r1")
+    await store.take_many(["q"], "r1")
     running = rich_trace("q", TraceStatus.RUNNING)
     assert await store.save(running, runner="r1") == 2
     with pytest.raises(NotRunning):
@@ -199,7 +199,7 @@ async def test_trace_of_a_lost_replica_fails_once(redis: RedisConnection) -> Non
     the lost replica's own later saves are refused."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r1")
+    await store.take_many(["q"], "r1")
     running = rich_trace("q", TraceStatus.RUNNING)
     await store.save(running, runner="r1")
     assert await store.fail_lost("q", "r1", now=2_000.0) is True
@@ -221,7 +221,7 @@ async def test_trace_run_elsewhere_is_not_failed(redis: RedisConnection) -> None
     """fail_lost leaves a trace alone that another replica runs."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r2")
+    await store.take_many(["q"], "r2")
     await store.save(rich_trace("q", TraceStatus.RUNNING), runner="r2")
     assert await store.fail_lost("q", "r1", now=2_000.0) is False
     stored = await store.get("q")

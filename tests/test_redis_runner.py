@@ -171,7 +171,7 @@ async def test_a_lost_replicas_traces_fail_and_its_claims_run_elsewhere(
     started, claimed = await dead.claim(2)
     await replicas.beat(ReplicaBeat("dead", "fra", 2, 1, True), reactor.seconds())  # type: ignore[attr-defined]
     await replicas.started("dead", running_id)
-    assert await store.take(running_id, "dead")
+    assert (await store.take_many([running_id], "dead"))[0]
     await dead.started(started)
     died_at = reactor.seconds()  # type: ignore[attr-defined]
     live = runner(redis, "live")

@@ -144,7 +144,7 @@ async def test_a_running_place_frees_when_its_trace_ends(redis: RedisConnection)
     store = store_of(redis)
     for trace_id in ids[:2]:
         assert await tenants.reserve_running("alice", trace_id, now)
-        assert await store.take(trace_id, "gone")
+        assert (await store.take_many([trace_id], "gone"))[0]
     assert not await tenants.reserve_running("alice", ids[2], now)
     assert await store.fail_lost(ids[0], "gone", now)
     assert await tenants.reserve_running("alice", ids[2], now)

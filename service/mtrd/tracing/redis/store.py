@@ -518,15 +518,11 @@ class RedisTraceStore:
             await self._redis.execute("ZREM", self._active, trace_id)
         return cancel
 
-    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
-        """Make ``replica`` the one that runs a queued trace, and read it; None if it is not
-        queued any more (cancelled, deleted, expired) or another replica took it first."""
-        reply = await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica])
-        return _taken(reply)
-
     async def take_many(self, trace_ids: Sequence[str], replica: str) -> list[StoredTrace | None]:
-        """:meth:`take` of each trace, in one call (one write, one deadline). The scripts go
-        whole (``EVAL``): a Redis that forgot them cannot refuse some and not others."""
+        """Make ``replica`` the one that runs each queued trace, and read it, in one call
+        (one write, one deadline): per trace, None if it is not queued any more (cancelled,
+        deleted, expired) or another replica took it first. The scripts go whole
+        (``EVAL``): a Redis that forgot them cannot refuse some and not others."""
         if not trace_ids:
             return []
         replies = await self._redis.pipeline(
