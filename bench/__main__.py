@@ -396,12 +396,13 @@ BOUNDS = {
     "responder addresses are interned and hop values have no weakref slot (26.9 KB before "
     "those). Flattening the hop's figures into Hop and expiring without a timer per trace "
     "would save about 2.3 KB; a packed form of finished hops more",
-    "redis": "CPU: traces/s = CPU share / CPU per trace. The memory replica is bound by one "
-    "core (0.9 of a core on a quiet machine); the Redis replica uses 1.05-1.4x its CPU per "
-    "trace and gets less CPU (0.55-0.9 of a core) because it idles while redis-server, "
-    "sharing the 2 cores, answers a POST (p50 9-14 ms server side against 1 ms); under "
-    "load (average 5+) both get a share, and the ratio swings 0.4-0.9 batch to batch. "
-    "See bench/results/redis-throughput.md",
+    "redis": "CPU: traces/s = CPU share / CPU per trace. Both replicas get about the same "
+    "share of a core now (0.65-0.85, what the client, mtr-packet and redis-server leave on 2 "
+    "cores); the Redis replica spends about 1.2x the memory store's CPU per trace (1.2 "
+    "against 0.95 ms: socket writes to redis-server, txredisapi's per-command Deferreds, the "
+    "trace codec). Before 2026-12-01 (third session) the runner started a 100 ms tick's "
+    "claims at once and the probe workers' raw sockets dropped a round of replies (traces "
+    "waiting out their 1 s timeout). See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
     "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "

@@ -74,8 +74,10 @@ class Front:
         webhooks: Any = None,
     ) -> None:
         """With ``tenant_limits`` the fronts count tenants in Redis; with ``auth`` the
-        resource is behind the auth guard."""
+        resource is behind the auth guard. ``queued`` lists the vantage of each trace
+        queued here (what the replica's runner is told)."""
         self.connection = connection
+        self.queued: list[str] = []
         self.store = RedisTraceStore(
             connection,
             reactor,  # type: ignore[arg-type]
@@ -94,6 +96,7 @@ class Front:
             tenants=None
             if tenant_limits is None
             else RedisTenants(connection, self.store, tenant_limits),
+            on_queued=self.queued.append,
         )
         self.shared.startService()
         memory = TraceStore(reactor)  # type: ignore[arg-type]
@@ -178,7 +181,7 @@ async def pair(redis_server: RedisServer) -> AsyncIterator[Pair]:
 
 async def _started(front: Front, trace_id: str) -> Trace:
     """What a runner does on taking a trace: take it, save it running."""
-    assert await front.store.take(trace_id, RUNNER)
+    assert (await front.store.take_many([trace_id], RUNNER))[0]
     stored = await front.store.get(trace_id)
     assert stored is not None
     running = attrs.evolve(stored.trace, status=TraceStatus.RUNNING, started_at=1.0)
@@ -278,6 +281,15 @@ async def test_delete_of_a_running_trace_asks_its_runner(pair: Pair) -> None:
     assert answer.json()["status"] == "running"
     cancel = await pair.a.connection.execute("HGET", pair.a.store.trace_key(trace_id), "cancel")
     assert cancel == b"1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_runner_is_told_of_traces_queued_and_not_of_refused_ones(pair: Pair) -> None:
+    """A queued trace tells this replica's runner its vantage (so it claims at once); a
+    trace refused (no live replica) tells nothing."""
+    assert (await pair.a.post_trace(QUICK)).code == 202
+    assert (await pair.a.post_trace({**QUICK, "vantage": "nrt"})).code == 422
+    assert (pair.a.queued, pair.b.queued) == ([VANTAGE], [])
 
 
 @pytest_twisted.ensureDeferred

@@ -116,6 +116,48 @@ async def test_paused_server_times_out_within_the_limit(
 
 
 @pytest_twisted.ensureDeferred
+async def test_each_call_gets_its_whole_limit_and_those_behind_fail_with_the_oldest(
+    redis: RedisConnection, redis_server: RedisServer
+) -> None:
+    """One timer per connection: a call made 0.3 s after another on a paused server is not
+    failed before the first call's deadline, and fails with it then (replies come in
+    order: nothing behind an unanswered call can be answered first)."""
+    redis_server.pause()
+    try:
+        first = Deferred.fromCoroutine(redis.execute("GET", "a"))
+        await sleep(0.3)
+        started = time.monotonic()
+        second = Deferred.fromCoroutine(redis.execute("GET", "b"))
+        with pytest.raises(RedisTimeout):
+            await first
+        with pytest.raises(RedisTimeout):
+            await second
+        assert time.monotonic() - started < 0.5 + 1.0  # within the second's own limit
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: redis.health().ready)
+    assert await redis.execute("PING") == b"PONG"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_is_not_failed_at_an_earlier_calls_deadline(
+    redis: RedisConnection, redis_server: RedisServer
+) -> None:
+    """A call sent 0.3 s after an answered one, to a server paused since, still gets its
+    whole limit (0.5 s) before it fails."""
+    assert await redis.execute("PING") == b"PONG"
+    await sleep(0.3)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeout):
+            await redis.execute("GET", "k")
+        assert time.monotonic() - started >= 0.45
+    finally:
+        redis_server.resume()
+
+
+@pytest_twisted.ensureDeferred
 async def test_health_follows_a_pause_without_calls(
     redis: RedisConnection, redis_server: RedisServer
 ) -> None:

@@ -43,7 +43,7 @@ async def test_claims_only_as_many_as_there_is_room_for(redis: RedisConnection) 
     """A replica claims at most its room, oldest first; without room it claims nothing."""
     (queue,) = await queues(redis, "r1")
     for n in range(3):
-        assert await queue.enqueue(f"t{n}", max_queued=10)
+        assert await queue.enqueue(f"t{n}", max_queued=10, owner=None)
     assert await queue.claim(0) == []
     assert [c.trace_id for c in await queue.claim(2)] == ["t0", "t1"]
     assert [c.trace_id for c in await queue.claim(5)] == ["t2"]
@@ -54,7 +54,7 @@ async def test_replicas_of_a_vantage_share_the_work(redis: RedisConnection) -> N
     """Two replicas never claim the same entry."""
     first, second = await queues(redis, "r1", "r2")
     for n in range(4):
-        await first.enqueue(f"t{n}", max_queued=10)
+        await first.enqueue(f"t{n}", max_queued=10, owner=None)
     a = [c.trace_id for c in await first.claim(1)]
     b = [c.trace_id for c in await second.claim(10)]
     assert (a, b) == (["t0"], ["t1", "t2", "t3"])
@@ -64,14 +64,14 @@ async def test_replicas_of_a_vantage_share_the_work(redis: RedisConnection) -> N
 async def test_queue_cap_counts_queued_and_claimed(redis: RedisConnection) -> None:
     """The cap holds across replicas until started entries leave the queue."""
     first, second = await queues(redis, "r1", "r2")
-    assert await first.enqueue("a", max_queued=2)
-    assert await second.enqueue("b", max_queued=2)
-    assert not await first.enqueue("c", max_queued=2)
+    assert await first.enqueue("a", max_queued=2, owner=None)
+    assert await second.enqueue("b", max_queued=2, owner=None)
+    assert not await first.enqueue("c", max_queued=2, owner=None)
     (claim,) = await first.claim(1)
-    assert not await second.enqueue("c", max_queued=2)
+    assert not await second.enqueue("c", max_queued=2, owner=None)
     await first.started(claim)
     assert await first.waiting() == 1
-    assert await second.enqueue("c", max_queued=2)
+    assert await second.enqueue("c", max_queued=2, owner=None)
 
 
 @pytest_twisted.ensureDeferred
@@ -79,7 +79,7 @@ async def test_release_puts_claimed_traces_back_at_once(redis: RedisConnection) 
     """Claimed-but-not-started traces given back are claimed by the next replica at once."""
     first, second = await queues(redis, "r1", "r2")
     for n in range(2):
-        await first.enqueue(f"t{n}", max_queued=10)
+        await first.enqueue(f"t{n}", max_queued=10, owner=None)
     claims = await first.claim(2)
     assert await first.release(claims) == 2
     assert sorted(c.trace_id for c in await second.claim(5)) == ["t0", "t1"]
@@ -87,10 +87,33 @@ async def test_release_puts_claimed_traces_back_at_once(redis: RedisConnection) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_claim_says_the_owner_even_after_a_release(redis: RedisConnection) -> None:
+    """The entry carries the trace's owner (none said as such), kept when it is released."""
+    first, second = await queues(redis, "r1", "r2")
+    await first.enqueue("t0", max_queued=10, owner="acme")
+    await first.enqueue("t1", max_queued=10, owner=None)
+    claims = await first.claim(2)
+    said = [(c.trace_id, c.owner, c.says_owner) for c in claims]
+    assert said == [("t0", "acme", True), ("t1", None, True)]
+    await first.release(claims)
+    again = [(c.trace_id, c.owner, c.says_owner) for c in await second.claim(5)]
+    assert again == said
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_of_an_older_replica_does_not_say_the_owner(redis: RedisConnection) -> None:
+    """An entry without the owner field (queued by an older replica) claims as unknown."""
+    (queue,) = await queues(redis, "r1")
+    await redis.execute("XADD", queue.key, "*", "t", "t0")
+    (claim,) = await queue.claim(1)
+    assert (claim.trace_id, claim.owner, claim.says_owner) == ("t0", None, False)
+
+
+@pytest_twisted.ensureDeferred
 async def test_idle_claims_of_a_lost_replica_are_taken_over(redis: RedisConnection) -> None:
     """Entries another replica claimed and left idle past the lease go to one that has room."""
     lost, alive = await queues(redis, "lost", "alive")
-    await lost.enqueue("t0", max_queued=10)
+    await lost.enqueue("t0", max_queued=10, owner=None)
     await lost.claim(1)
     assert await alive.take_over(room=5, idle_seconds=1.0) == []
     await sleep(1.1)
@@ -103,7 +126,7 @@ async def test_idle_consumers_without_claims_leave_the_group(redis: RedisConnect
     """A consumer that holds a claim stays; one that holds none and is idle goes."""
     holder, gone = await queues(redis, "holder", "gone")
     for n in range(2):
-        await holder.enqueue(f"t{n}", max_queued=10)
+        await holder.enqueue(f"t{n}", max_queued=10, owner=None)
     await holder.claim(1)
     (started,) = await gone.claim(1)
     await gone.started(started)
@@ -119,15 +142,15 @@ async def test_only_one_replica_takes_a_trace(redis: RedisConnection) -> None:
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
     await store.add(rich_trace("r", TraceStatus.RUNNING), lambda: 1, vantage="fra", replica="r0")
-    taken = await store.take("q", "r1")
+    taken = (await store.take_many(["q"], "r1"))[0]
     assert taken is not None
     assert (taken.trace.id, taken.replica) == ("q", "r1")
-    assert await store.take("q", "r2") is None
+    assert (await store.take_many(["q"], "r2"))[0] is None
     stored = await store.get("q")
     assert stored is not None
     assert stored.replica == "r1"
-    assert await store.take("r", "r1") is None
-    assert await store.take("gone", "r1") is None
+    assert (await store.take_many(["r"], "r1"))[0] is None
+    assert (await store.take_many(["gone"], "r1"))[0] is None
 
 
 @pytest_twisted.ensureDeferred
@@ -163,7 +186,7 @@ async def test_fenced_save_only_by_the_runner(redis: RedisConnection) -> None:
     """A save naming a runner succeeds for the replica that took the trace, not another."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r1")
+    await store.take_many(["q"], "r1")
     running = rich_trace("q", TraceStatus.RUNNING)
     assert await store.save(running, runner="r1") == 2
     with pytest.raises(NotRunning):
@@ -176,7 +199,7 @@ async def test_trace_of_a_lost_replica_fails_once(redis: RedisConnection) -> Non
     the lost replica's own later saves are refused."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r1")
+    await store.take_many(["q"], "r1")
     running = rich_trace("q", TraceStatus.RUNNING)
     await store.save(running, runner="r1")
     assert await store.fail_lost("q", "r1", now=2_000.0) is True
@@ -198,7 +221,7 @@ async def test_trace_run_elsewhere_is_not_failed(redis: RedisConnection) -> None
     """fail_lost leaves a trace alone that another replica runs."""
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     await store.add(rich_trace("q", QUEUED), lambda: 1, vantage="fra", replica="r0")
-    await store.take("q", "r2")
+    await store.take_many(["q"], "r2")
     await store.save(rich_trace("q", TraceStatus.RUNNING), runner="r2")
     assert await store.fail_lost("q", "r1", now=2_000.0) is False
     stored = await store.get("q")

@@ -79,7 +79,7 @@ async def submit(redis: RedisConnection, request: TraceRequest) -> str:
     await store.add(trace, lambda: 1, "fra", "")
     queue = RedisWorkQueue(redis, "fra", "front")
     await queue.create()
-    assert await queue.enqueue(trace.id, max_queued=100)
+    assert await queue.enqueue(trace.id, max_queued=100, owner=None)
     return trace.id
 
 
@@ -171,7 +171,7 @@ async def test_a_lost_replicas_traces_fail_and_its_claims_run_elsewhere(
     started, claimed = await dead.claim(2)
     await replicas.beat(ReplicaBeat("dead", "fra", 2, 1, True), reactor.seconds())  # type: ignore[attr-defined]
     await replicas.started("dead", running_id)
-    assert await store.take(running_id, "dead")
+    assert (await store.take_many([running_id], "dead"))[0]
     await dead.started(started)
     died_at = reactor.seconds()  # type: ignore[attr-defined]
     live = runner(redis, "live")
@@ -342,7 +342,7 @@ async def test_a_queue_lost_with_redis_is_made_again(redis: RedisConnection) -> 
     store = RedisTraceStore(redis, reactor)  # type: ignore[arg-type]
     trace = Tracer(reactor, FakeNetwork(reactor, ROUTERS), StaticResolver()).new(SHORT)  # type: ignore[arg-type]
     await store.add(trace, lambda: 1, "fra", "")
-    assert await queue.enqueue(trace.id, max_queued=100)
+    assert await queue.enqueue(trace.id, max_queued=100, owner=None)
     await wait_for(redis, trace.id, TraceStatus.COMPLETED, 10)
     await r1.stopService()
 
@@ -351,5 +351,5 @@ async def test_a_queue_lost_with_redis_is_made_again(redis: RedisConnection) -> 
 async def test_no_queue_is_made_for_a_vantage_nobody_runs(redis: RedisConnection) -> None:
     """Enqueueing for a vantage whose queue was never made is refused and makes no key."""
     queue = RedisWorkQueue(redis, "made-up", "front")
-    assert not await queue.enqueue("t1", max_queued=100)
+    assert not await queue.enqueue("t1", max_queued=100, owner=None)
     assert not await redis.execute("EXISTS", queue.key)

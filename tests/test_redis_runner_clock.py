@@ -43,6 +43,9 @@ class FakeStore:
         self.runners[trace_id] = replica
         return await self.get(trace_id)
 
+    async def take_many(self, trace_ids: list[str], replica: str) -> list[StoredTrace | None]:
+        return [await self.take(trace_id, replica) for trace_id in trace_ids]
+
     async def get(self, trace_id: str) -> StoredTrace | None:
         self._check()
         trace = self.traces.get(trace_id)
@@ -115,6 +118,7 @@ class FakeReplicas:
         self.lost_calls = 0
         self.lost_fails = False
         self.forgotten: list[str] = []
+        self.finished_calls: list[list[str]] = []
 
     async def beat(self, beat: ReplicaBeat, now: float) -> None:
         if self.away:
@@ -131,7 +135,7 @@ class FakeReplicas:
         pass
 
     async def finished(self, replica: str, *trace_ids: str) -> None:
-        pass
+        self.finished_calls.append(sorted(trace_ids))
 
     async def running(self, replica: str) -> list[str]:
         return []
@@ -188,6 +192,44 @@ def test_claims_only_as_many_as_there_is_room_for() -> None:
         TraceStatus.RUNNING, TraceStatus.RUNNING, TraceStatus.QUEUED
     ]  # fmt: skip
     assert s.replicas.beats[-1].running == 2
+
+
+def test_a_trace_queued_here_is_claimed_at_once_not_at_the_next_tick() -> None:
+    """Told that a trace was queued for its vantage, the runner claims within the turn's
+    end, not 100 ms later at its claim tick."""
+    s = setup()
+    s.runner.startService()
+    assert s.queue.rooms == [2]  # the first tick's claim: nothing queued yet
+    s.clock.advance(0.01)
+    s.submit()
+    s.runner.work_queued("fra")
+    assert s.runner.running_traces == 0  # claimed at the end of the turn, with others
+    s.clock.advance(0)
+    assert s.runner.running_traces == 1
+    assert s.queue.rooms == [2, 2]
+
+
+def test_a_trace_queued_for_another_vantage_waits_for_the_tick() -> None:
+    """A trace queued for some other vantage is not this runner's to claim at once."""
+    s = setup()
+    s.runner.startService()
+    s.submit()
+    s.runner.work_queued("nyc")
+    s.clock.advance(0)
+    assert s.runner.running_traces == 0
+
+
+def test_claimed_traces_start_a_batch_at_a_time() -> None:
+    """Forty queued traces with room for all: claimed and started 16 in one pass, then 16
+    and 8 right after, not at the next tick (a burst of starts overflows the probe
+    workers' sockets)."""
+    s = setup(max_running=40)
+    for _ in range(40):
+        s.submit()
+    s.runner.startService()
+    assert (s.queue.rooms, s.runner.running_traces) == ([16], 16)
+    s.clock.advance(0)
+    assert (s.queue.rooms, s.runner.running_traces) == ([16, 16, 8], 40)
 
 
 def test_a_trace_younger_than_a_flush_interval_is_not_written_yet() -> None:
@@ -284,6 +326,19 @@ def test_stopping_gives_running_traces_the_grace_then_cancels_them() -> None:
     assert s.store.traces[trace_id].status is TraceStatus.CANCELLED
     assert s.replicas.forgotten == ["r1"]
     assert s.runner.state is RunnerState.STOPPED
+
+
+def test_traces_that_end_in_one_turn_leave_the_running_set_in_one_call() -> None:
+    """Two traces cancelled at the same flush tick end together: one call takes both out
+    of this replica's running set, after their final writes."""
+    s = setup()
+    ids = [s.submit() for _ in range(2)]
+    s.runner.startService()
+    s.pump(0.2)
+    s.store.cancel.update(ids)
+    s.pump(0.6)
+    assert [s.store.traces[i].status for i in ids] == [TraceStatus.CANCELLED] * 2
+    assert s.replicas.finished_calls == [sorted(ids)]
 
 
 def test_a_stopped_runner_starts_again() -> None:

@@ -394,7 +394,7 @@ async def test_a_running_save_says_whether_a_cancel_was_asked_for(redis: RedisCo
     """save_running reports field ``cancel``; cancel_requested reads it alone."""
     store = store_on(redis)
     await store.add(rich_trace("a", TraceStatus.QUEUED), never, vantage="fra", replica="")
-    assert await store.take("a", "r1")
+    assert (await store.take_many(["a"], "r1"))[0]
     first = await store.save_running(rich_trace("a", RUNNING), "r1")
     assert first is not None
     assert (first.version, first.cancel) == (2, False)
@@ -435,7 +435,7 @@ async def test_cancel_of_a_taken_trace_asks_its_runner(redis: RedisConnection) -
     """A trace a replica took (still queued or running) gets the cancel field, unchanged."""
     store = store_on(redis)
     await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="front")
-    assert await store.take("a", "runner")
+    assert (await store.take_many(["a"], "runner"))[0]
     assert await store.request_cancel("a", now=100.0) is CancelOutcome.CANCELLING
     assert await redis.execute("HGET", store.trace_key("a"), "cancel") == b"1"
     stored = await store.get("a")
@@ -480,7 +480,7 @@ async def test_a_late_save_rewrites_the_runners_end_keeping_its_expiry(
     """save_late replaces the final snapshot its runner wrote: a new version, same expiry."""
     store = store_on(redis, ttl=60)
     await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="")
-    assert await store.take("a", "r1")
+    assert (await store.take_many(["a"], "r1"))[0]
     assert await store.save(rich_trace("a", DONE), runner="r1") == 2
     await redis.execute("PEXPIRE", store.trace_key("a"), 30_000)
     later = attrs.evolve(rich_trace("a", DONE), hops=())
@@ -496,7 +496,7 @@ async def test_a_late_save_leaves_an_end_that_is_not_the_runners(redis: RedisCon
     """save_late refuses another runner's end or another status, and a gone trace is None."""
     store = store_on(redis)
     await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="")
-    assert await store.take("a", "r1")
+    assert (await store.take_many(["a"], "r1"))[0]
     assert await store.save(rich_trace("a", TraceStatus.FAILED)) == 2
     with pytest.raises(NotRunning):
         await store.save_late(rich_trace("a", DONE), "r1")
@@ -506,3 +506,42 @@ async def test_a_late_save_leaves_an_end_that_is_not_the_runners(redis: RedisCon
     stored = await store.get("a")
     assert stored is not None
     assert (stored.trace.status, stored.version) == (TraceStatus.FAILED, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_take_many_takes_only_the_queued_traces_nobody_took(redis: RedisConnection) -> None:
+    """Of a batch of takes in one call, only a queued trace nobody took is taken; a trace
+    taken elsewhere, a running one and a gone one are not."""
+    store = store_on(redis)
+    for trace_id in ("q1", "q2"):
+        await store.add(rich_trace(trace_id, QUEUED), never, vantage="v", replica="front")
+    await store.add(rich_trace("r", RUNNING), never, vantage="v", replica="front")
+    assert (await store.take_many(["q2"], "other"))[0]
+    taken = await store.take_many(["q1", "q2", "r", "gone"], "r1")
+    assert [None if t is None else (t.trace.id, t.replica) for t in taken] == [
+        ("q1", "r1"), None, None, None
+    ]  # fmt: skip
+    stored = await store.get("q2")
+    assert stored is not None
+    assert stored.replica == "other"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_write_after_a_script_flush_lands_and_leaves_the_active_index(
+    redis: RedisConnection,
+) -> None:
+    """The runner's last write of a trace, on a Redis that forgot its scripts, is sent
+    again whole: the trace is final and off the index of active traces."""
+    store = store_on(redis)
+    await store.add(rich_trace("a", QUEUED), never, vantage="v", replica="front")
+    assert (await store.take_many(["a"], "r1"))[0]
+    active = "mtrd:{index}:active"
+    assert await redis.execute("ZSCORE", active, "a") is not None
+    await redis.execute("SCRIPT", "FLUSH")
+    final = rich_trace("a", TraceStatus.COMPLETED)
+    saved = await store.write_running(final, "r1", [(2, "done", final)])
+    assert saved is not None
+    assert await redis.execute("ZSCORE", active, "a") is None
+    stored = await store.get("a")
+    assert stored is not None
+    assert (stored.trace.status, stored.version) == (TraceStatus.COMPLETED, 2)

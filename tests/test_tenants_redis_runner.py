@@ -53,14 +53,20 @@ def capped_runner(redis: RedisConnection, replica: str) -> RedisRunner:
     return runner(redis, replica, max_running=4, tenants=tenants_of(redis))
 
 
-async def submit(redis: RedisConnection, request: TraceRequest, owner: str) -> str:
-    """What the front does on POST for ``owner``: store the trace queued, then queue it."""
+async def submit(
+    redis: RedisConnection, request: TraceRequest, owner: str, *, older: bool = False
+) -> str:
+    """What the front does on POST for ``owner``: store the trace queued, then queue it
+    (``older``: as a replica from before queue entries named the owner)."""
     tracer = Tracer(reactor, FakeNetwork(reactor, ROUTERS), StaticResolver())  # type: ignore[arg-type]
     trace = tracer.new(request, owner=owner)
     await store_of(redis).add(trace, lambda: 1, "fra", "")
     queue = RedisWorkQueue(redis, "fra", "front")
     await queue.create()
-    assert await queue.enqueue(trace.id, max_queued=100)
+    if older:
+        await redis.execute("XADD", queue.key, "*", "t", trace.id)
+    else:
+        assert await queue.enqueue(trace.id, max_queued=100, owner=owner)
     return trace.id
 
 
@@ -68,13 +74,17 @@ async def statuses(redis: RedisConnection, ids: list[str]) -> list[TraceStatus |
     return [await status_of(redis, trace_id) for trace_id in ids]
 
 
+@pytest.mark.parametrize("older", [False, True], ids=["owner-in-entry", "older-entries"])
 @pytest_twisted.ensureDeferred
-async def test_a_tenants_running_cap_holds_across_two_runners(redis: RedisConnection) -> None:
-    """Six traces of one tenant on two runners with room for eight: never more than two run."""
+async def test_a_tenants_running_cap_holds_across_two_runners(
+    redis: RedisConnection, older: bool
+) -> None:
+    """Six traces of one tenant on two runners with room for eight: never more than two run
+    (also when the queue entries do not name the owner: the runner reads the trace)."""
     runners = [capped_runner(redis, "r1"), capped_runner(redis, "r2")]
     for r in runners:
         r.startService()
-    ids = [await submit(redis, MEDIUM, "alice") for _ in range(6)]
+    ids = [await submit(redis, MEDIUM, "alice", older=older) for _ in range(6)]
     most = 0
     deadline = reactor.seconds() + 30  # type: ignore[attr-defined]
     while True:
@@ -134,7 +144,7 @@ async def test_a_running_place_frees_when_its_trace_ends(redis: RedisConnection)
     store = store_of(redis)
     for trace_id in ids[:2]:
         assert await tenants.reserve_running("alice", trace_id, now)
-        assert await store.take(trace_id, "gone")
+        assert (await store.take_many([trace_id], "gone"))[0]
     assert not await tenants.reserve_running("alice", ids[2], now)
     assert await store.fail_lost(ids[0], "gone", now)
     assert await tenants.reserve_running("alice", ids[2], now)

@@ -561,17 +561,6 @@ def _shared_parts(
     connection = RedisConnection(backend, reactor, reactor)
     trace_store = RedisTraceStore(connection, reactor, config.store)
     replicas = RedisReplicas(connection)
-    front = SharedTraces(
-        redis=connection,
-        store=trace_store,
-        replicas=replicas,
-        new_trace=tracer.new,
-        clock=reactor,
-        vantage=config.vantage,
-        replica=replica,
-        max_queued=config.max_queued,
-        tenants=RedisTenants(connection, trace_store, config.tenant_limits),
-    )
     # The runner's writes (a flush tick sends every running trace's at once) go on a
     # connection of their own: a POST's one call does not wait behind them.
     runs = connection.lane(1)
@@ -591,6 +580,18 @@ def _shared_parts(
         on_finished=metrics.trace_finished,
         tenants=RedisTenants(runs, runs_store, config.tenant_limits),
         probes_waiting=pool.queued_by_group,
+    )
+    front = SharedTraces(
+        redis=connection,
+        store=trace_store,
+        replicas=replicas,
+        new_trace=tracer.new,
+        clock=reactor,
+        vantage=config.vantage,
+        replica=replica,
+        max_queued=config.max_queued,
+        tenants=RedisTenants(connection, trace_store, config.tenant_limits),
+        on_queued=runner.work_queued,
     )
     return _SharedParts(connection, front, runner, SharedStarter(front))
 

@@ -45,6 +45,24 @@ class Script:
                 raise
             return await redis.execute("EVAL", self.source, len(keys), *keys, *args)
 
+    async def run_then(
+        self,
+        redis: RedisCommands,
+        keys: Sequence[str],
+        args: Sequence[Argument],
+        then: Sequence[Command],
+    ) -> Any:
+        """The script's reply, with ``then`` sent behind it in the same call (one write,
+        one deadline; their replies are dropped). ``then`` runs again when the script has
+        to be sent whole: it must be safe to repeat."""
+        try:
+            replies = await redis.pipeline([("EVALSHA", self.sha, len(keys), *keys, *args), *then])
+        except RedisCommandError as e:
+            if "NOSCRIPT" not in str(e):
+                raise
+            replies = await redis.pipeline([self.source_command(keys, args), *then])
+        return replies[0]
+
     def source_command(self, keys: Sequence[str], args: Sequence[Argument]) -> Command:
         """The script as one command of a pipeline, sent whole (``EVAL``): it runs where it
         stands among the pipeline's commands even on a Redis that forgot its scripts."""

@@ -15,6 +15,7 @@ that never contain the password: it is what ``/readyz`` will show.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,12 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -119,6 +125,12 @@ class RedisConnection(Service):
         self._answering = False
         self._last_error: str | None = None
         self._pinger: LoopingCall | None = None
+        # Per connection: its calls waiting for a reply, oldest first, with their deadlines,
+        # and one timer for the oldest (replies come in order: when the oldest has none by
+        # its deadline, the connection is not answering). One timer per connection, not
+        # one per call.
+        self._waiting: dict[Any, deque[tuple[float, defer.Deferred[Any]]]] = {}
+        self._watches: dict[Any, IDelayedCall] = {}
 
     def __repr__(self) -> str:
         return f"<RedisConnection {self.store.display} {self._state.value}>"
@@ -145,6 +157,10 @@ class RedisConnection(Service):
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None
+        for watch in self._watches.values():
+            watch.cancel()
+        self._watches.clear()
+        self._waiting.clear()
         factory, self._factory = self._factory, None
         self._set(ConnectionState.STOPPED, answering=False)
         if factory is None:
@@ -220,21 +236,53 @@ class RedisConnection(Service):
         raise RedisUnavailable(f"Redis is not connected ({reason})")
 
     async def _timed(self, connection: Any, reply: defer.Deferred[Any]) -> None:
+        waiting = self._waiting.get(connection)
+        if waiting is None:
+            waiting = self._waiting[connection] = deque()
         limit = self.timeouts.call_timeout
+        waiting.append((self._clock.seconds() + limit, reply))
+        if connection not in self._watches:
+            self._watches[connection] = self._clock.callLater(limit, self._watch, connection)
         try:
             # Cancelling a reply's Deferred is safe: the reply that comes later is dropped
             # (txredisapi checks whether its Deferred has fired).
-            await reply.addTimeout(limit, self._clock)
-        except defer.CancelledError:  # the caller gave up: not a fault of Redis
-            raise
-        except defer.TimeoutError:
-            self._failed(f"no answer within {limit:g} s", answering=False)
-            # As txredisapi does on its own timeout: a connection that does not answer is
-            # dropped, and comes back by the factory's reconnect with back-off.
-            connection.transport.abortConnection()
-            raise RedisTimeout(f"Redis did not answer within {limit:g} s") from None
+            await reply
+        finally:
+            while waiting and waiting[0][1].called:
+                waiting.popleft()
         if not self._answering:
             self._set(self._state, answering=True)
+
+    def _watch(self, connection: Any) -> None:
+        """The timer of one connection: fail its calls if the oldest is past its deadline,
+        else wait for that deadline."""
+        self._watches.pop(connection, None)
+        waiting = self._waiting.get(connection)
+        while waiting and waiting[0][1].called:
+            waiting.popleft()
+        if not waiting:
+            self._waiting.pop(connection, None)
+            return
+        now = self._clock.seconds()
+        deadline = waiting[0][0]
+        if deadline > now:
+            self._watches[connection] = self._clock.callLater(
+                deadline - now, self._watch, connection
+            )
+            return
+        del self._waiting[connection]
+        pending = list(waiting)
+        waiting.clear()
+        limit = self.timeouts.call_timeout
+        self._failed(f"no answer within {limit:g} s", answering=False)
+        for _, reply in pending:
+            if not reply.called:
+                reply.errback(RedisTimeout(f"Redis did not answer within {limit:g} s"))
+        # As txredisapi does on its own timeout: a connection that does not answer is
+        # dropped, and comes back by the factory's reconnect with back-off.
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
     def _translate(self, error: BaseException) -> Exception:
         if isinstance(error, txredisapi.TimeoutError):

@@ -118,8 +118,11 @@ class SharedTraces(Service):
         prefix: str = "mtrd",
         poll_interval: float = POLL_INTERVAL,
         tenants: RedisTenants | None = None,
+        on_queued: Callable[[str], None] = lambda _: None,
     ) -> None:
-        """``tenants`` counts owners' traces against their caps (none without it)."""
+        """``tenants`` counts owners' traces against their caps (none without it);
+        ``on_queued`` is told the vantage of each trace queued here (this replica's runner
+        then claims it at once)."""
         self._redis = redis
         self._tenants = tenants
         self._store = store
@@ -131,6 +134,7 @@ class SharedTraces(Service):
         self._max_queued = max_queued
         self._prefix = prefix
         self._poll_interval = poll_interval
+        self._on_queued = on_queued
         self._queues: dict[str, RedisWorkQueue] = {}
         self._pollers: dict[str, _Poller] = {}
 
@@ -167,7 +171,7 @@ class SharedTraces(Service):
                     self._replicas.live_command(where, now),
                     *admits,
                     *self._store.add_commands(trace, vantage=where, replica=self.replica),
-                    queue.enqueue_command(trace.id, self._max_queued),
+                    queue.enqueue_command(trace.id, self._max_queued, owner=owner),
                 ]
             )
         except RedisUnavailable:
@@ -197,6 +201,7 @@ class SharedTraces(Service):
                 await self._withdraw(tenants, owner, trace.id)
                 raise e from None
             self._queues[where] = queue  # kept for live vantages only
+            self._on_queued(where)
             return StoredTrace(trace, 1, where, self.replica)
         await self._drop(queue, entry)
         await self._forget(trace.id)

@@ -1,11 +1,13 @@
 """The work queue of one vantage: a Redis Stream with one consumer group of its replicas.
 
-``P:vantage:{V}:queue`` holds one entry per trace waiting to run (field ``t``: the trace
-id). Every replica of vantage V reads it as consumer ``<replica>`` of group ``runners``,
-and only as many entries as it has room for: a busy replica holds no work an idle one
-could run. An entry read but not yet acknowledged is *claimed*; once the trace has
-started, the entry is acknowledged and deleted, so the stream's length is the number of
-traces queued or claimed in the whole deployment, and the queue cap holds there.
+``P:vantage:{V}:queue`` holds one entry per trace waiting to run (field ``t``: the trace id;
+field ``o``: its owner, '' for none, so that a runner holding tenants to their caps need not
+read the trace first; entries queued by older replicas have no ``o``). Every replica of
+vantage V reads it as consumer ``<replica>`` of group ``runners``, and only as many entries
+as it has room for: a busy replica holds no work an idle one could run. An entry read but
+not yet acknowledged is *claimed*; once the trace has started, the entry is acknowledged and
+deleted, so the stream's length is the number of traces queued or claimed in the whole
+deployment, and the queue cap holds there.
 
 Claimed entries of a replica that died are taken over with ``XAUTOCLAIM`` once idle for
 longer than the lease (a live replica starts what it claims at once); a replica that stops
@@ -31,13 +33,16 @@ class Claim:
 
     entry: str
     trace_id: str
+    owner: str | None = None
+    says_owner: bool = False  # whether the entry says ``owner`` (None: no owner)
 
 
-# KEYS: queue. ARGV: trace id, most entries. The entry id, or nil when the queue is full.
+# KEYS: queue. ARGV: trace id, most entries, owner ('' for none). The entry id, or nil
+# when the queue is full.
 _ENQUEUE = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return false end
-return redis.call('XADD', KEYS[1], '*', 't', ARGV[1])
+return redis.call('XADD', KEYS[1], '*', 't', ARGV[1], 'o', ARGV[3])
 """)
 
 # KEYS: queue. ARGV: entry ids. Each entry is queued again as a new entry (at the back),
@@ -47,8 +52,7 @@ local released = 0
 for i = 1, #ARGV do
   local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
   if #entry == 1 then
-    local fields = entry[1][2]
-    redis.call('XADD', KEYS[1], '*', fields[1], fields[2])
+    redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
     released = released + 1
   end
   redis.call('XACK', KEYS[1], 'runners', ARGV[i])
@@ -94,17 +98,18 @@ class RedisWorkQueue:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def enqueue(self, trace_id: str, max_queued: int) -> bool:
-        """Queue a trace; False when ``max_queued`` traces are queued or claimed already."""
-        entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued])
+    async def enqueue(self, trace_id: str, max_queued: int, *, owner: str | None) -> bool:
+        """Queue a trace of ``owner``; False when ``max_queued`` traces are queued or
+        claimed already."""
+        entry = await _ENQUEUE.run(self._redis, [self.key], [trace_id, max_queued, owner or ""])
         return queued(entry)
 
-    def enqueue_command(self, trace_id: str, max_queued: int) -> Command:
+    def enqueue_command(self, trace_id: str, max_queued: int, *, owner: str | None) -> Command:
         """:meth:`enqueue` as one command of a pipeline; its reply is the entry's id, nil
         when the queue is full, or 0 when the queue was never made (no replica of this
         vantage ever started: a name a client made up must not become a key). This script
         alone holds the queue caps."""
-        return _ENQUEUE.source_command([self.key], [trace_id, max_queued])
+        return _ENQUEUE.source_command([self.key], [trace_id, max_queued, owner or ""])
 
     async def drop(self, entry: bytes | str) -> None:
         """Remove an entry nobody should run (its trace was refused after all)."""
@@ -166,7 +171,15 @@ def _claims(entries: list[Any]) -> list[Claim]:
         if fields is None:  # deleted while claimed (XAUTOCLAIM reports such ids)
             continue
         values = dict(zip(fields[::2], fields[1::2], strict=True))
-        claims.append(Claim(as_text(entry), as_text(values[b"t"])))
+        owner = values.get(b"o")
+        claims.append(
+            Claim(
+                as_text(entry),
+                as_text(values[b"t"]),
+                owner=as_text(owner) or None,
+                says_owner=owner is not None,
+            )
+        )
     return claims
 
 

@@ -8,8 +8,10 @@
   fail its traces, so it ends them itself (failed, ``store_unavailable``; the fenced save
   of that end is refused if a reaper got there first);
 - claims queued traces of its vantage only while it has room and its pool is ready
-  (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections),
-  takes what it claimed in one batch (:meth:`RedisTraceStore.take`, which returns the
+  (a non-blocking ``XREADGROUP`` every 100 ms: nothing waits on the shared connections;
+  also as soon as this replica's front queued a trace for its vantage, see
+  :meth:`RedisRunner.work_queued`; at most ``CLAIM_BATCH`` at a time, the next batch read
+  at once), takes what it claimed in one batch (:meth:`RedisTraceStore.take`, which returns the
   trace; a lost race or a cancelled trace is skipped and its entry acknowledged), and
   runs each with the :class:`Tracer`, writing its
   snapshots and events behind (:mod:`mtrd.tracing.redis.writebehind`): every 50 ms, and
@@ -82,6 +84,11 @@ from mtrd.tracing.tracer import Tracer
 # lost after five missed beats, and reaped within a beat of that.
 BEATS_PER_LEASE = 5
 CLAIM_INTERVAL = 0.1
+# The most traces claimed, so started, at once. Each start sends a round of probes at once,
+# and every reply reaches every raw socket of the probe workers: a few hundred replies in
+# one burst overflow the workers' receive buffers (a whole round lost, the trace then waits
+# out its timeout). A full batch is followed by another claim at once.
+CLAIM_BATCH = 16
 FLUSH_INTERVAL = 0.05
 # A running trace with nothing to save is asked about a cancel at least this often.
 CANCEL_CHECK = 0.5
@@ -184,6 +191,11 @@ class RedisRunner(Service):
         self._registered = False
         self._loops: dict[str, LoopingCall] = {}
         self._busy: dict[str, Deferred[None]] = {}  # loop name -> its running pass
+        self._steps: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._claim_soon_call: IDelayedCall | None = None
+        self._claim_again = False  # asked for while a claim was under way
+        self._leaving: list[tuple[str, str | None]] = []  # ended: (trace id, owner)
+        self._leave_call: IDelayedCall | None = None
         self._failing: set[str] = set()  # loops whose last pass met Redis away
 
     @property
@@ -215,12 +227,11 @@ class RedisRunner(Service):
         self._registered = False
         self._last_beat = self._clock.seconds()
         beat = self.lease / BEATS_PER_LEASE
-        self._loops = {
-            "beat": self._loop("beat", self._beat, beat),
-            "claim": self._loop("claim", self._claim, CLAIM_INTERVAL),
-            "flush": self._loop("flush", self._flush_all, FLUSH_INTERVAL),
-            "reap": self._loop("reap", self._reap, beat),
-        }
+        self._loops = {}
+        self._loop("beat", self._beat, beat)
+        self._loop("claim", self._claim, CLAIM_INTERVAL)
+        self._loop("flush", self._flush_all, FLUSH_INTERVAL)
+        self._loop("reap", self._reap, beat)
 
     def stopService(self) -> Deferred[None]:
         """Stop claiming, give back what is claimed, drain, and leave; see the module."""
@@ -229,37 +240,62 @@ class RedisRunner(Service):
 
     # -- the loops -------------------------------------------------------------------------
 
-    def _loop(self, name: str, step: Callable[[], Awaitable[None]], interval: float) -> LoopingCall:
-        async def guarded() -> None:
-            try:
-                await step()
-            except RedisUnavailable as e:
-                # Redis away: said once, not on every pass until it is back.
-                if name not in self._failing:
-                    self.log.warn("Redis runner, {loop} loop: {error}", loop=name, error=e)
-                self._failing.add(name)
-            except Exception:
-                self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
-            else:
-                self._failing.discard(name)
+    def work_queued(self, vantage: str) -> None:
+        """A trace was just queued for ``vantage`` (by this replica's front): when it is
+        this replica's, claim now rather than at the next tick. Traces then start about
+        as they come, not a tick's worth at once."""
+        if vantage == self.vantage:
+            self._claim_soon()
 
-        def run() -> Deferred[None] | None:
-            if name in self._busy:  # the last pass still waits on Redis
-                return None
-            passing = Deferred.fromCoroutine(guarded())
-            self._busy[name] = passing
-            passing.addBoth(self._passed, name)
-            return None
+    def _claim_soon(self) -> None:
+        if self.state is not RunnerState.RUNNING or "claim" not in self._loops:
+            return
+        if "claim" in self._busy:
+            self._claim_again = True  # when the claim under way is done
+        elif self._claim_soon_call is None:
+            # At the end of this turn: the traces queued in it are claimed together.
+            self._claim_soon_call = self._clock.callLater(0, self._claim_now)
 
-        loop = LoopingCall(run)
+    def _claim_now(self) -> None:
+        self._claim_soon_call = None
+        if "claim" in self._loops:
+            self._pass("claim")
+
+    def _loop(self, name: str, step: Callable[[], Awaitable[None]], interval: float) -> None:
+        self._steps[name] = step
+        loop = LoopingCall(self._pass, name)
         loop.clock = self._clock
+        # Listed before its first pass, which runs now: that pass may ask for another.
+        self._loops[name] = loop
         loop.start(interval, now=True).addErrback(
             lambda f: self.log.failure("the {loop} loop stopped", f, loop=name)
         )
-        return loop
+
+    def _pass(self, name: str) -> None:
+        if name in self._busy:  # the last pass still waits on Redis
+            return
+        passing = Deferred.fromCoroutine(self._guarded(name))
+        self._busy[name] = passing
+        passing.addBoth(self._passed, name)
+
+    async def _guarded(self, name: str) -> None:
+        try:
+            await self._steps[name]()
+        except RedisUnavailable as e:
+            # Redis away: said once, not on every pass until it is back.
+            if name not in self._failing:
+                self.log.warn("Redis runner, {loop} loop: {error}", loop=name, error=e)
+            self._failing.add(name)
+        except Exception:
+            self.log.failure("the Redis runner's {loop} loop failed; it goes on", loop=name)
+        else:
+            self._failing.discard(name)
 
     def _passed(self, _: object, name: str) -> None:
         self._busy.pop(name, None)
+        if name == "claim" and self._claim_again:
+            self._claim_again = False
+            self._claim_soon()
 
     async def _beat(self) -> None:
         beat = ReplicaBeat(
@@ -299,8 +335,9 @@ class RedisRunner(Service):
             return
         if self._clock.seconds() < self._paused_until:
             return
+        room = min(self.room, CLAIM_BATCH)
         try:
-            claims = await self._queue.claim(self.room)
+            claims = await self._queue.claim(room)
         except RedisCommandError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -308,6 +345,8 @@ class RedisRunner(Service):
             self._group_ready = False
             return
         await self._start_claims(claims)
+        if len(claims) == room:
+            self._claim_again = True  # more may be waiting
 
     async def _reap(self) -> None:
         if self.state is not RunnerState.RUNNING:
@@ -324,9 +363,12 @@ class RedisRunner(Service):
             await self._replicas.forget(self.vantage, lost)
         if not self._group_ready:
             return
-        if self.room > 0 and self._ready() and not self.fenced:
-            claims = await self._queue.take_over(self.room, self.lease)
+        while self.room > 0 and self._ready() and not self.fenced:
+            room = min(self.room, CLAIM_BATCH)  # started at once: see CLAIM_BATCH
+            claims = await self._queue.take_over(room, self.lease)
             await self._start_claims(claims)
+            if len(claims) < room or self.state is not RunnerState.RUNNING:
+                break
         # Gone replicas leave the group; a live one reads every 100 ms, never idle this long.
         await self._queue.forget_idle_consumers(2 * self.lease)
 
@@ -389,15 +431,13 @@ class RedisRunner(Service):
         if not claims:
             return True
 
-        async def take(claim: Claim) -> tuple[Claim, StoredTrace | None] | None:
-            try:
-                return claim, await self._store.take(claim.trace_id, self.replica)
-            except Exception as e:
-                # Left claimed: after a lease it is taken over (here or elsewhere).
-                self.log.warn("trace {id}: could not take it: {error}", id=claim.trace_id, error=e)
-                return None
-
-        answered = [outcome for outcome in await together(*map(take, claims)) if outcome]
+        try:
+            taken = await self._store.take_many([c.trace_id for c in claims], self.replica)
+        except Exception as e:
+            # Left claimed: after a lease they are taken over (here or elsewhere).
+            self.log.warn("could not take {n} claimed traces: {error}", n=len(claims), error=e)
+            return True
+        answered: list[tuple[Claim, StoredTrace | None]] = list(zip(claims, taken, strict=True))
         for _, stored in answered:
             if stored is not None:
                 self._run(stored.trace)
@@ -426,13 +466,19 @@ class RedisRunner(Service):
         tenants = self._tenants
         if tenants is None:
             return claims, {}
-        found = await together(*(self._store.get(claim.trace_id) for claim in claims))
+        # The entry says the owner; one queued by an older replica does not: read the trace.
+        unsaid = [claim for claim in claims if not claim.says_owner]
+        found = await together(*(self._store.get(claim.trace_id) for claim in unsaid))
+        read = {
+            claim.trace_id: None if stored is None else stored.trace.owner
+            for claim, stored in zip(unsaid, found, strict=True)
+        }
         now = self._clock.seconds()
         kept: list[Claim] = []
         capped: list[Claim] = []
         owners: dict[str, str] = {}
-        for claim, stored in zip(claims, found, strict=True):
-            owner = None if stored is None else stored.trace.owner
+        for claim in claims:
+            owner = claim.owner if claim.says_owner else read[claim.trace_id]
             if owner is None:
                 kept.append(claim)  # no tenant, or gone (the take then fails)
             elif await tenants.reserve_running(owner, claim.trace_id, now):
@@ -577,19 +623,34 @@ class RedisRunner(Service):
     def _forget(self, job: _Job) -> None:
         if self._jobs.pop(job.trace_id, None) is None:
             return
-        Deferred.fromCoroutine(self._finished_in_redis(job.trace_id, job.writer.trace.owner))
+        # The traces that end in one reactor turn leave the running set in one call. Its
+        # end is in Redis already: a reaper that still finds the trace there leaves it be.
+        self._leaving.append((job.trace_id, job.writer.trace.owner))
+        if self._leave_call is None:
+            self._leave_call = self._clock.callLater(0, self._leave)
         if not job.done.called:
             job.done.callback(None)
 
-    async def _finished_in_redis(self, trace_id: str, owner: str | None) -> None:
+    def _leave(self) -> Deferred[None]:
+        if self._leave_call is not None and self._leave_call.active():
+            self._leave_call.cancel()
+        self._leave_call = None
+        leaving, self._leaving = self._leaving, []
+        return Deferred.fromCoroutine(self._finished_in_redis(leaving))
+
+    async def _finished_in_redis(self, leaving: list[tuple[str, str | None]]) -> None:
+        if not leaving:
+            return
+        ids = [trace_id for trace_id, _ in leaving]
+        owners = {trace_id: owner for trace_id, owner in leaving if owner is not None}
         try:
-            await self._replicas.finished(self.replica, trace_id)
-            if self._tenants is not None and owner is not None:
-                await self._tenants.ran(owner, trace_id)
+            await together(
+                self._replicas.finished(self.replica, *ids), *self._ran(owners, list(owners))
+            )
         except Exception as e:
-            # The reaper of another replica deals with it once this one is gone.
+            # The reaper of another replica deals with them once this one is gone.
             self.log.warn(
-                "trace {id}: could not leave the running set: {error}", id=trace_id, error=e
+                "{n} traces could not leave the running set: {error}", n=len(ids), error=e
             )
 
     # -- stopping --------------------------------------------------------------------------
@@ -601,6 +662,9 @@ class RedisRunner(Service):
         claiming = [self._busy[name] for name in ("claim", "reap") if name in self._busy]
         for name in ("claim", "reap"):
             self._loops.pop(name).stop()
+        if self._claim_soon_call is not None:
+            self._claim_soon_call.cancel()
+            self._claim_soon_call = None
         if claiming:
             await DeferredList(claiming)
         await self._release()
@@ -608,6 +672,7 @@ class RedisRunner(Service):
         for loop in self._loops.values():  # beat and flush: until the last write
             loop.stop()
         self._loops = {}
+        await self._leave()
         clean = not self._jobs
         if clean:
             try:

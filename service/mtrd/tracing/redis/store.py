@@ -419,9 +419,10 @@ class RedisTraceStore:
             # The end's done event carries the final snapshot itself: encoded once.
             encoded = snapshot if value is trace else codec.encode_event(kind, value)
             args += [f"0-{event_id}", kind, encoded]
-        reply, _ = await together(
-            _WRITE_RUNNING.run(self._redis, self._keys(trace.id), args), self._ended(trace)
-        )
+        # A final snapshot takes the trace off the index of active traces: sent with the
+        # write, refused or not (the trace has ended either way).
+        ended = [("ZREM", self._active, trace.id)] if trace.status.is_final else []
+        reply = await _WRITE_RUNNING.run_then(self._redis, self._keys(trace.id), args, ended)
         if reply is None:
             return None
         if not isinstance(reply, list):
@@ -517,15 +518,17 @@ class RedisTraceStore:
             await self._redis.execute("ZREM", self._active, trace_id)
         return cancel
 
-    async def take(self, trace_id: str, replica: str) -> StoredTrace | None:
-        """Make ``replica`` the one that runs a queued trace, and read it; None if it is not
-        queued any more (cancelled, deleted, expired) or another replica took it first."""
-        reply = await _TAKE.run(self._redis, [self.trace_key(trace_id)], [replica])
-        if reply is None:
-            return None
-        value, version, vantage, taker = reply
-        return StoredTrace(codec.decode_trace(value), int(version), as_text(vantage),
-                           as_text(taker))  # fmt: skip
+    async def take_many(self, trace_ids: Sequence[str], replica: str) -> list[StoredTrace | None]:
+        """Make ``replica`` the one that runs each queued trace, and read it, in one call
+        (one write, one deadline): per trace, None if it is not queued any more (cancelled,
+        deleted, expired) or another replica took it first. The scripts go whole
+        (``EVAL``): a Redis that forgot them cannot refuse some and not others."""
+        if not trace_ids:
+            return []
+        replies = await self._redis.pipeline(
+            [_TAKE.source_command([self.trace_key(trace_id)], [replica]) for trace_id in trace_ids]
+        )
+        return [_taken(reply) for reply in replies]
 
     async def get(self, trace_id: str) -> StoredTrace | None:
         """The trace and its version, or None if unknown, deleted or expired."""
@@ -722,6 +725,14 @@ class RedisTraceStore:
     def _expiry_ms(self, trace: Trace) -> int:
         seconds = self.limits.ttl if trace.status.is_final else self._stale_after
         return max(1, round(seconds * 1000))
+
+
+def _taken(reply: Any) -> StoredTrace | None:
+    """What the take script answered: the trace it took, or None."""
+    if reply is None:
+        return None
+    value, version, vantage, taker = reply
+    return StoredTrace(codec.decode_trace(value), int(version), as_text(vantage), as_text(taker))
 
 
 def _event_id(stream_id: bytes | str) -> int:
