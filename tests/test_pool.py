@@ -134,6 +134,19 @@ def test_probes_pack_into_the_first_process_until_it_holds_spread_above() -> Non
     assert [len(t.probe_lines()) for t in reactor.spawned] == [5, 3]
 
 
+def test_by_default_the_second_process_takes_probes_only_once_the_first_is_full() -> None:
+    """Every raw socket receives every reply: the default keeps one process busy until it
+    holds max_outstanding, so two never fill each other's receive buffers at ordinary loads."""
+    config = PoolConfig(size=2, command=("true",))
+    assert config.spread_above >= config.max_outstanding
+    pool, reactor = started_pool(config)
+    for _ in range(config.max_outstanding):
+        pool.probe(ProbeRequest("203.0.113.7"))
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [config.max_outstanding, 0]
+    pool.probe(ProbeRequest("203.0.113.7"))
+    assert [len(t.probe_lines()) for t in reactor.spawned] == [config.max_outstanding, 1]
+
+
 def test_each_slot_counts_in_its_own_band() -> None:
     """Processes are burned up to their band, so their sequences never meet."""
     pool, reactor = started_pool()

@@ -78,7 +78,8 @@ class PoolConfig:
     source_ipv6: str | None = None
     max_outstanding: int = 900
     max_tcp_outstanding: int = 256
-    spread_above: int = 128
+    # A second process takes probes only once the first holds this many: see _pick.
+    spread_above: int = 900
     grace: float = 2.0
     queue_timeout: float = 30.0
     # The share of the pool's probe slots (size x max_outstanding) the flows of one group
@@ -651,10 +652,15 @@ class ProbePool(Service):
         """The process for the next probe: the first (in slot order) that holds fewer
         than ``spread_above`` probes, else the least loaded one with room.
 
-        Packing rather than spreading: every process's raw socket sees every ICMP reply
-        anyway, so a second busy process only adds wake-ups and pipe writes; and the
-        first slot's band starts where a new process starts counting, so its
-        replacements burn almost nothing (see :mod:`mtrd.engine.sequence`).
+        Packing rather than spreading, by default until the first process is full: every
+        process's raw socket receives every ICMP reply, and a process reads its socket only
+        between the commands it works through. With two processes sending at once, each
+        socket also fills with the other's replies while its reader is busy: under load
+        the kernel's receive buffer (about 200 replies) overflows and replies are lost,
+        which shows as loss that is not on the path and costs each hit round its whole
+        timeout (bench/results/peers.md). One busy process reads its own replies between
+        its sends. The first slot's band also starts where a new process starts counting,
+        so its replacements burn almost nothing (see :mod:`mtrd.engine.sequence`).
         """
         best: MtrPacketProcess | None = None
         config = self.config
