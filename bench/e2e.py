@@ -37,13 +37,20 @@ from bench.common import (
 REQUEST = {"probes": 3, "interval": 0, "timeout": 1, "max_ttl": 8}
 
 
+RUNNING = 64
+"""Traces probing at once: enough to keep mtrd's core busy, few enough that their probes
+(8 TTLs each in a first round) fit the first mtr-packet process. With 1000, as until
+2026-12-01, the second process sent too and the two overflowed each other's raw socket
+buffers: whole rounds lost, traces waiting out their timeout (bench/results/peers.md)."""
+
+
 def server_flags(count: int) -> list[str]:
-    """Room for every trace at once: nothing is refused with 429 during the run."""
+    """Room in the queue for every trace: nothing is refused with 429 during the run."""
     return [
         "--pool-size",
         "2",
         "--max-running",
-        "1000",
+        str(RUNNING),
         "--store-max",
         "20000",
         "--max-queued",
