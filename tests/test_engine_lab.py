@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from mtrd.engine.drops import read_file
 from mtrd.engine.errors import EngineStartError, WorkerDied
 from mtrd.engine.fairqueue import Flow
 from mtrd.engine.pool import PoolConfig, ProbePool
@@ -33,7 +34,9 @@ PROTOCOLS = [Protocol.ICMP, Protocol.UDP, Protocol.TCP]
 
 
 @asynccontextmanager
-async def running_pool(lab: Lab, size: int = 2, **config: Any) -> AsyncIterator[ProbePool]:
+async def running_pool(
+    lab: Lab, size: int = 2, read_proc: Any = None, **config: Any
+) -> AsyncIterator[ProbePool]:
     """A pool whose mtr-packet runs in the lab's client namespace; always stopped after.
 
     Probes are spread over every worker (spread_above 0) unless a test says otherwise:
@@ -41,7 +44,9 @@ async def running_pool(lab: Lab, size: int = 2, **config: Any) -> AsyncIterator[
     """
     config.setdefault("spread_above", 0)
     pool = ProbePool(
-        reactor, PoolConfig(size=size, command=(*lab.netns_exec("c"), "mtr-packet"), **config)
+        reactor,
+        PoolConfig(size=size, command=(*lab.netns_exec("c"), "mtr-packet"), **config),
+        read_proc=read_proc,
     )
     await pool.start()
     try:
@@ -457,3 +462,23 @@ async def test_a_small_trace_is_served_beside_27_heavy_ones(lab: Lab) -> None:
         f"by then; all 2,710 probes: {all_seconds:.3f} s"
     )
     assert heavy_when_small_done < 27 * 100 // 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_the_kernel_drops_at_a_raw_socket_are_counted(lab: Lab) -> None:
+    """A worker that does not read (stopped) while the other's replies arrive: every raw
+    socket receives every reply, so the stopped one's overflows; the pool reports the
+    kernel's count of drops, and the probes themselves, all on the first worker, answer."""
+    async with running_pool(lab, size=2, read_proc=read_file, spread_above=900) as pool:
+        assert pool.reply_drops() == 0
+        idle = next(w["pid"] for w in pool.workers() if w["slot"] == 1)
+        os.kill(idle, signal.SIGSTOP)
+        try:
+            target = lab.targets(4)[3]
+            probes = [pool.probe(request(lab, target, 4, Protocol.ICMP)) for _ in range(600)]
+            replies = await _gather(probes)
+            dropped = pool.reply_drops()
+        finally:
+            os.kill(idle, signal.SIGCONT)
+    assert Counter(r.kind for r in replies) == {ReplyKind.REPLY: 600}
+    assert dropped > 0

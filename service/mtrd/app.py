@@ -30,6 +30,7 @@ from mtrd.annotations.annotator import Annotator
 from mtrd.annotations.networks import Loaded, NetworkDatabase
 from mtrd.annotations.reverse import ReverseNames
 from mtrd.config import ServeConfig
+from mtrd.engine.drops import read_file
 from mtrd.engine.errors import EngineStartError
 from mtrd.engine.pool import ProbePool
 from mtrd.logs import observer
@@ -143,6 +144,12 @@ def _process_metrics(pool: ProbePool, api: Api) -> Iterable[Metric]:
         pool.ready_workers,
     )
     yield counter("mtrd_worker_restarts", "mtr-packet workers restarted after dying", pool.restarts)
+    yield counter(
+        "mtrd_worker_reply_drops",
+        "Replies the kernel dropped at the mtr-packet workers' raw sockets (receive buffer "
+        "full): counted as lost probes, though the path lost nothing",
+        pool.reply_drops(),
+    )
     yield gauge("mtrd_probes_queued", "Probes waiting for a worker", pool.queued)
     outstanding = GaugeMetricFamily(
         "mtrd_worker_outstanding_probes", "Probes held by each worker", labels=["slot"]
@@ -311,7 +318,7 @@ def replica_id() -> str:
 def build(reactor: Any, config: ServeConfig) -> tuple[MtrdService, ProbePool]:
     """Every service of ``mtrd serve``, wired and not started: the listener comes first,
     so mtrd binds its port before it starts any mtr-packet."""
-    pool = ProbePool(reactor, config.pool)
+    pool = ProbePool(reactor, config.pool, read_proc=read_file)
     metrics = Metrics()
     replica = replica_id()
     resolver = dns_resolver(config.dns_servers)

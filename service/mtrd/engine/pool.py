@@ -33,7 +33,7 @@ import enum
 import os
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -42,6 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
+from mtrd.engine.drops import DropCount, read_tables
 from mtrd.engine.errors import EngineStartError, NoWorkerAvailable, PoolStopped
 from mtrd.engine.fairqueue import NO_FLOW, FairQueue, Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol
@@ -108,6 +109,9 @@ class PoolConfig:
             raise ValueError("max_group_share must be above 0 and at most 1")
 
 
+DROPS_TOLD_EVERY = 60.0  # seconds between warnings about replies the kernel dropped
+
+
 class PoolState(enum.Enum):
     """Where the pool is in its life: STOPPED -> STARTING -> RUNNING -> STOPPING -> STOPPED.
 
@@ -159,9 +163,21 @@ class ProbePool(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, config: PoolConfig | None = None) -> None:
-        """``reactor`` provides ``IReactorProcess`` and ``IReactorTime``."""
+    def __init__(
+        self,
+        reactor: Any,
+        config: PoolConfig | None = None,
+        *,
+        read_proc: Callable[[str], str] | None = None,
+    ) -> None:
+        """``reactor`` provides ``IReactorProcess`` and ``IReactorTime``; ``read_proc``
+        reads a /proc file, to count the replies the kernel dropped (see
+        :mod:`mtrd.engine.drops`; :func:`~mtrd.engine.drops.read_file` reads the real
+        one; None: not counted)."""
         self.config = config or PoolConfig()
+        self._read_proc = read_proc
+        self._drops = DropCount()
+        self._drops_told_at: float | None = None
         self._spawner: IReactorProcess = reactor
         self._clock: IReactorTime = reactor
         self._ledger = SequenceLedger(POOL_SEQUENCE_SPACE)
@@ -360,6 +376,31 @@ class ProbePool(Service):
         """Probes written to a process and not yet answered."""
         return self._ledger.outstanding
 
+    def reply_drops(self) -> int:
+        """Replies the kernel dropped at the workers' raw sockets since the pool started
+        (their probes count as lost): read now, and whenever a worker is retired."""
+        worker = next((s.active for s in self._slots if s.active and s.active.pid), None)
+        if worker is not None:
+            self._count_drops(worker)
+        return self._drops.total
+
+    def _count_drops(self, worker: MtrPacketProcess) -> None:
+        if self._read_proc is None or not worker.pid:
+            return
+        sockets = read_tables(worker.pid, self._read_proc)
+        if sockets is None or not self._drops.observe(sockets.items()):
+            return
+        now = self._clock.seconds()
+        if self._drops_told_at is None or now - self._drops_told_at >= DROPS_TOLD_EVERY:
+            self._drops_told_at = now
+            self.log.warn(
+                "the kernel dropped replies at the mtr-packet workers' raw sockets ({total} "
+                "so far): their probes count as lost though the path lost nothing. Replies "
+                "came faster than the workers read them: run fewer traces at once "
+                "(--max-running)",
+                total=self._drops.total,
+            )
+
     @property
     def restarts(self) -> int:
         """Processes restarted after dying (retirements not counted)."""
@@ -547,6 +588,7 @@ class ProbePool(Service):
         slot = self._slot_of(worker)
         if slot is None or worker.state is WorkerState.RETIRING:
             return
+        self._count_drops(worker)  # its sockets close with it
         worker.retire()
         if slot.successor is worker:
             slot.successor = None
@@ -566,6 +608,7 @@ class ProbePool(Service):
         old = slot.active
         slot.active = successor
         if old is not None:
+            self._count_drops(old)  # its sockets close with it
             old.retire()
             slot.draining.append(old)
 
