@@ -101,8 +101,8 @@ def test_zone_ids_and_whitespace_are_refused_by_the_library_api(fields: dict[str
     ],
 )
 def test_at_ttl_is_the_same_request_built_with_that_ttl(fields: dict[str, Any]) -> None:
-    """A trace's probe at another TTL equals one built from scratch, and says its own TTL
-    on the wire even when the first one's command line was written already."""
+    """A trace's probe at another TTL equals one built from scratch, and both say their
+    own TTL on the wire."""
     first = ProbeRequest(**fields, ttl=1)
     format_probe(7, first)
     other = first.at_ttl(9)

@@ -60,16 +60,8 @@ def format_probe(token: int, request: ProbeRequest) -> bytes:
     """Return the ``send-probe`` command line for ``request`` under ``token``."""
     if token < 1:
         raise ValueError("mtr-packet tokens start at 1 (token 0 marks framing errors)")
-    return b"%d %s" % (token, _command(request))
-
-
-def _command(request: ProbeRequest) -> bytes:
-    """The command line after its token (a trace sends each request once per round)."""
-    cached = request.command
-    if cached is not None:
-        return cached
     family = "ip-4" if request.ip_version == 4 else "ip-6"
-    parts = ["send-probe", family, request.target, "ttl", str(request.ttl)]
+    parts = [str(token), "send-probe", family, request.target, "ttl", str(request.ttl)]
     parts += ["timeout", str(request.timeout)]
     if request.protocol is not Protocol.ICMP:
         parts += ["protocol", request.protocol.value]
@@ -84,9 +76,7 @@ def _command(request: ProbeRequest) -> bytes:
     for name, value in optional.items():
         if value is not None:
             parts += [name, str(value)]
-    line = (" ".join(parts) + "\n").encode("ascii")
-    request.remember_command(line)
-    return line
+    return (" ".join(parts) + "\n").encode("ascii")
 
 
 def _parse_mpls(text: str) -> tuple[MplsLabel, ...] | None:

@@ -75,31 +75,17 @@ def _canonical(value: str) -> str:
 
 
 def _plain_address(field: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if not isinstance(value, str):
-        raise InvalidProbeRequest(field, f"not an IP address: {value!r}")
-    address, why = _judge_address(value)
-    if address is None:
-        raise InvalidProbeRequest(field, why)
-    return address
-
-
-@functools.lru_cache(maxsize=4096)
-def _judge_address(
-    value: str,
-) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, str]:
-    """The address ``value`` names, or None and why not (each text judged once: every
-    probe of a trace names the same target)."""
     # Python reads "::1%lo ttl 3" as an address with a zone id; written to
     # mtr-packet, everything after the space would become arguments of its own.
-    if any(c.isspace() or not c.isprintable() for c in value):
-        return None, f"not an IP address: {value!r}"
+    if not isinstance(value, str) or any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidProbeRequest(field, f"not an IP address: {value!r}")
     try:
         address = address_of(value)
     except ValueError:
-        return None, f"not an IP address: {value!r}"
+        raise InvalidProbeRequest(field, f"not an IP address: {value!r}") from None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        return None, f"zone ids are not supported: {value!r}"
-    return address, ""
+        raise InvalidProbeRequest(field, f"zone ids are not supported: {value!r}")
+    return address
 
 
 def _check_address(field: str, value: str | None, version: int) -> None:
@@ -147,9 +133,6 @@ class ProbeRequest:
     size: int | None = None
     tos: int | None = None
     ip_version: int = attrs.field(default=0)
-    # The command line after its token, once written (see mtrd.engine.codec): no part of
-    # the value, so neither compared nor copied by at_ttl.
-    command: bytes | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         address = _plain_address("target", self.target)
@@ -192,12 +175,7 @@ class ProbeRequest:
         for name in _FIELDS:
             object.__setattr__(copy, name, getattr(self, name))
         object.__setattr__(copy, "ttl", ttl)
-        object.__setattr__(copy, "command", None)
         return copy
-
-    def remember_command(self, line: bytes) -> None:
-        """Keep the command line that says this request (written by the codec)."""
-        object.__setattr__(self, "command", line)
 
 
 _FIELDS = tuple(field.name for field in attrs.fields(ProbeRequest))
