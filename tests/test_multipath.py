@@ -188,10 +188,17 @@ def test_every_interface_is_found_as_often_as_the_confidence_promises(
 @settings(max_examples=30, deadline=None)
 @given(_topologies(), st.integers(0, 2**32))
 def test_nothing_is_found_that_is_not_there(network: Network, seed: int) -> None:
-    """Every interface and link found exists in the network, and the trace ends at it."""
+    """Every interface found exists in the network, and the trace ends at it. Every link
+    found exists too, unless an interface of its hop went unfound: a hop seen with one
+    interface is taken to be crossed by every flow, as MDA takes it, which holds with the
+    run's confidence (a 95 % run misses an interface now and then, and then links the
+    flows first probed after that hop to the one interface it saw)."""
     discovery = run(network, MultipathDiscovery(), seed)
     truth = network.interfaces()
-    for ttl, routers in discovery.interfaces().items():
+    found = discovery.interfaces()
+    for ttl, routers in found.items():
         assert set(routers) <= truth[ttl]
-    assert {(link.ttl, link.source, link.to) for link in discovery.links()} <= network.links()
+    links = {(link.ttl, link.source, link.to) for link in discovery.links()}
+    for ttl, source, to in links - network.links():
+        assert set(found[ttl]) < truth[ttl], (ttl, source, to)
     assert discovery.stop_reason is StopReason.DESTINATION

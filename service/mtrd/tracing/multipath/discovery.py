@@ -183,7 +183,9 @@ class MultipathDiscovery:
                 if answer is not None and after is not None and answer.end is None:
                     seen[Link(ttl, answer.address, after.address)] = None
             # A hop with one interface, where no path ends, is crossed by every flow:
-            # flows first probed after it still show where it leads.
+            # flows first probed after it still show where it leads. (MDA's own inference:
+            # should the confidence have let an interface of this hop go unfound, the
+            # links of the flows that crossed it show as the found one's.)
             only = {a.address for a in here.values() if a}
             if len(only) == 1 and not self._ends(ttl) and ttl not in self._silent:
                 (address,) = only
