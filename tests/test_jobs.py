@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from mtrd.tracing.events import Event
@@ -121,6 +123,28 @@ def test_delete_removes_a_finished_trace() -> None:
     assert jobs.delete(record.trace.id) is Deletion.REMOVED
     assert store.get(record.trace.id) is None
     assert jobs.delete(record.trace.id) is None
+
+
+def test_a_removed_trace_is_freed_without_a_collection() -> None:
+    """Nothing of a finished trace holds itself: once the store lets it go, reference
+    counting frees it (a cycle would wait for a full collection, holding memory)."""
+    jobs, _, clock, _ = make_jobs()
+    gc.collect()
+    gc.disable()
+    try:
+        record = jobs.submit(REQUEST)
+        clock.pump([0.05] * 60)
+        trace_id, gone = record.trace.id, weakref.ref(record)
+        channel = record.channel
+        del record
+        assert jobs.delete(trace_id) is Deletion.REMOVED
+        assert gone() is None
+        # A subscriber who held on to the channel still gets the final trace.
+        (done,) = channel.replay(None)
+        assert done.kind == "done"
+        assert done.value.id == trace_id  # type: ignore[union-attr]
+    finally:
+        gc.enable()
 
 
 def test_cancel_during_dns_resolution() -> None:

@@ -3,6 +3,8 @@ name comes, and the end waits a bounded grace for lookups still out."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from mtrd.annotations.model import Annotation
@@ -183,3 +185,44 @@ def test_a_failing_annotation_does_not_hold_the_end() -> None:
     for address in [*ROUTERS, TARGET]:
         annotator.pending.pop(address).errback(RuntimeError("annotator bug"))
     assert done.called
+
+
+def _freed_without_collection(grace: float, name_after: bool) -> bool:
+    """Whether the run is gone once nothing outside holds it, with collection off: a run
+    that held a cycle through its lookups would wait for a full collection, and under
+    load those runs were most of what collections found."""
+    clock, annotator = Clock(), FakeAnnotator()
+    gc.collect()
+    gc.disable()
+    try:
+        network = FakeNetwork(clock, ROUTERS)
+        run = TraceRun(
+            clock=clock,
+            prober=network,
+            request=TraceRequest(TARGET, probes=1, interval=0, timeout=2),
+            address=TARGET,
+            settings=RunSettings(name_grace=grace),
+            annotator=annotator,
+        )
+        gone = weakref.ref(run)
+        done = run.start()
+        del run
+        clock.pump([0.05] * 10)
+        if not name_after:
+            for address in list(annotator.pending):
+                annotator.name(address, None)
+        clock.pump([0.5] * 4)
+        assert done.called
+        if name_after:
+            for address in list(annotator.pending):
+                annotator.name(address, None)
+        del done
+        return gone() is None
+    finally:
+        gc.enable()
+
+
+def test_a_finished_run_leaves_no_cycle() -> None:
+    """Names in before the end, or after the grace: either way the run is freed at once."""
+    assert _freed_without_collection(grace=1.0, name_after=False)
+    assert _freed_without_collection(grace=0.5, name_after=True)

@@ -16,6 +16,7 @@ runs gets ``stop_grace`` seconds, then is cancelled too).
 from __future__ import annotations
 
 import enum
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -210,7 +211,7 @@ class TraceJobs(Service):
         final = attrs.evolve(trace, expires_at=self._store.expires_at())
         self._store.update(record, final)
         record.channel.publish_status(final.status)
-        record.channel.publish_done(final, later=record.full_trace)
+        record.channel.publish_done(final, later=_latest(record, final))
         self._on_finished(final)
         if not self._running and not self._waiting:
             idle, self._idle = self._idle, []
@@ -252,3 +253,16 @@ def _count(counter: Counter[str | None], owner: str | None, change: int) -> None
 
 
 __all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]
+
+
+def _latest(record: TraceRecord, final: Trace) -> Callable[[], Trace]:
+    """The record's trace as it is when asked (a late name changes it), held weakly: the
+    record holds the channel, and a channel holding the record back would be a cycle that
+    only a full garbage collection frees."""
+    held = weakref.ref(record)
+
+    def latest() -> Trace:
+        record = held()
+        return final if record is None else record.full_trace()
+
+    return latest

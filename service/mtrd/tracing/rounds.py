@@ -465,6 +465,14 @@ class TraceRun:
     def _names_settled(self) -> None:
         if self._ending is not None:
             self._deliver()
+        self._drop_names()
+
+    def _drop_names(self) -> None:
+        # The lookups hold this run's methods: once the outcome is out and no name is still
+        # coming, letting go of them leaves no cycle, and the run is freed at once rather
+        # than by a garbage collection.
+        if self._delivered and self._names is not None and not self._names.pending:
+            self._names = None
 
     # -- how it ends --------------------------------------------------------------------------
 
@@ -579,6 +587,7 @@ class TraceRun:
         self._delivered = True
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
+        self._grace = None  # a call that ran still holds this method: no cycle to leave
         error, cancelled = self._ending
         limit = self._limit()
         hops = tuple(self._hops[ttl].snapshot() for ttl in sorted(self._hops) if ttl <= limit)
@@ -591,14 +600,20 @@ class TraceRun:
                 stop=self._stop(error, cancelled=cancelled),
             )
         )
+        self._drop_names()
 
     def _later(self, delay: float, f: Callable[..., object], *args: object) -> None:
         """Schedule a send or a round; ``_calls`` holds exactly those not yet run."""
 
+        # The call is handed to ``run`` through a list it empties: a call that ran keeps
+        # its function, and a function holding its call would be a cycle.
+        held: list[IDelayedCall] = []
+
         def run() -> None:
-            self._calls.discard(call)
+            self._calls.discard(held.pop())
             f(*args)
             self._check_done()
 
         call = self._clock.callLater(delay, run)
+        held.append(call)
         self._calls.add(call)
