@@ -63,7 +63,8 @@ class TraceChannel:
         """The trace changed state."""
         self.status = status
         self._status_id = self._take_id()
-        self._send(Event(self._status_id, "status", status))
+        if self._subscribers:
+            self._send(Event(self._status_id, "status", status))
 
     def publish_hop(self, hop: LiveHop) -> None:
         """A hop's figures changed.

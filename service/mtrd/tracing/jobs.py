@@ -19,8 +19,8 @@ import enum
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
+from functools import partial
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -30,6 +30,7 @@ from mtrd.tracing.model import LiveHop, Trace, TraceRequest
 from mtrd.tracing.store import StoreFull, TraceRecord, TraceStore
 from mtrd.tracing.tenants import DEFAULT_TENANT_LIMITS, Cap, TenantCapReached, TenantLimits
 from mtrd.tracing.tracer import Tracer
+from mtrd.tracing.values import replace
 
 
 class Deletion(enum.Enum):
@@ -172,7 +173,7 @@ class TraceJobs(Service):
             record.trace.request,
             queued=record.trace,
             on_update=updated,
-            on_live_hop=lambda hop: self._hop_changed(record, hop),
+            on_live_hop=partial(self._hop_changed, record),
         )
         self._running[record.trace.id] = running
         self._running_by_owner[record.trace.owner] += 1
@@ -190,7 +191,7 @@ class TraceJobs(Service):
         value = hop.snapshot()
         hops = tuple(value if h.ttl == value.ttl else h for h in record.trace.hops)
         if hops != record.trace.hops:
-            self._store.update(record, attrs.evolve(record.trace, hops=hops))
+            self._store.update(record, replace(record.trace, hops=hops))
 
     def _ended(self, trace: Trace, record: TraceRecord) -> None:
         self._stopped_running(record)
@@ -208,7 +209,7 @@ class TraceJobs(Service):
             _count(self._running_by_owner, record.trace.owner, -1)
 
     def _finish(self, record: TraceRecord, trace: Trace) -> None:
-        final = attrs.evolve(trace, expires_at=self._store.expires_at())
+        final = replace(trace, expires_at=self._store.expires_at())
         self._store.update(record, final)
         record.channel.publish_status(final.status)
         record.channel.publish_done(final, later=_latest(record, final))

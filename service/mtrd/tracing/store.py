@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from mtrd.tracing.events import TraceChannel
 from mtrd.tracing.model import Trace, TraceStatus
 from mtrd.tracing.tenants import Cap, TenantCapReached
+from mtrd.tracing.values import replace
 
 
 class StoreFull(Exception):
@@ -84,7 +85,7 @@ class TraceRecord:
         if self.trace.status.is_final:
             return self.trace
         hops = self.channel.current_hops()
-        return attrs.evolve(self.trace, hops=hops) if hops else self.trace
+        return replace(self.trace, hops=hops) if hops else self.trace
 
 
 class TraceStore(Service):

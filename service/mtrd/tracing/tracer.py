@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
@@ -35,6 +35,7 @@ from mtrd.tracing.multipath.run import MultipathRun, MultipathSettings
 from mtrd.tracing.policy import TargetPolicy, TargetRefused
 from mtrd.tracing.resolution import ResolutionFailed, TargetResolver
 from mtrd.tracing.rounds import Prober, RunSettings, TraceRun
+from mtrd.tracing.values import replace
 from mtrd.tracing.wait import WaitFloor
 
 DEFAULT_SETTINGS = RunSettings()
@@ -151,9 +152,15 @@ class Tracer:
         on_update: Callable[[Trace], None],
         on_hop: Callable[[LiveHop], None],
     ) -> Trace:
-        trace = attrs.evolve(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
-        if self.annotator is not None:
-            trace = attrs.evolve(trace, annotations=self.annotator.sources())
+        if self.annotator is None:
+            trace = replace(trace, status=TraceStatus.RUNNING, started_at=self._clock.seconds())
+        else:
+            trace = replace(
+                trace,
+                status=TraceStatus.RUNNING,
+                started_at=self._clock.seconds(),
+                annotations=self.annotator.sources(),
+            )
         on_update(trace)
         request = trace.request
         try:
@@ -169,12 +176,13 @@ class Tracer:
         try:
             self._policy.check(resolved.address)
         except TargetRefused as e:
-            trace = attrs.evolve(
-                trace, target=TraceTarget(request.target, resolved.address, resolved.ip_version)
+            return self._end(
+                trace,
+                error=TraceError("forbidden-target", str(e)),
+                target=TraceTarget(request.target, resolved.address, resolved.ip_version),
             )
-            return self._end(trace, error=TraceError("forbidden-target", str(e)))
         source = self._sources[resolved.ip_version]
-        trace = attrs.evolve(
+        trace = replace(
             trace,
             target=TraceTarget(request.target, resolved.address, resolved.ip_version),
             source=source,
@@ -196,15 +204,15 @@ class Tracer:
             annotator=self.annotator,
         )
         outcome = await run.start()
-        trace = attrs.evolve(
+        # What the run found and how the trace ended make one new value.
+        return self._end(
             trace,
+            error=None if outcome.cancelled else outcome.error,
+            status=TraceStatus.CANCELLED if outcome.cancelled else None,
             hops=outcome.hops,
             destination_reached=outcome.destination_reached,
             stop=outcome.stop,
         )
-        if outcome.cancelled:
-            return self._end(trace, status=TraceStatus.CANCELLED)
-        return self._end(trace, error=outcome.error)
 
     async def _multipath_trace(
         self, trace: Trace, address: str, source: str | None, on_hop: Callable[[LiveHop], None]
@@ -223,19 +231,27 @@ class Tracer:
             annotator=self.annotator,
         )
         outcome = await run.start()
-        trace = attrs.evolve(
+        return self._end(
             trace,
+            error=None if outcome.cancelled else outcome.error,
+            status=TraceStatus.CANCELLED if outcome.cancelled else None,
             hops=outcome.hops,
             destination_reached=outcome.destination_reached,
             multipath=outcome.multipath,
             stop=outcome.stop,
         )
-        if outcome.cancelled:
-            return self._end(trace, status=TraceStatus.CANCELLED)
-        return self._end(trace, error=outcome.error)
 
     def _end(
-        self, trace: Trace, *, error: TraceError | None = None, status: TraceStatus | None = None
+        self,
+        trace: Trace,
+        *,
+        error: TraceError | None = None,
+        status: TraceStatus | None = None,
+        **changes: Any,
     ) -> Trace:
+        """``trace`` ended now: COMPLETED, or FAILED with ``error``, unless ``status`` says;
+        ``changes`` are what else the end brings (the run's hops, ...)."""
         final = status or (TraceStatus.FAILED if error is not None else TraceStatus.COMPLETED)
-        return attrs.evolve(trace, status=final, error=error, finished_at=self._clock.seconds())
+        return replace(
+            trace, status=final, error=error, finished_at=self._clock.seconds(), **changes
+        )
