@@ -31,7 +31,11 @@ class TraceStatus(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         """True once the trace will not change any more."""
-        return self in (TraceStatus.COMPLETED, TraceStatus.FAILED, TraceStatus.CANCELLED)
+        return self in _FINAL
+
+
+# A set made once: naming the members on every call costs a class lookup each.
+_FINAL = frozenset((TraceStatus.COMPLETED, TraceStatus.FAILED, TraceStatus.CANCELLED))
 
 
 class HopEnd(enum.StrEnum):
