@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import weakref
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 
@@ -80,8 +80,9 @@ class TraceJobs(Service):
         self._waiting: deque[TraceRecord] = deque()
         self._running: dict[str, Deferred[Trace]] = {}
         self.tenant_limits = tenant_limits
-        self._running_by_owner: Counter[str | None] = Counter()
-        self._waiting_by_owner: Counter[str | None] = Counter()
+        # Plain dicts, not Counters: a Counter's missing key and deletion run Python code.
+        self._running_by_owner: dict[str | None, int] = {}
+        self._waiting_by_owner: dict[str | None, int] = {}
 
     @property
     def running_traces(self) -> int:
@@ -97,18 +98,16 @@ class TraceJobs(Service):
         """Store a new trace of ``owner`` and start it, or queue it; raises ``StoreFull``,
         ``QueueFull``, ``TenantCapReached``."""
         limits = self.tenant_limits
-        if (
-            owner is not None
-            and self._running_by_owner[owner] >= limits.max_running
-            and self._waiting_by_owner[owner] >= limits.max_queued
-        ):
-            raise TenantCapReached(
-                Cap.QUEUED,
-                limits.max_queued,
-                self._retry_after(),
-                f"this tenant has {self._waiting_by_owner[owner]} traces waiting beside "
-                f"{self._running_by_owner[owner]} running",
-            )
+        if owner is not None:
+            running = self._running_by_owner.get(owner, 0)
+            waiting = self._waiting_by_owner.get(owner, 0)
+            if running >= limits.max_running and waiting >= limits.max_queued:
+                raise TenantCapReached(
+                    Cap.QUEUED,
+                    limits.max_queued,
+                    self._retry_after(),
+                    f"this tenant has {waiting} traces waiting beside {running} running",
+                )
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_queued:
             raise QueueFull(self._retry_after())
         trace = self._tracer.new(request, owner=owner)
@@ -118,7 +117,7 @@ class TraceJobs(Service):
             max_owned=None if owner is None else limits.max_stored,
         )
         self._waiting.append(record)
-        self._waiting_by_owner[owner] += 1
+        _count(self._waiting_by_owner, owner, 1)
         self._start_waiting()
         return record
 
@@ -154,7 +153,9 @@ class TraceJobs(Service):
             self._start(record)
 
     def _may_start(self, owner: str | None) -> bool:
-        return owner is None or self._running_by_owner[owner] < self.tenant_limits.max_running
+        return (
+            owner is None or self._running_by_owner.get(owner, 0) < self.tenant_limits.max_running
+        )
 
     def _unqueue(self, record: TraceRecord) -> None:
         self._waiting.remove(record)
@@ -176,7 +177,7 @@ class TraceJobs(Service):
             on_live_hop=partial(self._hop_changed, record),
         )
         self._running[record.trace.id] = running
-        self._running_by_owner[record.trace.owner] += 1
+        _count(self._running_by_owner, record.trace.owner, 1)
         running.addCallback(self._ended, record)
         running.addErrback(self._crashed, record)
 
@@ -247,10 +248,12 @@ class TraceJobs(Service):
             running.cancel()
 
 
-def _count(counter: Counter[str | None], owner: str | None, change: int) -> None:
-    counter[owner] += change
-    if counter[owner] <= 0:
-        del counter[owner]
+def _count(counter: dict[str | None, int], owner: str | None, change: int) -> None:
+    count = counter.get(owner, 0) + change
+    if count > 0:
+        counter[owner] = count
+    else:
+        counter.pop(owner, None)
 
 
 __all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]
