@@ -30,7 +30,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from mtrd.engine.fairqueue import Flow
-from mtrd.engine.probe import ProbeReply, ProbeRequest
+from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.engine.ticket import Deliver, Outcome, ProbeTicket
 from mtrd.monitors.alerts import destination_hop
 from mtrd.monitors.model import AlertKind, DeliveryStatus, RunResult
@@ -219,6 +219,12 @@ class MeteredProber:
     def __init__(self, prober: Prober, metrics: Metrics) -> None:
         self._prober = prober
         self._metrics = metrics
+        # Every probe passes here: the label values are made once, not per probe.
+        self._sent = metrics.probes_sent
+        self._replies = metrics.replies
+        self._rtt = metrics.probe_rtt
+        self._protocol_labels = {p: (p.value,) for p in Protocol}
+        self._kind_labels = {k: (k.value,) for k in ReplyKind}
 
     def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
@@ -229,7 +235,7 @@ class MeteredProber:
 
     def send(self, ticket: ProbeTicket) -> None:
         """Send through the wrapped prober, counting the probe and its outcome."""
-        self._metrics.probe_counted(ticket.request.protocol.value)
+        self._sent.inc(self._protocol_labels[ticket.request.protocol])
         if ticket.deliver is not None:
             ticket.deliver = partial(self._delivered, ticket.deliver)
         self._prober.send(ticket)
@@ -253,9 +259,11 @@ class MeteredProber:
     def _count(self, outcome: Outcome) -> None:
         if isinstance(outcome, Exception):
             self._metrics.outcome_counted(f"failed:{type(outcome).__name__}")
-        else:
-            rtt = outcome.rtt_us
-            self._metrics.outcome_counted(outcome.kind.value, None if rtt is None else rtt / 1e6)
+            return
+        self._replies.inc(self._kind_labels[outcome.kind])
+        rtt = outcome.rtt_us
+        if rtt is not None:
+            self._rtt.observe((), rtt / 1e6)
 
 
 def monitor_metrics(records: Iterable[MonitorRecord]) -> Iterable[Metric]:
