@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtrd.engine.codec import parse_reply
+from mtrd.engine.ticket import ProbeTicket
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -102,7 +103,36 @@ class FakeProcessReactor(Clock):
         return [t for t in self.spawned if not t.ended]
 
 
-class FakeNetwork:
+class SendsByProbe:
+    """``send`` and ``cancel`` of a prober, for test probers that have only ``probe()``:
+    the ticket gets the Deferred's outcome, and a cancelled one gets nothing, as from the
+    pool."""
+
+    def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
+        raise NotImplementedError
+
+    def send(self, ticket: ProbeTicket) -> None:
+        result = self.probe(ticket.request, ticket.flow)
+        self._sent[ticket] = result
+        result.addBoth(self._settle, ticket)
+
+    def cancel(self, ticket: ProbeTicket) -> None:
+        ticket.close()
+        result = self._sent.pop(ticket, None)
+        if result is not None:
+            result.cancel()
+
+    @property
+    def _sent(self) -> dict[ProbeTicket, Deferred[Any]]:
+        sent: dict[ProbeTicket, Deferred[Any]] = self.__dict__.setdefault("_sent_by_ticket", {})
+        return sent
+
+    def _settle(self, outcome: Any, ticket: ProbeTicket) -> None:
+        self._sent.pop(ticket, None)
+        ticket.settle(outcome.value if isinstance(outcome, Failure) else outcome)
+
+
+class FakeNetwork(SendsByProbe):
     """A prober that answers like a small network, on a ``Clock``.
 
     TTL n < ``destination_ttl`` answers ttl-expired from ``routers[n-1]`` after

@@ -14,7 +14,7 @@ from mtrd.tracing.wait import WaitRule
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
 
-from tests.fakes import FakeNetwork, FakeProcessReactor
+from tests.fakes import FakeNetwork, FakeProcessReactor, SendsByProbe
 
 ROUTERS = ["198.51.100.1", "198.51.100.6", "198.51.100.17"]
 TARGET = "203.0.113.7"
@@ -197,7 +197,7 @@ def test_probes_lost_with_a_dead_worker_count_as_lost() -> None:
     """A probe whose worker died is a lost probe; the trace still completes."""
     clock = Clock()
 
-    class Dying:
+    class Dying(SendsByProbe):
         def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(WorkerDied("mtr-packet worker worker-0 killed by signal 9"))
 
@@ -211,7 +211,7 @@ def test_no_worker_available_fails_the_trace() -> None:
     """When the pool has no worker at all, the trace fails saying so."""
     clock = Clock()
 
-    class Empty:
+    class Empty(SendsByProbe):
         def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return fail(NoWorkerAvailable("no mtr-packet worker is running: exited 1"))
 
@@ -253,7 +253,7 @@ def test_deadline_fails_a_trace_that_never_settles() -> None:
     """A prober that never answers cannot keep a trace running forever."""
     clock = Clock()
 
-    class Hung:
+    class Hung(SendsByProbe):
         def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
             return Deferred()
 
@@ -460,7 +460,7 @@ def test_stop_reason_deadline() -> None:
     """A run that outlives its deadline stopped at the deadline."""
     clock = Clock()
 
-    class Never:
+    class Never(SendsByProbe):
         def probe(self, _request: Any, _flow: Any = None) -> Deferred[Any]:
             return Deferred()
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 from mtrd.engine.errors import WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, ReplyKind
+from mtrd.engine.ticket import deferred_ticket
 from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState
 from twisted.internet.defer import Deferred
 
@@ -46,14 +47,8 @@ def start(
 
 
 def send(worker: MtrPacketProcess, sequence: int, timeout: int = 1) -> Deferred[ProbeReply]:
-    result: Deferred[ProbeReply] = Deferred()
-    worker.send(
-        ProbeRequest("203.0.113.7", ttl=3, timeout=timeout),
-        burns=0,
-        sequence=sequence,
-        udp_ports=(),
-        result=result,
-    )
+    ticket, result = deferred_ticket(ProbeRequest("203.0.113.7", ttl=3, timeout=timeout))
+    worker.send(ticket.request, burns=0, sequence=sequence, udp_ports=(), ticket=ticket)
     return result
 
 
@@ -134,7 +129,11 @@ def test_burns_are_written_before_the_probe() -> None:
     worker, transport = start(reactor, owner)
     transport.answer_version()
     worker.send(
-        ProbeRequest("203.0.113.7"), burns=3, sequence=33003, udp_ports=(), result=Deferred()
+        ProbeRequest("203.0.113.7"),
+        burns=3,
+        sequence=33003,
+        udp_ports=(),
+        ticket=deferred_ticket(ProbeRequest("203.0.113.7"))[0],
     )
     assert transport.lines()[1:] == [
         "1 send-probe ip-4 burn",

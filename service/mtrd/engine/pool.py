@@ -1,7 +1,9 @@
 """The probe pool: N supervised mtr-packet processes shared by every caller.
 
 ``await pool.probe(request)`` sends one probe and gives its
-:class:`~mtrd.engine.probe.ProbeReply`. The pool queues probes beyond the
+:class:`~mtrd.engine.probe.ProbeReply`; ``pool.send(ticket)`` does the same without a
+Deferred, for callers with many probes out (see :mod:`mtrd.engine.ticket`). The pool
+queues probes beyond the
 processes' caps (taking turns between flows, see :mod:`mtrd.engine.fairqueue`, and
 holding each group of flows to ``max_group_share`` of the slots), sends each to the
 least-loaded ready process, restarts a
@@ -54,6 +56,7 @@ from mtrd.engine.sequence import (
     SequenceSpace,
     fixed_udp_values,
 )
+from mtrd.engine.ticket import ProbeTicket, deferred_ticket
 from mtrd.engine.worker import MtrPacketProcess, PendingProbe, WorkerState, permission_advice
 
 # Bands are cut from the range every supported version counts in (0.96 starts
@@ -126,15 +129,6 @@ class PoolState(enum.Enum):
 
 
 @attrs.define(eq=False)
-class _Queued:
-    request: ProbeRequest
-    result: Deferred[ProbeReply]
-    flow: Flow = NO_FLOW
-    expiry: IDelayedCall | None = None
-    blocked_on: int | None = None  # the held sequence that is one of its fixed udp ports
-
-
-@attrs.define(eq=False)
 class _Slot:
     """One place in the pool: a band of sequences and the process that uses it."""
 
@@ -185,14 +179,14 @@ class ProbePool(Service):
             _Slot(index=i, band=band)
             for i, band in enumerate(POOL_SEQUENCE_SPACE.bands(self.config.size))
         ]
-        self._queue: FairQueue[_Queued] = FairQueue(lambda entry: entry.flow)
+        self._queue: FairQueue[ProbeTicket] = FairQueue(lambda entry: entry.flow)
         # udp probes whose fixed port is an outstanding probe's sequence wait apart, by
         # that sequence, until it is released: retried on every pump, thousands of them
         # would make each pump go through them all.
-        self._parked: dict[int, list[_Queued]] = {}
+        self._parked: dict[int, list[ProbeTicket]] = {}
         self._parked_by_group: Counter[str | None] = Counter()
         self._held_by_group: Counter[str] = Counter()  # probes in processes, per group
-        self._group_of: dict[Deferred[ProbeReply], str] = {}
+        self._group_of: dict[ProbeTicket, str] = {}
         self._group_cap = max(
             1, int(self.config.max_group_share * self.config.size * self.config.max_outstanding)
         )
@@ -313,39 +307,52 @@ class ProbePool(Service):
         up on the probe: a queued probe is never sent; one already sent keeps its
         sequence until mtr-packet is done with it.
         """
+        ticket, result = deferred_ticket(request, NO_FLOW if flow is None else flow, self.cancel)
+        self.send(ticket)
+        return result
+
+    def send(self, ticket: ProbeTicket) -> None:
+        """Send ``ticket``'s probe; its ``deliver`` gets the reply or the error, as
+        :meth:`probe` describes (without a Deferred: every trace's probes come this way)."""
         state = self.state
         if state is not PoolState.RUNNING and state is not PoolState.STARTING:
             if state is PoolState.FAILED:
-                return fail(NoWorkerAvailable(self._no_worker_reason()))
-            return fail(PoolStopped("the probe pool is not running"))
+                ticket.settle(NoWorkerAvailable(self._no_worker_reason()))
+            else:
+                ticket.settle(PoolStopped("the probe pool is not running"))
+            return
         try:
-            return self._probe(request, NO_FLOW if flow is None else flow)
-        except Exception as e:  # every failure goes through the Deferred
-            return fail(e)
+            self._send(ticket)
+        except Exception as e:  # every failure goes to the ticket
+            ticket.settle(e)
 
-    def _probe(self, request: ProbeRequest, flow: Flow) -> Deferred[ProbeReply]:
-        request = self._with_source(request)
-        entry = _Queued(
-            request=request, result=Deferred(lambda _: self._cancelled(entry)), flow=flow
-        )
+    def cancel(self, ticket: ProbeTicket) -> None:
+        """Give up on ``ticket``'s probe: nothing is delivered. A queued probe is never
+        sent; one already sent keeps its sequence until mtr-packet is done with it."""
+        if ticket.open:
+            ticket.close()
+            self._cancelled(ticket)
+
+    def _send(self, entry: ProbeTicket) -> None:
+        entry.request = self._with_source(entry.request)
+        flow = entry.flow
         if not self._queue and self._may_send(flow):
             # The common case: a process has room now, and the probe never waits.
-            worker = self._pick(request)
+            worker = self._pick(entry.request)
             if worker is not None and self._dispatch(worker, entry):
-                return entry.result
+                return
         for slot in self._slots:
             if not slot.start_failed or slot.ready:
                 break
         else:
-            entry.result.errback(NoWorkerAvailable(self._no_worker_reason()))
-            return entry.result
+            entry.settle(NoWorkerAvailable(self._no_worker_reason()))
+            return
         entry.expiry = self._clock.callLater(self.config.queue_timeout, self._queue_expired, entry)
         if entry.blocked_on is not None:
             self._park(entry)
-            return entry.result
+            return
         self._queue.append(entry)
         self._pump()
-        return entry.result
 
     @property
     def size(self) -> int:
@@ -451,7 +458,7 @@ class ProbePool(Service):
         """Free the probe's numbers and send what waits."""
         self._ledger.release(pending.sequence, pending.udp_ports)
         self._unpark(pending.sequence)
-        self._release_group(pending.result)
+        self._release_group(pending.ticket)
         self._pump()
 
     def worker_doubtful(self, worker: MtrPacketProcess, why: str) -> None:
@@ -471,7 +478,7 @@ class ProbePool(Service):
         for pending in lost:
             self._ledger.release(pending.sequence, pending.udp_ports)
             self._unpark(pending.sequence)
-            self._release_group(pending.result)
+            self._release_group(pending.ticket)
         slot = self._slot_by_worker.pop(worker, None)
         if slot is not None:
             if worker in slot.draining:
@@ -640,7 +647,7 @@ class ProbePool(Service):
 
     def _pump(self) -> None:
         """Send queued probes, a flow at a time, while some process has room."""
-        waiting: list[_Queued] = []
+        waiting: list[ProbeTicket] = []
         while self._queue:
             entry = self._queue.peek(self._may_send)
             if entry is None:
@@ -657,7 +664,7 @@ class ProbePool(Service):
                 waiting.append(entry)
         self._queue.put_back(waiting)
 
-    def _park(self, entry: _Queued) -> None:
+    def _park(self, entry: ProbeTicket) -> None:
         assert entry.blocked_on is not None
         self._parked.setdefault(entry.blocked_on, []).append(entry)
         self._parked_by_group[entry.flow.group] += 1
@@ -672,12 +679,12 @@ class ProbePool(Service):
             self._unparked(entry)
         self._queue.put_back(entries)
 
-    def _unparked(self, entry: _Queued) -> None:
+    def _unparked(self, entry: ProbeTicket) -> None:
         self._parked_by_group[entry.flow.group] -= 1
         if self._parked_by_group[entry.flow.group] <= 0:
             del self._parked_by_group[entry.flow.group]
 
-    def _take_parked(self, entry: _Queued) -> bool:
+    def _take_parked(self, entry: ProbeTicket) -> bool:
         """Take ``entry`` out of the parked probes; False if it is not parked."""
         if entry.blocked_on is None:
             return False
@@ -725,7 +732,7 @@ class ProbePool(Service):
                 best = worker
         return best
 
-    def _dispatch(self, worker: MtrPacketProcess, entry: _Queued) -> bool:
+    def _dispatch(self, worker: MtrPacketProcess, entry: ProbeTicket) -> bool:
         """Send ``entry`` to ``worker``; False when it must wait for a udp port."""
         slot = self._slot_of(worker)
         assert slot is not None
@@ -750,36 +757,36 @@ class ProbePool(Service):
             burns=allocation.burns,
             sequence=allocation.sequence,
             udp_ports=ports,
-            result=entry.result,
+            ticket=entry,
         )
         group = entry.flow.group
         if group is not None:
             self._held_by_group[group] += 1
-            self._group_of[entry.result] = group
+            self._group_of[entry] = group
         return True
 
     def _may_send(self, flow: Flow) -> bool:
         return flow.group is None or self._held_by_group[flow.group] < self._group_cap
 
-    def _release_group(self, result: Deferred[ProbeReply]) -> None:
-        group = self._group_of.pop(result, None)
+    def _release_group(self, ticket: ProbeTicket) -> None:
+        group = self._group_of.pop(ticket, None)
         if group is not None:
             self._held_by_group[group] -= 1
             if not self._held_by_group[group]:
                 del self._held_by_group[group]
 
-    def _cancelled(self, entry: _Queued) -> None:
+    def _cancelled(self, entry: ProbeTicket) -> None:
         if not self._take_parked(entry) and entry in self._queue:
             self._queue.remove(entry)
         if entry.expiry is not None and entry.expiry.active():
             entry.expiry.cancel()
 
-    def _queue_expired(self, entry: _Queued) -> None:
+    def _queue_expired(self, entry: ProbeTicket) -> None:
         entry.expiry = None
         if self._take_parked(entry) or entry in self._queue:
             if entry in self._queue:
                 self._queue.remove(entry)
-            entry.result.errback(
+            entry.settle(
                 NoWorkerAvailable(
                     f"no mtr-packet worker took the probe within {self.config.queue_timeout:g} s"
                 )
@@ -792,7 +799,7 @@ class ProbePool(Service):
             entry = self._queue.popleft()
             if entry.expiry is not None and entry.expiry.active():
                 entry.expiry.cancel()
-            entry.result.errback(reason)
+            entry.settle(reason)
 
 
 def _kill(workers: list[MtrPacketProcess]) -> None:

@@ -3,7 +3,7 @@
 :class:`MtrPacketProcess` is a Twisted ``ProcessProtocol``. It writes
 commands, frames stdout by newline over a persistent buffer (one read often
 holds several replies, and a reply may be split across reads), answers each
-probe's Deferred from the reply with its token, and fails every pending probe
+probe's ticket from the reply with its token, and fails every pending probe
 at once when the process exits. It does not choose sequence numbers or decide
 where probes go: its owner (the pool, see :mod:`mtrd.engine.pool`) does, and hears
 from it through :class:`WorkerOwner`.
@@ -33,6 +33,7 @@ from mtrd.engine.codec import (
 from mtrd.engine.errors import WorkerDied, WorkerUnresponsive
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
 from mtrd.engine.sequence import SequenceSpace
+from mtrd.engine.ticket import ProbeTicket
 
 MAX_LINE = 4096
 _BURN_REPLY = f"{CONTROL_TOKEN} invalid-argument"
@@ -94,17 +95,12 @@ class PendingProbe:
     request: ProbeRequest
     sequence: int
     udp_ports: tuple[int, ...]
-    result: Deferred[ProbeReply]
+    ticket: ProbeTicket
     sent_at: float = 0.0
 
     def settle(self, outcome: ProbeReply | Exception) -> None:
         """Give the caller its outcome unless it already gave up (cancelled)."""
-        if self.result.called:
-            return
-        if isinstance(outcome, Exception):
-            self.result.errback(outcome)
-        else:
-            self.result.callback(outcome)
+        self.ticket.settle(outcome)
 
 
 RAW_SOCKET_ADVICE = (
@@ -205,7 +201,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         burns: int,
         sequence: int,
         udp_ports: tuple[int, ...],
-        result: Deferred[ProbeReply],
+        ticket: ProbeTicket,
     ) -> PendingProbe:
         """Write ``burns`` burn commands and then the probe, which gets ``sequence``."""
         assert self.transport is not None
@@ -216,7 +212,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             request=request,
             sequence=sequence,
             udp_ports=udp_ports,
-            result=result,
+            ticket=ticket,
             sent_at=self.clock.seconds(),
         )
         self._watch(token, request.timeout + self.grace)

@@ -51,8 +51,9 @@ from twisted.python.failure import Failure
 
 from mtrd.annotations.model import Annotation
 from mtrd.engine.errors import ProbeFailed, WorkerDied, WorkerUnresponsive
-from mtrd.engine.fairqueue import Flow
+from mtrd.engine.fairqueue import NO_FLOW, Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
+from mtrd.engine.ticket import ProbeTicket
 from mtrd.tracing.model import (
     DEFAULT_PORTS,
     Hop,
@@ -72,10 +73,18 @@ _EPSILON = 1e-9  # a timer set for time t may read the clock a rounding error be
 
 
 class Prober(TypingProtocol):
-    """What the runner needs of a probe pool."""
+    """What the runners need of a probe pool (see :class:`~mtrd.engine.pool.ProbePool`)."""
 
     def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
+        ...
+
+    def send(self, ticket: ProbeTicket) -> None:
+        """Send the ticket's probe; deliver its reply or error to the ticket once."""
+        ...
+
+    def cancel(self, ticket: ProbeTicket) -> None:
+        """Give up on the ticket's probe: nothing is delivered to it."""
         ...
 
 
@@ -159,7 +168,7 @@ class TraceRun:
     ) -> None:
         """``flow`` names this run's probes to the pool, which serves flows in turn."""
         self._clock = clock
-        self._flow = flow
+        self._flow = NO_FLOW if flow is None else flow
         self._prober = prober
         self._request = request
         self._address = address
@@ -171,9 +180,9 @@ class TraceRun:
         self._hops: dict[int, HopAccumulator] = {}
         self._probes: dict[int, ProbeRequest] = {}  # one request per TTL, reused every round
         self._template: ProbeRequest | None = None  # the first, checked in full
-        self._in_flight: dict[Deferred[ProbeReply], _InFlight] = {}
+        self._in_flight: dict[ProbeTicket, _InFlight] = {}
         # Answers to these are late; each with when its wait started.
-        self._given_up: dict[Deferred[ProbeReply], float] = {}
+        self._given_up: dict[ProbeTicket, float] = {}
         self._rtt: dict[int, float] = {}  # the last round-trip time (s) at each TTL
         self._sends = 0
         # Answered probes by send order, and when each went on the wire (its answer's
@@ -256,14 +265,15 @@ class TraceRun:
                 return
             self._hops[ttl] = HopAccumulator(ttl=ttl)
         self._hops[ttl].record_sent()
-        try:
-            result = self._prober.probe(probe, self._flow)
-        except ProbeFailed as e:
-            self._finish(error=TraceError("engine-unavailable", str(e)))
-            return
-        self._in_flight[result] = _InFlight(ttl, self._clock.seconds(), self._sends)
+        # In flight before it is sent: a pool that cannot send it answers at once.
+        ticket = ProbeTicket(probe, self._settled, self._flow)
+        self._in_flight[ticket] = _InFlight(ttl, self._clock.seconds(), self._sends)
         self._sends += 1
-        result.addBoth(self._settled, ttl, result)
+        try:
+            self._prober.send(ticket)
+        except ProbeFailed as e:
+            self._in_flight.pop(ticket, None)
+            self._finish(error=TraceError("engine-unavailable", str(e)))
 
     def _probe_request(self, ttl: int) -> ProbeRequest:
         if self._template is not None:
@@ -287,17 +297,16 @@ class TraceRun:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _settled(
-        self, outcome: ProbeReply | Failure, ttl: int, result: Deferred[ProbeReply]
-    ) -> None:
-        if result in self._given_up:
-            started = self._given_up.pop(result)
+    def _settled(self, ticket: ProbeTicket, outcome: ProbeReply | Exception) -> None:
+        ttl = ticket.request.ttl
+        started = self._given_up.pop(ticket, None)
+        if started is not None:
             if not self._finished and isinstance(outcome, ProbeReply):
                 self._answered_late(outcome, ttl, started)
             return
-        sent = self._in_flight.pop(result, None)
+        sent = self._in_flight.pop(ticket, None)
         if not self._finished:
-            if isinstance(outcome, Failure):
+            if isinstance(outcome, Exception):
                 self._failed(outcome, ttl)
             else:
                 self._answered(outcome, ttl)
@@ -401,14 +410,14 @@ class TraceRun:
         now = self._clock.seconds()
         answered = sorted(self._rtt)
         due = [
-            (result, probe)
-            for result, probe in self._in_flight.items()
+            (ticket, probe)
+            for ticket, probe in self._in_flight.items()
             if (at := self._give_up_at(probe, answered)) is not None and at <= now + _EPSILON
         ]
-        for result, probe in due:
-            del self._in_flight[result]
+        for ticket, probe in due:
+            del self._in_flight[ticket]
             start = self._wait_start(probe)
-            self._given_up[result] = probe.sent_at if start is None else start
+            self._given_up[ticket] = probe.sent_at if start is None else start
             self._lost(probe.ttl)
         if self._in_flight:
             self._schedule_give_up(self._in_flight.values())
@@ -483,19 +492,19 @@ class TraceRun:
             self._unreachable_ttl = ttl
             self._unreachable_kind = kind.value
 
-    def _failed(self, failure: Failure, ttl: int) -> None:
-        if isinstance(failure.value, CancelledError):
+    def _failed(self, error: Exception, ttl: int) -> None:
+        if isinstance(error, CancelledError):
             return
-        if isinstance(failure.value, WorkerDied | WorkerUnresponsive):
+        if isinstance(error, WorkerDied | WorkerUnresponsive):
             # The probe was sent and its answer is lost with the worker: count it lost.
-            self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=failure.getErrorMessage())
+            self.log.warn("probe at TTL {ttl} lost: {why}", ttl=ttl, why=str(error))
             self._lost(ttl)
             return
-        if isinstance(failure.value, ProbeFailed):
-            self._finish(error=TraceError("engine-unavailable", failure.getErrorMessage()))
+        if isinstance(error, ProbeFailed):
+            self._finish(error=TraceError("engine-unavailable", str(error)))
             return
-        self.log.failure("probe at TTL {ttl} failed unexpectedly", failure, ttl=ttl)
-        self._finish(error=TraceError("internal-error", failure.getErrorMessage()))
+        self.log.failure("probe at TTL {ttl} failed unexpectedly", Failure(error), ttl=ttl)  # type: ignore[no-untyped-call]
+        self._finish(error=TraceError("internal-error", str(error)))
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -570,8 +579,10 @@ class TraceRun:
                 call.cancel()
         self._calls.clear()
         # The pool keeps each sent probe's sequence until mtr-packet is done with it.
-        for result in [*self._in_flight, *self._given_up]:
-            result.cancel()
+        for ticket in [*self._in_flight, *self._given_up]:
+            self._prober.cancel(ticket)
+        self._in_flight.clear()
+        self._given_up.clear()
         self._ending = (error, cancelled)
         waiting = self._names is not None and self._names.pending
         if waiting and not cancelled and self._settings.name_grace > 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -25,11 +26,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from mtrd.engine.fairqueue import Flow
-from mtrd.engine.probe import ProbeReply, ProbeRequest
+from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
+from mtrd.engine.ticket import Deliver, Outcome, ProbeTicket
 from mtrd.monitors.alerts import destination_hop
 from mtrd.monitors.model import AlertKind, DeliveryStatus, RunResult
 from mtrd.monitors.service import MonitorRecord
@@ -209,11 +211,20 @@ def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
 
 
 class MeteredProber:
-    """A prober that counts probes and their outcomes on their way through the pool."""
+    """A prober that counts probes and their outcomes on their way through the pool.
+
+    A probe given up by its sender (cancelled) has no outcome to count.
+    """
 
     def __init__(self, prober: Prober, metrics: Metrics) -> None:
         self._prober = prober
         self._metrics = metrics
+        # Every probe passes here: the label values are made once, not per probe.
+        self._sent = metrics.probes_sent
+        self._replies = metrics.replies
+        self._rtt = metrics.probe_rtt
+        self._protocol_labels = {p: (p.value,) for p in Protocol}
+        self._kind_labels = {k: (k.value,) for k in ReplyKind}
 
     def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
@@ -222,13 +233,37 @@ class MeteredProber:
         result.addBoth(self._settled)
         return result
 
+    def send(self, ticket: ProbeTicket) -> None:
+        """Send through the wrapped prober, counting the probe and its outcome."""
+        self._sent.inc(self._protocol_labels[ticket.request.protocol])
+        if ticket.deliver is not None:
+            ticket.deliver = partial(self._delivered, ticket.deliver)
+        self._prober.send(ticket)
+
+    def cancel(self, ticket: ProbeTicket) -> None:
+        """Give up on the ticket's probe (nothing is counted)."""
+        self._prober.cancel(ticket)
+
+    def _delivered(self, deliver: Deliver, ticket: ProbeTicket, outcome: Outcome) -> None:
+        self._count(outcome)
+        deliver(ticket, outcome)
+
     def _settled(self, outcome: ProbeReply | Failure) -> ProbeReply | Failure:
         if isinstance(outcome, Failure):
-            self._metrics.outcome_counted(f"failed:{type(outcome.value).__name__}")
+            if not isinstance(outcome.value, CancelledError):
+                self._count(outcome.value)  # type: ignore[arg-type]
         else:
-            rtt = outcome.rtt_us
-            self._metrics.outcome_counted(outcome.kind.value, None if rtt is None else rtt / 1e6)
+            self._count(outcome)
         return outcome
+
+    def _count(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Exception):
+            self._metrics.outcome_counted(f"failed:{type(outcome).__name__}")
+            return
+        self._replies.inc(self._kind_labels[outcome.kind])
+        rtt = outcome.rtt_us
+        if rtt is not None:
+            self._rtt.observe((), rtt / 1e6)
 
 
 def monitor_metrics(records: Iterable[MonitorRecord]) -> Iterable[Metric]:
