@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mtrd.tracing.events import Event, TraceChannel
-from mtrd.tracing.model import Hop, Trace, TraceRequest, TraceStatus, TraceTarget
+from mtrd.tracing.model import Hop, LiveHop, Trace, TraceRequest, TraceStatus, TraceTarget
 
 FINAL = Trace(
     id="t" * 22,
@@ -68,6 +68,30 @@ def test_done_lets_every_subscriber_go() -> None:
     channel.publish_done(FINAL)
     assert channel.subscribers == 0
     assert seen[-1].kind == "done"
+
+
+def test_a_hop_after_the_end_goes_to_late_hop_only() -> None:
+    """A hop published after done is handed to ``late_hop``: no event, no new id, not kept."""
+    channel = channel_with_history()
+    late: list[LiveHop] = []
+    channel.publish_done(FINAL, late_hop=late.append)
+    last = channel.last_id
+    named = Hop(ttl=1, sent=2, received=2)
+    channel.publish_hop(named)
+    assert late == [named]
+    assert channel.last_id == last
+    assert channel.current_hops() == ()
+    assert [e.kind for e in channel.replay(None)] == ["done"]
+
+
+def test_a_hop_after_the_end_without_late_hop_is_dropped() -> None:
+    """Without ``late_hop``, a hop after done changes nothing."""
+    channel = channel_with_history()
+    channel.publish_done(FINAL)
+    last = channel.last_id
+    channel.publish_hop(Hop(ttl=1, sent=3))
+    assert channel.last_id == last
+    assert channel.current_hops() == ()
 
 
 def test_unsubscribe_stops_delivery() -> None:

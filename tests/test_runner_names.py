@@ -7,15 +7,17 @@ import gc
 import weakref
 from typing import Any
 
-from mtrd.annotations.model import Annotation
+from mtrd.annotations.model import Annotation, Sources
 from mtrd.tracing.jobs import TraceJobs
 from mtrd.tracing.model import Hop, Responder, Trace, TraceRequest, TraceStatus, TraceTarget
 from mtrd.tracing.rounds import RunOutcome, RunSettings, TraceRun
 from mtrd.tracing.store import TraceStore
+from mtrd.tracing.tracer import Tracer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from tests.fakes import FakeNetwork
+from tests.test_jobs import StaticResolver
 
 ROUTERS = ["198.51.100.1", "198.51.100.6"]
 TARGET = "203.0.113.7"
@@ -172,9 +174,39 @@ def test_a_late_name_updates_the_stored_final_trace_and_its_version() -> None:
     jobs = TraceJobs(None, store)  # type: ignore[arg-type]
     version = record.version
     named = Hop(1, (Responder(ROUTERS[0], 1, (), Annotation("gw.example.net", asn=64500)),), 1, 1)
-    jobs._hop_changed(record, named)
+    jobs._late_hop(weakref.ref(record), named)
     assert record.trace.hops[0] == named
     assert record.version > version
+
+
+class SourcedAnnotator(FakeAnnotator):
+    """A FakeAnnotator that also says which databases it reads (none), as the tracer asks."""
+
+    def sources(self) -> Sources:
+        return Sources()
+
+
+def test_a_name_after_the_end_reaches_the_stored_trace_through_the_jobs() -> None:
+    """A name that comes after the grace goes into the stored final trace: its version
+    moves, and a subscriber who comes after the end gets it."""
+    clock, annotator = Clock(), SourcedAnnotator()
+    tracer = Tracer(
+        clock,
+        FakeNetwork(clock, ROUTERS),  # type: ignore[arg-type]
+        StaticResolver(),  # type: ignore[arg-type]
+        settings=RunSettings(name_grace=0.5),
+        annotator=annotator,  # type: ignore[arg-type]
+    )
+    store = TraceStore(clock)
+    record = TraceJobs(tracer, store).submit(TraceRequest(TARGET, probes=1, interval=0))
+    clock.pump([0.05] * 40)
+    assert record.trace.status is TraceStatus.COMPLETED
+    version = record.version
+    annotator.name(ROUTERS[0], "gw.example.net")
+    assert responder(record.trace.hops[0]).annotation == Annotation("gw.example.net", asn=64500)
+    assert record.version > version
+    (done,) = record.channel.replay(None)
+    assert done.value.hops[0] == record.trace.hops[0]  # type: ignore[union-attr]
 
 
 def test_a_failing_annotation_does_not_hold_the_end() -> None:

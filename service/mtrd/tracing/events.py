@@ -41,6 +41,7 @@ class TraceChannel:
     _hops: dict[int, tuple[int, LiveHop]] = attrs.field(factory=dict)
     _final: tuple[int, Callable[[], Trace]] | None = None
     _subscribers: list[Subscriber] = attrs.field(factory=list)
+    _late_hop: Callable[[LiveHop], None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._status_id = self._take_id()
@@ -71,21 +72,33 @@ class TraceChannel:
 
         A live hop is kept as it is and turned into a value only when a subscriber,
         a replay or :meth:`current_hops` needs it: most traces are polled, not followed.
+        Once the trace is done (a name that came late), the hop goes to ``late_hop``.
         """
+        if self._final is not None:
+            if self._late_hop is not None:
+                self._late_hop(hop)
+            return
         event_id = self._next_id
         self._next_id += 1
         self._hops[hop.ttl] = (event_id, hop)
         if self._subscribers:
             self._send(Event(event_id, "hop", hop.snapshot()))
 
-    def publish_done(self, trace: Trace, later: Callable[[], Trace] | None = None) -> None:
+    def publish_done(
+        self,
+        trace: Trace,
+        later: Callable[[], Trace] | None = None,
+        late_hop: Callable[[LiveHop], None] | None = None,
+    ) -> None:
         """The trace ended: send the final resource, then let every subscriber go.
 
         ``later`` gives the final trace to subscribers who come after the end (so the
-        channel need not hold it: the store keeps it in a compact form).
+        channel need not hold it: the store keeps it in a compact form); ``late_hop``
+        takes the hops published after the end (none are sent: the stream is over).
         """
         event = Event(self._take_id(), "done", trace)
         self._final = (event.id, later or (lambda: trace))
+        self._late_hop = late_hop
         self._hops.clear()  # the final trace carries the hops; keep memory small
         self._send(event)
         self._subscribers.clear()

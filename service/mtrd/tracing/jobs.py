@@ -169,25 +169,24 @@ class TraceJobs(Service):
                 record.channel.publish_status(trace.status)
 
         # Hop updates go to the channel only: it keeps each hop's latest figures, which
-        # the record reads when the trace is asked for (see TraceRecord.full_trace).
+        # the record reads when the trace is asked for (see TraceRecord.full_trace). Those
+        # that come after the end go to _late_hop (see _finish).
         running = self._tracer.trace(
             record.trace.request,
             queued=record.trace,
             on_update=updated,
-            on_live_hop=partial(self._hop_changed, record),
+            on_live_hop=record.channel.publish_hop,
         )
         self._running[record.trace.id] = running
         _count(self._running_by_owner, record.trace.owner, 1)
         running.addCallback(self._ended, record)
         running.addErrback(self._crashed, record)
 
-    def _hop_changed(self, record: TraceRecord, hop: LiveHop) -> None:
-        if not record.trace.status.is_final:
-            record.channel.publish_hop(hop)
-            return
+    def _late_hop(self, held: weakref.ref[TraceRecord], hop: LiveHop) -> None:
         # A name that came after the end: it goes into the stored trace (whose version,
         # and so its ETag, moves); the event stream is over.
-        if self._store.get(record.trace.id) is not record:
+        record = held()
+        if record is None or self._store.get(record.trace.id) is not record:
             return
         value = hop.snapshot()
         hops = tuple(value if h.ttl == value.ttl else h for h in record.trace.hops)
@@ -213,7 +212,12 @@ class TraceJobs(Service):
         final = replace(trace, expires_at=self._store.expires_at())
         self._store.update(record, final)
         record.channel.publish_status(final.status)
-        record.channel.publish_done(final, later=_latest(record, final))
+        # The channel holds the record weakly (see _latest).
+        record.channel.publish_done(
+            final,
+            later=_latest(record, final),
+            late_hop=partial(self._late_hop, weakref.ref(record)),
+        )
         self._on_finished(final)
         if not self._running and not self._waiting:
             idle, self._idle = self._idle, []
