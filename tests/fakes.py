@@ -111,10 +111,12 @@ class SendsByProbe:
     def probe(self, request: Any, flow: Any = None) -> Deferred[Any]:
         raise NotImplementedError
 
-    def send(self, ticket: ProbeTicket) -> None:
-        result = self.probe(ticket.request, ticket.flow)
-        self._sent[ticket] = result
-        result.addBoth(self._settle, ticket)
+    def send(self, *tickets: ProbeTicket) -> None:
+        for ticket in tickets:
+            if ticket.open:
+                result = self.probe(ticket.request, ticket.flow)
+                self._sent[ticket] = result
+                result.addBoth(self._settle, ticket)
 
     def cancel(self, ticket: ProbeTicket) -> None:
         ticket.close()

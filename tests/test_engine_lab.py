@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,45 @@ async def test_blackhole_gives_no_reply_after_the_timeout(lab: Lab, family: int)
         waited = reactor.seconds() - started
     assert reply.kind is ReplyKind.NO_REPLY
     assert 0.9 <= waited < 3.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_mtr_packet_spins_at_end_of_file_until_its_last_probe_ends(lab: Lab) -> None:
+    """Why a retiring worker keeps stdin open while it holds probes: bare mtr-packet with
+    its stdin closed and a probe into silence burns a core for the probe's timeout."""
+    bare = subprocess.Popen(
+        [*lab.netns_exec("c"), "mtr-packet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert bare.stdin is not None
+    bare.stdin.write(f"1 send-probe ip-4 {lab.blackhole_target(4)} ttl 10 timeout 2\n".encode())
+    bare.stdin.close()
+    time.sleep(1.0)
+    spinning = process_cpu_seconds(bare.pid)
+    assert bare.stdout is not None
+    assert bare.stdout.read() == b"1 no-reply\n"
+    bare.wait(timeout=10)
+    assert spinning > 0.5, "mtr-packet no longer spins at end of file: the wait can go"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_worker_waits_for_its_probe_without_spinning(lab: Lab) -> None:
+    """A worker stopping (as one retired) with a probe into silence keeps its stdin open
+    until the probe ends, and so idles meanwhile; then it exits."""
+    pool = ProbePool(reactor, PoolConfig(size=1, command=(*lab.netns_exec("c"), "mtr-packet")))
+    await pool.start()
+    pid = pool.workers()[0]["pid"]
+    answer = pool.probe(request(lab, lab.blackhole_target(4), 10, Protocol.ICMP, timeout=2))
+    stopped = Deferred.fromCoroutine(pool.stop())
+    await sleep(1.0)
+    idling = process_cpu_seconds(pid)
+    reply = await answer
+    await stopped
+    assert idling < 0.2
+    assert reply.kind is ReplyKind.NO_REPLY
 
 
 async def branches_taken(lab: Lab, pool: ProbePool, probes: list[ProbeRequest]) -> set[str]:

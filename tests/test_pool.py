@@ -468,12 +468,14 @@ def test_a_ready_successor_takes_over_and_the_old_process_drains() -> None:
     held = pool.probe(ProbeRequest("203.0.113.7"))
     successor = reactor.spawned[16]
     successor.answer_version()
-    assert old.stdin_closed
     assert pool.ready_workers == 16
     pool.probe(ProbeRequest("203.0.113.7"))
     assert sequences(successor) == [band.start]
+    # Its stdin stays open while it holds a probe (at end of file, mtr-packet would spin).
+    assert not old.stdin_closed
     reply(old, band.usable - band.usable // 4 + 1, "reply ip-4 203.0.113.7 round-trip-time 9")
     assert result_of(held).kind is ReplyKind.REPLY
+    assert old.stdin_closed
 
 
 def test_slots_running_out_of_their_bands_together_never_leave_the_pool_unready() -> None:
@@ -578,14 +580,17 @@ def test_source_address_per_family_is_applied() -> None:
 
 
 async def test_stop_drains_then_kills_stragglers() -> None:
-    """stop() fails the queue, closes stdin, and kills what has not exited after the grace."""
+    """stop() fails the queue, closes stdin once a process holds no probe, and kills what
+    has not exited after the grace."""
     pool, reactor = started_pool(attrs.evolve(CONFIG, max_outstanding=1))
     pool.probe(ProbeRequest("203.0.113.7")).addErrback(lambda _: None)
     pool.probe(ProbeRequest("203.0.113.7")).addErrback(lambda _: None)
     queued = pool.probe(ProbeRequest("203.0.113.7"))
     stopped = ensureDeferred(pool.stop())
     assert isinstance(failure_of(queued), PoolStopped)
-    assert all(t.stdin_closed for t in reactor.spawned)
+    assert not any(t.stdin_closed for t in reactor.spawned)  # each holds its probe
+    reply(reactor.spawned[0], 0)
+    assert reactor.spawned[0].stdin_closed
     reactor.spawned[0].exit()
     assert not stopped.called
     reactor.advance(5.0)

@@ -269,6 +269,23 @@ def test_retire_closes_stdin() -> None:
     assert transport.signals == []
 
 
+def test_retire_closes_stdin_once_the_held_probes_are_answered() -> None:
+    """A retired process holding probes keeps its stdin until the last one is answered:
+    at end of file mtr-packet spins on it until then."""
+    reactor, owner = FakeProcessReactor(), RecordingOwner()
+    worker, transport = start(reactor, owner)
+    transport.answer_version()
+    first, second = send(worker, 40000), send(worker, 40001)
+    worker.retire()
+    assert not transport.stdin_closed
+    transport.feed(f"{transport.token_of(0)} reply ip-4 203.0.113.7 round-trip-time 100\n")
+    assert not transport.stdin_closed
+    transport.feed(f"{transport.token_of(1)} no-reply\n")
+    assert transport.stdin_closed
+    assert first.called
+    assert second.called
+
+
 def test_exit_hands_the_held_probes_to_the_owner_and_keeps_none() -> None:
     """On exit the process gives its owner the probes it held and holds none itself."""
     reactor, owner = FakeProcessReactor(), LosingOwner()

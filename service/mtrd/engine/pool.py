@@ -311,20 +311,26 @@ class ProbePool(Service):
         self.send(ticket)
         return result
 
-    def send(self, ticket: ProbeTicket) -> None:
-        """Send ``ticket``'s probe; its ``deliver`` gets the reply or the error, as
-        :meth:`probe` describes (without a Deferred: every trace's probes come this way)."""
+    def send(self, *tickets: ProbeTicket) -> None:
+        """Send each ticket's probe, in order; its ``deliver`` gets the reply or the
+        error, as :meth:`probe` describes (without a Deferred: every trace's probes come
+        this way, a round's in one call). A ticket given up before its turn (an earlier
+        one's outcome may end its sender) is not sent."""
         state = self.state
         if state is not PoolState.RUNNING and state is not PoolState.STARTING:
-            if state is PoolState.FAILED:
-                ticket.settle(NoWorkerAvailable(self._no_worker_reason()))
-            else:
-                ticket.settle(PoolStopped("the probe pool is not running"))
+            for ticket in tickets:
+                if state is PoolState.FAILED:
+                    ticket.settle(NoWorkerAvailable(self._no_worker_reason()))
+                else:
+                    ticket.settle(PoolStopped("the probe pool is not running"))
             return
-        try:
-            self._send(ticket)
-        except Exception as e:  # every failure goes to the ticket
-            ticket.settle(e)
+        for ticket in tickets:
+            if ticket.deliver is None:
+                continue
+            try:
+                self._send(ticket)
+            except Exception as e:  # every failure goes to the ticket
+                ticket.settle(e)
 
     def cancel(self, ticket: ProbeTicket) -> None:
         """Give up on ``ticket``'s probe: nothing is delivered. A queued probe is never

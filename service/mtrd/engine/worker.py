@@ -83,7 +83,7 @@ class WorkerState(enum.Enum):
 
     STARTING = "starting"  # spawned; the version check is not answered yet
     READY = "ready"  # answered the version check: takes probes
-    RETIRING = "retiring"  # stdin closed: finishes the probes it holds, then exits
+    RETIRING = "retiring"  # takes no probes; stdin closes once it holds none, then it exits
     EXITED = "exited"
 
 
@@ -173,6 +173,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.ready_at: float | None = None
         self.state = WorkerState.STARTING
         self.ended: Deferred[None] = Deferred()  # fires once the process is gone
+        self._stdin_closed = False
         self.pid = 0
         self._buffer = b""
         self._next_token = CONTROL_TOKEN + 1
@@ -231,11 +232,21 @@ class MtrPacketProcess(protocol.ProcessProtocol):
         self.transport.write(BURN_COMMAND * count)
 
     def retire(self) -> None:
-        """Take no more probes; mtr-packet finishes the ones it holds, then exits."""
+        """Take no more probes; once the ones it holds are answered, close stdin, and
+        mtr-packet exits.
+
+        Not at once: with its stdin at end of file, mtr-packet (0.95) spins on it, a
+        whole core busy until its last probe is answered or times out, and a probe into
+        silence holds it for its whole timeout (tests/test_engine_lab.py shows it).
+        """
         if self.state is WorkerState.RETIRING or self.state is WorkerState.EXITED:
             return
         self.state = WorkerState.RETIRING
-        if self.transport is not None:
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if not self.pending and self.transport is not None and not self._stdin_closed:
+            self._stdin_closed = True
             self.transport.closeStdin()
 
     def kill(self) -> None:
@@ -324,6 +335,8 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             return
         if pending.request.protocol is Protocol.TCP:
             self.tcp_outstanding -= 1
+        if self.state is WorkerState.RETIRING:
+            self._close_when_idle()
         # The owner frees the sequence first, so the caller sees the pool as it now is.
         self.owner.probe_ended(self, pending)
         pending.settle(reply)

@@ -79,8 +79,8 @@ class Prober(TypingProtocol):
         """Send one probe; fire with its reply. Waiting probes take turns by ``flow``."""
         ...
 
-    def send(self, ticket: ProbeTicket) -> None:
-        """Send the ticket's probe; deliver its reply or error to the ticket once."""
+    def send(self, *tickets: ProbeTicket) -> None:
+        """Send each ticket's probe, in order; deliver its reply or error to it once."""
         ...
 
     def cancel(self, ticket: ProbeTicket) -> None:
@@ -242,37 +242,52 @@ class TraceRun:
         spacing = interval / len(ttls) if ttls else 0.0
         self._sending = True  # replies that settle at once must not end the run mid-round
         try:
-            for index, ttl in enumerate(ttls):
-                if index == 0 or spacing == 0:
-                    self._send(ttl)
-                else:
-                    self._later(index * spacing, self._send, ttl)
+            if spacing == 0:
+                self._send(*ttls)
+            else:
+                for index, ttl in enumerate(ttls):
+                    if index == 0:
+                        self._send(ttl)
+                    else:
+                        self._later(index * spacing, self._send, ttl)
             if self._rounds_left > 0 and interval > 0:
                 self._later(interval, self._round)
         finally:
             self._sending = False
         self._check_done()
 
-    def _send(self, ttl: int) -> None:
-        if self._finished or ttl > self._limit():
+    def _send(self, *ttls: int) -> None:
+        """Send a probe at each of ``ttls`` (ascending), to the pool in one call."""
+        tickets: list[ProbeTicket] = []
+        now = self._clock.seconds()
+        for ttl in ttls:
+            if self._finished or ttl > self._limit():
+                break
+            probe = self._probes.get(ttl)
+            if probe is None:
+                try:
+                    probe = self._probes[ttl] = self._probe_request(ttl)
+                except ValueError as e:
+                    self._send_tickets(tickets)
+                    self._finish(error=TraceError("invalid-probe", str(e)))
+                    return
+                self._hops[ttl] = HopAccumulator(ttl=ttl)
+            self._hops[ttl].record_sent()
+            # In flight before it is sent: a pool that cannot send it answers at once.
+            ticket = ProbeTicket(probe, self._settled, self._flow)
+            self._in_flight[ticket] = _InFlight(ttl, now, self._sends)
+            self._sends += 1
+            tickets.append(ticket)
+        self._send_tickets(tickets)
+
+    def _send_tickets(self, tickets: list[ProbeTicket]) -> None:
+        if not tickets:
             return
-        probe = self._probes.get(ttl)
-        if probe is None:
-            try:
-                probe = self._probes[ttl] = self._probe_request(ttl)
-            except ValueError as e:
-                self._finish(error=TraceError("invalid-probe", str(e)))
-                return
-            self._hops[ttl] = HopAccumulator(ttl=ttl)
-        self._hops[ttl].record_sent()
-        # In flight before it is sent: a pool that cannot send it answers at once.
-        ticket = ProbeTicket(probe, self._settled, self._flow)
-        self._in_flight[ticket] = _InFlight(ttl, self._clock.seconds(), self._sends)
-        self._sends += 1
         try:
-            self._prober.send(ticket)
+            self._prober.send(*tickets)
         except ProbeFailed as e:
-            self._in_flight.pop(ticket, None)
+            for ticket in tickets:
+                self._in_flight.pop(ticket, None)
             self._finish(error=TraceError("engine-unavailable", str(e)))
 
     def _probe_request(self, ttl: int) -> ProbeRequest:

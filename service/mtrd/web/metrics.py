@@ -233,12 +233,14 @@ class MeteredProber:
         result.addBoth(self._settled)
         return result
 
-    def send(self, ticket: ProbeTicket) -> None:
-        """Send through the wrapped prober, counting the probe and its outcome."""
-        self._sent.inc(self._protocol_labels[ticket.request.protocol])
-        if ticket.deliver is not None:
-            ticket.deliver = partial(self._delivered, ticket.deliver)
-        self._prober.send(ticket)
+    def send(self, *tickets: ProbeTicket) -> None:
+        """Send through the wrapped prober, counting each probe and its outcome."""
+        sent, labels, delivered = self._sent, self._protocol_labels, self._delivered
+        for ticket in tickets:
+            sent.inc(labels[ticket.request.protocol])
+            if ticket.deliver is not None:
+                ticket.deliver = partial(delivered, ticket.deliver)
+        self._prober.send(*tickets)
 
     def cancel(self, ticket: ProbeTicket) -> None:
         """Give up on the ticket's probe (nothing is counted)."""
