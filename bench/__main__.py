@@ -414,11 +414,11 @@ BOUNDS = {
     "peers_silent": "the adaptive wait gives r3's probe up 10 x the destination's round trip "
     "after the destination answered (the 5 ms floor here): the trace takes a few ms; the "
     "rest is the POST and the poll. Before it, one silent hop cost the 2 s timeout",
-    "peers_e2e": "CPU in one Python process, which it fills: about 0.9-1 ms per trace "
-    "(mtr-packet's replies and what they set off ~60 % of the samples, HTTP ~22 %, garbage "
-    "collection at most ~8 %) against scamper's 0.04; 64 traces probe at once so that "
-    "their probes fit one mtr-packet (two at once overflowed each other's raw sockets: "
-    "lost rounds, 1 s tails). Details: bench/results/peers.md",
+    "peers_e2e": "CPU in one Python process, which it fills: about 0.75 ms per trace "
+    "(mtr-packet's replies and what they set off ~50 % of the samples, the HTTP requests "
+    "~30 % with the trace's start inside the POST) against scamper's 0.04; 64 traces probe "
+    "at once so that their probes fit one mtr-packet (two at once overflowed each other's "
+    "raw sockets: lost rounds, 1 s tails). Details: bench/results/peers.md",
     "http": "twisted.web's request machinery and werkzeug routing, shared with the baseline; "
     "mtrd adds per request the access-log line (held and written in batches: a write per "
     "request to unbuffered stdout cost ~15%), request metrics, ETag and Vary headers. Single "
