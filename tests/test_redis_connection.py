@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
+import txredisapi
 from mtrd.tracing.redis.connection import (
     ConnectionState,
     RedisCommandError,
@@ -14,6 +15,7 @@ from mtrd.tracing.redis.connection import (
     RedisTimeout,
     RedisTimeouts,
     RedisUnavailable,
+    _Protocol,
 )
 from mtrd.tracing.redis.settings import RedisStore, Secret
 from twisted.internet import reactor
@@ -320,3 +322,21 @@ async def test_a_lane_sends_on_another_connection(redis: RedisConnection) -> Non
     assert await redis.execute("CLIENT", "ID") == mine
     assert await redis.lane(1).execute("CLIENT", "ID") != mine
     assert await redis.lane(1).pipeline([("PING",)]) == [b"PONG"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SET", "trace:abc", b"\x00\xffbytes"),
+        ("ZADD", "queue", 1733050000.123456, "id-1", 3, "id-2"),
+        ("HSET", "t", "target", "r\u00e9seau.example", "ttl", 30),
+        ("EVALSHA", "a" * 40, 0),
+        ("PEXPIRE", "k", 0.5),
+    ],
+)
+def test_commands_are_packed_as_txredisapi_packs_them(command: tuple[object, ...]) -> None:
+    """hiredis packs each command to the same bytes txredisapi's own builder makes (with
+    its charset off, as the factory sets it)."""
+    ours = _Protocol(charset=None)
+    theirs = txredisapi.RedisProtocol(charset=None)
+    assert ours._build_command(*command) == theirs._build_command(*command)
