@@ -398,9 +398,9 @@ BOUNDS = {
     "would save about 2.3 KB; a packed form of finished hops more",
     "redis": "CPU: traces/s = CPU share / CPU per trace. Both replicas get about the same "
     "share of a core now (0.65-0.85, what the client, mtr-packet and redis-server leave on 2 "
-    "cores); the Redis replica spends about 1.2x the memory store's CPU per trace (1.2 "
-    "against 0.95 ms: socket writes to redis-server, txredisapi's per-command Deferreds, the "
-    "trace codec). Before 2026-12-01 (third session) the runner started a 100 ms tick's "
+    "cores); the Redis replica spends about 1.4x the memory store's CPU per trace (0.87 "
+    "against 0.63 ms: socket writes to redis-server, txredisapi's per-command Deferreds, the "
+    "trace codec; commands are packed by hiredis since the fifth session). Before 2026-12-01 (third session) the runner started a 100 ms tick's "
     "claims at once and the probe workers' raw sockets dropped a round of replies (traces "
     "waiting out their 1 s timeout). See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
