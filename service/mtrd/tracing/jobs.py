@@ -212,11 +212,11 @@ class TraceJobs(Service):
         final = replace(trace, expires_at=self._store.expires_at())
         self._store.update(record, final)
         record.channel.publish_status(final.status)
-        # The channel holds the record weakly (see _latest).
+        # The record holds the channel: the channel holds the record weakly, or the two
+        # would be a cycle that only a full garbage collection frees.
+        held = weakref.ref(record)
         record.channel.publish_done(
-            final,
-            later=_latest(record, final),
-            late_hop=partial(self._late_hop, weakref.ref(record)),
+            final, later=partial(_latest, held, final), late_hop=partial(self._late_hop, held)
         )
         self._on_finished(final)
         if not self._running and not self._waiting:
@@ -263,14 +263,8 @@ def _count(counter: dict[str | None, int], owner: str | None, change: int) -> No
 __all__ = ["Deletion", "QueueFull", "StoreFull", "TraceJobs"]
 
 
-def _latest(record: TraceRecord, final: Trace) -> Callable[[], Trace]:
-    """The record's trace as it is when asked (a late name changes it), held weakly: the
-    record holds the channel, and a channel holding the record back would be a cycle that
-    only a full garbage collection frees."""
-    held = weakref.ref(record)
-
-    def latest() -> Trace:
-        record = held()
-        return final if record is None else record.full_trace()
-
-    return latest
+def _latest(held: weakref.ref[TraceRecord], final: Trace) -> Trace:
+    """The record's trace as it is now (a late name changes it), or ``final`` once the
+    record is gone."""
+    record = held()
+    return final if record is None else record.full_trace()
