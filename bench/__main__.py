@@ -400,9 +400,10 @@ BOUNDS = {
     "share of a core now (0.65-0.85, what the client, mtr-packet and redis-server leave on 2 "
     "cores); the Redis replica spends about 1.4x the memory store's CPU per trace (0.87 "
     "against 0.63 ms: socket writes to redis-server, txredisapi's per-command Deferreds, the "
-    "trace codec; commands are packed by hiredis since the fifth session). Before 2026-12-01 (third session) the runner started a 100 ms tick's "
-    "claims at once and the probe workers' raw sockets dropped a round of replies (traces "
-    "waiting out their 1 s timeout). See bench/results/redis-throughput.md",
+    "trace codec; commands are packed by hiredis since the fifth session). Before "
+    "2026-12-01 (third session) the runner started a 100 ms tick's claims at once and the "
+    "probe workers' raw sockets dropped a round of replies (traces waiting out their 1 s "
+    "timeout). See bench/results/redis-throughput.md",
     "replicas": "two Python processes on a 2-core machine that also runs mtr-packet, "
     "redis-server and the client: more than 2x is not possible here",
     "monitors": "not profiled yet; each run is a whole trace (8 probes, a stored trace, its "
