@@ -38,6 +38,21 @@ def test_nothing_is_delivered_after_the_sender_gave_up() -> None:
     assert got == []
 
 
+def test_the_observer_hears_the_outcome_before_the_sender_and_only_then() -> None:
+    """Metrics observe a ticket: told once, just before the sender; not after a give-up."""
+    heard: list[str] = []
+    ticket = ProbeTicket(REQUEST, lambda _, outcome: heard.append(f"sender {outcome!r}"))
+    ticket.observe = lambda outcome: heard.append(f"observer {outcome!r}")
+    ticket.settle(REPLY)
+    ticket.settle(REPLY)
+    assert heard == [f"observer {REPLY!r}", f"sender {REPLY!r}"]
+    given_up = ProbeTicket(REQUEST, lambda _, __: heard.append("sender"))
+    given_up.observe = lambda _: heard.append("observer")
+    given_up.close()
+    given_up.settle(REPLY)
+    assert len(heard) == 2
+
+
 def test_a_deferred_ticket_fires_and_cancels_through_the_ticket() -> None:
     """The Deferred gets the reply or the error; cancelling it gives up the ticket."""
     ticket, result = deferred_ticket(REQUEST)

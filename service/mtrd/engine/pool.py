@@ -653,6 +653,8 @@ class ProbePool(Service):
 
     def _pump(self) -> None:
         """Send queued probes, a flow at a time, while some process has room."""
+        if not self._queue:
+            return  # the common case, after every reply
         waiting: list[ProbeTicket] = []
         while self._queue:
             entry = self._queue.peek(self._may_send)

@@ -32,6 +32,8 @@ class ProbeTicket:
     flow: Flow = NO_FLOW
     expiry: IDelayedCall | None = None  # while it waits in the pool's queue
     blocked_on: int | None = None  # the held sequence that is one of its fixed udp ports
+    # Told the outcome just before the sender (metrics): one call, no wrapper per probe.
+    observe: Callable[[Outcome], None] | None = None
 
     @property
     def open(self) -> bool:
@@ -43,6 +45,9 @@ class ProbeTicket:
         deliver = self.deliver
         if deliver is not None:
             self.deliver = None  # once; and what the sender closed over is let go
+            observe = self.observe
+            if observe is not None:
+                observe(outcome)
             deliver(self, outcome)
 
     def close(self) -> None:

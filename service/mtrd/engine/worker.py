@@ -339,7 +339,7 @@ class MtrPacketProcess(protocol.ProcessProtocol):
             self._close_when_idle()
         # The owner frees the sequence first, so the caller sees the pool as it now is.
         self.owner.probe_ended(self, pending)
-        pending.settle(reply)
+        pending.ticket.settle(reply)
         if reply.kind in _MIRROR_DOUBT:
             self.owner.worker_doubtful(self, f"reply {line!r}")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from functools import partial
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -31,7 +30,7 @@ from twisted.python.failure import Failure
 
 from mtrd.engine.fairqueue import Flow
 from mtrd.engine.probe import ProbeReply, ProbeRequest, Protocol, ReplyKind
-from mtrd.engine.ticket import Deliver, Outcome, ProbeTicket
+from mtrd.engine.ticket import Outcome, ProbeTicket
 from mtrd.monitors.alerts import destination_hop
 from mtrd.monitors.model import AlertKind, DeliveryStatus, RunResult
 from mtrd.monitors.service import MonitorRecord
@@ -225,6 +224,7 @@ class MeteredProber:
         self._rtt = metrics.probe_rtt
         self._protocol_labels = {p: (p.value,) for p in Protocol}
         self._kind_labels = {k: (k.value,) for k in ReplyKind}
+        self._count_outcome = self._count  # one bound method, set on every ticket
 
     def probe(self, request: ProbeRequest, flow: Flow | None = None) -> Deferred[ProbeReply]:
         """Send through the wrapped prober, counting the probe and its outcome."""
@@ -235,20 +235,15 @@ class MeteredProber:
 
     def send(self, *tickets: ProbeTicket) -> None:
         """Send through the wrapped prober, counting each probe and its outcome."""
-        sent, labels, delivered = self._sent, self._protocol_labels, self._delivered
+        sent, labels, count = self._sent, self._protocol_labels, self._count_outcome
         for ticket in tickets:
             sent.inc(labels[ticket.request.protocol])
-            if ticket.deliver is not None:
-                ticket.deliver = partial(delivered, ticket.deliver)
+            ticket.observe = count
         self._prober.send(*tickets)
 
     def cancel(self, ticket: ProbeTicket) -> None:
         """Give up on the ticket's probe (nothing is counted)."""
         self._prober.cancel(ticket)
-
-    def _delivered(self, deliver: Deliver, ticket: ProbeTicket, outcome: Outcome) -> None:
-        self._count(outcome)
-        deliver(ticket, outcome)
 
     def _settled(self, outcome: ProbeReply | Failure) -> ProbeReply | Failure:
         if isinstance(outcome, Failure):
