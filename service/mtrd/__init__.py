@@ -19,6 +19,7 @@ from mtrd.engine.errors import (
 )
 from mtrd.engine.pool import PoolConfig, PoolState, ProbePool
 from mtrd.engine.probe import MplsLabel, ProbeReply, ProbeRequest, Protocol, ReplyKind
+from mtrd.engine.ticket import ProbeTicket
 
 __all__ = [
     "EngineStartError",
@@ -32,6 +33,7 @@ __all__ = [
     "ProbePool",
     "ProbeReply",
     "ProbeRequest",
+    "ProbeTicket",
     "Protocol",
     "ReplyKind",
     "WorkerDied",
