@@ -85,15 +85,21 @@ async def test_ipv4_udp_multipath_finds_every_router_of_the_wide_and_nested_stag
 async def test_ipv4_udp_multipath_at_95_finds_only_what_is_there(
     multipath_lab: MultipathLab,
 ) -> None:
-    """At 95% (which may miss an interface now and then, as the rule allows) nothing is
-    found that is not in the topology, and the trace ends at the destination."""
+    """At 95% (which may miss an interface now and then, as the rule allows) no interface
+    is found that is not in the topology, and the trace ends at the destination. Every link
+    found is in the topology too, unless an interface of its hop went unfound: a hop seen
+    with one interface is taken to be crossed by every flow, as MDA takes it (the property
+    test in tests/test_multipath.py checks the same rule on thousands of simulated runs)."""
     trace = await _multipath(multipath_lab, 95)
     assert trace.status is TraceStatus.COMPLETED, trace.error
     expected = expected_hops()
-    for hop in trace.hops:
-        assert {r.address for r in hop.responders} <= expected[hop.ttl]
+    found = {hop.ttl: {r.address for r in hop.responders} for hop in trace.hops}
+    for ttl, addresses in found.items():
+        assert addresses <= expected[ttl]
     assert trace.multipath is not None
-    assert {(k.ttl, k.source, k.to) for k in trace.multipath.links} <= expected_links()
+    links = {(k.ttl, k.source, k.to) for k in trace.multipath.links}
+    for ttl, source, to in links - expected_links():
+        assert found[ttl] < expected[ttl], (ttl, source, to)
     assert trace.multipath.stop_reason == "destination"
 
 
